@@ -1,0 +1,21 @@
+//! Causeway's domain model.
+//!
+//! These are the validated, wire-format-free types that every other crate speaks: the mesh and
+//! its clusters, networks and localities, and the per-cluster objects (services, workload
+//! entries, endpoint slices, exports). Registries convert their own formats into these types at
+//! one boundary; nothing here does I/O.
+
+mod ids;
+mod locality;
+mod mesh;
+mod objects;
+mod proxy;
+
+pub use ids::{ClusterId, IdError, NetworkId, ServiceKey};
+pub use locality::{Locality, LocalityError};
+pub use mesh::{ClusterLocalRule, ClusterSpec, DiscoveryMode, Gateway, MeshConfig, MeshSpec};
+pub use objects::{
+    ClusterObjects, EndpointSlice, Health, ObjectSource, Service, ServiceExport, ServicePort,
+    SliceEndpoint, SlicePort, TargetPort, WorkloadEntry,
+};
+pub use proxy::{ProxyIdentity, ProxyRole, SpiffeId, SpiffeIdError};

@@ -1,0 +1,137 @@
+use std::collections::BTreeSet;
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+
+use serde::Serialize;
+
+use crate::{ClusterId, Locality, NetworkId, ObjectSource, ServiceKey};
+
+/// Which services are visible outside their own cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum DiscoveryMode {
+    /// Only services with a `ServiceExport` leave their cluster (MCS semantics, the default).
+    #[default]
+    Exported,
+    /// Every same-named service in the same namespace is merged across clusters (Istio's
+    /// "namespace sameness").
+    Sameness,
+}
+
+/// An east-west gateway: the one address of a network that other networks can reach. It routes
+/// on TLS SNI without terminating the workloads' mTLS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub struct Gateway {
+    /// Address reachable from other networks.
+    pub address: IpAddr,
+    /// TLS port (Istio uses 15443).
+    pub port: u16,
+}
+
+impl Gateway {
+    /// The gateway as a socket address.
+    pub fn socket_addr(&self) -> SocketAddr {
+        SocketAddr::new(self.address, self.port)
+    }
+}
+
+impl fmt::Display for Gateway {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.socket_addr())
+    }
+}
+
+/// One member cluster of the mesh.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ClusterSpec {
+    /// Cluster id (`metadata.name` of the `Cluster` object).
+    pub id: ClusterId,
+    /// The network its endpoints are on.
+    pub network: NetworkId,
+    /// Default locality of its endpoints.
+    pub locality: Locality,
+    /// Its east-west gateways (may be empty on a single-network mesh).
+    pub gateways: Vec<Gateway>,
+    /// Where the `Cluster` object was declared.
+    pub source: ObjectSource,
+}
+
+/// A rule marking services as cluster-local: they never leave their cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ClusterLocalRule {
+    /// Namespace the rule applies to.
+    pub namespace: String,
+    /// Service name, or `None` for every service of the namespace.
+    pub name: Option<String>,
+}
+
+impl ClusterLocalRule {
+    /// Whether the rule covers `key`.
+    pub fn matches(&self, key: &ServiceKey) -> bool {
+        self.namespace == key.namespace && self.name.as_ref().is_none_or(|n| *n == key.name)
+    }
+}
+
+/// Mesh-wide settings from the `Mesh` object.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct MeshSpec {
+    /// Mesh name (`metadata.name`).
+    pub name: String,
+    /// SPIFFE trust domain of every workload identity.
+    pub trust_domain: String,
+    /// Visibility model for services across clusters.
+    pub discovery: DiscoveryMode,
+    /// Services that never leave their cluster (`kube-system` by default).
+    pub cluster_local: Vec<ClusterLocalRule>,
+    /// Declared networks, when the operator lists them; clusters and workloads must use one.
+    pub networks: Option<BTreeSet<NetworkId>>,
+    /// Where the `Mesh` object was declared.
+    pub source: ObjectSource,
+}
+
+/// The mesh and its member clusters, in declaration order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct MeshConfig {
+    /// Mesh-wide settings.
+    pub mesh: MeshSpec,
+    /// Member clusters in the order they were declared (that order breaks export-age ties).
+    pub clusters: Vec<ClusterSpec>,
+}
+
+impl MeshConfig {
+    /// Looks a cluster up by id.
+    pub fn cluster(&self, id: &ClusterId) -> Option<&ClusterSpec> {
+        self.clusters.iter().find(|c| &c.id == id)
+    }
+
+    /// Position of a cluster in declaration order.
+    pub fn cluster_order(&self, id: &ClusterId) -> Option<usize> {
+        self.clusters.iter().position(|c| &c.id == id)
+    }
+
+    /// Every distinct network, sorted.
+    pub fn networks(&self) -> BTreeSet<NetworkId> {
+        let mut nets: BTreeSet<NetworkId> =
+            self.clusters.iter().map(|c| c.network.clone()).collect();
+        if let Some(declared) = &self.mesh.networks {
+            nets.extend(declared.iter().cloned());
+        }
+        nets
+    }
+
+    /// Every gateway of every cluster on `network`, sorted and without duplicates.
+    pub fn network_gateways(&self, network: &NetworkId) -> Vec<Gateway> {
+        let set: BTreeSet<Gateway> = self
+            .clusters
+            .iter()
+            .filter(|c| &c.network == network)
+            .flat_map(|c| c.gateways.iter().copied())
+            .collect();
+        set.into_iter().collect()
+    }
+
+    /// Whether `key` is cluster-local by mesh rule.
+    pub fn is_cluster_local(&self, key: &ServiceKey) -> bool {
+        self.mesh.cluster_local.iter().any(|r| r.matches(key))
+    }
+}

@@ -1,0 +1,264 @@
+//! The mesh directory as the control plane holds it: the last good state of the mesh and of
+//! every cluster, plus the errors that stopped newer states from loading.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use causeway_model::{ClusterObjects, MeshConfig};
+
+use crate::{load_cluster_dir, load_mesh_file, LoadError};
+
+/// What to read again after a change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReloadScope {
+    /// Everything.
+    All,
+    /// `mesh.yaml` (and any cluster it newly declares).
+    Mesh,
+    /// The named cluster directories.
+    Clusters(BTreeSet<String>),
+}
+
+impl ReloadScope {
+    /// Combines two scopes into one that covers both.
+    pub fn merge(self, other: ReloadScope) -> ReloadScope {
+        match (self, other) {
+            (ReloadScope::All, _) | (_, ReloadScope::All) => ReloadScope::All,
+            (ReloadScope::Mesh, ReloadScope::Mesh) => ReloadScope::Mesh,
+            (ReloadScope::Clusters(mut a), ReloadScope::Clusters(b)) => {
+                a.extend(b);
+                ReloadScope::Clusters(a)
+            }
+            _ => ReloadScope::All,
+        }
+    }
+}
+
+/// One cluster directory: its last good objects and the errors of the latest attempt.
+#[derive(Debug, Clone, Default)]
+pub struct ClusterSlot {
+    /// Last state that loaded cleanly; `None` until one has.
+    pub objects: Option<Arc<ClusterObjects>>,
+    /// Errors of the latest load (empty when it succeeded).
+    pub errors: Vec<LoadError>,
+    /// Bumped each time `objects` changes.
+    pub generation: u64,
+}
+
+/// What a reload changed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReloadOutcome {
+    /// The mesh configuration was replaced by a new good one.
+    pub mesh_changed: bool,
+    /// Clusters whose good objects changed.
+    pub clusters_changed: BTreeSet<String>,
+    /// The set of errors changed (appeared, cleared or moved).
+    pub errors_changed: bool,
+}
+
+impl ReloadOutcome {
+    /// Whether anything an index depends on changed.
+    pub fn state_changed(&self) -> bool {
+        self.mesh_changed || !self.clusters_changed.is_empty()
+    }
+}
+
+/// A mesh directory with last-good semantics: a file that breaks leaves its cluster (or the
+/// mesh settings) on the previous good state, and the error is kept for operators to see.
+#[derive(Debug)]
+pub struct MeshDirectory {
+    root: PathBuf,
+    mesh: Option<Arc<MeshConfig>>,
+    mesh_errors: Vec<LoadError>,
+    clusters: BTreeMap<String, ClusterSlot>,
+    stray: Vec<LoadError>,
+}
+
+impl MeshDirectory {
+    /// Loads everything under `root`. Errors are recorded, not returned: see [`Self::errors`].
+    pub fn open(root: impl Into<PathBuf>) -> Self {
+        let mut dir = Self {
+            root: root.into(),
+            mesh: None,
+            mesh_errors: Vec::new(),
+            clusters: BTreeMap::new(),
+            stray: Vec::new(),
+        };
+        dir.reload(ReloadScope::All);
+        dir
+    }
+
+    /// The directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The last good mesh configuration.
+    pub fn mesh(&self) -> Option<&Arc<MeshConfig>> {
+        self.mesh.as_ref()
+    }
+
+    /// Every cluster directory slot, by directory name.
+    pub fn clusters(&self) -> &BTreeMap<String, ClusterSlot> {
+        &self.clusters
+    }
+
+    /// Every current error: mesh.yaml, cluster files, and cluster directories with no `Cluster`.
+    pub fn errors(&self) -> Vec<LoadError> {
+        let mut all = self.mesh_errors.clone();
+        all.extend(
+            self.clusters
+                .values()
+                .flat_map(|s| s.errors.iter().cloned()),
+        );
+        all.extend(self.stray.iter().cloned());
+        all
+    }
+
+    fn cluster_dirs_on_disk(&self) -> BTreeSet<String> {
+        let Ok(entries) = std::fs::read_dir(self.root.join("clusters")) else {
+            return BTreeSet::new();
+        };
+        entries
+            .flatten()
+            .filter(|e| e.path().is_dir())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| !n.starts_with('.'))
+            .collect()
+    }
+
+    fn declared(&self) -> BTreeSet<String> {
+        self.mesh
+            .iter()
+            .flat_map(|m| m.clusters.iter().map(|c| c.id.to_string()))
+            .collect()
+    }
+
+    /// Reads `scope` again, keeping last good states where the new one fails.
+    pub fn reload(&mut self, scope: ReloadScope) -> ReloadOutcome {
+        let errors_before = self.errors();
+        let mut outcome = ReloadOutcome::default();
+        let mut to_load: BTreeSet<String> = BTreeSet::new();
+        if matches!(scope, ReloadScope::All | ReloadScope::Mesh) {
+            match load_mesh_file(&self.root) {
+                Ok(mesh) => {
+                    self.mesh_errors.clear();
+                    if self.mesh.as_deref() != Some(&mesh) {
+                        tracing::info!(clusters = mesh.clusters.len(), "mesh.yaml loaded");
+                        self.mesh = Some(Arc::new(mesh));
+                        outcome.mesh_changed = true;
+                    }
+                }
+                Err(errors) => {
+                    for e in &errors {
+                        tracing::warn!(error = %e, "mesh.yaml rejected; keeping the last good mesh settings");
+                    }
+                    self.mesh_errors = errors;
+                }
+            }
+        }
+        let declared = self.declared();
+        match scope {
+            ReloadScope::All => {
+                to_load.extend(declared.iter().cloned());
+            }
+            ReloadScope::Mesh => {
+                to_load.extend(
+                    declared
+                        .iter()
+                        .filter(|d| !self.clusters.contains_key(*d))
+                        .cloned(),
+                );
+            }
+            ReloadScope::Clusters(names) => to_load.extend(names),
+        }
+        for name in to_load {
+            if !declared.contains(&name) {
+                continue;
+            }
+            let slot = self.clusters.entry(name.clone()).or_default();
+            match load_cluster_dir(&self.root, &name) {
+                Ok(objects) => {
+                    slot.errors.clear();
+                    if slot.objects.as_deref() != Some(&objects) {
+                        slot.objects = Some(Arc::new(objects));
+                        slot.generation += 1;
+                        outcome.clusters_changed.insert(name.clone());
+                        tracing::info!(cluster = %name, generation = slot.generation, "cluster directory loaded");
+                    }
+                }
+                Err(errors) => {
+                    for e in &errors {
+                        tracing::warn!(cluster = %name, error = %e, "cluster file rejected; keeping the cluster's last good state");
+                    }
+                    slot.errors = errors;
+                }
+            }
+        }
+        // Slots of clusters no longer declared are dropped; their directories become stray.
+        let before = self.clusters.len();
+        self.clusters.retain(|name, _| declared.contains(name));
+        if self.clusters.len() != before {
+            outcome.mesh_changed = true;
+        }
+        self.stray = self
+            .cluster_dirs_on_disk()
+            .into_iter()
+            .filter(|d| !declared.contains(d))
+            .map(|d| {
+                LoadError::file(
+                    Path::new("clusters").join(&d),
+                    format!("unknown cluster {d:?}: mesh.yaml declares no Cluster with that name"),
+                )
+            })
+            .collect();
+        outcome.errors_changed = self.errors() != errors_before;
+        outcome
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(root: &Path, rel: &str, text: &str) {
+        let path = root.join(rel);
+        std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+        std::fs::write(path, text).expect("write");
+    }
+
+    const MESH: &str = "apiVersion: causeway.io/v1alpha1\nkind: Mesh\nmetadata: {name: m}\nspec: {trustDomain: td}\n---\napiVersion: causeway.io/v1alpha1\nkind: Cluster\nmetadata: {name: a}\nspec: {network: n, locality: r/z}\n";
+    const SVC: &str =
+        "apiVersion: v1\nkind: Service\nmetadata: {name: s}\nspec: {ports: [{port: 80}]}\n";
+
+    #[test]
+    fn broken_file_keeps_last_good_cluster() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        write(tmp.path(), "mesh.yaml", MESH);
+        write(tmp.path(), "clusters/a/s.yaml", SVC);
+        write(tmp.path(), "clusters/ghost/s.yaml", SVC);
+        let mut dir = MeshDirectory::open(tmp.path());
+        let good = dir.clusters()["a"].objects.clone().expect("loaded");
+        assert_eq!(good.services.len(), 1);
+        assert_eq!(dir.errors().len(), 1, "the ghost directory is reported");
+        assert!(dir.errors()[0].reason.contains("unknown cluster \"ghost\""));
+
+        write(
+            tmp.path(),
+            "clusters/a/s.yaml",
+            "apiVersion: v1\nkind: Service\nmetadata: {name: s}\nspec: {ports: [{port: -1}]}\n",
+        );
+        let outcome = dir.reload(ReloadScope::Clusters(["a".to_owned()].into()));
+        assert!(!outcome.state_changed());
+        assert!(outcome.errors_changed);
+        assert_eq!(dir.clusters()["a"].objects.as_deref(), Some(&*good));
+        assert_eq!(dir.clusters()["a"].errors.len(), 1);
+
+        write(tmp.path(), "mesh.yaml", "kind: [");
+        let outcome = dir.reload(ReloadScope::Mesh);
+        assert!(!outcome.mesh_changed);
+        assert!(dir.mesh().is_some(), "last good mesh kept");
+        assert_eq!(dir.errors().len(), 3);
+    }
+}

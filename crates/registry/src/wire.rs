@@ -1,0 +1,167 @@
+//! The mesh directory's YAML wire format. Only `file.rs` reads these types; everything else sees
+//! validated model types.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+/// `apiVersion` and `kind`, read first to pick the typed form of a document.
+#[derive(Debug, Deserialize)]
+pub struct TypeMeta {
+    #[serde(rename = "apiVersion")]
+    pub api_version: Option<String>,
+    pub kind: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ObjectMeta {
+    pub name: Option<String>,
+    pub namespace: Option<String>,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default)]
+    pub annotations: BTreeMap<String, String>,
+    pub creation_timestamp: Option<String>,
+}
+
+/// A whole object: type meta, metadata, spec (and, for EndpointSlice, top-level fields).
+#[derive(Debug, Deserialize)]
+pub struct Object<S> {
+    #[serde(default)]
+    pub metadata: ObjectMeta,
+    pub spec: S,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct MeshSpec {
+    pub trust_domain: String,
+    #[serde(default)]
+    pub discovery: Option<String>,
+    pub cluster_local: Option<Vec<ClusterLocalRule>>,
+    pub networks: Option<Vec<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ClusterLocalRule {
+    pub namespace: String,
+    pub name: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ClusterSpec {
+    pub network: String,
+    pub locality: String,
+    #[serde(default)]
+    pub gateways: Vec<GatewaySpec>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct GatewaySpec {
+    pub address: String,
+    pub port: u16,
+}
+
+/// `v1/Service` spec; unknown Kubernetes fields are accepted so real manifests load.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceSpec {
+    pub selector: Option<BTreeMap<String, String>>,
+    #[serde(default)]
+    pub ports: Vec<ServicePort>,
+    #[serde(rename = "clusterIP")]
+    pub cluster_ip: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ServicePort {
+    pub name: Option<String>,
+    pub port: u16,
+    pub target_port: Option<IntOrString>,
+    pub protocol: Option<String>,
+    pub app_protocol: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum IntOrString {
+    Int(u16),
+    String(String),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct WorkloadEntrySpec {
+    pub address: String,
+    #[serde(default)]
+    pub ports: BTreeMap<String, u16>,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    pub service_account: Option<String>,
+    pub locality: Option<String>,
+    pub network: Option<String>,
+    pub weight: Option<u32>,
+    pub health: Option<String>,
+    pub credential: Option<Credential>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Credential {
+    pub token_file: String,
+}
+
+/// `discovery.k8s.io/v1/EndpointSlice` (no `spec`: its fields are top level).
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EndpointSlice {
+    #[serde(default)]
+    pub metadata: ObjectMeta,
+    pub address_type: Option<String>,
+    #[serde(default)]
+    pub ports: Vec<SlicePort>,
+    #[serde(default)]
+    pub endpoints: Vec<SliceEndpoint>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SlicePort {
+    pub name: Option<String>,
+    pub port: u16,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SliceEndpoint {
+    pub addresses: Vec<String>,
+    #[serde(default)]
+    pub conditions: Conditions,
+    pub zone: Option<String>,
+    pub target_ref: Option<TargetRef>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Conditions {
+    pub ready: Option<bool>,
+    pub terminating: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TargetRef {
+    pub name: Option<String>,
+}
+
+/// `multicluster.x-k8s.io/v1alpha1/ServiceExport`: metadata only (status is ignored).
+#[derive(Debug, Deserialize)]
+pub struct ServiceExport {
+    #[serde(default)]
+    pub metadata: ObjectMeta,
+}

@@ -1,0 +1,1 @@
+//! Trust: the mesh CA hierarchy and workload certificates (see issue 3).
