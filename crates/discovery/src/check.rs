@@ -1,0 +1,219 @@
+//! `causeway check`: mesh-wide rules over a loaded mesh directory, beyond what one file's
+//! validation can see.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::PathBuf;
+
+use causeway_model::{ClusterId, ClusterObjects, MeshConfig, ObjectSource};
+use serde::Serialize;
+
+use crate::{ConditionKind, MeshIndex};
+
+/// How bad a finding is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    /// Works, but probably not as meant.
+    Warning,
+    /// Wrong: `causeway check` exits 1.
+    Error,
+}
+
+/// One finding, pointing at the object and field to fix.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Diagnostic {
+    /// Error or warning.
+    pub severity: Severity,
+    /// File relative to the mesh directory.
+    pub file: Option<PathBuf>,
+    /// One-based line.
+    pub line: Option<usize>,
+    /// `Kind namespace/name`.
+    pub object: Option<String>,
+    /// Field path.
+    pub field: Option<String>,
+    /// What is wrong and what it causes.
+    pub message: String,
+}
+
+impl Diagnostic {
+    fn at(
+        severity: Severity,
+        source: &ObjectSource,
+        object: String,
+        field: Option<&str>,
+        message: String,
+    ) -> Self {
+        Self {
+            severity,
+            file: Some(source.file.clone()),
+            line: Some(source.line),
+            object: Some(object),
+            field: field.map(str::to_owned),
+            message,
+        }
+    }
+}
+
+impl fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let sev = match self.severity {
+            Severity::Error => "error",
+            Severity::Warning => "warning",
+        };
+        write!(f, "{sev}: ")?;
+        if let Some(file) = &self.file {
+            write!(f, "{}", file.display())?;
+            if let Some(line) = self.line {
+                write!(f, ":{line}")?;
+            }
+            write!(f, ": ")?;
+        }
+        if let Some(object) = &self.object {
+            write!(f, "{object}: ")?;
+        }
+        if let Some(field) = &self.field {
+            write!(f, "field {field}: ")?;
+        }
+        write!(f, "{}", self.message)
+    }
+}
+
+/// Mesh-wide rules: unknown networks and clusters, networks without a gateway in a
+/// multi-network mesh, export conflicts, exports without a service, selectors that match
+/// nothing.
+pub fn check_mesh(
+    mesh: &MeshConfig,
+    clusters: &BTreeMap<ClusterId, ClusterObjects>,
+    index: &MeshIndex,
+) -> Vec<Diagnostic> {
+    let mut out = Vec::new();
+    let networks = mesh.networks();
+    let multi_network = networks.len() > 1;
+    for cluster in &mesh.clusters {
+        let object = format!("Cluster {}", cluster.id);
+        if multi_network && mesh.network_gateways(&cluster.network).is_empty() {
+            out.push(Diagnostic::at(
+                Severity::Error,
+                &cluster.source,
+                object,
+                Some("spec.gateways"),
+                format!(
+                    "the mesh has {} networks but network {} has no east-west gateway: its services are unreachable from the other networks",
+                    networks.len(),
+                    cluster.network
+                ),
+            ));
+        } else if multi_network && cluster.gateways.is_empty() {
+            out.push(Diagnostic::at(
+                Severity::Warning,
+                &cluster.source,
+                object,
+                Some("spec.gateways"),
+                format!("no gateway of its own: traffic from other networks enters through another cluster's gateway on network {}", cluster.network),
+            ));
+        }
+    }
+    for (id, objects) in clusters {
+        for we in objects.workload_entries.values() {
+            if let Some(net) = &we.network {
+                if !networks.contains(net) {
+                    out.push(Diagnostic::at(
+                        Severity::Error,
+                        &we.source,
+                        format!("WorkloadEntry {}/{}", we.namespace, we.name),
+                        Some("spec.network"),
+                        format!("unknown network {net} (known: {})", join(networks.iter())),
+                    ));
+                }
+            }
+        }
+        for export in objects.exports.values() {
+            for to in export.export_to.iter().flatten() {
+                if mesh.cluster(to).is_none() {
+                    out.push(Diagnostic::at(
+                        Severity::Error,
+                        &export.source,
+                        format!("ServiceExport {}", export.key),
+                        Some("metadata.annotations[causeway.io/export-to]"),
+                        format!(
+                            "unknown cluster {to} (clusters: {})",
+                            join(mesh.clusters.iter().map(|c| &c.id))
+                        ),
+                    ));
+                }
+            }
+            if !objects.services.contains_key(&export.key) {
+                out.push(Diagnostic::at(
+                    Severity::Error,
+                    &export.source,
+                    format!("ServiceExport {}", export.key),
+                    Some("metadata.name"),
+                    format!(
+                        "cluster {id} has no Service {}: nothing is exported",
+                        export.key
+                    ),
+                ));
+            }
+        }
+        for service in objects.services.values() {
+            let Some(selector) = &service.selector else {
+                continue;
+            };
+            let key = &service.key;
+            let selected = objects.workload_entries.values().any(|we| {
+                we.namespace == key.namespace
+                    && selector.iter().all(|(k, v)| we.labels.get(k) == Some(v))
+            });
+            let sliced = objects
+                .endpoint_slices
+                .values()
+                .any(|s| s.namespace == key.namespace && s.service_name == key.name);
+            if !selected && !sliced {
+                out.push(Diagnostic::at(
+                    Severity::Error,
+                    &service.source,
+                    format!("Service {key}"),
+                    Some("spec.selector"),
+                    format!(
+                        "selects nothing in cluster {id}: no WorkloadEntry in namespace {} has labels {} and no EndpointSlice names it",
+                        key.namespace,
+                        join(selector.iter().map(|(k, v)| format!("{k}={v}")))
+                    ),
+                ));
+            }
+        }
+    }
+    for service in index.services().values() {
+        for condition in service
+            .conditions
+            .iter()
+            .filter(|c| c.kind == ConditionKind::Conflict && c.status)
+        {
+            let source = service
+                .exports
+                .first()
+                .and_then(|e| clusters.get(&e.cluster))
+                .and_then(|o| o.exports.get(&service.key))
+                .map(|e| e.source.clone())
+                .unwrap_or_default();
+            out.push(Diagnostic::at(
+                Severity::Error,
+                &source,
+                format!("ServiceExport {}", service.key),
+                None,
+                format!(
+                    "export conflict ({}): {}",
+                    condition.reason, condition.message
+                ),
+            ));
+        }
+    }
+    out.sort_by(|a, b| (&a.file, a.line).cmp(&(&b.file, b.line)));
+    out
+}
+
+fn join<T: fmt::Display>(items: impl Iterator<Item = T>) -> String {
+    items.map(|i| i.to_string()).collect::<Vec<_>>().join(", ")
+}

@@ -1,0 +1,255 @@
+//! One cluster's services with their endpoints resolved per service port.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use causeway_model::{
+    ClusterObjects, ClusterSpec, Health, Locality, MeshConfig, NetworkId, Service, ServiceExport,
+    ServiceKey, ServicePort, TargetPort, WorkloadEntry,
+};
+use serde::Serialize;
+
+/// An endpoint of one service port in one cluster, with where it runs and whether it serves.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+pub struct ResolvedEndpoint {
+    /// Address on its network.
+    pub address: IpAddr,
+    /// Port the workload listens on for this service port.
+    pub port: u16,
+    /// WorkloadEntry or pod name, when known.
+    pub workload: Option<String>,
+    /// Service account (identity), when known.
+    pub service_account: Option<String>,
+    /// Network the address belongs to.
+    pub network: NetworkId,
+    /// Where it runs.
+    pub locality: Locality,
+    /// Load-balancing weight.
+    pub weight: u32,
+    /// Whether it may receive traffic; `None` when ready, else why not.
+    pub not_ready: Option<String>,
+}
+
+impl ResolvedEndpoint {
+    /// Whether it may receive traffic.
+    pub fn is_ready(&self) -> bool {
+        self.not_ready.is_none()
+    }
+}
+
+/// The endpoints of one service port.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PortEndpoints {
+    /// The service port.
+    pub port: ServicePort,
+    /// Its endpoints, ready or not, without duplicates.
+    pub endpoints: Vec<ResolvedEndpoint>,
+}
+
+/// A Service of one cluster with its export and endpoints.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ClusterService {
+    /// The Service object.
+    pub service: Service,
+    /// Its ServiceExport in this cluster, if any.
+    pub export: Option<ServiceExport>,
+    /// Never leaves the cluster (annotation or mesh rule).
+    pub cluster_local: bool,
+    /// Endpoints per service port, in the Service's port order.
+    pub ports: Vec<PortEndpoints>,
+}
+
+impl ClusterService {
+    /// The endpoints of the port with this number and protocol, if the Service has it.
+    pub fn port(&self, number: u16, protocol: &str) -> Option<&PortEndpoints> {
+        self.ports
+            .iter()
+            .find(|p| p.port.port == number && p.port.protocol == protocol)
+    }
+}
+
+/// One cluster, resolved: every Service with endpoints, and exports that name no Service.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ClusterIndex {
+    /// The cluster's settings.
+    pub spec: ClusterSpec,
+    /// Services by key.
+    pub services: BTreeMap<ServiceKey, Arc<ClusterService>>,
+    /// ServiceExports whose Service does not exist in this cluster (MCS: not valid).
+    pub orphan_exports: Vec<ServiceExport>,
+    /// Workloads by (namespace, name): where a proxy beside each one runs.
+    pub workloads: BTreeMap<(String, String), WorkloadPlacement>,
+}
+
+/// Where a workload runs and who it is: what a proxy beside it needs for its view.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct WorkloadPlacement {
+    /// Workload address.
+    pub address: IpAddr,
+    /// Network (the cluster's unless overridden).
+    pub network: NetworkId,
+    /// Locality (the cluster's unless overridden).
+    pub locality: Locality,
+    /// Service account.
+    pub service_account: String,
+}
+
+fn selects(selector: &BTreeMap<String, String>, we: &WorkloadEntry) -> bool {
+    selector.iter().all(|(k, v)| we.labels.get(k) == Some(v))
+}
+
+fn workload_port(port: &ServicePort, we: &WorkloadEntry) -> Option<u16> {
+    if let Some(p) = port.name.as_ref().and_then(|n| we.ports.get(n)) {
+        return Some(*p);
+    }
+    match &port.target_port {
+        TargetPort::Number(n) => Some(*n),
+        TargetPort::Name(name) => we.ports.get(name).copied(),
+    }
+}
+
+impl ClusterIndex {
+    /// Resolves every Service of `objects` against its WorkloadEntries and EndpointSlices.
+    pub fn build(mesh: &MeshConfig, spec: &ClusterSpec, objects: &ClusterObjects) -> Self {
+        let mut services = BTreeMap::new();
+        for (key, service) in &objects.services {
+            let entry = resolve_service(mesh, spec, objects, service);
+            services.insert(key.clone(), Arc::new(entry));
+        }
+        let orphan_exports = objects
+            .exports
+            .values()
+            .filter(|e| !objects.services.contains_key(&e.key))
+            .cloned()
+            .collect();
+        let workloads = objects
+            .workload_entries
+            .iter()
+            .map(|(k, we)| {
+                let placement = WorkloadPlacement {
+                    address: we.address,
+                    network: we.network.clone().unwrap_or_else(|| spec.network.clone()),
+                    locality: we.locality.clone().unwrap_or_else(|| spec.locality.clone()),
+                    service_account: we.service_account.clone(),
+                };
+                (k.clone(), placement)
+            })
+            .collect();
+        Self {
+            spec: spec.clone(),
+            services,
+            orphan_exports,
+            workloads,
+        }
+    }
+
+    /// Like [`Self::build`], but reuses `previous`'s entries that did not change, so an index can
+    /// tell which services moved by pointer comparison.
+    pub fn rebuild(
+        mesh: &MeshConfig,
+        spec: &ClusterSpec,
+        objects: &ClusterObjects,
+        previous: &ClusterIndex,
+    ) -> Self {
+        let mut next = Self::build(mesh, spec, objects);
+        for (key, entry) in next.services.iter_mut() {
+            if let Some(old) = previous.services.get(key) {
+                if **old == **entry {
+                    *entry = Arc::clone(old);
+                }
+            }
+        }
+        next
+    }
+}
+
+fn resolve_service(
+    mesh: &MeshConfig,
+    spec: &ClusterSpec,
+    objects: &ClusterObjects,
+    service: &Service,
+) -> ClusterService {
+    let key = &service.key;
+    let workloads: Vec<&WorkloadEntry> = match &service.selector {
+        Some(selector) => objects
+            .workload_entries
+            .range((key.namespace.clone(), String::new())..)
+            .take_while(|((ns, _), _)| *ns == key.namespace)
+            .map(|(_, we)| we)
+            .filter(|we| selects(selector, we))
+            .collect(),
+        None => Vec::new(),
+    };
+    let slices: Vec<_> = objects
+        .endpoint_slices
+        .range((key.namespace.clone(), String::new())..)
+        .take_while(|((ns, _), _)| *ns == key.namespace)
+        .map(|(_, s)| s)
+        .filter(|s| s.service_name == key.name)
+        .collect();
+    let mut ports = Vec::new();
+    for port in &service.ports {
+        let mut seen: BTreeSet<(IpAddr, u16)> = BTreeSet::new();
+        let mut endpoints = Vec::new();
+        for we in &workloads {
+            let Some(target) = workload_port(port, we) else {
+                continue;
+            };
+            if !seen.insert((we.address, target)) {
+                continue;
+            }
+            let not_ready = match we.health {
+                Health::Healthy => None,
+                Health::Unhealthy => Some("unhealthy".to_owned()),
+                Health::Draining => Some("draining".to_owned()),
+            };
+            endpoints.push(ResolvedEndpoint {
+                address: we.address,
+                port: target,
+                workload: Some(we.name.clone()),
+                service_account: Some(we.service_account.clone()),
+                network: we.network.clone().unwrap_or_else(|| spec.network.clone()),
+                locality: we.locality.clone().unwrap_or_else(|| spec.locality.clone()),
+                weight: we.weight,
+                not_ready,
+            });
+        }
+        for slice in &slices {
+            let Some(slice_port) = slice.ports.iter().find(|p| p.name == port.name) else {
+                continue;
+            };
+            for ep in &slice.endpoints {
+                let Some(address) = ep.addresses.first().copied() else {
+                    continue;
+                };
+                if !seen.insert((address, slice_port.port)) {
+                    continue;
+                }
+                endpoints.push(ResolvedEndpoint {
+                    address,
+                    port: slice_port.port,
+                    workload: ep.target_name.clone(),
+                    service_account: slice.service_account.clone(),
+                    network: spec.network.clone(),
+                    locality: ep
+                        .zone
+                        .as_deref()
+                        .map_or_else(|| spec.locality.clone(), |z| spec.locality.with_zone(z)),
+                    weight: 1,
+                    not_ready: (!ep.ready).then(|| "endpoint slice condition not ready".to_owned()),
+                });
+            }
+        }
+        ports.push(PortEndpoints {
+            port: port.clone(),
+            endpoints,
+        });
+    }
+    ClusterService {
+        service: service.clone(),
+        export: objects.exports.get(key).cloned(),
+        cluster_local: service.cluster_local || mesh.is_cluster_local(key),
+        ports,
+    }
+}

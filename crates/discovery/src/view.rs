@@ -1,0 +1,511 @@
+//! Per-proxy views: what one proxy must see, as a pure function of the mesh index and the
+//! proxy's identity.
+//!
+//! Split horizon: endpoints on the proxy's network are reached directly; endpoints on another
+//! network through an east-west gateway of their own cluster, or else any gateway of their
+//! network. A network with no gateway is unreachable from the others and the view says so.
+//! Each port's endpoints are grouped by locality with Istio's priority numbering relative to
+//! the proxy, renumbered without gaps.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+
+use causeway_model::{
+    ClusterId, Gateway, Locality, MeshConfig, NetworkId, ProxyIdentity, ServiceKey, ServicePort,
+    SpiffeId,
+};
+use serde::Serialize;
+
+use crate::cluster_index::ResolvedEndpoint;
+use crate::MeshIndex;
+
+/// Why a view cannot be computed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ViewError {
+    /// The proxy names a cluster the mesh does not declare.
+    #[error(
+        "proxy {namespace}/{workload} names cluster {cluster}, which mesh.yaml does not declare"
+    )]
+    UnknownCluster {
+        /// The cluster named.
+        cluster: ClusterId,
+        /// Proxy namespace.
+        namespace: String,
+        /// Proxy workload.
+        workload: String,
+    },
+}
+
+/// A proxy's identity resolved against the index: its network and locality.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ProxyContext {
+    /// Who the proxy says it is.
+    pub identity: ProxyIdentity,
+    /// Network it sits on.
+    pub network: NetworkId,
+    /// Where it runs.
+    pub locality: Locality,
+    /// Its service account, when its workload is known.
+    pub service_account: Option<String>,
+    /// Whether its workload was found in its cluster's registry (else cluster defaults apply).
+    pub workload_found: bool,
+}
+
+impl ProxyContext {
+    /// Resolves `identity` against the index: the workload's own network and locality when its
+    /// WorkloadEntry is known, the cluster's otherwise.
+    pub fn resolve(index: &MeshIndex, identity: ProxyIdentity) -> Result<Self, ViewError> {
+        let Some(spec) = index.mesh().cluster(&identity.cluster) else {
+            return Err(ViewError::UnknownCluster {
+                cluster: identity.cluster.clone(),
+                namespace: identity.namespace.clone(),
+                workload: identity.workload.clone(),
+            });
+        };
+        let placement = index.cluster(&identity.cluster).and_then(|c| {
+            c.workloads
+                .get(&(identity.namespace.clone(), identity.workload.clone()))
+        });
+        Ok(Self {
+            network: placement.map_or_else(|| spec.network.clone(), |p| p.network.clone()),
+            locality: placement.map_or_else(|| spec.locality.clone(), |p| p.locality.clone()),
+            service_account: placement.map(|p| p.service_account.clone()),
+            workload_found: placement.is_some(),
+            identity,
+        })
+    }
+}
+
+/// How a proxy reaches an endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EndpointKind {
+    /// Same network: the endpoint's own address.
+    Direct,
+    /// Another network: one gateway standing for the endpoints behind it (what EDS carries).
+    Gateway,
+    /// A real endpoint on another network, reached `via` a gateway (kept for per-endpoint
+    /// balancing and for operators).
+    Remote,
+}
+
+/// One endpoint as a proxy sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ViewEndpoint {
+    /// Direct, gateway or remote.
+    pub kind: EndpointKind,
+    /// Address to connect to (a gateway's for `gateway`; the endpoint's own otherwise).
+    pub address: IpAddr,
+    /// Port to connect to.
+    pub port: u16,
+    /// Cluster of the endpoint (of the gateway, for `gateway`).
+    pub cluster: ClusterId,
+    /// Its network.
+    pub network: NetworkId,
+    /// Its locality.
+    pub locality: Locality,
+    /// Priority relative to the proxy, renumbered without gaps (0 is preferred).
+    pub priority: u32,
+    /// Load-balancing weight; for a gateway, the total weight of the endpoints behind it.
+    pub weight: u32,
+    /// The gateway a remote endpoint is reached through.
+    pub via: Option<Gateway>,
+    /// Workload name, when known.
+    pub workload: Option<String>,
+    /// The identity the endpoint's certificate must carry, when known.
+    pub identity: Option<SpiffeId>,
+    /// Why it is reached this way.
+    pub reason: String,
+}
+
+/// Endpoints of one locality, at one priority: Envoy's `LocalityLbEndpoints`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LocalityGroup {
+    /// The locality.
+    pub locality: Locality,
+    /// Priority relative to the proxy.
+    pub priority: u32,
+    /// Direct endpoints and gateway aggregates.
+    pub endpoints: Vec<ViewEndpoint>,
+}
+
+/// An endpoint the proxy must not use, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct HiddenEndpoint {
+    /// Address.
+    pub address: IpAddr,
+    /// Port.
+    pub port: u16,
+    /// Its cluster.
+    pub cluster: ClusterId,
+    /// Its network.
+    pub network: NetworkId,
+    /// Why it is left out.
+    pub reason: String,
+}
+
+/// One visible service port.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ViewPort {
+    /// Port definition.
+    pub port: ServicePort,
+    /// TLS SNI for mesh traffic to this port: `outbound_.<port>_._.<fqdn>`, what gateways route on.
+    pub sni: String,
+    /// Locality groups, by priority.
+    pub groups: Vec<LocalityGroup>,
+    /// Real remote endpoints behind gateways.
+    pub remote: Vec<ViewEndpoint>,
+    /// Endpoints left out (not ready, unreachable network).
+    pub hidden: Vec<HiddenEndpoint>,
+    /// Identities the port's endpoints may present (for SAN verification).
+    pub identities: BTreeSet<SpiffeId>,
+}
+
+impl ViewPort {
+    /// Every endpoint EDS carries (direct and gateway), across groups.
+    pub fn endpoints(&self) -> impl Iterator<Item = &ViewEndpoint> {
+        self.groups.iter().flat_map(|g| g.endpoints.iter())
+    }
+}
+
+/// One visible service.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ViewService {
+    /// Namespace and name.
+    pub key: ServiceKey,
+    /// `<name>.<namespace>.svc.cluster.local`.
+    pub hostname: String,
+    /// Clusters whose endpoints this proxy may use.
+    pub clusters: Vec<ClusterId>,
+    /// Ports.
+    pub ports: Vec<ViewPort>,
+}
+
+/// A cluster's service the proxy cannot see, and why (for operators).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct HiddenService {
+    /// Namespace and name.
+    pub key: ServiceKey,
+    /// The cluster whose service is hidden.
+    pub cluster: ClusterId,
+    /// Why.
+    pub reason: String,
+}
+
+/// Everything one proxy sees.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ProxyView {
+    /// The proxy, resolved.
+    pub proxy: ProxyContext,
+    /// Visible services, by key.
+    pub services: Vec<ViewService>,
+}
+
+/// The gateways that carry traffic to an endpoint on `network` in `cluster`: the cluster's own
+/// when it is on that network and has any, else every gateway of the network.
+fn gateways_for(mesh: &MeshConfig, cluster: &ClusterId, network: &NetworkId) -> Vec<Gateway> {
+    if let Some(spec) = mesh.cluster(cluster) {
+        if &spec.network == network && !spec.gateways.is_empty() {
+            return spec.gateways.clone();
+        }
+    }
+    mesh.network_gateways(network)
+}
+
+fn gateway_owner(mesh: &MeshConfig, gateway: &Gateway, fallback: &ClusterId) -> ClusterId {
+    mesh.clusters
+        .iter()
+        .find(|c| c.gateways.contains(gateway))
+        .map_or_else(|| fallback.clone(), |c| c.id.clone())
+}
+
+/// Mesh SNI for a service port, Istio's form with an empty subset.
+pub fn sni(key: &ServiceKey, port: u16) -> String {
+    format!("outbound_.{port}_._.{}", key.fqdn())
+}
+
+/// Computes the whole view of a proxy.
+pub fn view(index: &MeshIndex, ctx: &ProxyContext) -> ProxyView {
+    let services = index
+        .services()
+        .keys()
+        .filter_map(|key| view_service(index, ctx, key))
+        .collect();
+    ProxyView {
+        proxy: ctx.clone(),
+        services,
+    }
+}
+
+struct PendingRemote<'a> {
+    cluster: &'a ClusterId,
+    endpoint: &'a ResolvedEndpoint,
+    gateways: Vec<Gateway>,
+}
+
+/// Computes the view of one service for a proxy; `None` when the proxy cannot see it.
+pub fn view_service(
+    index: &MeshIndex,
+    ctx: &ProxyContext,
+    key: &ServiceKey,
+) -> Option<ViewService> {
+    let merged = index.service(key)?;
+    let me = &ctx.identity.cluster;
+    let sources = merged.source_clusters(me);
+    if sources.is_empty() {
+        return None;
+    }
+    let mesh = index.mesh();
+    // Ports: the local definition first, then the merged export definition for the rest.
+    let mut port_defs: Vec<ServicePort> = index
+        .cluster_service(me, key)
+        .map(|s| s.service.ports.clone())
+        .unwrap_or_default();
+    if sources.iter().any(|c| c != me) {
+        for p in &merged.ports {
+            if !port_defs
+                .iter()
+                .any(|d| d.port == p.port && d.protocol == p.protocol)
+            {
+                port_defs.push(p.clone());
+            }
+        }
+    }
+    let ports = port_defs
+        .into_iter()
+        .map(|port| view_port(index, ctx, key, &sources, port, mesh))
+        .collect();
+    Some(ViewService {
+        key: key.clone(),
+        hostname: key.fqdn(),
+        clusters: sources,
+        ports,
+    })
+}
+
+fn identity_of(mesh: &MeshConfig, key: &ServiceKey, ep: &ResolvedEndpoint) -> Option<SpiffeId> {
+    ep.service_account.as_ref().map(|sa| {
+        SpiffeId::new(
+            mesh.mesh.trust_domain.clone(),
+            key.namespace.clone(),
+            sa.clone(),
+        )
+    })
+}
+
+fn view_port(
+    index: &MeshIndex,
+    ctx: &ProxyContext,
+    key: &ServiceKey,
+    sources: &[ClusterId],
+    port: ServicePort,
+    mesh: &MeshConfig,
+) -> ViewPort {
+    let me = &ctx.identity.cluster;
+    let mut direct: Vec<ViewEndpoint> = Vec::new();
+    let mut pending: Vec<PendingRemote<'_>> = Vec::new();
+    let mut hidden: Vec<HiddenEndpoint> = Vec::new();
+    let mut identities = BTreeSet::new();
+    for cluster in sources {
+        let Some(entry) = index.cluster_service(cluster, key) else {
+            continue;
+        };
+        let Some(port_eps) = entry.port(port.port, &port.protocol) else {
+            continue;
+        };
+        for ep in &port_eps.endpoints {
+            let hide = |reason: String| HiddenEndpoint {
+                address: ep.address,
+                port: ep.port,
+                cluster: cluster.clone(),
+                network: ep.network.clone(),
+                reason,
+            };
+            if let Some(why) = &ep.not_ready {
+                hidden.push(hide(format!("not ready: {why}")));
+                continue;
+            }
+            let identity = identity_of(mesh, key, ep);
+            if ep.network == ctx.network {
+                identities.extend(identity.clone());
+                let reason = if cluster == me {
+                    "same cluster".to_owned()
+                } else {
+                    format!("same network {} as the proxy", ep.network)
+                };
+                direct.push(ViewEndpoint {
+                    kind: EndpointKind::Direct,
+                    address: ep.address,
+                    port: ep.port,
+                    cluster: cluster.clone(),
+                    network: ep.network.clone(),
+                    locality: ep.locality.clone(),
+                    priority: ep.locality.priority_from(&ctx.locality),
+                    weight: ep.weight,
+                    via: None,
+                    workload: ep.workload.clone(),
+                    identity,
+                    reason,
+                });
+                continue;
+            }
+            let gateways = gateways_for(mesh, cluster, &ep.network);
+            if gateways.is_empty() {
+                hidden.push(hide(format!(
+                    "network {} has no east-west gateway; unreachable from network {}",
+                    ep.network, ctx.network
+                )));
+                continue;
+            }
+            identities.extend(identity);
+            pending.push(PendingRemote {
+                cluster,
+                endpoint: ep,
+                gateways,
+            });
+        }
+    }
+
+    // Assign each remote endpoint to exactly one gateway: round-robin over the endpoints of one
+    // (locality, gateway set), in address order, so load spreads evenly and deterministically.
+    pending.sort_by(|a, b| {
+        (
+            &a.endpoint.locality,
+            &a.gateways,
+            a.endpoint.address,
+            a.endpoint.port,
+        )
+            .cmp(&(
+                &b.endpoint.locality,
+                &b.gateways,
+                b.endpoint.address,
+                b.endpoint.port,
+            ))
+    });
+    let mut rr: BTreeMap<(Locality, Vec<Gateway>), usize> = BTreeMap::new();
+    let mut remote: Vec<ViewEndpoint> = Vec::new();
+    // (locality, gateway) -> (owner cluster, network, weight, endpoint count)
+    let mut aggregates: BTreeMap<(Locality, Gateway), (ClusterId, NetworkId, u32, usize)> =
+        BTreeMap::new();
+    for p in &pending {
+        let slot = rr
+            .entry((p.endpoint.locality.clone(), p.gateways.clone()))
+            .or_insert(0);
+        let gateway = p.gateways[*slot % p.gateways.len()];
+        *slot += 1;
+        let owner = gateway_owner(mesh, &gateway, p.cluster);
+        let agg = aggregates
+            .entry((p.endpoint.locality.clone(), gateway))
+            .or_insert_with(|| (owner.clone(), p.endpoint.network.clone(), 0, 0));
+        agg.2 = agg.2.saturating_add(p.endpoint.weight);
+        agg.3 += 1;
+        remote.push(ViewEndpoint {
+            kind: EndpointKind::Remote,
+            address: p.endpoint.address,
+            port: p.endpoint.port,
+            cluster: p.cluster.clone(),
+            network: p.endpoint.network.clone(),
+            locality: p.endpoint.locality.clone(),
+            priority: p.endpoint.locality.priority_from(&ctx.locality),
+            weight: p.endpoint.weight,
+            via: Some(gateway),
+            workload: p.endpoint.workload.clone(),
+            identity: identity_of(mesh, key, p.endpoint),
+            reason: format!(
+                "network {} is not the proxy's {}; via east-west gateway {gateway} of cluster {owner}",
+                p.endpoint.network, ctx.network
+            ),
+        });
+    }
+    let mut endpoints = direct;
+    for ((locality, gateway), (owner, network, weight, count)) in aggregates {
+        endpoints.push(ViewEndpoint {
+            kind: EndpointKind::Gateway,
+            address: gateway.address,
+            port: gateway.port,
+            priority: locality.priority_from(&ctx.locality),
+            cluster: owner.clone(),
+            network: network.clone(),
+            locality,
+            weight,
+            via: None,
+            workload: None,
+            identity: None,
+            reason: format!(
+                "east-west gateway of cluster {owner} (network {network}) for {count} endpoint(s) behind it"
+            ),
+        });
+    }
+
+    // Renumber priorities without gaps, then group by (priority, locality).
+    let raw: BTreeSet<u32> = endpoints.iter().map(|e| e.priority).collect();
+    let renumber: BTreeMap<u32, u32> = raw.into_iter().zip(0u32..).collect();
+    let renumbered = |p: u32| renumber.get(&p).copied().unwrap_or(p);
+    let mut groups: BTreeMap<(u32, Locality), Vec<ViewEndpoint>> = BTreeMap::new();
+    for mut e in endpoints {
+        e.priority = renumbered(e.priority);
+        groups
+            .entry((e.priority, e.locality.clone()))
+            .or_default()
+            .push(e);
+    }
+    for r in &mut remote {
+        r.priority = renumbered(r.priority);
+    }
+    let groups = groups
+        .into_iter()
+        .map(|((priority, locality), mut endpoints)| {
+            endpoints.sort_by(|a, b| (a.address, a.port).cmp(&(b.address, b.port)));
+            LocalityGroup {
+                locality,
+                priority,
+                endpoints,
+            }
+        })
+        .collect();
+    ViewPort {
+        sni: sni(key, port.port),
+        port,
+        groups,
+        remote,
+        hidden,
+        identities,
+    }
+}
+
+/// Services of other clusters the proxy cannot see, with the reason: the other half of
+/// "what each proxy sees and why".
+pub fn hidden_services(index: &MeshIndex, ctx: &ProxyContext) -> Vec<HiddenService> {
+    let me = &ctx.identity.cluster;
+    let mut out = Vec::new();
+    for (key, merged) in index.services() {
+        let sources = merged.source_clusters(me);
+        for cluster in &merged.defined_in {
+            if sources.contains(cluster) {
+                continue;
+            }
+            let reason = match merged.exports.iter().find(|e| &e.cluster == cluster) {
+                None => format!("not exported from cluster {cluster} (no ServiceExport)"),
+                Some(e) if !e.active => e
+                    .inactive_reason
+                    .clone()
+                    .unwrap_or_else(|| "export inactive".to_owned()),
+                Some(e) => format!(
+                    "cluster {cluster} exports it only to {}",
+                    e.export_to
+                        .iter()
+                        .flatten()
+                        .map(ClusterId::as_str)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            };
+            out.push(HiddenService {
+                key: key.clone(),
+                cluster: cluster.clone(),
+                reason,
+            });
+        }
+    }
+    out
+}
