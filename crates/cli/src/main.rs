@@ -1,1 +1,94 @@
-fn main() {}
+//! `causeway`: the one binary of the mesh. Subcommands run the control plane and operator
+//! tools; `anyhow` is used only here, at the edge.
+
+mod check;
+mod control_plane;
+mod http_client;
+mod proxy_config;
+mod telemetry;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "causeway",
+    version,
+    about = "Causeway: a multi-cluster service mesh"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the control plane over a mesh directory: watch it, index every cluster, serve views.
+    ControlPlane(control_plane::Args),
+    /// Validate a mesh directory without starting anything (exit 1 when it has errors).
+    Check {
+        /// The mesh directory (mesh.yaml and clusters/<id>/*.yaml).
+        dir: PathBuf,
+        /// Output format.
+        #[arg(short = 'o', long, value_enum, default_value_t = OutputFormat::Text)]
+        output: OutputFormat,
+    },
+    /// Show what a proxy is configured with, as the running control plane computes it.
+    ProxyConfig {
+        #[command(subcommand)]
+        what: proxy_config::What,
+        /// Debug API of the control plane.
+        #[arg(
+            long,
+            global = true,
+            env = "CAUSEWAY_CONTROL_PLANE",
+            default_value = "127.0.0.1:15010"
+        )]
+        control_plane: SocketAddr,
+    },
+}
+
+/// How operator commands print.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OutputFormat {
+    /// Human-readable table or list.
+    Text,
+    /// JSON, for scripts.
+    Json,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let level = match cli.command {
+        Command::ControlPlane(_) => "info",
+        _ => "warn",
+    };
+    telemetry::init_logging(level);
+    let result = match cli.command {
+        Command::Check { dir, output } => check::run(&dir, output),
+        Command::ControlPlane(args) => runtime().and_then(|rt| {
+            rt.block_on(control_plane::run(args))
+                .map(|()| ExitCode::SUCCESS)
+        }),
+        Command::ProxyConfig {
+            what,
+            control_plane,
+        } => runtime().and_then(|rt| rt.block_on(proxy_config::run(what, control_plane))),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("causeway: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
+}

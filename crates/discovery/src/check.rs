@@ -22,6 +22,7 @@ pub enum Severity {
 
 /// One finding, pointing at the object and field to fix.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct Diagnostic {
     /// Error or warning.
     pub severity: Severity,

@@ -12,6 +12,7 @@ use serde::Serialize;
 
 /// An endpoint of one service port in one cluster, with where it runs and whether it serves.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct ResolvedEndpoint {
     /// Address on its network.
     pub address: IpAddr,
@@ -40,6 +41,7 @@ impl ResolvedEndpoint {
 
 /// The endpoints of one service port.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct PortEndpoints {
     /// The service port.
     pub port: ServicePort,
@@ -49,6 +51,7 @@ pub struct PortEndpoints {
 
 /// A Service of one cluster with its export and endpoints.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct ClusterService {
     /// The Service object.
     pub service: Service,
@@ -71,6 +74,7 @@ impl ClusterService {
 
 /// One cluster, resolved: every Service with endpoints, and exports that name no Service.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct ClusterIndex {
     /// The cluster's settings.
     pub spec: ClusterSpec,
@@ -84,6 +88,7 @@ pub struct ClusterIndex {
 
 /// Where a workload runs and who it is: what a proxy beside it needs for its view.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct WorkloadPlacement {
     /// Workload address.
     pub address: IpAddr,

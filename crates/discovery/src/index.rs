@@ -23,6 +23,7 @@ pub enum AgeSource {
 
 /// One cluster's export of a service.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct ExportState {
     /// Exporting cluster.
     pub cluster: ClusterId,
@@ -58,6 +59,7 @@ pub enum ConditionKind {
 
 /// A condition on a merged service, as MCS reports on ServiceExport status.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct Condition {
     /// Condition type.
     #[serde(rename = "type")]
@@ -72,6 +74,7 @@ pub struct Condition {
 
 /// A service merged across clusters by namespace and name.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct MeshService {
     /// Namespace and name.
     pub key: ServiceKey,
@@ -114,6 +117,7 @@ impl MeshService {
 
 /// An MCS `ServiceImport` derived for one cluster.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct ServiceImport {
     /// Namespace and name.
     pub key: ServiceKey,

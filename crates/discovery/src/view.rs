@@ -38,6 +38,7 @@ pub enum ViewError {
 
 /// A proxy's identity resolved against the index: its network and locality.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct ProxyContext {
     /// Who the proxy says it is.
     pub identity: ProxyIdentity,
@@ -91,6 +92,7 @@ pub enum EndpointKind {
 
 /// One endpoint as a proxy sees it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct ViewEndpoint {
     /// Direct, gateway or remote.
     pub kind: EndpointKind,
@@ -120,6 +122,7 @@ pub struct ViewEndpoint {
 
 /// Endpoints of one locality, at one priority: Envoy's `LocalityLbEndpoints`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct LocalityGroup {
     /// The locality.
     pub locality: Locality,
@@ -131,6 +134,7 @@ pub struct LocalityGroup {
 
 /// An endpoint the proxy must not use, and why.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct HiddenEndpoint {
     /// Address.
     pub address: IpAddr,
@@ -146,6 +150,7 @@ pub struct HiddenEndpoint {
 
 /// One visible service port.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct ViewPort {
     /// Port definition.
     pub port: ServicePort,
@@ -170,6 +175,7 @@ impl ViewPort {
 
 /// One visible service.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct ViewService {
     /// Namespace and name.
     pub key: ServiceKey,
@@ -183,6 +189,7 @@ pub struct ViewService {
 
 /// A cluster's service the proxy cannot see, and why (for operators).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct HiddenService {
     /// Namespace and name.
     pub key: ServiceKey,
@@ -194,6 +201,7 @@ pub struct HiddenService {
 
 /// Everything one proxy sees.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct ProxyView {
     /// The proxy, resolved.
     pub proxy: ProxyContext,

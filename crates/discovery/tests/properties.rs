@@ -29,14 +29,18 @@ fn gen_cluster() -> impl Strategy<Value = GenCluster> {
         proptest::bool::weighted(0.15),
         proptest::collection::vec((proptest::bool::weighted(0.8), 1u32..4), 0..4),
     ));
-    (0usize..3, 0usize..4, 0usize..3, proptest::collection::vec(svc, SERVICES)).prop_map(
-        |(network, locality, gateways, services)| GenCluster {
+    (
+        0usize..3,
+        0usize..4,
+        0usize..3,
+        proptest::collection::vec(svc, SERVICES),
+    )
+        .prop_map(|(network, locality, gateways, services)| GenCluster {
             network,
             locality,
             gateways,
             services,
-        },
-    )
+        })
 }
 
 fn build(clusters: &[GenCluster], sameness: bool) -> MeshBuilder {
@@ -45,24 +49,54 @@ fn build(clusters: &[GenCluster], sameness: bool) -> MeshBuilder {
         m = m.sameness();
     }
     for (i, c) in clusters.iter().enumerate() {
-        let gws: Vec<String> = (0..c.gateways).map(|g| format!("192.0.2.{}:{}", i * 4 + g + 1, 15443)).collect();
+        let gws: Vec<String> = (0..c.gateways)
+            .map(|g| format!("192.0.2.{}:{}", i * 4 + g + 1, 15443))
+            .collect();
         let gw_refs: Vec<&str> = gws.iter().map(String::as_str).collect();
-        m = m.cluster(&format!("c{i}"), &format!("n{}", c.network), LOCALITIES[c.locality], &gw_refs);
+        m = m.cluster(
+            &format!("c{i}"),
+            &format!("n{}", c.network),
+            LOCALITIES[c.locality],
+            &gw_refs,
+        );
     }
     let names: Vec<String> = (0..clusters.len()).map(|i| format!("c{i}")).collect();
     for (i, c) in clusters.iter().enumerate() {
         let cl = &names[i];
         for (s, def) in c.services.iter().enumerate() {
-            let Some((exported, mask, local, workloads)) = def else { continue };
+            let Some((exported, mask, local, workloads)) = def else {
+                continue;
+            };
             let svc = format!("s{s}");
-            m = m.service(cl, "ns", &svc, &[80]).with_service(cl, "ns", &svc, |x| x.cluster_local = *local);
+            m = m
+                .service(cl, "ns", &svc, &[80])
+                .with_service(cl, "ns", &svc, |x| x.cluster_local = *local);
             for (w, (ready, weight)) in workloads.iter().enumerate() {
-                let health = if *ready { Health::Healthy } else { Health::Unhealthy };
-                m = m.workload_full(cl, "ns", &format!("{svc}-{w}"), &format!("10.0.{s}.{w}"), &svc, health, *weight, None, None);
+                let health = if *ready {
+                    Health::Healthy
+                } else {
+                    Health::Unhealthy
+                };
+                m = m.workload_full(
+                    cl,
+                    "ns",
+                    &format!("{svc}-{w}"),
+                    &format!("10.0.{s}.{w}"),
+                    &svc,
+                    health,
+                    *weight,
+                    None,
+                    None,
+                );
             }
             if *exported {
                 let to: Option<Vec<&str>> = mask.map(|mask| {
-                    names.iter().enumerate().filter(|(j, _)| mask & (1 << j) != 0).map(|(_, n)| n.as_str()).collect()
+                    names
+                        .iter()
+                        .enumerate()
+                        .filter(|(j, _)| mask & (1 << j) != 0)
+                        .map(|(_, n)| n.as_str())
+                        .collect()
                 });
                 let to = to.filter(|t| !t.is_empty());
                 m = m.export(cl, "ns", &svc, to.as_deref(), None);

@@ -78,6 +78,7 @@ string_id!(
 
 /// A service's identity across the mesh: services are merged by namespace and name.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct ServiceKey {
     /// Kubernetes namespace.
     pub namespace: String,

@@ -21,6 +21,7 @@ pub enum DiscoveryMode {
 /// An east-west gateway: the one address of a network that other networks can reach. It routes
 /// on TLS SNI without terminating the workloads' mTLS.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct Gateway {
     /// Address reachable from other networks.
     pub address: IpAddr,
@@ -43,6 +44,7 @@ impl fmt::Display for Gateway {
 
 /// One member cluster of the mesh.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct ClusterSpec {
     /// Cluster id (`metadata.name` of the `Cluster` object).
     pub id: ClusterId,
@@ -58,6 +60,7 @@ pub struct ClusterSpec {
 
 /// A rule marking services as cluster-local: they never leave their cluster.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct ClusterLocalRule {
     /// Namespace the rule applies to.
     pub namespace: String,
@@ -74,6 +77,7 @@ impl ClusterLocalRule {
 
 /// Mesh-wide settings from the `Mesh` object.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct MeshSpec {
     /// Mesh name (`metadata.name`).
     pub name: String,
@@ -91,6 +95,7 @@ pub struct MeshSpec {
 
 /// The mesh and its member clusters, in declaration order.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct MeshConfig {
     /// Mesh-wide settings.
     pub mesh: MeshSpec,

@@ -9,6 +9,7 @@ use crate::{ClusterId, Locality, NetworkId, ServiceKey};
 
 /// Where an object came from, so errors and conditions can point at it.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Default)]
+#[serde(rename_all = "camelCase")]
 pub struct ObjectSource {
     /// File, relative to the mesh directory (or a registry-specific name).
     pub file: PathBuf,
@@ -42,6 +43,7 @@ pub enum TargetPort {
 
 /// One port of a Service.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct ServicePort {
     /// Port name (required by Kubernetes when a Service has several ports).
     pub name: Option<String>,
@@ -57,6 +59,7 @@ pub struct ServicePort {
 
 /// A `v1/Service` of one cluster.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct Service {
     /// Namespace and name.
     pub key: ServiceKey,
@@ -87,6 +90,7 @@ pub enum Health {
 
 /// A `causeway.io/v1alpha1/WorkloadEntry`: one workload instance (a VM, a process, a pod).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct WorkloadEntry {
     /// Namespace.
     pub namespace: String,
@@ -117,6 +121,7 @@ pub struct WorkloadEntry {
 
 /// One port of an EndpointSlice.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct SlicePort {
     /// Matches the Service port name.
     pub name: Option<String>,
@@ -126,6 +131,7 @@ pub struct SlicePort {
 
 /// One endpoint of an EndpointSlice.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct SliceEndpoint {
     /// Addresses (Kubernetes allows several; all are the same pod).
     pub addresses: Vec<IpAddr>,
@@ -140,6 +146,7 @@ pub struct SliceEndpoint {
 /// A `discovery.k8s.io/v1/EndpointSlice` attached to a Service by its
 /// `kubernetes.io/service-name` label.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct EndpointSlice {
     /// Namespace.
     pub namespace: String,
@@ -159,6 +166,7 @@ pub struct EndpointSlice {
 
 /// A `multicluster.x-k8s.io/v1alpha1/ServiceExport`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct ServiceExport {
     /// The exported service.
     pub key: ServiceKey,
@@ -174,6 +182,7 @@ pub struct ServiceExport {
 
 /// Everything one cluster's registry holds, validated.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Default)]
+#[serde(rename_all = "camelCase")]
 pub struct ClusterObjects {
     /// Services by key.
     pub services: BTreeMap<ServiceKey, Service>,

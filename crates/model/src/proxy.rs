@@ -17,6 +17,7 @@ pub enum ProxyRole {
 
 /// Who a proxy is: the input of its view, besides the mesh index.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct ProxyIdentity {
     /// Cluster it runs in.
     pub cluster: ClusterId,

@@ -1,0 +1,81 @@
+//! `causeway check DIR`: load a mesh directory, apply mesh-wide rules, print every finding.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use causeway_discovery::{check_mesh, Diagnostic, MeshIndex, Severity};
+use causeway_model::ClusterId;
+use causeway_registry::{LoadError, MeshDirectory};
+
+use crate::OutputFormat;
+
+fn from_load_error(e: LoadError) -> Diagnostic {
+    Diagnostic {
+        severity: Severity::Error,
+        file: Some(e.file),
+        line: e.line,
+        object: e.object,
+        field: e.field,
+        message: match e.document {
+            Some(doc) => format!("{} (document {doc})", e.reason),
+            None => e.reason,
+        },
+    }
+}
+
+/// Every finding for the directory: load errors first, then mesh-wide rules.
+pub fn diagnose(dir: &Path) -> anyhow::Result<Vec<Diagnostic>> {
+    if !dir.is_dir() {
+        anyhow::bail!("{} is not a directory", dir.display());
+    }
+    let directory = MeshDirectory::open(dir);
+    let mut findings: Vec<Diagnostic> = directory
+        .errors()
+        .into_iter()
+        .map(from_load_error)
+        .collect();
+    if let Some(mesh) = directory.mesh() {
+        let mut objects = BTreeMap::new();
+        for (name, slot) in directory.clusters() {
+            if let (Ok(id), Some(objs)) = (ClusterId::new(name), &slot.objects) {
+                objects.insert(id, (**objs).clone());
+            }
+        }
+        let index = MeshIndex::build(Arc::clone(mesh), objects.iter());
+        findings.extend(check_mesh(mesh, &objects, &index));
+    }
+    Ok(findings)
+}
+
+/// Runs the command: exit 0 when there is no error (warnings allowed), 1 otherwise.
+pub fn run(dir: &Path, output: OutputFormat) -> anyhow::Result<ExitCode> {
+    let findings = diagnose(dir)?;
+    let errors = findings
+        .iter()
+        .filter(|d| d.severity == Severity::Error)
+        .count();
+    let warnings = findings.len() - errors;
+    match output {
+        OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&findings)?),
+        OutputFormat::Text => {
+            for d in &findings {
+                println!("{d}");
+            }
+            if errors == 0 {
+                println!("{}: ok ({warnings} warning(s))", dir.display());
+            } else {
+                println!(
+                    "{}: {errors} error(s), {warnings} warning(s)",
+                    dir.display()
+                );
+            }
+        }
+    }
+    Ok(if errors == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}

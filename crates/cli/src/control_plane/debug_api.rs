@@ -1,0 +1,365 @@
+//! The JSON debug API: what the control plane knows and what each proxy sees, and why.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use causeway_discovery::view::{self, hidden_services};
+use causeway_discovery::{EndpointKind, HiddenService, MeshIndex, MeshService, ProxyContext};
+use causeway_model::{
+    ClusterId, Locality, NetworkId, ProxyIdentity, ProxyRole, ServiceKey, SpiffeId,
+};
+use serde::{Deserialize, Serialize};
+
+use super::metrics::Metrics;
+use super::state::{Snapshot, StateHandle};
+
+#[derive(Clone)]
+struct AppState {
+    state: StateHandle,
+    metrics: Arc<Metrics>,
+}
+
+/// Builds the router.
+pub fn router(state: StateHandle, metrics: Arc<Metrics>) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/metrics", get(metrics_text))
+        .route("/debug/mesh", get(mesh))
+        .route("/debug/clusters", get(clusters))
+        .route("/debug/services", get(services))
+        .route("/debug/errors", get(errors))
+        .route("/debug/imports", get(imports))
+        .route("/debug/view", get(proxy_view))
+        .with_state(AppState { state, metrics })
+}
+
+/// An API error with its status.
+struct ApiError(StatusCode, String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, Json(serde_json::json!({ "error": self.1 }))).into_response()
+    }
+}
+
+fn snapshot(app: &AppState) -> Arc<Snapshot> {
+    app.state.borrow().clone()
+}
+
+fn index_of(snap: &Snapshot) -> Result<Arc<MeshIndex>, ApiError> {
+    snap.index.clone().ok_or_else(|| {
+        let errs: Vec<String> = snap.errors.iter().map(ToString::to_string).collect();
+        ApiError(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("mesh.yaml has not loaded yet: {}", errs.join("; ")),
+        )
+    })
+}
+
+fn parse_cluster(value: &str) -> Result<ClusterId, ApiError> {
+    ClusterId::new(value).map_err(|e| {
+        ApiError(
+            StatusCode::BAD_REQUEST,
+            format!("query parameter cluster: {e}"),
+        )
+    })
+}
+
+async fn metrics_text(State(app): State<AppState>) -> impl IntoResponse {
+    (
+        [(
+            "content-type",
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        app.metrics.render(),
+    )
+}
+
+async fn mesh(State(app): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
+    let snap = snapshot(&app);
+    let index = index_of(&snap)?;
+    let mesh = index.mesh();
+    Ok(Json(serde_json::json!({
+        "version": snap.version,
+        "name": mesh.mesh.name,
+        "trustDomain": mesh.mesh.trust_domain,
+        "discovery": mesh.mesh.discovery,
+        "clusterLocal": mesh.mesh.cluster_local,
+        "networks": mesh.networks(),
+        "errors": snap.errors,
+        "lastChanges": snap.changes,
+    })))
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ClusterRow {
+    id: ClusterId,
+    network: NetworkId,
+    locality: Locality,
+    gateways: Vec<String>,
+    synced: bool,
+    generation: u64,
+    services: usize,
+    endpoints: usize,
+    errors: Vec<String>,
+}
+
+async fn clusters(State(app): State<AppState>) -> Result<Json<Vec<ClusterRow>>, ApiError> {
+    let snap = snapshot(&app);
+    let index = index_of(&snap)?;
+    let rows = index
+        .mesh()
+        .clusters
+        .iter()
+        .map(|spec| {
+            let status = snap.clusters.get(spec.id.as_str());
+            let indexed = index.cluster(&spec.id);
+            ClusterRow {
+                id: spec.id.clone(),
+                network: spec.network.clone(),
+                locality: spec.locality.clone(),
+                gateways: spec.gateways.iter().map(ToString::to_string).collect(),
+                synced: status.is_some_and(|s| s.synced),
+                generation: status.map_or(0, |s| s.generation),
+                services: indexed.map_or(0, |c| c.services.len()),
+                endpoints: indexed.map_or(0, |c| {
+                    c.services
+                        .values()
+                        .flat_map(|s| s.ports.iter())
+                        .map(|p| p.endpoints.len())
+                        .sum()
+                }),
+                errors: status
+                    .map(|s| s.errors.iter().map(ToString::to_string).collect())
+                    .unwrap_or_default(),
+            }
+        })
+        .collect();
+    Ok(Json(rows))
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ServiceRow<'a> {
+    service: String,
+    exported: bool,
+    #[serde(flatten)]
+    merged: &'a MeshService,
+}
+
+async fn services(State(app): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
+    let snap = snapshot(&app);
+    let index = index_of(&snap)?;
+    let rows: Vec<ServiceRow<'_>> = index
+        .services()
+        .values()
+        .map(|s| ServiceRow {
+            service: s.key.to_string(),
+            exported: s.is_exported(),
+            merged: s,
+        })
+        .collect();
+    serde_json::to_value(rows)
+        .map(Json)
+        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
+}
+
+async fn errors(State(app): State<AppState>) -> Json<serde_json::Value> {
+    let snap = snapshot(&app);
+    Json(serde_json::json!({ "version": snap.version, "errors": snap.errors }))
+}
+
+#[derive(Deserialize)]
+struct ImportsQuery {
+    cluster: String,
+}
+
+async fn imports(
+    State(app): State<AppState>,
+    Query(q): Query<ImportsQuery>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let snap = snapshot(&app);
+    let index = index_of(&snap)?;
+    let cluster = parse_cluster(&q.cluster)?;
+    if index.mesh().cluster(&cluster).is_none() {
+        return Err(ApiError(
+            StatusCode::NOT_FOUND,
+            format!("cluster {cluster} is not declared in mesh.yaml"),
+        ));
+    }
+    serde_json::to_value(index.imports_for(&cluster))
+        .map(Json)
+        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
+}
+
+#[derive(Deserialize)]
+struct ViewQuery {
+    cluster: String,
+    #[serde(default = "default_namespace")]
+    namespace: String,
+    #[serde(default)]
+    workload: String,
+    /// Only this service (`namespace/name`).
+    service: Option<String>,
+}
+
+fn default_namespace() -> String {
+    "default".to_owned()
+}
+
+/// One row of the view: any endpoint the proxy knows of, used or not.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EndpointRow {
+    kind: &'static str,
+    address: IpAddr,
+    port: u16,
+    cluster: ClusterId,
+    network: NetworkId,
+    locality: Option<Locality>,
+    priority: Option<u32>,
+    weight: u32,
+    via: Option<String>,
+    workload: Option<String>,
+    identity: Option<SpiffeId>,
+    reason: String,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct PortRow {
+    port: u16,
+    name: Option<String>,
+    protocol: String,
+    app_protocol: Option<String>,
+    sni: String,
+    endpoints: Vec<EndpointRow>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ServiceViewRow {
+    service: String,
+    hostname: String,
+    clusters: Vec<ClusterId>,
+    ports: Vec<PortRow>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ViewResponse {
+    version: u64,
+    proxy: ProxyContext,
+    services: Vec<ServiceViewRow>,
+    hidden_services: Vec<HiddenService>,
+}
+
+fn kind_name(kind: EndpointKind) -> &'static str {
+    match kind {
+        EndpointKind::Direct => "direct",
+        EndpointKind::Gateway => "gateway",
+        EndpointKind::Remote => "remote",
+    }
+}
+
+fn port_row(p: &causeway_discovery::ViewPort) -> PortRow {
+    let mut endpoints: Vec<EndpointRow> = p
+        .endpoints()
+        .chain(p.remote.iter())
+        .map(|e| EndpointRow {
+            kind: kind_name(e.kind),
+            address: e.address,
+            port: e.port,
+            cluster: e.cluster.clone(),
+            network: e.network.clone(),
+            locality: Some(e.locality.clone()),
+            priority: Some(e.priority),
+            weight: e.weight,
+            via: e.via.map(|g| g.to_string()),
+            workload: e.workload.clone(),
+            identity: e.identity.clone(),
+            reason: e.reason.clone(),
+        })
+        .collect();
+    endpoints.extend(p.hidden.iter().map(|h| EndpointRow {
+        kind: "hidden",
+        address: h.address,
+        port: h.port,
+        cluster: h.cluster.clone(),
+        network: h.network.clone(),
+        locality: None,
+        priority: None,
+        weight: 0,
+        via: None,
+        workload: None,
+        identity: None,
+        reason: h.reason.clone(),
+    }));
+    PortRow {
+        port: p.port.port,
+        name: p.port.name.clone(),
+        protocol: p.port.protocol.clone(),
+        app_protocol: p.port.app_protocol.clone(),
+        sni: p.sni.clone(),
+        endpoints,
+    }
+}
+
+async fn proxy_view(
+    State(app): State<AppState>,
+    Query(q): Query<ViewQuery>,
+) -> Result<Json<ViewResponse>, ApiError> {
+    let snap = snapshot(&app);
+    let index = index_of(&snap)?;
+    let cluster = parse_cluster(&q.cluster)?;
+    let identity = ProxyIdentity {
+        cluster,
+        namespace: q.namespace,
+        workload: q.workload,
+        role: ProxyRole::Sidecar,
+    };
+    let ctx = ProxyContext::resolve(&index, identity)
+        .map_err(|e| ApiError(StatusCode::NOT_FOUND, e.to_string()))?;
+    let span = tracing::debug_span!("debug_view", cluster = %ctx.identity.cluster, workload = %ctx.identity.workload);
+    let _guard = span.enter();
+    let only = match q.service.as_deref() {
+        None => None,
+        Some(s) => {
+            let (ns, name) = s.split_once('/').ok_or_else(|| {
+                ApiError(
+                    StatusCode::BAD_REQUEST,
+                    format!("query parameter service: {s:?} is not namespace/name"),
+                )
+            })?;
+            Some(ServiceKey::new(ns, name))
+        }
+    };
+    let services: Vec<_> = match &only {
+        Some(key) => view::view_service(&index, &ctx, key).into_iter().collect(),
+        None => view::view(&index, &ctx).services,
+    };
+    let mut hidden = hidden_services(&index, &ctx);
+    if let Some(key) = &only {
+        hidden.retain(|h| &h.key == key);
+    }
+    Ok(Json(ViewResponse {
+        version: snap.version,
+        services: services
+            .iter()
+            .map(|s| ServiceViewRow {
+                service: s.key.to_string(),
+                hostname: s.hostname.clone(),
+                clusters: s.clusters.clone(),
+                ports: s.ports.iter().map(port_row).collect(),
+            })
+            .collect(),
+        hidden_services: hidden,
+        proxy: ctx,
+    }))
+}

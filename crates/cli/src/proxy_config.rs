@@ -1,0 +1,169 @@
+//! `causeway proxy-config`: what a proxy sees, read from the running control plane's debug API
+//! and printed as a table (or JSON).
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use serde_json::Value;
+
+use crate::http_client;
+use crate::OutputFormat;
+
+const TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What to show.
+#[derive(clap::Subcommand)]
+pub enum What {
+    /// Endpoints of every service port the proxy sees: direct, via gateway, or hidden and why.
+    Endpoints {
+        /// Cluster the proxy runs in.
+        #[arg(long)]
+        cluster: String,
+        /// Namespace of its workload.
+        #[arg(long, default_value = "default")]
+        namespace: String,
+        /// Its workload name.
+        #[arg(long, default_value = "")]
+        workload: String,
+        /// Only this service (`namespace/name`).
+        #[arg(long)]
+        service: Option<String>,
+        /// Output format.
+        #[arg(short = 'o', long, value_enum, default_value_t = OutputFormat::Text)]
+        output: OutputFormat,
+    },
+}
+
+/// Percent-encodes a query value (only unreserved characters pass).
+fn encode(value: &str) -> String {
+    let mut out = String::new();
+    for b in value.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(b as char);
+        } else {
+            let _ = write!(out, "%{b:02X}");
+        }
+    }
+    out
+}
+
+/// Runs the command.
+pub async fn run(what: What, control_plane: SocketAddr) -> anyhow::Result<ExitCode> {
+    match what {
+        What::Endpoints {
+            cluster,
+            namespace,
+            workload,
+            service,
+            output,
+        } => {
+            let mut path = format!(
+                "/debug/view?cluster={}&namespace={}&workload={}",
+                encode(&cluster),
+                encode(&namespace),
+                encode(&workload)
+            );
+            if let Some(s) = &service {
+                let _ = write!(path, "&service={}", encode(s));
+            }
+            let body = http_client::get(control_plane, &path, TIMEOUT).await?;
+            let view: Value = serde_json::from_slice(&body)
+                .context("the debug API answered with invalid JSON")?;
+            match output {
+                OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&view)?),
+                OutputFormat::Text => print!("{}", render_endpoints(&view)),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn text(v: &Value) -> String {
+    match v {
+        Value::Null => "-".to_owned(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// Renders a `/debug/view` answer as an aligned table.
+pub fn render_endpoints(view: &Value) -> String {
+    let mut out = String::new();
+    let proxy = &view["proxy"];
+    let _ = writeln!(
+        out,
+        "proxy {}/{} in cluster {} (network {}, locality {}{})",
+        text(&proxy["identity"]["namespace"]),
+        text(&proxy["identity"]["workload"]),
+        text(&proxy["identity"]["cluster"]),
+        text(&proxy["network"]),
+        text(&proxy["locality"]),
+        if proxy["workloadFound"] == Value::Bool(false) {
+            "; workload not in the registry, cluster defaults used"
+        } else {
+            ""
+        }
+    );
+    let header = [
+        "SERVICE", "PORT", "KIND", "ENDPOINT", "CLUSTER", "NETWORK", "LOCALITY", "PRIO", "WEIGHT",
+        "VIA", "REASON",
+    ];
+    let mut rows: Vec<Vec<String>> = vec![header.iter().map(|h| (*h).to_owned()).collect()];
+    for svc in view["services"].as_array().into_iter().flatten() {
+        for port in svc["ports"].as_array().into_iter().flatten() {
+            for ep in port["endpoints"].as_array().into_iter().flatten() {
+                rows.push(vec![
+                    text(&svc["service"]),
+                    text(&port["port"]),
+                    text(&ep["kind"]),
+                    format!("{}:{}", text(&ep["address"]), text(&ep["port"])),
+                    text(&ep["cluster"]),
+                    text(&ep["network"]),
+                    text(&ep["locality"]),
+                    text(&ep["priority"]),
+                    text(&ep["weight"]),
+                    text(&ep["via"]),
+                    text(&ep["reason"]),
+                ]);
+            }
+        }
+    }
+    let widths: Vec<usize> = (0..header.len())
+        .map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0))
+        .collect();
+    for row in &rows {
+        let line: Vec<String> = row
+            .iter()
+            .enumerate()
+            .map(|(i, cell)| {
+                if i + 1 == row.len() {
+                    cell.clone()
+                } else {
+                    format!("{cell:<w$}", w = widths[i])
+                }
+            })
+            .collect();
+        let _ = writeln!(out, "{}", line.join("  ").trim_end());
+    }
+    let hidden = view["hiddenServices"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    if !hidden.is_empty() {
+        let _ = writeln!(out, "\nnot visible to this proxy:");
+        for h in hidden {
+            let _ = writeln!(
+                out,
+                "  {}/{} in cluster {}: {}",
+                text(&h["key"]["namespace"]),
+                text(&h["key"]["name"]),
+                text(&h["cluster"]),
+                text(&h["reason"])
+            );
+        }
+    }
+    out
+}
