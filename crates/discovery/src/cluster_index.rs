@@ -5,8 +5,8 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use causeway_model::{
-    ClusterObjects, ClusterSpec, Health, Locality, MeshConfig, NetworkId, Service, ServiceExport,
-    ServiceKey, ServicePort, TargetPort, WorkloadEntry,
+    ClusterObjects, ClusterSpec, EndpointSlice, Health, Locality, MeshConfig, NetworkId, Service,
+    ServiceExport, ServiceKey, ServicePort, TargetPort, WorkloadEntry,
 };
 use serde::Serialize;
 
@@ -117,9 +117,10 @@ fn workload_port(port: &ServicePort, we: &WorkloadEntry) -> Option<u16> {
 impl ClusterIndex {
     /// Resolves every Service of `objects` against its WorkloadEntries and EndpointSlices.
     pub fn build(mesh: &MeshConfig, spec: &ClusterSpec, objects: &ClusterObjects) -> Self {
+        let selection = Selection::new(objects);
         let mut services = BTreeMap::new();
         for (key, service) in &objects.services {
-            let entry = resolve_service(mesh, spec, objects, service);
+            let entry = resolve_service(mesh, spec, objects, &selection, service);
             services.insert(key.clone(), Arc::new(entry));
         }
         let orphan_exports = objects
@@ -169,30 +170,76 @@ impl ClusterIndex {
     }
 }
 
+/// Inverted indexes over one cluster's objects, so resolving every Service costs time in
+/// proportion to what it selects, not to the size of its namespace.
+struct Selection<'a> {
+    /// (namespace, label key, label value) -> workloads carrying that label.
+    by_label: BTreeMap<(&'a str, &'a str, &'a str), Vec<&'a WorkloadEntry>>,
+    /// (namespace, service name) -> its slices.
+    slices: BTreeMap<(&'a str, &'a str), Vec<&'a EndpointSlice>>,
+}
+
+impl<'a> Selection<'a> {
+    fn new(objects: &'a ClusterObjects) -> Self {
+        let mut by_label: BTreeMap<(&str, &str, &str), Vec<&WorkloadEntry>> = BTreeMap::new();
+        for we in objects.workload_entries.values() {
+            for (k, v) in &we.labels {
+                by_label
+                    .entry((we.namespace.as_str(), k.as_str(), v.as_str()))
+                    .or_default()
+                    .push(we);
+            }
+        }
+        let mut slices: BTreeMap<(&str, &str), Vec<&EndpointSlice>> = BTreeMap::new();
+        for slice in objects.endpoint_slices.values() {
+            slices
+                .entry((slice.namespace.as_str(), slice.service_name.as_str()))
+                .or_default()
+                .push(slice);
+        }
+        Self { by_label, slices }
+    }
+
+    /// Workloads of `namespace` matching every label of `selector` (non-empty).
+    fn select(
+        &self,
+        namespace: &str,
+        selector: &BTreeMap<String, String>,
+    ) -> Vec<&'a WorkloadEntry> {
+        // Start from the rarest label's candidates, then check the rest.
+        let candidates = selector
+            .iter()
+            .map(|(k, v)| {
+                self.by_label
+                    .get(&(namespace, k.as_str(), v.as_str()))
+                    .map_or(&[][..], Vec::as_slice)
+            })
+            .min_by_key(|c| c.len())
+            .unwrap_or(&[]);
+        candidates
+            .iter()
+            .copied()
+            .filter(|we| selects(selector, we))
+            .collect()
+    }
+}
+
 fn resolve_service(
     mesh: &MeshConfig,
     spec: &ClusterSpec,
     objects: &ClusterObjects,
+    selection: &Selection<'_>,
     service: &Service,
 ) -> ClusterService {
     let key = &service.key;
     let workloads: Vec<&WorkloadEntry> = match &service.selector {
-        Some(selector) => objects
-            .workload_entries
-            .range((key.namespace.clone(), String::new())..)
-            .take_while(|((ns, _), _)| *ns == key.namespace)
-            .map(|(_, we)| we)
-            .filter(|we| selects(selector, we))
-            .collect(),
+        Some(selector) => selection.select(&key.namespace, selector),
         None => Vec::new(),
     };
-    let slices: Vec<_> = objects
-        .endpoint_slices
-        .range((key.namespace.clone(), String::new())..)
-        .take_while(|((ns, _), _)| *ns == key.namespace)
-        .map(|(_, s)| s)
-        .filter(|s| s.service_name == key.name)
-        .collect();
+    let slices: &[&EndpointSlice] = selection
+        .slices
+        .get(&(key.namespace.as_str(), key.name.as_str()))
+        .map_or(&[], Vec::as_slice);
     let mut ports = Vec::new();
     for port in &service.ports {
         let mut seen: BTreeSet<(IpAddr, u16)> = BTreeSet::new();
@@ -220,7 +267,7 @@ fn resolve_service(
                 not_ready,
             });
         }
-        for slice in &slices {
+        for slice in slices {
             let Some(slice_port) = slice.ports.iter().find(|p| p.name == port.name) else {
                 continue;
             };

@@ -463,7 +463,7 @@ fn view_port(
     let groups = groups
         .into_iter()
         .map(|((priority, locality), mut endpoints)| {
-            endpoints.sort_by(|a, b| (a.address, a.port).cmp(&(b.address, b.port)));
+            endpoints.sort_by_key(|e| (e.address, e.port));
             LocalityGroup {
                 locality,
                 priority,

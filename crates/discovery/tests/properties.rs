@@ -10,13 +10,16 @@ use causeway_model::Health;
 use common::*;
 use proptest::prelude::*;
 
+/// (exported, export-to mask, cluster-local, workloads as (ready, weight)).
+type GenService = (bool, Option<u8>, bool, Vec<(bool, u32)>);
+
 #[derive(Debug, Clone)]
 struct GenCluster {
     network: usize,
     locality: usize,
     gateways: usize,
-    /// Per service: None = not defined; Some((exported, export_to mask, cluster_local, workloads))
-    services: Vec<Option<(bool, Option<u8>, bool, Vec<(bool, u32)>)>>,
+    /// Per service: `None` when the cluster does not define it.
+    services: Vec<Option<GenService>>,
 }
 
 const LOCALITIES: [&str; 4] = ["r1/z1", "r1/z2", "r2/z1", "r2/z2/s1"];

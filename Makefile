@@ -1,0 +1,27 @@
+# Causeway's entry points. `make demo` runs the main job, `make test` every test.
+CARGO ?= cargo
+MESH_DIR ?= examples/three-clusters
+
+.PHONY: demo test lint bench build
+
+build:
+	$(CARGO) build -p causeway
+
+## The main job: a local multi-cluster mesh on this machine.
+demo: build
+	./target/debug/causeway check $(MESH_DIR)
+	./target/debug/causeway control-plane --mesh-dir $(MESH_DIR)
+
+## Every test: unit, property and end-to-end suites.
+test:
+	$(CARGO) build --workspace --all-targets
+	$(CARGO) test --workspace --no-fail-fast
+
+## Formatting and lints, as CI runs them.
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+## Benchmarks (release build).
+bench:
+	$(CARGO) run --release -p causeway-bench --bin index-bench
