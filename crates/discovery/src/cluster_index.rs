@@ -5,8 +5,8 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use causeway_model::{
-    ClusterObjects, ClusterSpec, EndpointSlice, Health, Locality, MeshConfig, NetworkId, Service,
-    ServiceExport, ServiceKey, ServicePort, TargetPort, WorkloadEntry,
+    AuthorizationPolicy, ClusterObjects, ClusterSpec, EndpointSlice, Health, Locality, MeshConfig,
+    NetworkId, Service, ServiceExport, ServiceKey, ServicePort, TargetPort, WorkloadEntry,
 };
 use serde::Serialize;
 
@@ -84,6 +84,8 @@ pub struct ClusterIndex {
     pub orphan_exports: Vec<ServiceExport>,
     /// Workloads by (namespace, name): where a proxy beside each one runs.
     pub workloads: BTreeMap<(String, String), WorkloadPlacement>,
+    /// Authorization policies declared in this cluster.
+    pub policies: Vec<AuthorizationPolicy>,
 }
 
 /// Where a workload runs and who it is: what a proxy beside it needs for its view.
@@ -98,6 +100,8 @@ pub struct WorkloadPlacement {
     pub locality: Locality,
     /// Service account.
     pub service_account: String,
+    /// Labels (what authorization policies select on).
+    pub labels: BTreeMap<String, String>,
 }
 
 fn selects(selector: &BTreeMap<String, String>, we: &WorkloadEntry) -> bool {
@@ -138,6 +142,7 @@ impl ClusterIndex {
                     network: we.network.clone().unwrap_or_else(|| spec.network.clone()),
                     locality: we.locality.clone().unwrap_or_else(|| spec.locality.clone()),
                     service_account: we.service_account.clone(),
+                    labels: we.labels.clone(),
                 };
                 (k.clone(), placement)
             })
@@ -147,6 +152,7 @@ impl ClusterIndex {
             services,
             orphan_exports,
             workloads,
+            policies: objects.policies.values().cloned().collect(),
         }
     }
 

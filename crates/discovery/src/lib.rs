@@ -9,6 +9,7 @@
 mod check;
 mod cluster_index;
 mod index;
+pub mod policy;
 pub mod view;
 
 pub use check::{check_mesh, Diagnostic, Severity};

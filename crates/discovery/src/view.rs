@@ -517,3 +517,140 @@ pub fn hidden_services(index: &MeshIndex, ctx: &ProxyContext) -> Vec<HiddenServi
     }
     out
 }
+
+/// One route of an east-west gateway: an exported service port of the gateway's cluster and
+/// the local endpoints behind it. Gateways get routes only for exported services.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GatewayRoute {
+    /// Namespace and name.
+    pub key: ServiceKey,
+    /// The service port.
+    pub port: ServicePort,
+    /// The SNI callers use, `outbound_.<port>_._.<fqdn>`.
+    pub sni: String,
+    /// Ready endpoints of the gateway's own cluster.
+    pub endpoints: Vec<ViewEndpoint>,
+}
+
+/// What the east-west gateway of `cluster` forwards: every service port exported (and not
+/// cluster-local) from that cluster, to that cluster's ready endpoints. Anything else has no
+/// route, so a connection with any other SNI is closed.
+pub fn gateway_routes(index: &MeshIndex, cluster: &ClusterId) -> Vec<GatewayRoute> {
+    let Some(spec) = index.mesh().cluster(cluster) else {
+        return Vec::new();
+    };
+    let mut routes = Vec::new();
+    for (key, merged) in index.services() {
+        let exported_here = merged
+            .exports
+            .iter()
+            .any(|e| &e.cluster == cluster && e.active);
+        if !exported_here {
+            continue;
+        }
+        let Some(entry) = index.cluster_service(cluster, key) else {
+            continue;
+        };
+        for port_eps in &entry.ports {
+            let endpoints = port_eps
+                .endpoints
+                .iter()
+                .filter(|e| e.is_ready())
+                .map(|e| ViewEndpoint {
+                    kind: EndpointKind::Direct,
+                    address: e.address,
+                    port: e.port,
+                    cluster: cluster.clone(),
+                    network: e.network.clone(),
+                    locality: e.locality.clone(),
+                    priority: e.locality.priority_from(&spec.locality),
+                    weight: e.weight,
+                    via: None,
+                    workload: e.workload.clone(),
+                    identity: identity_of(index.mesh(), key, e),
+                    reason: "local endpoint behind the gateway".to_owned(),
+                })
+                .collect();
+            routes.push(GatewayRoute {
+                key: key.clone(),
+                port: port_eps.port.clone(),
+                sni: sni(key, port_eps.port.port),
+                endpoints,
+            });
+        }
+    }
+    routes
+}
+
+/// Stable slots for services in an address block of `capacity` addresses: each service hashes
+/// to a slot and collisions probe forward in (hash, key) order, so a service keeps its slot when
+/// others come and go unless they collide with it. Used to give every service its own outbound
+/// address inside a sidecar's block (and, with capture, its virtual IP).
+pub fn service_slots<'a>(
+    keys: impl IntoIterator<Item = &'a ServiceKey>,
+    capacity: u32,
+) -> BTreeMap<ServiceKey, u32> {
+    let mut hashed: Vec<(u32, &ServiceKey)> = keys
+        .into_iter()
+        .map(|k| (slot_hash(k) % capacity.max(1), k))
+        .collect();
+    hashed.sort();
+    let mut taken = BTreeSet::new();
+    let mut out = BTreeMap::new();
+    for (start, key) in hashed {
+        if taken.len() as u32 >= capacity {
+            break;
+        }
+        let mut slot = start;
+        while taken.contains(&slot) {
+            slot = (slot + 1) % capacity;
+        }
+        taken.insert(slot);
+        out.insert(key.clone(), slot);
+    }
+    out
+}
+
+/// FNV-1a over `namespace/name`: stable across releases and platforms, unlike std's hasher.
+fn slot_hash(key: &ServiceKey) -> u32 {
+    let mut h: u32 = 0x811c_9dc5;
+    for b in key
+        .namespace
+        .bytes()
+        .chain(std::iter::once(b'/'))
+        .chain(key.name.bytes())
+    {
+        h ^= u32::from(b);
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    h
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slots_are_unique_and_stable() {
+        let keys: Vec<ServiceKey> = (0..50)
+            .map(|i| ServiceKey::new("ns", format!("s{i}")))
+            .collect();
+        let slots = service_slots(keys.iter(), 64);
+        let distinct: BTreeSet<_> = slots.values().collect();
+        assert_eq!(distinct.len(), 50);
+        assert!(slots.values().all(|s| *s < 64));
+        // Adding a service moves no other service unless it collides.
+        let mut more = keys.clone();
+        more.push(ServiceKey::new("ns", "new"));
+        let again = service_slots(more.iter(), 1 << 16);
+        let before = service_slots(keys.iter(), 1 << 16);
+        let moved = before
+            .iter()
+            .filter(|(k, s)| again.get(*k) != Some(*s))
+            .count();
+        assert!(moved <= 1);
+        // Full block: only capacity services get slots.
+        assert_eq!(service_slots(keys.iter(), 10).len(), 10);
+    }
+}

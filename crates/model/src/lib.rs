@@ -9,6 +9,7 @@ mod ids;
 mod locality;
 mod mesh;
 mod objects;
+mod policy;
 mod proxy;
 
 pub use ids::{ClusterId, IdError, NetworkId, ServiceKey};
@@ -18,4 +19,5 @@ pub use objects::{
     ClusterObjects, EndpointSlice, Health, ObjectSource, Service, ServiceExport, ServicePort,
     SliceEndpoint, SlicePort, TargetPort, WorkloadEntry,
 };
+pub use policy::{AuthorizationPolicy, PolicyAction, PolicyRule, PolicySource, PolicyTarget};
 pub use proxy::{ProxyIdentity, ProxyRole, SpiffeId, SpiffeIdError};

@@ -192,4 +192,6 @@ pub struct ClusterObjects {
     pub endpoint_slices: BTreeMap<(String, String), EndpointSlice>,
     /// ServiceExports by key.
     pub exports: BTreeMap<ServiceKey, ServiceExport>,
+    /// AuthorizationPolicies by (namespace, name).
+    pub policies: BTreeMap<(String, String), crate::AuthorizationPolicy>,
 }

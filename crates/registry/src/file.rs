@@ -8,9 +8,10 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 use causeway_model::{
-    ClusterId, ClusterLocalRule, ClusterObjects, ClusterSpec, DiscoveryMode, EndpointSlice,
-    Gateway, Health, Locality, MeshConfig, MeshSpec, NetworkId, ObjectSource, Service,
-    ServiceExport, ServiceKey, ServicePort, SliceEndpoint, SlicePort, TargetPort, WorkloadEntry,
+    AuthorizationPolicy, ClusterId, ClusterLocalRule, ClusterObjects, ClusterSpec, DiscoveryMode,
+    EndpointSlice, Gateway, Health, Locality, MeshConfig, MeshSpec, NetworkId, ObjectSource,
+    PolicyAction, PolicyRule, PolicySource, PolicyTarget, Service, ServiceExport, ServiceKey,
+    ServicePort, SliceEndpoint, SlicePort, SpiffeId, TargetPort, WorkloadEntry,
 };
 use serde::de::DeserializeOwned;
 
@@ -453,6 +454,15 @@ fn parse_cluster_object(doc: &Doc<'_>, objects: &mut ClusterObjects) -> Result<(
             }
             objects.exports.insert(export.key.clone(), export);
         }
+        "AuthorizationPolicy" => {
+            expect_api(doc, &kind, &api, CAUSEWAY_API)?;
+            let policy = parse_policy(doc)?;
+            let key = (policy.namespace.clone(), policy.name.clone());
+            if let Some(first) = objects.policies.get(&key) {
+                return Err(duplicate(doc, &format!("AuthorizationPolicy {}/{}", key.0, key.1), &first.source));
+            }
+            objects.policies.insert(key, policy);
+        }
         "Mesh" | "Cluster" => {
             return Err(doc.error(
                 Some(&kind),
@@ -464,7 +474,7 @@ fn parse_cluster_object(doc: &Doc<'_>, objects: &mut ClusterObjects) -> Result<(
             return Err(doc.error(
                 Some(other),
                 Some("kind"),
-                format!("{other} is not supported in a cluster directory (Service, WorkloadEntry, EndpointSlice, ServiceExport)"),
+                format!("{other} is not supported in a cluster directory (Service, WorkloadEntry, EndpointSlice, ServiceExport, AuthorizationPolicy)"),
             ))
         }
     }
@@ -758,6 +768,91 @@ fn parse_service_export(doc: &Doc<'_>) -> Result<ServiceExport, LoadError> {
         key,
         export_to,
         created,
+        source: doc.source(),
+    })
+}
+
+fn parse_policy(doc: &Doc<'_>) -> Result<AuthorizationPolicy, LoadError> {
+    let obj: wire::Object<wire::AuthorizationPolicySpec> =
+        doc.typed(Some("AuthorizationPolicy"))?;
+    let name = required_name(doc, "AuthorizationPolicy", &obj.metadata)?;
+    let namespace = namespace_of(&obj.metadata);
+    let object = format!("AuthorizationPolicy {namespace}/{name}");
+    let action = match obj.spec.action.as_deref() {
+        None | Some("ALLOW") => PolicyAction::Allow,
+        Some("DENY") => PolicyAction::Deny,
+        Some(other) => {
+            return Err(doc.error(
+                Some(&object),
+                Some("spec.action"),
+                format!("{other:?} is not ALLOW or DENY"),
+            ))
+        }
+    };
+    let mut rules = Vec::new();
+    for (i, rule) in obj.spec.rules.into_iter().enumerate() {
+        let mut from = Vec::new();
+        for (j, src) in rule.from.into_iter().enumerate() {
+            for (k, p) in src.principals.iter().enumerate() {
+                let exact = p.strip_suffix('*').is_none();
+                let valid = if exact {
+                    SpiffeId::parse(p).is_ok()
+                } else {
+                    p.starts_with("spiffe://")
+                };
+                if !valid {
+                    return Err(doc.error(
+                        Some(&object),
+                        Some(&format!("spec.rules[{i}].from[{j}].principals[{k}]")),
+                        format!("{p:?} is not a SPIFFE ID (spiffe://<trust-domain>/ns/<ns>/sa/<sa>) or a prefix of one ending in '*'"),
+                    ));
+                }
+            }
+            let mut clusters = Vec::new();
+            for (k, c) in src.clusters.iter().enumerate() {
+                clusters.push(ClusterId::new(c).map_err(|e| {
+                    doc.error(
+                        Some(&object),
+                        Some(&format!("spec.rules[{i}].from[{j}].clusters[{k}]")),
+                        e.to_string(),
+                    )
+                })?);
+            }
+            from.push(PolicySource {
+                principals: src.principals,
+                namespaces: src.namespaces,
+                clusters,
+            });
+        }
+        let mut to = Vec::new();
+        for (j, target) in rule.to.into_iter().enumerate() {
+            if let Some(k) = target.ports.iter().position(|p| *p == 0) {
+                return Err(doc.error(
+                    Some(&object),
+                    Some(&format!("spec.rules[{i}].to[{j}].ports[{k}]")),
+                    "must be 1-65535",
+                ));
+            }
+            if let Some(k) = target.paths.iter().position(|p| !p.starts_with('/')) {
+                return Err(doc.error(
+                    Some(&object),
+                    Some(&format!("spec.rules[{i}].to[{j}].paths[{k}]")),
+                    "must start with '/'",
+                ));
+            }
+            to.push(PolicyTarget {
+                ports: target.ports,
+                paths: target.paths,
+            });
+        }
+        rules.push(PolicyRule { from, to });
+    }
+    Ok(AuthorizationPolicy {
+        namespace,
+        name,
+        selector: obj.spec.selector.filter(|s| !s.is_empty()),
+        action,
+        rules,
         source: doc.source(),
     })
 }

@@ -165,3 +165,41 @@ pub struct ServiceExport {
     #[serde(default)]
     pub metadata: ObjectMeta,
 }
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AuthorizationPolicySpec {
+    pub selector: Option<BTreeMap<String, String>>,
+    pub action: Option<String>,
+    #[serde(default)]
+    pub rules: Vec<PolicyRule>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PolicyRule {
+    #[serde(default)]
+    pub from: Vec<PolicySource>,
+    #[serde(default)]
+    pub to: Vec<PolicyTarget>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PolicySource {
+    #[serde(default)]
+    pub principals: Vec<String>,
+    #[serde(default)]
+    pub namespaces: Vec<String>,
+    #[serde(default)]
+    pub clusters: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PolicyTarget {
+    #[serde(default)]
+    pub ports: Vec<u16>,
+    #[serde(default)]
+    pub paths: Vec<String>,
+}
