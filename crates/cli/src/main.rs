@@ -3,8 +3,11 @@
 
 mod check;
 mod control_plane;
+mod echo;
 mod http_client;
+mod proxy;
 mod proxy_config;
+mod proxy_status;
 mod telemetry;
 
 use std::net::SocketAddr;
@@ -36,6 +39,23 @@ enum Command {
         #[arg(short = 'o', long, value_enum, default_value_t = OutputFormat::Text)]
         output: OutputFormat,
     },
+    /// Run Envoy as a sidecar or east-west gateway, configured by the control plane.
+    Proxy(proxy::Args),
+    /// The sample application: answers HTTP with its cluster, workload and caller identity.
+    Echo(echo::Args),
+    /// List the proxies connected to the control plane: sent, acknowledged and rejected config.
+    ProxyStatus {
+        /// Debug API of the control plane.
+        #[arg(
+            long,
+            env = "CAUSEWAY_CONTROL_PLANE",
+            default_value = "127.0.0.1:15010"
+        )]
+        control_plane: SocketAddr,
+        /// Output format.
+        #[arg(short = 'o', long, value_enum, default_value_t = OutputFormat::Text)]
+        output: OutputFormat,
+    },
     /// Show what a proxy is configured with, as the running control plane computes it.
     ProxyConfig {
         #[command(subcommand)]
@@ -63,7 +83,7 @@ pub enum OutputFormat {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let level = match cli.command {
-        Command::ControlPlane(_) => "info",
+        Command::ControlPlane(_) | Command::Proxy(_) | Command::Echo(_) => "info",
         _ => "warn",
     };
     telemetry::init_logging(level);
@@ -73,6 +93,12 @@ fn main() -> ExitCode {
             rt.block_on(control_plane::run(args))
                 .map(|()| ExitCode::SUCCESS)
         }),
+        Command::Proxy(args) => runtime().and_then(|rt| rt.block_on(proxy::run(args))),
+        Command::Echo(args) => runtime().and_then(|rt| rt.block_on(echo::run(args))),
+        Command::ProxyStatus {
+            control_plane,
+            output,
+        } => runtime().and_then(|rt| rt.block_on(proxy_status::run(control_plane, output))),
         Command::ProxyConfig {
             what,
             control_plane,
@@ -91,4 +117,23 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?)
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
 }

@@ -15,6 +15,8 @@ use causeway_model::{
 };
 use serde::{Deserialize, Serialize};
 
+use causeway_xds::ProxyRegistry;
+
 use super::metrics::Metrics;
 use super::state::{Snapshot, StateHandle};
 
@@ -22,11 +24,14 @@ use super::state::{Snapshot, StateHandle};
 struct AppState {
     state: StateHandle,
     metrics: Arc<Metrics>,
+    proxies: Arc<ProxyRegistry>,
 }
 
 /// Builds the router.
-pub fn router(state: StateHandle, metrics: Arc<Metrics>) -> Router {
+pub fn router(state: StateHandle, metrics: Arc<Metrics>, proxies: Arc<ProxyRegistry>) -> Router {
     Router::new()
+        .route("/debug/proxies", get(proxy_list))
+        .route("/debug/test/poison", axum::routing::post(poison))
         .route("/healthz", get(|| async { "ok" }))
         .route("/metrics", get(metrics_text))
         .route("/debug/mesh", get(mesh))
@@ -35,7 +40,11 @@ pub fn router(state: StateHandle, metrics: Arc<Metrics>) -> Router {
         .route("/debug/errors", get(errors))
         .route("/debug/imports", get(imports))
         .route("/debug/view", get(proxy_view))
-        .with_state(AppState { state, metrics })
+        .with_state(AppState {
+            state,
+            metrics,
+            proxies,
+        })
 }
 
 /// An API error with its status.
@@ -362,4 +371,50 @@ async fn proxy_view(
         hidden_services: hidden,
         proxy: ctx,
     }))
+}
+
+async fn proxy_list(State(app): State<AppState>) -> Json<serde_json::Value> {
+    let snap = snapshot(&app);
+    let proxies: Vec<serde_json::Value> = app
+        .proxies
+        .proxies()
+        .into_iter()
+        .map(|p| {
+            let in_sync = p.in_sync() && p.mesh_version == snap.version;
+            let mut v = serde_json::to_value(&p).unwrap_or_default();
+            if let Some(obj) = v.as_object_mut() {
+                obj.insert("inSync".into(), serde_json::Value::Bool(in_sync));
+            }
+            v
+        })
+        .collect();
+    Json(serde_json::json!({
+        "meshVersion": snap.version,
+        "proxies": proxies,
+        "rejected": app.proxies.rejections(),
+    }))
+}
+
+#[derive(Deserialize)]
+struct PoisonQuery {
+    cluster: String,
+    workload: String,
+    #[serde(default = "default_on")]
+    on: bool,
+}
+
+fn default_on() -> bool {
+    true
+}
+
+async fn poison(
+    State(app): State<AppState>,
+    Query(q): Query<PoisonQuery>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    app.proxies
+        .poison(&q.cluster, &q.workload, q.on)
+        .map_err(|e| ApiError(StatusCode::FORBIDDEN, e.to_owned()))?;
+    Ok(Json(
+        serde_json::json!({ "cluster": q.cluster, "workload": q.workload, "poisoned": q.on }),
+    ))
 }

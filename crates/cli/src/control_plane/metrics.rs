@@ -131,6 +131,15 @@ impl Metrics {
         }
     }
 
+    /// Lets another component register its metrics in the same registry.
+    pub fn register(&self, f: impl FnOnce(&mut Registry)) {
+        let mut registry = match self.registry.lock() {
+            Ok(r) => r,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        f(&mut registry);
+    }
+
     /// Renders the text exposition format.
     pub fn render(&self) -> String {
         let mut out = String::new();

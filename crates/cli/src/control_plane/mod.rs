@@ -21,9 +21,19 @@ pub struct Args {
     /// Address of the debug API and /metrics.
     #[arg(long, default_value = "127.0.0.1:15010")]
     pub debug_addr: SocketAddr,
+    /// Address of the xDS (ADS) server proxies connect to.
+    #[arg(long, default_value = "127.0.0.1:15011")]
+    pub xds_addr: SocketAddr,
     /// How long to wait after a file change for the rest of a burst (milliseconds).
     #[arg(long, default_value_t = 50)]
     pub settle_ms: u64,
+    /// Changes closer together than this are pushed to proxies together (milliseconds); the
+    /// first change after a quiet period is pushed at once.
+    #[arg(long, default_value_t = 100)]
+    pub coalesce_ms: u64,
+    /// Enable test-only debug endpoints (e.g. making a proxy's config invalid to test NACKs).
+    #[arg(long, hide = true)]
+    pub enable_test_hooks: bool,
 }
 
 /// Runs until Ctrl-C or SIGTERM.
@@ -40,37 +50,38 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     )
     .await
     .context("starting the mesh directory watch")?;
+    let proxies = Arc::new(causeway_xds::ProxyRegistry::new(args.enable_test_hooks));
+    metrics.register(|registry| proxies.register_metrics(registry));
+    let mesh_state = state::forward_to_xds(state.clone());
+    let ads = causeway_xds::AdsServer::new(
+        mesh_state,
+        Arc::clone(&proxies),
+        causeway_xds::ServerConfig {
+            coalesce: Duration::from_millis(args.coalesce_ms),
+        },
+    );
+    let xds_listener = tokio::net::TcpListener::bind(args.xds_addr)
+        .await
+        .with_context(|| format!("binding the xDS server on {}", args.xds_addr))?;
+    let xds_local = xds_listener.local_addr()?;
+    let xds = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .add_service(ads.into_service())
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(xds_listener),
+            crate::shutdown_signal(),
+        );
     let listener = tokio::net::TcpListener::bind(args.debug_addr)
         .await
         .with_context(|| format!("binding the debug API on {}", args.debug_addr))?;
     let local = listener.local_addr()?;
-    tracing::info!(mesh_dir = %root.display(), debug_api = %local, "control plane running");
-    let app = debug_api::router(state, metrics);
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown_signal())
-        .await
-        .context("debug API server")?;
+    tracing::info!(mesh_dir = %root.display(), debug_api = %local, xds = %xds_local, "control plane running");
+    let app = debug_api::router(state, metrics, proxies);
+    let debug = axum::serve(listener, app).with_graceful_shutdown(crate::shutdown_signal());
+    let (xds_result, debug_result) = tokio::join!(xds, debug);
+    xds_result.context("xDS server")?;
+    debug_result.context("debug API server")?;
     tracing::info!("control plane stopped");
     Ok(())
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {},
-        () = term => {},
-    }
 }

@@ -189,3 +189,27 @@ pub async fn start(
     });
     Ok(rx)
 }
+
+/// Feeds the xDS server: the index of every new snapshot, as the xDS crate's mesh state.
+pub fn forward_to_xds(
+    mut snapshots: StateHandle,
+) -> channel::Receiver<Arc<causeway_xds::MeshState>> {
+    let first = snapshots.borrow_and_update().clone();
+    let (tx, rx) = channel::channel(Arc::new(causeway_xds::MeshState {
+        version: first.version,
+        index: first.index.clone(),
+    }));
+    tokio::spawn(async move {
+        while snapshots.changed().await.is_ok() {
+            let snap = snapshots.borrow_and_update().clone();
+            let next = causeway_xds::MeshState {
+                version: snap.version,
+                index: snap.index.clone(),
+            };
+            if tx.send(Arc::new(next)).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}

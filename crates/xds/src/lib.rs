@@ -1,0 +1,15 @@
+//! Causeway's xDS: per-proxy views as Envoy v3 resources, served over ADS.
+//!
+//! [`node`] validates who a connecting Envoy is; [`build`] turns the mesh index and a proxy into
+//! listeners, clusters and endpoints (pure, unit-tested); [`server`] speaks ADS in both
+//! state-of-the-world and delta form with versions, nonces, ACK/NACK and incremental pushes;
+//! [`status`] records what each proxy was sent and acknowledged, for `causeway proxy-status`.
+
+pub mod build;
+pub mod node;
+pub mod resources;
+pub mod server;
+pub mod status;
+
+pub use server::{AdsServer, MeshState, ServerConfig};
+pub use status::{ProxyRegistry, ProxyStatus};
