@@ -424,6 +424,16 @@ pub fn sidecar_resources(index: &MeshIndex, node: &ProxyNode, ctx: &ProxyContext
                 ("service", service.key.to_string()),
                 ("sourceCluster", ctx.identity.cluster.to_string()),
             ]);
+            let inputs = (
+                "outbound-cluster",
+                &service.key,
+                &port.port,
+                &port.sni,
+                &port.identities,
+                unknown_identity,
+                &trust_domain,
+                &ctx.identity.cluster,
+            );
             out.insert(
                 TypeUrl::Cluster,
                 &name,
@@ -432,11 +442,13 @@ pub fn sidecar_resources(index: &MeshIndex, node: &ProxyNode, ctx: &ProxyContext
                     Some(transport_socket(pack_any(upstream_tls))),
                     metadata,
                 )),
+                &inputs,
             );
             out.insert(
                 TypeUrl::ClusterLoadAssignment,
                 &name,
                 pack_any(load_assignment(&name, &port.groups)),
+                &port.groups,
             );
             let (Some(block), Some(slot)) = (node.outbound, slots.get(&service.key)) else {
                 continue;
@@ -462,7 +474,13 @@ pub fn sidecar_resources(index: &MeshIndex, node: &ProxyNode, ctx: &ProxyContext
                 metadata: Some(causeway_metadata(&[("service", service.key.to_string())])),
                 ..Default::default()
             };
-            out.insert(TypeUrl::Listener, &listener_name, pack_any(listener));
+            let inputs = ("outbound-listener", &service.key, &port.port, address);
+            out.insert(
+                TypeUrl::Listener,
+                &listener_name,
+                pack_any(listener),
+                &inputs,
+            );
         }
     }
     inbound(index, node, ctx, &trust_domain, &mut out);
@@ -535,7 +553,12 @@ fn inbound(
             }),
             ..Default::default()
         };
-        out.insert(TypeUrl::Cluster, &cluster_name, pack_any(static_cluster));
+        out.insert(
+            TypeUrl::Cluster,
+            &cluster_name,
+            pack_any(static_cluster),
+            &("inbound-cluster", app, target_port),
+        );
         let http = is_http(&port);
         let downstream_tls = tls::DownstreamTlsContext {
             common_tls_context: Some(common_tls(
@@ -582,7 +605,15 @@ fn inbound(
             traffic_direction: core::TrafficDirection::Inbound as i32,
             ..Default::default()
         };
-        out.insert(TypeUrl::Listener, &name, pack_any(listener));
+        let inputs = (
+            "inbound-listener",
+            placement.address,
+            target_port,
+            &port,
+            &policies,
+            trust_domain,
+        );
+        out.insert(TypeUrl::Listener, &name, pack_any(listener), &inputs);
     }
 }
 
@@ -825,12 +856,14 @@ pub fn gateway_resources(index: &MeshIndex, ctx: &ProxyContext) -> Resources {
             TypeUrl::Cluster,
             &name,
             pack_any(eds_cluster(&name, None, metadata)),
+            &("gateway-cluster", &r.key, &r.port),
         );
         let groups = group_by_locality(&r.endpoints);
         out.insert(
             TypeUrl::ClusterLoadAssignment,
             &name,
             pack_any(load_assignment(&name, &groups)),
+            &groups,
         );
         chains.push(listener::FilterChain {
             name: r.sni.clone(),
@@ -861,7 +894,13 @@ pub fn gateway_resources(index: &MeshIndex, ctx: &ProxyContext) -> Resources {
             filter_chains: chains.clone(),
             ..Default::default()
         };
-        out.insert(TypeUrl::Listener, &name, pack_any(listener));
+        let snis: Vec<&str> = routes.iter().map(|r| r.sni.as_str()).collect();
+        out.insert(
+            TypeUrl::Listener,
+            &name,
+            pack_any(listener),
+            &("gateway-listener", gw, &snis),
+        );
     }
     out
 }

@@ -83,9 +83,14 @@ pub fn content_hash(bytes: &[u8]) -> u64 {
 }
 
 impl Resources {
-    /// Adds a resource.
-    pub fn insert(&mut self, type_url: TypeUrl, name: &str, body: Any) {
-        let version = format!("{:016x}", content_hash(&body.value));
+    /// Adds a resource whose version is the hash of `inputs`: everything the resource is built
+    /// from, in a deterministic serialization. (Hashing the encoded resource would not do:
+    /// protobuf maps encode in hash-map order, which differs between builds of equal content.)
+    pub fn insert(&mut self, type_url: TypeUrl, name: &str, body: Any, inputs: &impl Serialize) {
+        let encoded = serde_json::to_vec(inputs).unwrap_or_else(|_| body.value.clone());
+        let mut bytes = name.as_bytes().to_vec();
+        bytes.extend_from_slice(&encoded);
+        let version = format!("{:016x}", content_hash(&bytes));
         self.by_type
             .entry(type_url)
             .or_default()

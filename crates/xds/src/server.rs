@@ -154,7 +154,12 @@ impl Session {
             self.node.identity.cluster.as_str(),
             &self.node.identity.workload,
         ) {
-            desired.insert(TypeUrl::Listener, "causeway-test-poison", poison_listener());
+            desired.insert(
+                TypeUrl::Listener,
+                "causeway-test-poison",
+                poison_listener(),
+                &"poison",
+            );
         }
         self.desired = desired;
         self.mesh_version = state.version;

@@ -1,0 +1,485 @@
+//! The ADS server over a real gRPC connection, driven by a scripted client: what is sent on
+//! connect, what an ACK and a NACK do, that an endpoint change sends only the affected
+//! ClusterLoadAssignment, that a reconnecting delta client gets only what it lacks, and that
+//! bursts are coalesced while the first change goes out at once.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use causeway_discovery::MeshIndex;
+use causeway_model::ClusterId;
+use causeway_registry::MeshDirectory;
+use causeway_xds::node::keys;
+use causeway_xds::{AdsServer, MeshState, ProxyRegistry, ServerConfig};
+use envoy_types::pb::envoy::config::core::v3::Node;
+use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
+use envoy_types::pb::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
+};
+use envoy_types::pb::google::protobuf::{value::Kind, Struct, Value};
+use envoy_types::pb::google::rpc::Status as RpcStatus;
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::StreamExt;
+
+const CDS: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
+const EDS: &str = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
+const LDS: &str = "type.googleapis.com/envoy.config.listener.v3.Listener";
+const ECHO: &str = "outbound|80||echo.demo.svc.cluster.local";
+
+fn example() -> MeshDirectory {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/three-clusters");
+    let d = MeshDirectory::open(dir);
+    assert!(d.errors().is_empty(), "{:?}", d.errors());
+    d
+}
+
+fn index_of(dir: &MeshDirectory) -> MeshIndex {
+    let objects: Vec<(ClusterId, _)> = dir
+        .clusters()
+        .iter()
+        .map(|(n, s)| {
+            (
+                ClusterId::new(n).expect("id"),
+                s.objects.clone().expect("loaded"),
+            )
+        })
+        .collect();
+    MeshIndex::build(
+        Arc::clone(dir.mesh().expect("mesh")),
+        objects.iter().map(|(i, o)| (i, &**o)),
+    )
+}
+
+fn node(workload: &str) -> Node {
+    let md = [
+        (keys::CLUSTER, "alpha"),
+        (keys::NAMESPACE, "demo"),
+        (keys::WORKLOAD, workload),
+        (keys::OUTBOUND_CIDR, "127.101.0.0/16"),
+    ];
+    Node {
+        id: format!("sidecar~alpha~demo~{workload}"),
+        metadata: Some(Struct {
+            fields: md
+                .iter()
+                .map(|(k, v)| {
+                    (
+                        (*k).to_owned(),
+                        Value {
+                            kind: Some(Kind::StringValue((*v).to_owned())),
+                        },
+                    )
+                })
+                .collect(),
+        }),
+        ..Node::default()
+    }
+}
+
+struct Harness {
+    addr: std::net::SocketAddr,
+    state: watch::Sender<Arc<MeshState>>,
+    registry: Arc<ProxyRegistry>,
+    index: MeshIndex,
+    gamma: causeway_model::ClusterObjects,
+    version: u64,
+}
+
+impl Harness {
+    async fn start(coalesce: Duration) -> Self {
+        let index = index_of(&example());
+        let (state, rx) = watch::channel(Arc::new(MeshState {
+            version: 1,
+            index: Some(Arc::new(index.clone())),
+        }));
+        let registry = Arc::new(ProxyRegistry::new(true));
+        let server = AdsServer::new(rx, Arc::clone(&registry), ServerConfig { coalesce });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(server.into_service())
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+        );
+        let gamma = (*example().clusters()["gamma"]
+            .objects
+            .clone()
+            .expect("gamma"))
+        .clone();
+        Self {
+            addr,
+            state,
+            registry,
+            index,
+            gamma,
+            version: 1,
+        }
+    }
+
+    /// Adds an echo replica in gamma (an endpoint change of one service only: the gateway's
+    /// weight in alpha's view grows by one) and publishes.
+    fn add_gamma_echo(&mut self, n: u8) {
+        let objects = &mut self.gamma;
+        let mut we =
+            objects.workload_entries[&("demo".to_owned(), "echo-gamma-1".to_owned())].clone();
+        we.name = format!("echo-gamma-extra-{n}");
+        we.address = format!("127.3.0.{}", 100 + n).parse().expect("ip");
+        objects
+            .workload_entries
+            .insert(("demo".into(), we.name.clone()), we);
+        self.index
+            .set_cluster(&ClusterId::new("gamma").expect("id"), objects)
+            .expect("set");
+        self.publish();
+    }
+
+    fn publish(&mut self) {
+        self.version += 1;
+        let _ = self.state.send(Arc::new(MeshState {
+            version: self.version,
+            index: Some(Arc::new(self.index.clone())),
+        }));
+    }
+
+    async fn client(&self) -> AggregatedDiscoveryServiceClient<tonic::transport::Channel> {
+        AggregatedDiscoveryServiceClient::connect(format!("http://{}", self.addr))
+            .await
+            .expect("connect")
+    }
+}
+
+struct Sotw {
+    tx: mpsc::Sender<DiscoveryRequest>,
+    rx: tonic::Streaming<DiscoveryResponse>,
+}
+
+impl Sotw {
+    async fn open(h: &Harness, workload: &str) -> Result<Self, tonic::Status> {
+        let (tx, rx) = mpsc::channel(16);
+        tx.send(DiscoveryRequest {
+            node: Some(node(workload)),
+            type_url: CDS.into(),
+            ..Default::default()
+        })
+        .await
+        .expect("send");
+        let stream = h
+            .client()
+            .await
+            .stream_aggregated_resources(ReceiverStream::new(rx))
+            .await?
+            .into_inner();
+        Ok(Self { tx, rx: stream })
+    }
+
+    #[track_caller]
+    fn next(&mut self) -> impl std::future::Future<Output = DiscoveryResponse> + '_ {
+        let caller = std::panic::Location::caller();
+        async move { self.next_at(caller).await }
+    }
+
+    async fn next_at(
+        &mut self,
+        caller: &'static std::panic::Location<'static>,
+    ) -> DiscoveryResponse {
+        let _ = caller;
+        tokio::time::timeout(Duration::from_secs(5), self.rx.next())
+            .await
+            .unwrap_or_else(|_| panic!("no response within 5 s (waiting at {caller})"))
+            .expect("stream open")
+            .expect("not an error")
+    }
+
+    async fn quiet(&mut self, wait: Duration) -> Option<DiscoveryResponse> {
+        tokio::time::timeout(wait, self.rx.next())
+            .await
+            .ok()
+            .flatten()
+            .and_then(Result::ok)
+    }
+
+    async fn ack(&self, r: &DiscoveryResponse, names: &[String]) {
+        self.tx
+            .send(DiscoveryRequest {
+                type_url: r.type_url.clone(),
+                version_info: r.version_info.clone(),
+                response_nonce: r.nonce.clone(),
+                resource_names: names.to_vec(),
+                ..Default::default()
+            })
+            .await
+            .expect("send");
+    }
+}
+
+fn names(r: &DiscoveryResponse, decode: fn(&[u8]) -> String) -> Vec<String> {
+    r.resources.iter().map(|a| decode(&a.value)).collect()
+}
+
+fn cla_name(b: &[u8]) -> String {
+    use prost::Message;
+    envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment::decode(b)
+        .expect("cla")
+        .cluster_name
+}
+
+fn cluster_name(b: &[u8]) -> String {
+    use prost::Message;
+    envoy_types::pb::envoy::config::cluster::v3::Cluster::decode(b)
+        .expect("cluster")
+        .name
+}
+
+#[tokio::test]
+async fn sotw_ack_incremental_eds_and_nack() {
+    let mut h = Harness::start(Duration::from_millis(50)).await;
+    let mut s = Sotw::open(&h, "client").await.expect("accepted");
+    let cds = s.next().await;
+    assert_eq!(cds.type_url, CDS);
+    let clusters = names(&cds, cluster_name);
+    assert!(clusters.contains(&ECHO.to_owned()), "{clusters:?}");
+    assert!(
+        clusters.iter().any(|c| c.starts_with("inbound|8080")),
+        "the client's own inbound port: {clusters:?}"
+    );
+    s.ack(&cds, &[]).await;
+    // Subscribe to every outbound cluster's endpoints.
+    let eds_names: Vec<String> = clusters
+        .iter()
+        .filter(|c| c.starts_with("outbound"))
+        .cloned()
+        .collect();
+    s.tx.send(DiscoveryRequest {
+        type_url: EDS.into(),
+        resource_names: eds_names.clone(),
+        ..Default::default()
+    })
+    .await
+    .expect("send");
+    let eds = s.next().await;
+    assert_eq!(eds.type_url, EDS);
+    assert_eq!(names(&eds, cla_name).len(), eds_names.len());
+    s.ack(&eds, &eds_names).await;
+    s.tx.send(DiscoveryRequest {
+        type_url: LDS.into(),
+        ..Default::default()
+    })
+    .await
+    .expect("send");
+    let lds = s.next().await;
+    assert_eq!(lds.type_url, LDS);
+    s.ack(&lds, &[]).await;
+    assert!(
+        s.quiet(Duration::from_millis(300)).await.is_none(),
+        "nothing more after ACKs"
+    );
+    let status = h.registry.proxies();
+    assert!(status[0].in_sync(), "{status:?}");
+
+    // One endpoint of echo changes: exactly one EDS response with only echo's assignment.
+    h.add_gamma_echo(1);
+    let push = s.next().await;
+    assert_eq!(push.type_url, EDS);
+    assert_eq!(names(&push, cla_name), vec![ECHO.to_owned()]);
+    s.ack(&push, &eds_names).await;
+    assert!(
+        s.quiet(Duration::from_millis(300)).await.is_none(),
+        "CDS and LDS did not change"
+    );
+
+    // A NACK is recorded with the error and the proxy's status shows it.
+    h.add_gamma_echo(2);
+    let push = s.next().await;
+    s.tx.send(DiscoveryRequest {
+        type_url: EDS.into(),
+        version_info: eds.version_info.clone(),
+        response_nonce: push.nonce.clone(),
+        resource_names: eds_names.clone(),
+        error_detail: Some(RpcStatus {
+            code: 3,
+            message: "test rejection".into(),
+            details: vec![],
+        }),
+        ..Default::default()
+    })
+    .await
+    .expect("send");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let status = h.registry.proxies();
+    let eds_status = &status[0].types["eds"];
+    assert_eq!(
+        eds_status.last_nack.as_ref().map(|n| n.message.as_str()),
+        Some("test rejection")
+    );
+    // The next change re-sends what the proxy did not accept.
+    h.add_gamma_echo(3);
+    let push = s.next().await;
+    assert_eq!(names(&push, cla_name), vec![ECHO.to_owned()]);
+}
+
+#[tokio::test]
+async fn unknown_workload_is_refused_with_the_reason() {
+    let h = Harness::start(Duration::from_millis(50)).await;
+    let err = match Sotw::open(&h, "nobody").await {
+        Ok(mut s) => match tokio::time::timeout(Duration::from_secs(5), s.rx.next()).await {
+            Ok(Some(Err(e))) => e,
+            other => panic!("expected an error, got {other:?}"),
+        },
+        Err(e) => e,
+    };
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert!(
+        err.message()
+            .contains("no WorkloadEntry demo/nobody in cluster alpha"),
+        "{}",
+        err.message()
+    );
+    assert_eq!(h.registry.rejections().len(), 1);
+}
+
+#[tokio::test]
+async fn first_change_is_immediate_and_bursts_coalesce() {
+    let mut h = Harness::start(Duration::from_millis(400)).await;
+    let mut s = Sotw::open(&h, "client").await.expect("accepted");
+    let cds = s.next().await;
+    s.ack(&cds, &[]).await;
+    s.tx.send(DiscoveryRequest {
+        type_url: EDS.into(),
+        resource_names: vec![ECHO.into()],
+        ..Default::default()
+    })
+    .await
+    .expect("send");
+    let eds = s.next().await;
+    s.ack(&eds, &[ECHO.into()]).await;
+    assert!(s.quiet(Duration::from_millis(500)).await.is_none());
+
+    let start = tokio::time::Instant::now();
+    h.add_gamma_echo(1);
+    let first = s.next().await;
+    let first_latency = start.elapsed();
+    s.ack(&first, &[ECHO.into()]).await;
+    assert!(
+        first_latency < Duration::from_millis(300),
+        "first change waited {first_latency:?}"
+    );
+    // Three more changes inside the window arrive as one push.
+    for n in 2..5 {
+        h.add_gamma_echo(n);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let second = s.next().await;
+    s.ack(&second, &[ECHO.into()]).await;
+    use prost::Message;
+    let cla = envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment::decode(
+        &*second.resources[0].value,
+    )
+    .expect("cla");
+    let gateway_weight: u32 = cla
+        .endpoints
+        .iter()
+        .flat_map(|g| g.lb_endpoints.iter())
+        .filter_map(|e| e.load_balancing_weight.as_ref().map(|w| w.value))
+        .max()
+        .unwrap_or(0);
+    assert_eq!(
+        gateway_weight, 5,
+        "the coalesced push carries the last state (5 gamma replicas behind the gateway)"
+    );
+    assert!(
+        s.quiet(Duration::from_millis(600)).await.is_none(),
+        "one push for the burst"
+    );
+}
+
+#[tokio::test]
+async fn delta_reconnect_sends_only_what_the_proxy_lacks() {
+    let mut h = Harness::start(Duration::from_millis(50)).await;
+    let mut client = h.client().await;
+    let (tx, rx) = mpsc::channel(16);
+    tx.send(DeltaDiscoveryRequest {
+        node: Some(node("client")),
+        type_url: CDS.into(),
+        ..Default::default()
+    })
+    .await
+    .expect("send");
+    let mut stream = client
+        .delta_aggregated_resources(ReceiverStream::new(rx))
+        .await
+        .expect("open")
+        .into_inner();
+    let cds = next_delta(&mut stream).await;
+    let versions: BTreeMap<String, String> = cds
+        .resources
+        .iter()
+        .map(|r| (r.name.clone(), r.version.clone()))
+        .collect();
+    assert!(versions.contains_key(ECHO));
+    tx.send(DeltaDiscoveryRequest {
+        type_url: CDS.into(),
+        response_nonce: cds.nonce.clone(),
+        ..Default::default()
+    })
+    .await
+    .expect("ack");
+    drop(tx);
+    drop(stream);
+
+    // The mesh changes while the proxy is away: echo gains an endpoint (CDS unchanged).
+    h.add_gamma_echo(1);
+    // Reconnect with what it has: nothing needs sending, yet the first response still comes.
+    let (tx, rx) = mpsc::channel(16);
+    tx.send(DeltaDiscoveryRequest {
+        node: Some(node("client")),
+        type_url: CDS.into(),
+        initial_resource_versions: versions.clone().into_iter().collect(),
+        ..Default::default()
+    })
+    .await
+    .expect("send");
+    let mut stream = client
+        .delta_aggregated_resources(ReceiverStream::new(rx))
+        .await
+        .expect("open")
+        .into_inner();
+    let cds = next_delta(&mut stream).await;
+    assert!(
+        cds.resources.is_empty(),
+        "nothing the proxy lacks: {:?}",
+        cds.resources.iter().map(|r| &r.name).collect::<Vec<_>>()
+    );
+    assert!(cds.removed_resources.is_empty());
+    // Endpoints: subscribe with a stale version: only echo's assignment comes.
+    tx.send(DeltaDiscoveryRequest {
+        type_url: EDS.into(),
+        resource_names_subscribe: vec![ECHO.into()],
+        initial_resource_versions: [(ECHO.to_owned(), "stale".to_owned())]
+            .into_iter()
+            .collect(),
+        ..Default::default()
+    })
+    .await
+    .expect("send");
+    let eds = next_delta(&mut stream).await;
+    assert_eq!(
+        eds.resources
+            .iter()
+            .map(|r| r.name.as_str())
+            .collect::<Vec<_>>(),
+        vec![ECHO]
+    );
+}
+
+async fn next_delta(s: &mut tonic::Streaming<DeltaDiscoveryResponse>) -> DeltaDiscoveryResponse {
+    tokio::time::timeout(Duration::from_secs(5), s.next())
+        .await
+        .expect("in time")
+        .expect("open")
+        .expect("ok")
+}
