@@ -270,7 +270,6 @@ fn locality(l: &causeway_model::Locality) -> core::Locality {
         region: l.region.clone(),
         zone: l.zone.clone(),
         sub_zone: l.subzone.clone().unwrap_or_default(),
-        ..Default::default()
     }
 }
 
