@@ -8,43 +8,8 @@ use std::time::{Duration, Instant};
 use causeway_e2e::*;
 use serde_json::Value;
 
-struct Running {
-    _dir: tempfile::TempDir,
-    mesh_dir: std::path::PathBuf,
-    addr: SocketAddr,
-    process: Process,
-}
-
-fn start_example() -> Running {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let mesh_dir = dir.path().join("mesh");
-    copy_dir(&workspace().join("examples/three-clusters"), &mesh_dir);
-    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
-    let log = dir.path().join("control-plane.log");
-    let mut process = Process::start(
-        &[
-            "control-plane",
-            "--mesh-dir",
-            mesh_dir.to_str().expect("utf-8"),
-            "--debug-addr",
-            &addr.to_string(),
-        ],
-        &log,
-    );
-    let up = wait_for(Duration::from_secs(20), || {
-        http_get(addr, "/healthz").ok().filter(|(s, _)| *s == 200)
-    });
-    assert!(
-        up.is_some() && process.is_running(),
-        "control plane did not come up:\n{}",
-        process.log_text()
-    );
-    Running {
-        _dir: dir,
-        mesh_dir,
-        addr,
-        process,
-    }
+fn start_example() -> ControlPlane {
+    ControlPlane::start("three-clusters", &[])
 }
 
 fn echo_endpoints(addr: SocketAddr) -> Vec<Value> {
@@ -83,7 +48,7 @@ spec:
 #[test]
 fn view_follows_file_edits_and_survives_a_broken_file() {
     let cp = start_example();
-    let eps = echo_endpoints(cp.addr);
+    let eps = echo_endpoints(cp.debug);
     // alpha's client: two direct endpoints on net-a, gamma's behind its gateway.
     let kinds: Vec<(&str, &str, &str)> = eps
         .iter()
@@ -127,7 +92,7 @@ fn view_follows_file_edits_and_survives_a_broken_file() {
     std::fs::write(&gamma, format!("{original}{EXTRA_ECHO}")).expect("write");
     let written = Instant::now();
     let seen = wait_for(Duration::from_secs(5), || {
-        (gateway_weight(&echo_endpoints(cp.addr)) == Some(2)).then(Instant::now)
+        (gateway_weight(&echo_endpoints(cp.debug)) == Some(2)).then(Instant::now)
     });
     let seen = seen.unwrap_or_else(|| panic!("view did not change:\n{}", cp.process.log_text()));
     assert!(
@@ -140,7 +105,7 @@ fn view_follows_file_edits_and_survives_a_broken_file() {
     // (weight 2) is still served.
     std::fs::write(&gamma, format!("{original}{EXTRA_ECHO}  weight: many\n")).expect("write");
     let errors = wait_for(Duration::from_secs(5), || {
-        let errs = get_json(cp.addr, "/debug/errors");
+        let errs = get_json(cp.debug, "/debug/errors");
         errs["errors"].as_array().filter(|a| !a.is_empty()).cloned()
     })
     .unwrap_or_else(|| panic!("no error reported:\n{}", cp.process.log_text()));
@@ -150,11 +115,11 @@ fn view_follows_file_edits_and_survives_a_broken_file() {
     assert_eq!(err["field"], "spec.weight");
     assert!(err["line"].as_u64().is_some_and(|l| l > 100), "{err}");
     assert_eq!(
-        gateway_weight(&echo_endpoints(cp.addr)),
+        gateway_weight(&echo_endpoints(cp.debug)),
         Some(2),
         "last good view kept"
     );
-    let clusters = get_json(cp.addr, "/debug/clusters");
+    let clusters = get_json(cp.debug, "/debug/clusters");
     let gamma_row = clusters
         .as_array()
         .and_then(|a| a.iter().find(|c| c["id"] == "gamma"))
@@ -186,7 +151,7 @@ fn view_follows_file_edits_and_survives_a_broken_file() {
     )
     .expect("write");
     let moved = wait_for(Duration::from_secs(5), || {
-        echo_endpoints(cp.addr)
+        echo_endpoints(cp.debug)
             .iter()
             .any(|e| e["address"] == "127.1.0.12")
             .then_some(())
@@ -199,20 +164,20 @@ fn view_follows_file_edits_and_survives_a_broken_file() {
     // Repair: the error clears.
     std::fs::write(&gamma, original).expect("write");
     let cleared = wait_for(Duration::from_secs(5), || {
-        (get_json(cp.addr, "/debug/errors")["errors"]
+        (get_json(cp.debug, "/debug/errors")["errors"]
             .as_array()
             .map(Vec::len)
             == Some(0))
         .then_some(())
     });
     assert!(cleared.is_some());
-    assert_eq!(gateway_weight(&echo_endpoints(cp.addr)), Some(1));
+    assert_eq!(gateway_weight(&echo_endpoints(cp.debug)), Some(1));
 }
 
 #[test]
 fn services_imports_and_proxy_config_table() {
     let cp = start_example();
-    let services = get_json(cp.addr, "/debug/services");
+    let services = get_json(cp.debug, "/debug/services");
     let echo = services
         .as_array()
         .and_then(|a| a.iter().find(|s| s["service"] == "demo/echo"))
@@ -230,7 +195,7 @@ fn services_imports_and_proxy_config_table() {
         "oldest export first"
     );
     assert_eq!(echo["conditions"][0]["type"], "Valid");
-    let imports = get_json(cp.addr, "/debug/imports?cluster=gamma");
+    let imports = get_json(cp.debug, "/debug/imports?cluster=gamma");
     let names: Vec<&str> = imports
         .as_array()
         .into_iter()
@@ -252,7 +217,7 @@ fn services_imports_and_proxy_config_table() {
         "--workload",
         "client",
         "--control-plane",
-        &cp.addr.to_string(),
+        &cp.debug.to_string(),
     ]);
     let table = String::from_utf8_lossy(&out.stdout);
     assert!(
@@ -279,7 +244,7 @@ fn services_imports_and_proxy_config_table() {
         "-o",
         "json",
         "--control-plane",
-        &cp.addr.to_string(),
+        &cp.debug.to_string(),
     ]);
     assert!(!out.status.success());
     assert!(

@@ -105,12 +105,30 @@ impl Drop for Process {
     }
 }
 
-/// GET over HTTP/1.0; returns (status, body). Bounded by a 5 s timeout.
+/// Decodes a chunked HTTP/1.1 body.
+fn dechunk(mut body: &str) -> String {
+    let mut out = String::new();
+    while let Some((size_line, rest)) = body.split_once("\r\n") {
+        let size = usize::from_str_radix(size_line.split(';').next().unwrap_or("0").trim(), 16)
+            .unwrap_or(0);
+        if size == 0 || rest.len() < size {
+            break;
+        }
+        out.push_str(&rest[..size]);
+        body = rest[size..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+/// GET over HTTP/1.1 (`Connection: close`); returns (status, body). Bounded by a 5 s timeout.
 pub fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
     stream.set_read_timeout(Some(Duration::from_secs(5)))?;
     stream.set_write_timeout(Some(Duration::from_secs(5)))?;
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
     let mut raw = String::new();
     stream.read_to_string(&mut raw)?;
     let status = raw
@@ -118,11 +136,18 @@ pub fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> 
         .nth(1)
         .and_then(|s| s.parse().ok())
         .unwrap_or(0);
-    let body = raw
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    Ok((status, body))
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((raw.as_str(), ""));
+    let chunked = head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked");
+    Ok((
+        status,
+        if chunked {
+            dechunk(body)
+        } else {
+            body.to_owned()
+        },
+    ))
 }
 
 /// GETs JSON, panicking with the body on a non-200 answer.
@@ -143,5 +168,207 @@ pub fn wait_for<T>(limit: Duration, mut f: impl FnMut() -> Option<T>) -> Option<
             return None;
         }
         std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The Envoy binary: `$CAUSEWAY_ENVOY`, else the workspace venv (`scripts/ensure-envoy`).
+/// Panics with instructions when missing: Envoy tests must fail loudly, never skip.
+pub fn envoy_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("CAUSEWAY_ENVOY") {
+        return PathBuf::from(p);
+    }
+    let lib = workspace().join(".venv/lib");
+    if let Ok(entries) = std::fs::read_dir(&lib) {
+        for e in entries.flatten() {
+            let candidate = e.path().join("site-packages/envoy/_bin/envoy");
+            if candidate.is_file() {
+                return candidate;
+            }
+        }
+    }
+    panic!("Envoy is not installed: run scripts/ensure-envoy (or set CAUSEWAY_ENVOY); these tests need a real Envoy");
+}
+
+/// A control plane on free ports over a copy of a mesh directory.
+pub struct ControlPlane {
+    /// Scratch directory (mesh copy, logs, bootstraps).
+    pub dir: tempfile::TempDir,
+    /// The mesh directory copy.
+    pub mesh_dir: PathBuf,
+    /// Debug API.
+    pub debug: SocketAddr,
+    /// xDS.
+    pub xds: SocketAddr,
+    /// The process.
+    pub process: Process,
+}
+
+impl ControlPlane {
+    /// Starts over a copy of `examples/<example>` and waits for its debug API.
+    pub fn start(example: &str, extra: &[&str]) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mesh_dir = dir.path().join("mesh");
+        copy_dir(&workspace().join("examples").join(example), &mesh_dir);
+        let debug: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+        let xds: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+        let mut args = vec![
+            "control-plane".to_owned(),
+            "--mesh-dir".into(),
+            mesh_dir.display().to_string(),
+            "--debug-addr".into(),
+            debug.to_string(),
+            "--xds-addr".into(),
+            xds.to_string(),
+        ];
+        args.extend(extra.iter().map(|s| (*s).to_owned()));
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        let mut process = Process::start(&refs, &dir.path().join("control-plane.log"));
+        let up = wait_for(Duration::from_secs(20), || {
+            http_get(debug, "/healthz").ok().filter(|(s, _)| *s == 200)
+        });
+        assert!(
+            up.is_some() && process.is_running(),
+            "control plane did not come up:\n{}",
+            process.log_text()
+        );
+        Self {
+            dir,
+            mesh_dir,
+            debug,
+            xds,
+            process,
+        }
+    }
+
+    /// Starts `causeway proxy ARGS` against this control plane, logging to the scratch dir.
+    pub fn proxy(&self, name: &str, args: &[&str]) -> Process {
+        let mut all = vec![
+            "proxy".to_owned(),
+            "--xds".into(),
+            self.xds.to_string(),
+            "--run-dir".into(),
+            self.dir.path().display().to_string(),
+            "--envoy".into(),
+            envoy_bin().display().to_string(),
+        ];
+        all.extend(args.iter().map(|s| (*s).to_owned()));
+        let refs: Vec<&str> = all.iter().map(String::as_str).collect();
+        Process::start(&refs, &self.dir.path().join(format!("{name}.log")))
+    }
+
+    /// Waits until `count` proxies are connected and have acknowledged their latest config.
+    pub fn wait_in_sync(&self, count: usize, limit: Duration) -> serde_json::Value {
+        let mut last = serde_json::Value::Null;
+        let ok = wait_for(limit, || {
+            let v = get_json(self.debug, "/debug/proxies");
+            last = v.clone();
+            let proxies = v["proxies"].as_array()?;
+            (proxies.len() == count && proxies.iter().all(|p| p["inSync"] == true)).then_some(v)
+        });
+        ok.unwrap_or_else(|| {
+            panic!(
+                "proxies not in sync: {last:#}\ncontrol plane log:\n{}",
+                self.process.log_text()
+            )
+        })
+    }
+}
+
+/// A TLS ClientHello carrying `sni` (TLS 1.3 offered), enough for an SNI router to pick a
+/// route. Written by hand so a test can send any SNI without a TLS stack.
+pub fn client_hello(sni: &str) -> Vec<u8> {
+    let name = sni.as_bytes();
+    let mut ext = Vec::new();
+    // server_name
+    let list_len = name.len() + 3;
+    ext.extend_from_slice(&[0x00, 0x00]);
+    ext.extend_from_slice(&((list_len + 2) as u16).to_be_bytes());
+    ext.extend_from_slice(&(list_len as u16).to_be_bytes());
+    ext.push(0);
+    ext.extend_from_slice(&(name.len() as u16).to_be_bytes());
+    ext.extend_from_slice(name);
+    // supported_versions: TLS 1.3
+    ext.extend_from_slice(&[0x00, 0x2b, 0x00, 0x03, 0x02, 0x03, 0x04]);
+    // supported_groups: x25519
+    ext.extend_from_slice(&[0x00, 0x0a, 0x00, 0x04, 0x00, 0x02, 0x00, 0x1d]);
+    let mut body = vec![0x03, 0x03];
+    body.extend_from_slice(&[7u8; 32]);
+    body.push(0); // session id
+    body.extend_from_slice(&[0x00, 0x02, 0x13, 0x01]); // TLS_AES_128_GCM_SHA256
+    body.extend_from_slice(&[0x01, 0x00]); // no compression
+    body.extend_from_slice(&(ext.len() as u16).to_be_bytes());
+    body.extend_from_slice(&ext);
+    let mut hs = vec![0x01];
+    hs.extend_from_slice(&(body.len() as u32).to_be_bytes()[1..]);
+    hs.extend_from_slice(&body);
+    let mut record = vec![0x16, 0x03, 0x01];
+    record.extend_from_slice(&(hs.len() as u16).to_be_bytes());
+    record.extend_from_slice(&hs);
+    record
+}
+
+/// A TCP listener that records the first bytes of every connection it accepts.
+pub struct Recorder {
+    /// Bytes received, per connection.
+    pub received: std::sync::Arc<std::sync::Mutex<Vec<Vec<u8>>>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Recorder {
+    /// Listens on `addr`.
+    pub fn start(addr: SocketAddr) -> Self {
+        let listener = TcpListener::bind(addr).unwrap_or_else(|e| panic!("bind {addr}: {e}"));
+        listener.set_nonblocking(true).expect("nonblocking");
+        let received = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (r, s) = (received.clone(), stop.clone());
+        std::thread::spawn(move || {
+            while !s.load(std::sync::atomic::Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((mut stream, _)) => {
+                        let _ = stream.set_nonblocking(false);
+                        let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
+                        let mut buf = vec![0u8; 4096];
+                        let n = stream.read(&mut buf).unwrap_or(0);
+                        buf.truncate(n);
+                        r.lock().expect("lock").push(buf);
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(10)),
+                }
+            }
+        });
+        Self { received, stop }
+    }
+
+    /// Connections seen so far.
+    pub fn connections(&self) -> Vec<Vec<u8>> {
+        self.received.lock().expect("lock").clone()
+    }
+}
+
+impl Drop for Recorder {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// Sends `bytes` to `addr` and reports whether the peer closed the connection without
+/// answering within `wait` (what an SNI router does with an unknown name).
+pub fn send_and_observe_close(addr: SocketAddr, bytes: &[u8], wait: Duration) -> bool {
+    let Ok(mut stream) = TcpStream::connect_timeout(&addr, Duration::from_secs(2)) else {
+        return true;
+    };
+    let _ = stream.set_read_timeout(Some(wait));
+    if stream.write_all(bytes).is_err() {
+        return true;
+    }
+    let mut buf = [0u8; 1];
+    match stream.read(&mut buf) {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(e) => !matches!(
+            e.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        ),
     }
 }
