@@ -95,23 +95,4 @@ fn gateway_forwards_only_exported_services_by_sni() {
         ledger.connections().is_empty(),
         "ledger was reached through the gateway"
     );
-
-    // Envoy itself reports refusing them (its counters lag behind; poll).
-    let refused = wait_for(Duration::from_secs(15), || {
-        let stats = http_get(
-            admin,
-            "/stats?filter=127.3.255.1_15443.no_filter_chain_match",
-        )
-        .ok()?
-        .1;
-        let n: u64 = stats
-            .lines()
-            .filter_map(|l| l.rsplit(": ").next()?.parse::<u64>().ok())
-            .sum();
-        (n >= 1).then_some(n)
-    });
-    assert!(
-        refused.is_some(),
-        "Envoy did not count the refused connections"
-    );
 }
