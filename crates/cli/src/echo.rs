@@ -78,6 +78,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
                 }
             });
             let conn = http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
                 .header_read_timeout(Duration::from_secs(10))
                 .serve_connection(TokioIo::new(stream), service);
             if let Err(e) = conn.await {

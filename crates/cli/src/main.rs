@@ -1,6 +1,8 @@
 //! `causeway`: the one binary of the mesh. Subcommands run the control plane and operator
 //! tools; `anyhow` is used only here, at the edge.
 
+mod agent;
+mod ca;
 mod check;
 mod control_plane;
 mod echo;
@@ -39,6 +41,13 @@ enum Command {
         #[arg(short = 'o', long, value_enum, default_value_t = OutputFormat::Text)]
         output: OutputFormat,
     },
+    /// Mesh CA operations (root kept offline, per-cluster intermediates).
+    Ca {
+        #[command(subcommand)]
+        command: ca::Command,
+    },
+    /// Hold a workload's key, obtain and rotate its certificate, serve it to Envoy over SDS.
+    Agent(agent::Args),
     /// Run Envoy as a sidecar or east-west gateway, configured by the control plane.
     Proxy(proxy::Args),
     /// The sample application: answers HTTP with its cluster, workload and caller identity.
@@ -83,7 +92,9 @@ pub enum OutputFormat {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let level = match cli.command {
-        Command::ControlPlane(_) | Command::Proxy(_) | Command::Echo(_) => "info",
+        Command::ControlPlane(_) | Command::Proxy(_) | Command::Echo(_) | Command::Agent(_) => {
+            "info"
+        }
         _ => "warn",
     };
     telemetry::init_logging(level);
@@ -94,6 +105,8 @@ fn main() -> ExitCode {
                 .map(|()| ExitCode::SUCCESS)
         }),
         Command::Proxy(args) => runtime().and_then(|rt| rt.block_on(proxy::run(args))),
+        Command::Ca { command } => ca::run(command),
+        Command::Agent(args) => runtime().and_then(|rt| rt.block_on(agent::run(args))),
         Command::Echo(args) => runtime().and_then(|rt| rt.block_on(echo::run(args))),
         Command::ProxyStatus {
             control_plane,

@@ -102,6 +102,8 @@ pub struct WorkloadPlacement {
     pub service_account: String,
     /// Labels (what authorization policies select on).
     pub labels: BTreeMap<String, String>,
+    /// Bootstrap credential file (relative to the mesh directory), if any.
+    pub credential_file: Option<std::path::PathBuf>,
 }
 
 fn selects(selector: &BTreeMap<String, String>, we: &WorkloadEntry) -> bool {
@@ -143,6 +145,7 @@ impl ClusterIndex {
                     locality: we.locality.clone().unwrap_or_else(|| spec.locality.clone()),
                     service_account: we.service_account.clone(),
                     labels: we.labels.clone(),
+                    credential_file: we.credential_file.clone(),
                 };
                 (k.clone(), placement)
             })

@@ -170,6 +170,23 @@ impl CaService {
         }
     }
 
+    /// Replaces the cluster intermediates (clusters joined or left the mesh).
+    pub fn set_cluster_cas(&self, cas: Vec<ClusterCa>) {
+        let map: BTreeMap<ClusterId, Arc<ClusterCa>> = cas
+            .into_iter()
+            .map(|c| (c.cluster().clone(), Arc::new(c)))
+            .collect();
+        match self.cas.write() {
+            Ok(mut g) => *g = map,
+            Err(p) => *p.into_inner() = map,
+        }
+    }
+
+    /// Clusters this CA can issue for.
+    pub fn clusters(&self) -> Vec<ClusterId> {
+        read(&self.cas).keys().cloned().collect()
+    }
+
     /// Replaces the authenticator (the mesh directory changed).
     pub fn set_authenticator(&self, auth: Arc<dyn Authenticator>) {
         match self.auth.write() {

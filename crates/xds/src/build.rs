@@ -133,6 +133,7 @@ fn common_tls(sans: Vec<tls::SubjectAltNameMatcher>, alpn: &[&str]) -> tls::Comm
     tls::CommonTlsContext {
         tls_params: Some(tls::TlsParameters {
             tls_minimum_protocol_version: tls::tls_parameters::TlsProtocol::TlSv13 as i32,
+            tls_maximum_protocol_version: tls::tls_parameters::TlsProtocol::TlSv13 as i32,
             ..Default::default()
         }),
         tls_certificate_sds_secret_configs: vec![sds_secret(SECRET_CERT)],

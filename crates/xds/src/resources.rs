@@ -72,6 +72,9 @@ pub struct Resources {
     pub by_type: BTreeMap<TypeUrl, BTreeMap<String, Resource>>,
 }
 
+/// Bump when resource builders change what they emit for the same inputs.
+pub const RESOURCE_SCHEMA: u32 = 2;
+
 /// FNV-1a 64 over bytes: a stable content hash for versions.
 pub fn content_hash(bytes: &[u8]) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
@@ -88,7 +91,10 @@ impl Resources {
     /// protobuf maps encode in hash-map order, which differs between builds of equal content.)
     pub fn insert(&mut self, type_url: TypeUrl, name: &str, body: Any, inputs: &impl Serialize) {
         let encoded = serde_json::to_vec(inputs).unwrap_or_else(|_| body.value.clone());
-        let mut bytes = name.as_bytes().to_vec();
+        // The builder's own version is an input too: a control plane with new resource
+        // builders must not look unchanged to proxies that reconnect with cached versions.
+        let mut bytes =
+            format!("{}/{RESOURCE_SCHEMA}/{name}", env!("CARGO_PKG_VERSION")).into_bytes();
         bytes.extend_from_slice(&encoded);
         let version = format!("{:016x}", content_hash(&bytes));
         self.by_type

@@ -4,6 +4,7 @@
 mod debug_api;
 mod metrics;
 mod state;
+mod trust;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -31,6 +32,16 @@ pub struct Args {
     /// first change after a quiet period is pushed at once.
     #[arg(long, default_value_t = 100)]
     pub coalesce_ms: u64,
+    /// Directory of the mesh CA: `root/` (generated on first start unless you provide one, or
+    /// absent when the root is kept offline) and one cacerts directory per cluster.
+    #[arg(long, default_value = ".causeway/ca")]
+    pub ca_dir: PathBuf,
+    /// Address of the CA service workloads' agents request certificates from.
+    #[arg(long, default_value = "127.0.0.1:15012")]
+    pub ca_addr: SocketAddr,
+    /// Lifetime of workload certificates (seconds); agents renew at half of it.
+    #[arg(long, default_value_t = 24 * 3600)]
+    pub cert_ttl_seconds: u64,
     /// Enable test-only debug endpoints (e.g. making a proxy's config invalid to test NACKs).
     #[arg(long, hide = true)]
     pub enable_test_hooks: bool,
@@ -50,6 +61,20 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     )
     .await
     .context("starting the mesh directory watch")?;
+    causeway_trust::install_crypto_provider();
+    let ca = trust::start(
+        &root,
+        &args.ca_dir,
+        state.clone(),
+        Duration::from_secs(args.cert_ttl_seconds),
+    )
+    .context("starting the mesh CA")?;
+    ca.register_metrics_into(&metrics);
+    let ca_listener = tokio::net::TcpListener::bind(args.ca_addr)
+        .await
+        .with_context(|| format!("binding the CA service on {}", args.ca_addr))?;
+    let ca_task =
+        tokio::spawn(Arc::clone(&ca.service).serve(ca_listener, crate::shutdown_signal()));
     let proxies = Arc::new(causeway_xds::ProxyRegistry::new(args.enable_test_hooks));
     metrics.register(|registry| proxies.register_metrics(registry));
     let mesh_state = state::forward_to_xds(state.clone());
@@ -76,12 +101,24 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding the debug API on {}", args.debug_addr))?;
     let local = listener.local_addr()?;
-    tracing::info!(mesh_dir = %root.display(), debug_api = %local, xds = %xds_local, "control plane running");
+    tracing::info!(mesh_dir = %root.display(), debug_api = %local, xds = %xds_local, ca = %args.ca_addr, "control plane running");
     let app = debug_api::router(state, metrics, proxies);
     let debug = axum::serve(listener, app).with_graceful_shutdown(crate::shutdown_signal());
-    let (xds_result, debug_result) = tokio::join!(xds, debug);
-    xds_result.context("xDS server")?;
-    debug_result.context("debug API server")?;
+    // Proxy streams never end on their own: after the signal, give in-flight work a moment,
+    // then stop regardless so a restart is never blocked by a lingering process.
+    let servers = async { tokio::join!(xds, debug) };
+    let deadline = async {
+        crate::shutdown_signal().await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    };
+    tokio::select! {
+        (xds_result, debug_result) = servers => {
+            xds_result.context("xDS server")?;
+            debug_result.context("debug API server")?;
+        }
+        () = deadline => tracing::info!("closing open proxy streams"),
+    }
+    ca_task.abort();
     tracing::info!("control plane stopped");
     Ok(())
 }

@@ -1,0 +1,134 @@
+//! The control plane's mesh CA: intermediates per cluster from the CA directory, and the
+//! bootstrap credentials of the mesh directory's workloads, kept current as the mesh changes.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use causeway_model::ClusterId;
+use causeway_trust::ca::{self, ClusterCa};
+use causeway_trust::credential::{Grant, TokenAuthenticator};
+use causeway_trust::service::CaService;
+
+use super::metrics::Metrics;
+use super::state::StateHandle;
+
+/// Why the CA could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum TrustError {
+    /// mesh.yaml never loaded, so the trust domain is unknown.
+    #[error("mesh.yaml has not loaded; the CA needs its trust domain")]
+    NoMesh,
+    /// CA files.
+    #[error(transparent)]
+    Ca(#[from] ca::CaError),
+}
+
+/// The running CA.
+pub struct MeshCa {
+    /// The service.
+    pub service: Arc<CaService>,
+}
+
+impl MeshCa {
+    /// Adds the CA's metrics to the control plane's registry.
+    pub fn register_metrics_into(&self, metrics: &Metrics) {
+        metrics.register(|r| self.service.register_metrics(r));
+    }
+}
+
+/// Loads every cluster intermediate present; creates missing ones when the root key is here
+/// (or nothing is: first start). With the root kept offline, clusters without an intermediate
+/// get none and are reported.
+fn load_cas(
+    dir: &Path,
+    trust_domain: &str,
+    clusters: &[ClusterId],
+) -> Result<Vec<ClusterCa>, TrustError> {
+    let root_key = dir.join("root").join(ca::files::ROOT_KEY);
+    let any_cluster = clusters
+        .iter()
+        .any(|c| dir.join(c.as_str()).join(ca::files::CA_CERT).exists());
+    if root_key.exists() || !any_cluster {
+        ca::ensure_ca_dir(dir, trust_domain, clusters)?;
+    }
+    let mut cas = Vec::new();
+    for c in clusters {
+        let cdir = dir.join(c.as_str());
+        if cdir.join(ca::files::CA_CERT).exists() {
+            cas.push(ClusterCa::load(&cdir, c.clone(), trust_domain)?);
+        } else {
+            tracing::error!(cluster = %c, dir = %cdir.display(), "no intermediate CA for this cluster and the root is offline: run `causeway ca issue-intermediate`");
+        }
+    }
+    Ok(cas)
+}
+
+/// Credentials of every WorkloadEntry that names a token file.
+fn authenticator(mesh_dir: &Path, index: &causeway_discovery::MeshIndex) -> TokenAuthenticator {
+    let mut auth = TokenAuthenticator::new();
+    for (cluster, ci) in index.clusters() {
+        for ((namespace, name), placement) in &ci.workloads {
+            let Some(file) = &placement.credential_file else {
+                continue;
+            };
+            let path: PathBuf = mesh_dir.join(file);
+            match std::fs::read_to_string(&path) {
+                Ok(token) => auth.add(
+                    &token,
+                    Grant {
+                        cluster: cluster.clone(),
+                        namespace: namespace.clone(),
+                        service_account: placement.service_account.clone(),
+                        workload: name.clone(),
+                    },
+                ),
+                Err(e) => {
+                    tracing::error!(cluster = %cluster, workload = %format!("{namespace}/{name}"), file = %path.display(), error = %e, "cannot read the workload's credential file; it cannot get certificates")
+                }
+            }
+        }
+    }
+    auth
+}
+
+/// Starts the CA over the first snapshot and keeps its clusters and credentials current.
+pub fn start(
+    mesh_dir: &Path,
+    ca_dir: &Path,
+    mut snapshots: StateHandle,
+    ttl: Duration,
+) -> Result<MeshCa, TrustError> {
+    let first = snapshots.borrow_and_update().clone();
+    let index = first.index.clone().ok_or(TrustError::NoMesh)?;
+    let trust_domain = index.mesh().mesh.trust_domain.clone();
+    let clusters: Vec<ClusterId> = index.mesh().clusters.iter().map(|c| c.id.clone()).collect();
+    let cas = load_cas(ca_dir, &trust_domain, &clusters)?;
+    let auth = authenticator(mesh_dir, &index);
+    tracing::info!(clusters = cas.len(), credentials = auth.len(), dir = %ca_dir.display(), "mesh CA ready");
+    let service = Arc::new(CaService::new(&trust_domain, cas, Arc::new(auth), ttl));
+    let svc = Arc::clone(&service);
+    let mesh_dir = mesh_dir.to_path_buf();
+    let ca_dir = ca_dir.to_path_buf();
+    tokio::spawn(async move {
+        let mut known = clusters;
+        while snapshots.changed().await.is_ok() {
+            let snap = snapshots.borrow_and_update().clone();
+            let Some(index) = snap.index.clone() else {
+                continue;
+            };
+            let now: Vec<ClusterId> = index.mesh().clusters.iter().map(|c| c.id.clone()).collect();
+            if now != known {
+                match load_cas(&ca_dir, &trust_domain, &now) {
+                    Ok(cas) => svc.set_cluster_cas(cas),
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot update the cluster intermediates")
+                    }
+                }
+                known = now;
+            }
+            svc.set_authenticator(Arc::new(authenticator(&mesh_dir, &index)));
+        }
+    });
+    Ok(MeshCa { service })
+}
