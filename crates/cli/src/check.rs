@@ -25,6 +25,20 @@ fn from_load_error(e: LoadError) -> Diagnostic {
     }
 }
 
+/// The mesh index of a loaded directory (its good states), or `None` before mesh.yaml loads.
+pub fn index_of(directory: &MeshDirectory) -> Option<MeshIndex> {
+    let mesh = directory.mesh()?;
+    let objects: Vec<(ClusterId, Arc<causeway_model::ClusterObjects>)> = directory
+        .clusters()
+        .iter()
+        .filter_map(|(name, slot)| Some((ClusterId::new(name).ok()?, slot.objects.clone()?)))
+        .collect();
+    Some(MeshIndex::build(
+        Arc::clone(mesh),
+        objects.iter().map(|(i, o)| (i, &**o)),
+    ))
+}
+
 /// Every finding for the directory: load errors first, then mesh-wide rules.
 pub fn diagnose(dir: &Path) -> anyhow::Result<Vec<Diagnostic>> {
     if !dir.is_dir() {

@@ -5,6 +5,7 @@ mod agent;
 mod ca;
 mod check;
 mod control_plane;
+mod demo;
 mod echo;
 mod http_client;
 mod proxy;
@@ -41,6 +42,8 @@ enum Command {
         #[arg(short = 'o', long, value_enum, default_value_t = OutputFormat::Text)]
         output: OutputFormat,
     },
+    /// Run a multi-cluster mesh on this machine from a mesh directory (`--tour`: scripted walk-through).
+    Demo(demo::Args),
     /// Mesh CA operations (root kept offline, per-cluster intermediates).
     Ca {
         #[command(subcommand)]
@@ -106,6 +109,7 @@ fn main() -> ExitCode {
         }),
         Command::Proxy(args) => runtime().and_then(|rt| rt.block_on(proxy::run(args))),
         Command::Ca { command } => ca::run(command),
+        Command::Demo(args) => runtime().and_then(|rt| rt.block_on(demo::run(args))),
         Command::Agent(args) => runtime().and_then(|rt| rt.block_on(agent::run(args))),
         Command::Echo(args) => runtime().and_then(|rt| rt.block_on(echo::run(args))),
         Command::ProxyStatus {

@@ -182,7 +182,7 @@ pub fn envoy_binary(explicit: Option<&Path>) -> anyhow::Result<PathBuf> {
     anyhow::bail!("no Envoy binary: pass --envoy, set CAUSEWAY_ENVOY, or run scripts/ensure-envoy")
 }
 
-/// Runs the command: writes the bootstrap and runs Envoy until it exits or we are stopped.
+/// Runs the command: writes the bootstrap and execs Envoy.
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let boot = bootstrap(&args)?;
     if args.print_bootstrap {
@@ -198,7 +198,10 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     std::fs::write(&path, serde_json::to_vec_pretty(&boot)?)
         .with_context(|| format!("writing {}", path.display()))?;
     tracing::info!(envoy = %envoy.display(), bootstrap = %path.display(), cluster = %args.cluster, workload = %args.workload, "starting Envoy");
-    let mut child = tokio::process::Command::new(&envoy)
+    // Replace this process with Envoy: whoever supervises `causeway proxy` supervises Envoy
+    // itself, and stopping one can never orphan the other.
+    use std::os::unix::process::CommandExt;
+    let err = std::process::Command::new(&envoy)
         .arg("-c")
         .arg(&path)
         .args([
@@ -216,19 +219,6 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             "--service-node",
             &args.workload,
         ])
-        .kill_on_drop(true)
-        .spawn()
-        .with_context(|| format!("starting {}", envoy.display()))?;
-    let status = tokio::select! {
-        status = child.wait() => status.context("waiting for Envoy")?,
-        () = crate::shutdown_signal() => {
-            let _ = child.start_kill();
-            child.wait().await.context("stopping Envoy")?
-        }
-    };
-    if status.success() {
-        Ok(ExitCode::SUCCESS)
-    } else {
-        anyhow::bail!("Envoy exited with {status}")
-    }
+        .exec();
+    Err(anyhow::Error::new(err).context(format!("starting {}", envoy.display())))
 }
