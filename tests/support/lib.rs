@@ -372,3 +372,219 @@ pub fn send_and_observe_close(addr: SocketAddr, bytes: &[u8], wait: Duration) ->
         ),
     }
 }
+
+/// Serializes tests that run a whole mesh: the example's workload addresses are fixed, so two
+/// meshes cannot run at once.
+pub fn mesh_lock() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// A whole mesh from `causeway demo --print-plan`, each process started by the test so it can
+/// stop and restart any of them.
+pub struct MeshRun {
+    /// Scratch directory.
+    pub dir: tempfile::TempDir,
+    /// The mesh directory copy.
+    pub mesh_dir: PathBuf,
+    /// The plan.
+    pub plan: serde_json::Value,
+    /// Running processes by plan name.
+    pub processes: std::collections::BTreeMap<String, Process>,
+    /// Control plane debug API.
+    pub debug: SocketAddr,
+}
+
+impl MeshRun {
+    /// Copies `examples/<example>`, lets `edit` change it, and starts every process of its plan
+    /// (the control plane with `cp_extra` arguments), waiting until every proxy is in sync.
+    pub fn start(
+        example: &str,
+        port_base: u16,
+        edit: impl FnOnce(&Path),
+        cp_extra: &[&str],
+    ) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mesh_dir = dir.path().join("mesh");
+        copy_dir(&workspace().join("examples").join(example), &mesh_dir);
+        edit(&mesh_dir);
+        let run_dir = dir.path().join("run");
+        std::fs::create_dir_all(&run_dir).expect("run dir");
+        let envoy = envoy_bin();
+        let out = run(&[
+            "demo",
+            "--print-plan",
+            "--mesh-dir",
+            mesh_dir.to_str().expect("utf-8"),
+            "--run-dir",
+            run_dir.to_str().expect("utf-8"),
+            "--port-base",
+            &port_base.to_string(),
+            "--envoy",
+            envoy.to_str().expect("utf-8"),
+        ]);
+        assert!(
+            out.status.success(),
+            "plan: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let plan: serde_json::Value = serde_json::from_slice(&out.stdout).expect("plan json");
+        let debug: SocketAddr = plan["debug"]
+            .as_str()
+            .expect("debug")
+            .parse()
+            .expect("addr");
+        let mut me = Self {
+            dir,
+            mesh_dir,
+            plan,
+            processes: std::collections::BTreeMap::new(),
+            debug,
+        };
+        let specs = me.plan["processes"].as_array().cloned().unwrap_or_default();
+        let cp = &specs[0];
+        let mut args: Vec<String> = cp["args"]
+            .as_array()
+            .expect("args")
+            .iter()
+            .filter_map(|a| a.as_str().map(str::to_owned))
+            .collect();
+        args.extend(cp_extra.iter().map(|s| (*s).to_owned()));
+        me.spawn("control-plane", &args);
+        let up = wait_for(Duration::from_secs(20), || {
+            http_get(debug, "/healthz").ok().filter(|(s, _)| *s == 200)
+        });
+        assert!(
+            up.is_some(),
+            "control plane did not start:\n{}",
+            me.log("control-plane")
+        );
+        for spec in &specs[1..] {
+            let args: Vec<String> = spec["args"]
+                .as_array()
+                .expect("args")
+                .iter()
+                .filter_map(|a| a.as_str().map(str::to_owned))
+                .collect();
+            me.spawn(spec["name"].as_str().expect("name"), &args);
+        }
+        let proxies = specs
+            .iter()
+            .filter(|s| s["kind"] == "gateway" || s["kind"] == "sidecar")
+            .count();
+        me.wait_in_sync(proxies);
+        me
+    }
+
+    fn spawn(&mut self, name: &str, args: &[String]) {
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        let log = self.dir.path().join(format!("{name}.log"));
+        self.processes
+            .insert(name.to_owned(), Process::start(&refs, &log));
+    }
+
+    /// A process's log.
+    pub fn log(&self, name: &str) -> String {
+        std::fs::read_to_string(self.dir.path().join(format!("{name}.log"))).unwrap_or_default()
+    }
+
+    /// Stops a process.
+    pub fn stop(&mut self, name: &str) {
+        self.processes
+            .remove(name)
+            .unwrap_or_else(|| panic!("no process {name}"));
+    }
+
+    /// Starts a stopped process again from the plan.
+    pub fn restart(&mut self, name: &str) {
+        let spec = self.plan["processes"]
+            .as_array()
+            .and_then(|a| a.iter().find(|s| s["name"] == name).cloned())
+            .unwrap_or_else(|| panic!("no process {name} in the plan"));
+        let args: Vec<String> = spec["args"]
+            .as_array()
+            .expect("args")
+            .iter()
+            .filter_map(|a| a.as_str().map(str::to_owned))
+            .collect();
+        self.spawn(name, &args);
+    }
+
+    /// Waits until `count` proxies are connected and in sync.
+    pub fn wait_in_sync(&self, count: usize) -> serde_json::Value {
+        let mut last = serde_json::Value::Null;
+        wait_for(Duration::from_secs(60), || {
+            let v = http_get(self.debug, "/debug/proxies")
+                .ok()
+                .and_then(|(_, b)| serde_json::from_str::<serde_json::Value>(&b).ok())?;
+            last = v.clone();
+            let p = v["proxies"].as_array()?;
+            (p.len() >= count && p.iter().all(|x| x["inSync"] == true)).then_some(v)
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "proxies not in sync: {last:#}\n{}",
+                self.log("control-plane")
+            )
+        })
+    }
+
+    /// Envoy admin address of a plan process.
+    pub fn admin(&self, name: &str) -> SocketAddr {
+        self.plan["processes"]
+            .as_array()
+            .and_then(|a| a.iter().find(|s| s["name"] == name))
+            .and_then(|s| s["admin"].as_str())
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("{name} has no admin address"))
+    }
+
+    /// The outbound address a sidecar has for `namespace/service`, from its Envoy listeners.
+    pub fn outbound(&self, sidecar: &str, service: &str) -> Option<SocketAddr> {
+        let (_, listeners) = http_get(self.admin(sidecar), "/listeners").ok()?;
+        listeners.lines().find_map(|l| {
+            let name = l.split("::").next()?;
+            let rest = name.strip_prefix("outbound|")?;
+            let (addr, svc) = rest.split_once('|')?;
+            (svc == service).then(|| addr.parse().ok()).flatten()
+        })
+    }
+}
+
+/// Calls `http://addr/` and returns the echo app's JSON answer (or the status and body).
+pub fn call(addr: SocketAddr) -> Result<serde_json::Value, String> {
+    let (status, body) = http_get(addr, "/").map_err(|e| e.to_string())?;
+    if status != 200 {
+        return Err(format!("{status}: {body}"));
+    }
+    serde_json::from_str(&body).map_err(|e| format!("{e}: {body}"))
+}
+
+/// POST with an empty body over HTTP/1.1; returns (status, body).
+pub fn http_post(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(
+        stream,
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut raw = String::new();
+    stream.read_to_string(&mut raw)?;
+    let status = raw
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((raw.as_str(), ""));
+    let chunked = head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked");
+    Ok((
+        status,
+        if chunked {
+            dechunk(body)
+        } else {
+            body.to_owned()
+        },
+    ))
+}

@@ -287,6 +287,11 @@ impl Sotw {
                 .map(|(n, r)| (n.clone(), r.version.clone()))
                 .collect();
             if !force && all == st.sent {
+                if st.sent == st.acked {
+                    self.session
+                        .registry
+                        .settled(self.session.conn, t, &version_of(&st.acked));
+                }
                 return Ok(());
             }
             let bodies = desired
@@ -308,6 +313,11 @@ impl Sotw {
                 }
             }
             if bodies.is_empty() && !force {
+                if st.sent == st.acked {
+                    self.session
+                        .registry
+                        .settled(self.session.conn, t, &version_of(&st.acked));
+                }
                 return Ok(());
             }
             (bodies, next)
@@ -444,6 +454,11 @@ impl Delta {
             .cloned()
             .collect();
         if resources.is_empty() && removed.is_empty() && !force {
+            if st.in_flight.is_empty() {
+                self.session
+                    .registry
+                    .settled(self.session.conn, t, &version_of(&st.known));
+            }
             return Ok(());
         }
         for r in &resources {

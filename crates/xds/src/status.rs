@@ -252,6 +252,18 @@ impl ProxyRegistry {
         });
     }
 
+    /// The proxy runs exactly what it should: nothing in flight, no rejection outstanding.
+    pub(crate) fn settled(&self, conn: u64, t: TypeUrl, version: &str) {
+        self.update(conn, |s| {
+            let ts = s.types.entry(t.short()).or_default();
+            if ts.sent_version != version || ts.acked_version != version || ts.last_nack.is_some() {
+                ts.sent_version = version.to_owned();
+                ts.acked_version = version.to_owned();
+                ts.last_nack = None;
+            }
+        });
+    }
+
     pub(crate) fn nacked(&self, conn: u64, t: TypeUrl, version: &str, message: &str) {
         self.metrics
             .nacks

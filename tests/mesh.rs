@@ -1,0 +1,312 @@
+//! A whole mesh with real Envoy sidecars and gateways (the example's three clusters on two
+//! networks): cross-network calls with mTLS, split horizon as Envoy itself reports it,
+//! authorization by identity and cluster, NACK handling, and an unexported service that stays
+//! unreachable through a gateway even with a valid mesh certificate.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::Arc;
+use std::time::Duration;
+
+use causeway_e2e::*;
+
+const CLIENT: &str = "alpha-client-sidecar";
+const CLIENT_ID: &str = "spiffe://causeway.local/ns/demo/sa/client";
+
+#[test]
+fn tour_passes() {
+    let _guard = mesh_lock();
+    let dir = tempfile::tempdir().expect("tmp");
+    let envoy = envoy_bin();
+    let out = run(&[
+        "demo",
+        "--tour",
+        "--mesh-dir",
+        workspace()
+            .join("examples/three-clusters")
+            .to_str()
+            .expect("utf-8"),
+        "--run-dir",
+        dir.path().to_str().expect("utf-8"),
+        "--port-base",
+        "22000",
+        "--envoy",
+        envoy.to_str().expect("utf-8"),
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("tour passed"), "{text}");
+    assert!(
+        text.contains(
+            "answered by gamma/greeter-gamma-1, caller spiffe://causeway.local/ns/demo/sa/client"
+        ),
+        "{text}"
+    );
+}
+
+fn hosts(admin: SocketAddr, cluster: &str) -> Vec<(String, u64, u64)> {
+    let v = get_json(admin, "/clusters?format=json");
+    let mut out = Vec::new();
+    for c in v["cluster_statuses"].as_array().into_iter().flatten() {
+        if c["name"] != cluster {
+            continue;
+        }
+        for h in c["host_statuses"].as_array().into_iter().flatten() {
+            let sa = &h["address"]["socket_address"];
+            out.push((
+                format!(
+                    "{}:{}",
+                    sa["address"].as_str().unwrap_or(""),
+                    sa["port_value"]
+                ),
+                h["weight"].as_u64().unwrap_or(0),
+                h["priority"].as_u64().unwrap_or(0),
+            ));
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn cross_network_call_and_split_horizon_in_envoy() {
+    let _guard = mesh_lock();
+    let mesh = MeshRun::start("three-clusters", 23000, |_| {}, &[]);
+    // greeter exists only in gamma (net-b): alpha's sidecar -> gamma's gateway -> gamma's sidecar.
+    let greeter = mesh
+        .outbound(CLIENT, "demo/greeter")
+        .expect("client has a greeter listener");
+    let answer = call(greeter).expect("greeter answers");
+    assert_eq!(answer["cluster"], "gamma");
+    assert_eq!(
+        answer["caller"], CLIENT_ID,
+        "the server saw the client's SPIFFE ID"
+    );
+
+    // Envoy's own view of echo: local and same-network endpoints by address, the other network
+    // only through its gateway, with weight and priority.
+    let admin = mesh.admin(CLIENT);
+    let echo = hosts(admin, "outbound|80||echo.demo.svc.cluster.local");
+    assert_eq!(
+        echo,
+        vec![
+            ("127.1.0.11:8080".to_owned(), 1, 0),
+            ("127.2.0.11:8080".to_owned(), 1, 1),
+            ("127.3.255.1:15443".to_owned(), 1, 2),
+        ],
+        "split horizon as Envoy sees it"
+    );
+    let dump = get_json(admin, "/config_dump?resource=dynamic_active_clusters").to_string();
+    assert!(
+        dump.contains("outbound_.80_._.echo.demo.svc.cluster.local"),
+        "Istio SNI on the upstream TLS"
+    );
+    assert!(
+        dump.contains("spiffe://causeway.local/ns/demo/sa/echo"),
+        "SAN check on the server identity"
+    );
+    assert!(
+        !dump.contains("127.3.0.11"),
+        "no pod IP of the other network is ever sent"
+    );
+
+    // The gateway only ever saw TLS: it has no TLS context and inspected TLS ClientHellos.
+    let gw_admin = mesh.admin("gamma-gateway-0");
+    let gw_dump = get_json(gw_admin, "/config_dump?resource=dynamic_listeners").to_string();
+    assert!(
+        !gw_dump.contains("DownstreamTlsContext"),
+        "the gateway never terminates TLS"
+    );
+    let tls_found = wait_for(Duration::from_secs(15), || {
+        let (_, stats) = http_get(gw_admin, "/stats?filter=tls_inspector.tls_found").ok()?;
+        stats
+            .lines()
+            .filter_map(|l| l.rsplit(": ").next()?.parse::<u64>().ok())
+            .find(|n| *n > 0)
+    });
+    assert!(tls_found.is_some(), "the gateway saw TLS");
+}
+
+const POLICY: &str = "apiVersion: causeway.io/v1alpha1
+kind: AuthorizationPolicy
+metadata: {name: greeter-callers, namespace: demo}
+spec:
+  selector: {app: greeter}
+  action: ALLOW
+  rules:
+  - from:
+    - principals: [spiffe://causeway.local/ns/demo/sa/client]
+      clusters: [CLUSTER]
+";
+
+#[test]
+fn authorization_by_identity_and_cluster() {
+    let _guard = mesh_lock();
+    let mesh = MeshRun::start(
+        "three-clusters",
+        24000,
+        |dir| {
+            std::fs::write(
+                dir.join("clusters/gamma/policy.yaml"),
+                POLICY.replace("CLUSTER", "alpha"),
+            )
+            .expect("write")
+        },
+        &[],
+    );
+    let from_client = mesh.outbound(CLIENT, "demo/greeter").expect("listener");
+    assert_eq!(
+        call(from_client).expect("client is allowed")["caller"],
+        CLIENT_ID
+    );
+    // Another identity (echo, in beta) is refused with 403.
+    let from_echo = mesh
+        .outbound("beta-echo-beta-1-sidecar", "demo/greeter")
+        .expect("listener");
+    let denied = call(from_echo).expect_err("echo is not allowed");
+    assert!(denied.starts_with("403"), "{denied}");
+    // The policy now requires the caller's cluster to be beta: the client (alpha) is refused.
+    std::fs::write(
+        mesh.mesh_dir.join("clusters/gamma/policy.yaml"),
+        POLICY.replace("CLUSTER", "beta"),
+    )
+    .expect("write");
+    let refused = wait_for(Duration::from_secs(10), || {
+        call(from_client).err().filter(|e| e.starts_with("403"))
+    });
+    assert!(refused.is_some(), "the cluster condition is enforced");
+}
+
+#[test]
+fn nacked_config_is_reported_and_traffic_keeps_flowing() {
+    let _guard = mesh_lock();
+    let mesh = MeshRun::start("three-clusters", 25000, |_| {}, &["--enable-test-hooks"]);
+    let echo = mesh.outbound(CLIENT, "demo/echo").expect("listener");
+    assert!(call(echo).is_ok());
+    let (status, body) = http_post(
+        mesh.debug,
+        "/debug/test/poison?cluster=alpha&workload=client",
+    )
+    .expect("post");
+    assert_eq!(status, 200, "{body}");
+    let nack = wait_for(Duration::from_secs(10), || {
+        let v = get_json(mesh.debug, "/debug/proxies");
+        let p = v["proxies"]
+            .as_array()?
+            .iter()
+            .find(|p| p["workload"] == "client")?
+            .clone();
+        let n = p["types"]["lds"]["lastNack"].clone();
+        (!n.is_null()).then_some(n)
+    })
+    .expect("the NACK is recorded");
+    assert!(
+        nack["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("causeway")),
+        "{nack}"
+    );
+    // proxy-status shows it.
+    let out = run(&["proxy-status", "--control-plane", &mesh.debug.to_string()]);
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(table.contains("NACK"), "{table}");
+    assert!(table.contains("alpha client rejected lds"), "{table}");
+    // Traffic keeps flowing on the last good config.
+    for _ in 0..5 {
+        assert_eq!(call(echo).expect("still served")["cluster"], "alpha");
+    }
+    // Undo: the proxy accepts again.
+    let (status, _) = http_post(
+        mesh.debug,
+        "/debug/test/poison?cluster=alpha&workload=client&on=false",
+    )
+    .expect("post");
+    assert_eq!(status, 200);
+    let proxies = mesh.plan["processes"]
+        .as_array()
+        .map(|p| {
+            p.iter()
+                .filter(|s| s["kind"] == "gateway" || s["kind"] == "sidecar")
+                .count()
+        })
+        .unwrap_or(0);
+    mesh.wait_in_sync(proxies);
+}
+
+/// A TLS connection to `gateway` with `sni`, presenting a real mesh certificate. Returns
+/// whether the handshake completed (only possible if the gateway forwarded it to a sidecar).
+fn tls_through(
+    gateway: SocketAddr,
+    sni: &str,
+    chain: &str,
+    key: &str,
+    bundle: &str,
+) -> Result<String, String> {
+    let config =
+        causeway_trust::verify::client_config(chain, key, bundle, "causeway.local", vec![])
+            .map_err(|e| e.to_string())?;
+    let name =
+        rustls::pki_types::ServerName::try_from(sni.to_owned()).map_err(|e| e.to_string())?;
+    let mut conn =
+        rustls::ClientConnection::new(Arc::new(config), name).map_err(|e| e.to_string())?;
+    let mut sock =
+        TcpStream::connect_timeout(&gateway, Duration::from_secs(2)).map_err(|e| e.to_string())?;
+    sock.set_read_timeout(Some(Duration::from_secs(5)))
+        .map_err(|e| e.to_string())?;
+    let mut tls = rustls::Stream::new(&mut conn, &mut sock);
+    tls.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .map_err(|e| e.to_string())?;
+    let mut out = String::new();
+    tls.read_to_string(&mut out).map_err(|e| e.to_string())?;
+    Ok(out)
+}
+
+#[test]
+fn unexported_service_unreachable_even_with_crafted_sni_and_valid_cert() {
+    let _guard = mesh_lock();
+    let mesh = MeshRun::start("three-clusters", 26000, |_| {}, &[]);
+    causeway_trust::install_crypto_provider();
+    // A genuine certificate for the client identity, from the mesh CA.
+    let ca: SocketAddr = mesh.plan["ca"].as_str().expect("ca").parse().expect("addr");
+    let bundle =
+        std::fs::read_to_string(mesh.dir.path().join("run/ca/root/root-cert.pem")).expect("root");
+    let token =
+        std::fs::read_to_string(mesh.mesh_dir.join("tokens/alpha/client.token")).expect("token");
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let agent = causeway_trust::agent::Agent::new(causeway_trust::agent::AgentConfig {
+        ca_addr: ca,
+        ca_bundle_pem: bundle.clone(),
+        trust_domain: "causeway.local".into(),
+        token: token.trim().into(),
+        identity: causeway_model::SpiffeId::new("causeway.local", "demo", "client"),
+        ttl: Duration::from_secs(600),
+    });
+    let cert = rt.block_on(agent.renew()).expect("certificate");
+    let gateway: SocketAddr = "127.3.255.1:15443".parse().expect("addr");
+    // Exported greeter: the gateway forwards, gamma's sidecar accepts the certificate.
+    let ok = tls_through(
+        gateway,
+        "outbound_.80_._.greeter.demo.svc.cluster.local",
+        &cert.chain_pem,
+        &cert.key_pem,
+        &bundle,
+    )
+    .expect("greeter through the gateway");
+    assert!(ok.contains("\"cluster\":\"gamma\""), "{ok}");
+    // Unexported ledger: same certificate, crafted SNI, the gateway closes the connection.
+    let refused = tls_through(
+        gateway,
+        "outbound_.80_._.ledger.demo.svc.cluster.local",
+        &cert.chain_pem,
+        &cert.key_pem,
+        &bundle,
+    );
+    assert!(
+        refused.is_err(),
+        "ledger reached through the gateway: {refused:?}"
+    );
+}
