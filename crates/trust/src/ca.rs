@@ -386,8 +386,12 @@ pub fn ensure_ca_dir(
     } else {
         tracing::info!(dir = %root_dir.display(), "generating the mesh root CA (first start)");
         let root = RootCa::generate(trust_domain, Duration::from_secs(10 * 365 * 24 * 3600))?;
-        root.write(&root_dir)?;
-        root
+        match root.write(&root_dir) {
+            Ok(()) => root,
+            // Another control plane sharing the directory got there first: use its root.
+            Err(CaError::Exists(_)) => RootCa::load(&root_dir)?,
+            Err(e) => return Err(e),
+        }
     };
     for cluster in clusters {
         let cdir = dir.join(cluster.as_str());
