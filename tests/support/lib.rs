@@ -593,3 +593,21 @@ pub fn http_post(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)>
         },
     ))
 }
+
+impl Process {
+    /// Starts any program (e.g. `ip netns exec ...`), logging to `log`.
+    pub fn start_program(program: &str, args: &[&str], log: &Path) -> Self {
+        let file = std::fs::File::create(log).expect("log file");
+        let child = Command::new(program)
+            .args(args)
+            .stdout(file.try_clone().expect("dup"))
+            .stderr(file)
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {program}: {e}"));
+        Self {
+            child,
+            log: log.to_path_buf(),
+        }
+    }
+}

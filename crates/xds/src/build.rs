@@ -878,6 +878,11 @@ pub fn gateway_resources(index: &MeshIndex, ctx: &ProxyContext) -> Resources {
             ..Default::default()
         });
     }
+    if chains.is_empty() {
+        // Nothing exported: no listener at all (Envoy refuses a listener without filter
+        // chains), so the gateway port refuses connections.
+        return out;
+    }
     for gw in &spec.gateways {
         let name = format!("gateway|{gw}");
         let listener = listener::Listener {
