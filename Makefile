@@ -26,6 +26,8 @@ lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
-## Benchmarks (release build).
+## Benchmarks (release build): the mesh index, then the mesh path against Envoy.
 bench:
-	$(CARGO) run --release -p causeway-bench --bin index-bench
+	$(CARGO) build --release -p causeway -p causeway-bench
+	./target/release/index-bench
+	CAUSEWAY_ENVOY="$$(./scripts/ensure-envoy)" ./target/release/mesh-path
