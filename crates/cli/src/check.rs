@@ -59,6 +59,29 @@ pub fn diagnose(dir: &Path) -> anyhow::Result<Vec<Diagnostic>> {
         }
         let index = MeshIndex::build(Arc::clone(mesh), objects.iter());
         findings.extend(check_mesh(mesh, &objects, &index));
+        // Credentials are files next to the directory: check they exist and are not empty.
+        for (cluster, objs) in &objects {
+            for we in objs.workload_entries.values() {
+                let Some(file) = &we.credential_file else {
+                    continue;
+                };
+                let problem = match std::fs::read_to_string(dir.join(file)) {
+                    Ok(t) if t.trim().is_empty() => Some("is empty".to_owned()),
+                    Ok(_) => None,
+                    Err(e) => Some(format!("cannot be read: {e}")),
+                };
+                if let Some(problem) = problem {
+                    findings.push(Diagnostic {
+                        severity: Severity::Error,
+                        file: Some(we.source.file.clone()),
+                        line: Some(we.source.line),
+                        object: Some(format!("WorkloadEntry {}/{}", we.namespace, we.name)),
+                        field: Some("spec.credential.tokenFile".into()),
+                        message: format!("{} {problem}: workload {} of cluster {cluster} cannot get certificates", file.display(), we.name),
+                    });
+                }
+            }
+        }
     }
     Ok(findings)
 }

@@ -157,6 +157,19 @@ pub fn verify_chain(
     trust_domain: &str,
     now: UnixTime,
 ) -> Result<PeerIdentity, VerifyError> {
+    let result = verify_chain_inner(chain, bundle_pem, trust_domain, now);
+    if let Err(e) = &result {
+        tracing::warn!(reason = e.reason(), error = %e, "peer certificate rejected");
+    }
+    result
+}
+
+fn verify_chain_inner(
+    chain: &[CertificateDer<'_>],
+    bundle_pem: &str,
+    trust_domain: &str,
+    now: UnixTime,
+) -> Result<PeerIdentity, VerifyError> {
     let (leaf, intermediates) = chain.split_first().ok_or(VerifyError::NoCertificate)?;
     let roots = root_store(bundle_pem)?;
     let parsed = ParsedCertificate::try_from(leaf).map_err(map_chain_error)?;

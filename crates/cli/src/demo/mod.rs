@@ -374,6 +374,8 @@ async fn tour_steps(
     step("1. a local call is answered locally (locality priority 0)");
     match find("echo") {
         Some(addr) => {
+            // Steady state first: an endpoint may still be ejected from a start-up race.
+            let _ = call_until(addr, Duration::from_secs(15), |a| a.cluster == client.cluster.as_str()).await;
             let mut answers = Vec::new();
             for _ in 0..10 {
                 answers.push(
