@@ -478,7 +478,26 @@ impl MeshRun {
             .filter(|s| s["kind"] == "gateway" || s["kind"] == "sidecar")
             .count();
         me.wait_in_sync(proxies);
+        me.warm_up();
         me
+    }
+
+    /// Waits until the example's client reaches its local echo: every sidecar has its listeners
+    /// and no endpoint is still ejected from a start-up race, so tests begin in steady state.
+    fn warm_up(&self) {
+        let Some(echo) = self.outbound("alpha-client-sidecar", "demo/echo") else {
+            return;
+        };
+        let local = wait_for(Duration::from_secs(30), || {
+            call(echo)
+                .ok()
+                .filter(|v| v["cluster"] == "alpha")
+                .map(|_| ())
+        });
+        assert!(
+            local.is_some(),
+            "the mesh did not reach steady state: client -> echo never answered by alpha"
+        );
     }
 
     fn spawn(&mut self, name: &str, args: &[String]) {
