@@ -375,7 +375,10 @@ async fn tour_steps(
     match find("echo") {
         Some(addr) => {
             // Steady state first: an endpoint may still be ejected from a start-up race.
-            let _ = call_until(addr, Duration::from_secs(15), |a| a.cluster == client.cluster.as_str()).await;
+            let _ = call_until(addr, Duration::from_secs(15), |a| {
+                a.cluster == client.cluster.as_str()
+            })
+            .await;
             let mut answers = Vec::new();
             for _ in 0..10 {
                 answers.push(
