@@ -120,14 +120,15 @@ fn dechunk(mut body: &str) -> String {
     out
 }
 
-/// GET over HTTP/1.1 (`Connection: close`); returns (status, body). Bounded by a 5 s timeout.
-pub fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+/// One HTTP/1.1 request with an empty body (`Connection: close`); returns (status, body).
+/// Bounded by 5 s timeouts.
+fn http_request(method: &str, addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
     stream.set_read_timeout(Some(Duration::from_secs(5)))?;
     stream.set_write_timeout(Some(Duration::from_secs(5)))?;
     write!(
         stream,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
     )?;
     let mut raw = String::new();
     stream.read_to_string(&mut raw)?;
@@ -148,6 +149,11 @@ pub fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> 
             body.to_owned()
         },
     ))
+}
+
+/// GET; returns (status, body).
+pub fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+    http_request("GET", addr, path)
 }
 
 /// GETs JSON, panicking with the body on a non-200 answer.
@@ -584,33 +590,9 @@ pub fn call(addr: SocketAddr) -> Result<serde_json::Value, String> {
     serde_json::from_str(&body).map_err(|e| format!("{e}: {body}"))
 }
 
-/// POST with an empty body over HTTP/1.1; returns (status, body).
+/// POST with an empty body; returns (status, body).
 pub fn http_post(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
-    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-    write!(
-        stream,
-        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut raw = String::new();
-    stream.read_to_string(&mut raw)?;
-    let status = raw
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((raw.as_str(), ""));
-    let chunked = head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked");
-    Ok((
-        status,
-        if chunked {
-            dechunk(body)
-        } else {
-            body.to_owned()
-        },
-    ))
+    http_request("POST", addr, path)
 }
 
 impl Process {

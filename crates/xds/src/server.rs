@@ -613,6 +613,41 @@ macro_rules! drive {
     }};
 }
 
+/// The first request of a stream: it carries the node.
+async fn first_request<T>(inbound: &mut Streaming<T>) -> Result<T, Status> {
+    match inbound.next().await {
+        Some(Ok(r)) => Ok(r),
+        Some(Err(e)) => Err(e),
+        None => Err(Status::cancelled("stream closed before its first request")),
+    }
+}
+
+impl AdsServer {
+    /// A connection's session, validated from its first request's node.
+    fn session(
+        &self,
+        node: Option<&envoy_types::pb::envoy::config::core::v3::Node>,
+        stream: &'static str,
+    ) -> Result<Session, Status> {
+        let conn = self.next_conn.fetch_add(1, Ordering::Relaxed);
+        open_session(&self.registry, &self.state, conn, node, stream)
+    }
+
+    /// A pacer that ignores changes from before the connection.
+    fn pacer(&self) -> Pacer {
+        let mut pacer = Pacer {
+            state: self.state.clone(),
+            poison: self.registry.poison_changes(),
+            coalesce: self.config.coalesce,
+            last_push: None,
+            due: None,
+        };
+        pacer.state.mark_unchanged();
+        pacer.poison.mark_unchanged();
+        pacer
+    }
+}
+
 #[tonic::async_trait]
 impl AggregatedDiscoveryService for AdsServer {
     type StreamAggregatedResourcesStream = ResponseStream<DiscoveryResponse>;
@@ -623,29 +658,10 @@ impl AggregatedDiscoveryService for AdsServer {
         request: Request<Streaming<DiscoveryRequest>>,
     ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
         let mut inbound = request.into_inner();
-        let first = match inbound.next().await {
-            Some(Ok(r)) => r,
-            Some(Err(e)) => return Err(e),
-            None => return Err(Status::cancelled("stream closed before its first request")),
-        };
-        let conn = self.next_conn.fetch_add(1, Ordering::Relaxed);
-        let session = open_session(
-            &self.registry,
-            &self.state,
-            conn,
-            first.node.as_ref(),
-            "sotw",
-        )?;
+        let first = first_request(&mut inbound).await?;
+        let session = self.session(first.node.as_ref(), "sotw")?;
         let (tx, rx) = mpsc::channel(16);
-        let mut pacer = Pacer {
-            state: self.state.clone(),
-            poison: self.registry.poison_changes(),
-            coalesce: self.config.coalesce,
-            last_push: None,
-            due: None,
-        };
-        pacer.state.mark_unchanged();
-        pacer.poison.mark_unchanged();
+        let mut pacer = self.pacer();
         let state = self.state.clone();
         tokio::spawn(async move {
             let mut proto = Sotw {
@@ -668,29 +684,10 @@ impl AggregatedDiscoveryService for AdsServer {
         request: Request<Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
         let mut inbound = request.into_inner();
-        let first = match inbound.next().await {
-            Some(Ok(r)) => r,
-            Some(Err(e)) => return Err(e),
-            None => return Err(Status::cancelled("stream closed before its first request")),
-        };
-        let conn = self.next_conn.fetch_add(1, Ordering::Relaxed);
-        let session = open_session(
-            &self.registry,
-            &self.state,
-            conn,
-            first.node.as_ref(),
-            "delta",
-        )?;
+        let first = first_request(&mut inbound).await?;
+        let session = self.session(first.node.as_ref(), "delta")?;
         let (tx, rx) = mpsc::channel(16);
-        let mut pacer = Pacer {
-            state: self.state.clone(),
-            poison: self.registry.poison_changes(),
-            coalesce: self.config.coalesce,
-            last_push: None,
-            due: None,
-        };
-        pacer.state.mark_unchanged();
-        pacer.poison.mark_unchanged();
+        let mut pacer = self.pacer();
         let state = self.state.clone();
         tokio::spawn(async move {
             let mut proto = Delta {
