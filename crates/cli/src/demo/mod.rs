@@ -120,7 +120,9 @@ pub async fn call(addr: SocketAddr) -> anyhow::Result<Answer> {
     })
 }
 
-/// Outbound addresses of every HTTP service port the client sidecar has, by service.
+/// Outbound addresses, at the client's sidecar, of every service port worth calling: services
+/// with at least one endpoint the demo runs a sidecar for (endpoints outside the mesh, such as
+/// the example's EndpointSlice-only `legacy`, cannot answer mTLS), other than the client's own.
 fn outbound_addresses(
     plan: &Plan,
     client: &plan::DemoWorkload,
@@ -128,21 +130,53 @@ fn outbound_addresses(
     let dir = MeshDirectory::open(&plan.mesh_dir);
     let index = crate::check::index_of(&dir).context("mesh index")?;
     let block = OutboundBlock::parse(&client.outbound_cidr).map_err(anyhow::Error::msg)?;
+    let in_mesh = |cluster: &causeway_model::ClusterId, workload: Option<&str>| {
+        plan.workloads
+            .iter()
+            .any(|w| &w.cluster == cluster && Some(w.name.as_str()) == workload)
+    };
     let mut out = Vec::new();
-    for (key, svc) in index.services() {
-        for port in &svc.ports {
-            if let Some(ip) = causeway_xds::build::outbound_address(&index, &block, key) {
-                out.push((key.clone(), SocketAddr::new(ip, port.port)));
-            }
-        }
-        if svc.ports.is_empty() {
-            if let Some(local) = index.cluster_service(&client.cluster, key) {
-                for port in &local.service.ports {
-                    if let Some(ip) = causeway_xds::build::outbound_address(&index, &block, key) {
-                        out.push((key.clone(), SocketAddr::new(ip, port.port)));
-                    }
+    for key in index.services().keys() {
+        let mut ports = std::collections::BTreeSet::new();
+        let mut served = false;
+        let mut selects_client = false;
+        for (cluster, ci) in index.clusters() {
+            let Some(entry) = ci.services.get(key) else {
+                continue;
+            };
+            for pe in &entry.ports {
+                for e in &pe.endpoints {
+                    served |= in_mesh(cluster, e.workload.as_deref());
+                    selects_client |= cluster == &client.cluster
+                        && e.workload.as_deref() == Some(client.name.as_str());
                 }
             }
+        }
+        if !served || selects_client {
+            continue;
+        }
+        let visible = causeway_discovery::view::view_service(
+            &index,
+            &causeway_discovery::ProxyContext::resolve(
+                &index,
+                causeway_model::ProxyIdentity {
+                    cluster: client.cluster.clone(),
+                    namespace: client.namespace.clone(),
+                    workload: client.name.clone(),
+                    role: causeway_model::ProxyRole::Sidecar,
+                },
+            )?,
+            key,
+        );
+        for vp in visible.iter().flat_map(|v| v.ports.iter()) {
+            ports.insert(vp.port.port);
+        }
+        if let Some(ip) = causeway_xds::build::outbound_address(&index, &block, key) {
+            out.extend(
+                ports
+                    .into_iter()
+                    .map(|p| (key.clone(), SocketAddr::new(ip, p))),
+            );
         }
     }
     Ok(out)
