@@ -569,14 +569,18 @@ impl MeshRun {
             .unwrap_or_else(|| panic!("{name} has no admin address"))
     }
 
-    /// The outbound address a sidecar has for `namespace/service`, from its Envoy listeners.
+    /// The outbound address a sidecar has for `namespace/service`, from its Envoy listeners
+    /// (polled for up to 10 s: listeners may still be warming).
     pub fn outbound(&self, sidecar: &str, service: &str) -> Option<SocketAddr> {
-        let (_, listeners) = http_get(self.admin(sidecar), "/listeners").ok()?;
-        listeners.lines().find_map(|l| {
-            let name = l.split("::").next()?;
-            let rest = name.strip_prefix("outbound|")?;
-            let (addr, svc) = rest.split_once('|')?;
-            (svc == service).then(|| addr.parse().ok()).flatten()
+        let admin = self.admin(sidecar);
+        wait_for(Duration::from_secs(10), || {
+            let (_, listeners) = http_get(admin, "/listeners").ok()?;
+            listeners.lines().find_map(|l| {
+                let name = l.split("::").next()?;
+                let rest = name.strip_prefix("outbound|")?;
+                let (addr, svc) = rest.split_once('|')?;
+                (svc == service).then(|| addr.parse().ok()).flatten()
+            })
         })
     }
 }

@@ -395,14 +395,48 @@ fn expected_sans(
 
 /// Builds a sidecar's resources.
 pub fn sidecar_resources(index: &MeshIndex, node: &ProxyNode, ctx: &ProxyContext) -> Resources {
-    let mut out = Resources::default();
-    let trust_domain = index.mesh().mesh.trust_domain.clone();
-    let view = view::view(index, ctx);
-    let slots = node
-        .outbound
+    let slots = sidecar_slots(index, node);
+    let mut out = sidecar_inbound_resources(index, node, ctx);
+    for key in index.services().keys() {
+        sidecar_service_resources(index, node, ctx, key, slots.get(key).copied(), &mut out);
+    }
+    out
+}
+
+/// Each service's slot in the sidecar's outbound block.
+pub fn sidecar_slots(index: &MeshIndex, node: &ProxyNode) -> BTreeMap<ServiceKey, u32> {
+    node.outbound
         .map(|block| view::service_slots(index.services().keys(), block.capacity()))
-        .unwrap_or_default();
-    for service in &view.services {
+        .unwrap_or_default()
+}
+
+/// A sidecar's inbound listeners and clusters (its own workload's ports and policies).
+pub fn sidecar_inbound_resources(
+    index: &MeshIndex,
+    node: &ProxyNode,
+    ctx: &ProxyContext,
+) -> Resources {
+    let mut out = Resources::default();
+    inbound(index, node, ctx, &index.mesh().mesh.trust_domain, &mut out);
+    out
+}
+
+/// A sidecar's resources for one service (cluster, endpoints and outbound listener per port),
+/// nothing when the service is not visible to it. A pure function of the merged service, its
+/// per-cluster entries, the mesh settings, the proxy and the slot: what the xDS server caches.
+pub fn sidecar_service_resources(
+    index: &MeshIndex,
+    node: &ProxyNode,
+    ctx: &ProxyContext,
+    key: &ServiceKey,
+    slot: Option<u32>,
+    out: &mut Resources,
+) {
+    let trust_domain = index.mesh().mesh.trust_domain.clone();
+    let Some(service) = view::view_service(index, ctx, key) else {
+        return;
+    };
+    {
         for port in &service.ports {
             let name = outbound_cluster_name(&service.key, port.port.port);
             let unknown_identity = port.endpoints().chain(port.remote.iter()).any(|e| {
@@ -450,10 +484,10 @@ pub fn sidecar_resources(index: &MeshIndex, node: &ProxyNode, ctx: &ProxyContext
                 pack_any(load_assignment(&name, &port.groups)),
                 &port.groups,
             );
-            let (Some(block), Some(slot)) = (node.outbound, slots.get(&service.key)) else {
+            let (Some(block), Some(slot)) = (node.outbound, slot) else {
                 continue;
             };
-            let address = block.address(*slot);
+            let address = block.address(slot);
             let listener_name = format!("outbound|{address}:{}|{}", port.port.port, service.key);
             let filter = if is_http(&port.port) {
                 network_filter(
@@ -483,8 +517,6 @@ pub fn sidecar_resources(index: &MeshIndex, node: &ProxyNode, ctx: &ProxyContext
             );
         }
     }
-    inbound(index, node, ctx, &trust_domain, &mut out);
-    out
 }
 
 /// The proxy's own workload ports: every target port of a Service of its cluster that selects

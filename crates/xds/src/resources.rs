@@ -1,6 +1,7 @@
 //! A proxy's resources by type and name, each with a content version, ready to diff and send.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use envoy_types::pb::google::protobuf::Any;
 use serde::Serialize;
@@ -61,8 +62,8 @@ impl TypeUrl {
 pub struct Resource {
     /// Hash of the encoded resource: changes exactly when the content does.
     pub version: String,
-    /// The encoded resource.
-    pub body: Any,
+    /// The encoded resource (shared: caches and pushes hold it without copying).
+    pub body: Arc<Any>,
 }
 
 /// Every resource of a proxy, by type then name.
@@ -97,10 +98,23 @@ impl Resources {
             format!("{}/{RESOURCE_SCHEMA}/{name}", env!("CARGO_PKG_VERSION")).into_bytes();
         bytes.extend_from_slice(&encoded);
         let version = format!("{:016x}", content_hash(&bytes));
-        self.by_type
-            .entry(type_url)
-            .or_default()
-            .insert(name.to_owned(), Resource { version, body });
+        self.by_type.entry(type_url).or_default().insert(
+            name.to_owned(),
+            Resource {
+                version,
+                body: Arc::new(body),
+            },
+        );
+    }
+
+    /// Adds every resource of `other`.
+    pub fn extend(&mut self, other: &Resources) {
+        for (t, map) in &other.by_type {
+            let into = self.by_type.entry(*t).or_default();
+            for (name, r) in map {
+                into.insert(name.clone(), r.clone());
+            }
+        }
     }
 
     /// Resources of one type.

@@ -120,6 +120,57 @@ fn poison_listener() -> Any {
     })
 }
 
+/// What a service's sidecar resources were built from. Holding the `Arc`s (not addresses)
+/// keeps them alive, so pointer equality means "unchanged".
+struct ServiceInputs {
+    merged: Arc<causeway_discovery::MeshService>,
+    entries: Vec<Option<Arc<causeway_discovery::ClusterService>>>,
+    slot: Option<u32>,
+}
+
+impl ServiceInputs {
+    fn of(
+        index: &MeshIndex,
+        key: &causeway_model::ServiceKey,
+        merged: &Arc<causeway_discovery::MeshService>,
+        slot: Option<u32>,
+    ) -> Self {
+        Self {
+            merged: Arc::clone(merged),
+            entries: index
+                .clusters()
+                .values()
+                .map(|c| c.services.get(key).cloned())
+                .collect(),
+            slot,
+        }
+    }
+
+    fn same(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.merged, &other.merged)
+            && self.slot == other.slot
+            && self.entries.len() == other.entries.len()
+            && self
+                .entries
+                .iter()
+                .zip(&other.entries)
+                .all(|(a, b)| match (a, b) {
+                    (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                    (None, None) => true,
+                    _ => false,
+                })
+    }
+}
+
+/// Per-service sidecar resources from earlier builds: a change to one service rebuilds only that
+/// service's resources for each proxy, not its whole view.
+#[derive(Default)]
+struct ServiceCache {
+    mesh: Option<Arc<causeway_model::MeshConfig>>,
+    ctx: Option<causeway_discovery::ProxyContext>,
+    services: std::collections::HashMap<causeway_model::ServiceKey, (ServiceInputs, Resources)>,
+}
+
 /// What both protocol variants share: the node, its desired resources and the coalescing clock.
 struct Session {
     conn: u64,
@@ -128,6 +179,7 @@ struct Session {
     desired: Resources,
     mesh_version: u64,
     built: bool,
+    cache: ServiceCache,
 }
 
 impl Session {
@@ -147,7 +199,7 @@ impl Session {
         let span = tracing::debug_span!("build", cluster = %self.node.identity.cluster, workload = %self.node.identity.workload);
         let _guard = span.enter();
         let mut desired = match self.node.identity.role {
-            ProxyRole::Sidecar => build::sidecar_resources(index, &self.node, &ctx),
+            ProxyRole::Sidecar => self.sidecar(index, &ctx),
             ProxyRole::Gateway => build::gateway_resources(index, &ctx),
         };
         if self.registry.is_poisoned(
@@ -164,6 +216,46 @@ impl Session {
         self.desired = desired;
         self.mesh_version = state.version;
         self.built = true;
+    }
+}
+
+impl Session {
+    /// The sidecar's resources, rebuilding only services whose inputs changed.
+    fn sidecar(&mut self, index: &MeshIndex, ctx: &causeway_discovery::ProxyContext) -> Resources {
+        let cache = &mut self.cache;
+        let mesh_same = cache
+            .mesh
+            .as_ref()
+            .is_some_and(|m| Arc::ptr_eq(m, index.mesh()));
+        if !mesh_same || cache.ctx.as_ref() != Some(ctx) {
+            cache.services.clear();
+            cache.mesh = Some(Arc::clone(index.mesh()));
+            cache.ctx = Some(ctx.clone());
+        }
+        let slots = build::sidecar_slots(index, &self.node);
+        let mut desired = build::sidecar_inbound_resources(index, &self.node, ctx);
+        let mut rebuilt = 0usize;
+        for (key, merged) in index.services() {
+            let inputs = ServiceInputs::of(index, key, merged, slots.get(key).copied());
+            let fresh = match cache.services.get(key) {
+                Some((seen, _)) => !seen.same(&inputs),
+                None => true,
+            };
+            if fresh {
+                let mut r = Resources::default();
+                build::sidecar_service_resources(index, &self.node, ctx, key, inputs.slot, &mut r);
+                cache.services.insert(key.clone(), (inputs, r));
+                rebuilt += 1;
+            }
+            if let Some((_, r)) = cache.services.get(key) {
+                desired.extend(r);
+            }
+        }
+        cache
+            .services
+            .retain(|k, _| index.services().contains_key(k));
+        tracing::debug!(node = %self.node.id, rebuilt, services = index.services().len(), "sidecar resources built");
+        desired
     }
 }
 
@@ -206,6 +298,7 @@ fn open_session(
         desired: Resources::default(),
         mesh_version: 0,
         built: false,
+        cache: ServiceCache::default(),
     };
     session.rebuild(&current);
     Ok(session)
@@ -297,7 +390,7 @@ impl Sotw {
             let bodies = desired
                 .iter()
                 .filter(|(n, _)| in_scope(n))
-                .map(|(n, r)| (n.clone(), r.body.clone()))
+                .map(|(n, r)| (n.clone(), (*r.body).clone()))
                 .collect();
             (bodies, all)
         } else {
@@ -307,7 +400,7 @@ impl Sotw {
             for name in &st.names {
                 if let Some(r) = desired.get(name) {
                     if force || st.sent.get(name) != Some(&r.version) {
-                        bodies.push((name.clone(), r.body.clone()));
+                        bodies.push((name.clone(), (*r.body).clone()));
                         next.insert(name.clone(), r.version.clone());
                     }
                 }
@@ -442,7 +535,7 @@ impl Delta {
                 resources.push(DeltaResource {
                     name: name.clone(),
                     version: r.version.clone(),
-                    resource: Some(r.body.clone()),
+                    resource: Some((*r.body).clone()),
                     ..Default::default()
                 });
             }
@@ -703,5 +796,103 @@ impl AggregatedDiscoveryService for AdsServer {
             }
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use causeway_model::{ClusterId, ClusterObjects, Health, ProxyIdentity, ServiceKey};
+
+    /// The example mesh and its objects.
+    fn example() -> (MeshIndex, BTreeMap<ClusterId, ClusterObjects>) {
+        let root =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/three-clusters");
+        let dir = causeway_registry::MeshDirectory::open(root);
+        let objects: BTreeMap<ClusterId, ClusterObjects> = dir
+            .clusters()
+            .iter()
+            .map(|(n, s)| {
+                (
+                    ClusterId::new(n).expect("id"),
+                    (*s.objects.clone().expect("loaded")).clone(),
+                )
+            })
+            .collect();
+        let index = MeshIndex::build(Arc::clone(dir.mesh().expect("mesh")), objects.iter());
+        (index, objects)
+    }
+
+    fn versions(r: &Resources) -> BTreeMap<(TypeUrl, String), String> {
+        r.by_type
+            .iter()
+            .flat_map(|(t, m)| {
+                m.iter()
+                    .map(move |(n, res)| ((*t, n.clone()), res.version.clone()))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn cached_build_equals_full_build_and_rebuilds_only_what_changed() {
+        let (mut index, mut objects) = example();
+        let identity = ProxyIdentity {
+            cluster: ClusterId::new("alpha").expect("id"),
+            namespace: "demo".into(),
+            workload: "client".into(),
+            role: ProxyRole::Sidecar,
+        };
+        let node = ProxyNode {
+            id: "client".into(),
+            identity: identity.clone(),
+            app_address: None,
+            outbound: crate::node::OutboundBlock::parse("127.200.0.0/16").ok(),
+            network: None,
+        };
+        let ctx = causeway_discovery::ProxyContext::resolve(&index, identity).expect("ctx");
+        let mut session = Session {
+            conn: 1,
+            node: node.clone(),
+            registry: Arc::new(ProxyRegistry::new(false)),
+            desired: Resources::default(),
+            mesh_version: 0,
+            built: false,
+            cache: ServiceCache::default(),
+        };
+        let cached = session.sidecar(&index, &ctx);
+        assert_eq!(
+            versions(&cached),
+            versions(&build::sidecar_resources(&index, &node, &ctx))
+        );
+        let greeter_before = Arc::clone(
+            &session.cache.services[&ServiceKey::new("demo", "greeter")]
+                .1
+                .by_type[&TypeUrl::ClusterLoadAssignment]
+                ["outbound|80||greeter.demo.svc.cluster.local"]
+                .body,
+        );
+
+        // echo-gamma-1 becomes unhealthy: only echo's resources change.
+        let gamma = ClusterId::new("gamma").expect("id");
+        let o = objects.get_mut(&gamma).expect("gamma");
+        if let Some(we) = o
+            .workload_entries
+            .get_mut(&("demo".to_owned(), "echo-gamma-1".to_owned()))
+        {
+            we.health = Health::Unhealthy;
+        }
+        index.set_cluster(&gamma, o).expect("set");
+        let cached = session.sidecar(&index, &ctx);
+        let full = build::sidecar_resources(&index, &node, &ctx);
+        assert_eq!(versions(&cached), versions(&full));
+        let greeter_after = &session.cache.services[&ServiceKey::new("demo", "greeter")]
+            .1
+            .by_type[&TypeUrl::ClusterLoadAssignment]
+            ["outbound|80||greeter.demo.svc.cluster.local"]
+            .body;
+        assert!(
+            Arc::ptr_eq(&greeter_before, greeter_after),
+            "greeter was not rebuilt"
+        );
     }
 }
