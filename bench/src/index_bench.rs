@@ -184,6 +184,30 @@ fn main() -> anyhow::Result<()> {
     let t = Instant::now();
     let full_view = view::view(&index, &ctx);
     let view_time = t.elapsed();
+    // Envoy resources for that proxy: the first build, then after another endpoint change with
+    // the per-service cache the xDS server keeps for every sidecar.
+    let node = causeway_xds::node::ProxyNode {
+        id: "bench".into(),
+        identity: ctx.identity.clone(),
+        app_address: None,
+        outbound: causeway_xds::node::OutboundBlock::parse("127.200.0.0/16").ok(),
+        network: None,
+    };
+    let mut cache = causeway_xds::build::SidecarCache::default();
+    let t = Instant::now();
+    let resources = cache.build(&index, &node, &ctx);
+    let xds_full = t.elapsed();
+    let mut changed_again = changed_objects.clone();
+    let we = workload(0, 11, 0, 201);
+    changed_again
+        .workload_entries
+        .insert((we.namespace.clone(), we.name.clone()), we);
+    index.set_cluster(&first, &changed_again)?;
+    let t = Instant::now();
+    let _ = cache.build(&index, &node, &ctx);
+    let xds_incremental = t.elapsed();
+    let resource_count: usize = resources.by_type.values().map(|m| m.len()).sum();
+
     let key = ServiceKey::new("bench", "svc-0007");
     let t = Instant::now();
     let one = view::view_service(&index, &ctx, &key).context("svc-0007 visible")?;
@@ -224,6 +248,19 @@ fn main() -> anyhow::Result<()> {
             one.ports.first().map_or(0, |p| p.groups.len())
         ),
         ms(one_time)
+    );
+    println!(
+        "{:<52} {:>14}",
+        format!("one sidecar's Envoy resources ({resource_count})"),
+        ms(xds_full)
+    );
+    println!(
+        "{:<52} {:>14}",
+        format!(
+            "same, after one endpoint change ({} rebuilt)",
+            cache.rebuilt()
+        ),
+        ms(xds_incremental)
     );
     println!(
         "{:<52} {:>11.1} MiB",

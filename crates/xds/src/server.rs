@@ -120,57 +120,6 @@ fn poison_listener() -> Any {
     })
 }
 
-/// What a service's sidecar resources were built from. Holding the `Arc`s (not addresses)
-/// keeps them alive, so pointer equality means "unchanged".
-struct ServiceInputs {
-    merged: Arc<causeway_discovery::MeshService>,
-    entries: Vec<Option<Arc<causeway_discovery::ClusterService>>>,
-    slot: Option<u32>,
-}
-
-impl ServiceInputs {
-    fn of(
-        index: &MeshIndex,
-        key: &causeway_model::ServiceKey,
-        merged: &Arc<causeway_discovery::MeshService>,
-        slot: Option<u32>,
-    ) -> Self {
-        Self {
-            merged: Arc::clone(merged),
-            entries: index
-                .clusters()
-                .values()
-                .map(|c| c.services.get(key).cloned())
-                .collect(),
-            slot,
-        }
-    }
-
-    fn same(&self, other: &Self) -> bool {
-        Arc::ptr_eq(&self.merged, &other.merged)
-            && self.slot == other.slot
-            && self.entries.len() == other.entries.len()
-            && self
-                .entries
-                .iter()
-                .zip(&other.entries)
-                .all(|(a, b)| match (a, b) {
-                    (Some(a), Some(b)) => Arc::ptr_eq(a, b),
-                    (None, None) => true,
-                    _ => false,
-                })
-    }
-}
-
-/// Per-service sidecar resources from earlier builds: a change to one service rebuilds only that
-/// service's resources for each proxy, not its whole view.
-#[derive(Default)]
-struct ServiceCache {
-    mesh: Option<Arc<causeway_model::MeshConfig>>,
-    ctx: Option<causeway_discovery::ProxyContext>,
-    services: std::collections::HashMap<causeway_model::ServiceKey, (ServiceInputs, Resources)>,
-}
-
 /// What both protocol variants share: the node, its desired resources and the coalescing clock.
 struct Session {
     conn: u64,
@@ -179,7 +128,7 @@ struct Session {
     desired: Resources,
     mesh_version: u64,
     built: bool,
-    cache: ServiceCache,
+    cache: build::SidecarCache,
 }
 
 impl Session {
@@ -199,7 +148,7 @@ impl Session {
         let span = tracing::debug_span!("build", cluster = %self.node.identity.cluster, workload = %self.node.identity.workload);
         let _guard = span.enter();
         let mut desired = match self.node.identity.role {
-            ProxyRole::Sidecar => self.sidecar(index, &ctx),
+            ProxyRole::Sidecar => self.cache.build(index, &self.node, &ctx),
             ProxyRole::Gateway => build::gateway_resources(index, &ctx),
         };
         if self.registry.is_poisoned(
@@ -216,46 +165,6 @@ impl Session {
         self.desired = desired;
         self.mesh_version = state.version;
         self.built = true;
-    }
-}
-
-impl Session {
-    /// The sidecar's resources, rebuilding only services whose inputs changed.
-    fn sidecar(&mut self, index: &MeshIndex, ctx: &causeway_discovery::ProxyContext) -> Resources {
-        let cache = &mut self.cache;
-        let mesh_same = cache
-            .mesh
-            .as_ref()
-            .is_some_and(|m| Arc::ptr_eq(m, index.mesh()));
-        if !mesh_same || cache.ctx.as_ref() != Some(ctx) {
-            cache.services.clear();
-            cache.mesh = Some(Arc::clone(index.mesh()));
-            cache.ctx = Some(ctx.clone());
-        }
-        let slots = build::sidecar_slots(index, &self.node);
-        let mut desired = build::sidecar_inbound_resources(index, &self.node, ctx);
-        let mut rebuilt = 0usize;
-        for (key, merged) in index.services() {
-            let inputs = ServiceInputs::of(index, key, merged, slots.get(key).copied());
-            let fresh = match cache.services.get(key) {
-                Some((seen, _)) => !seen.same(&inputs),
-                None => true,
-            };
-            if fresh {
-                let mut r = Resources::default();
-                build::sidecar_service_resources(index, &self.node, ctx, key, inputs.slot, &mut r);
-                cache.services.insert(key.clone(), (inputs, r));
-                rebuilt += 1;
-            }
-            if let Some((_, r)) = cache.services.get(key) {
-                desired.extend(r);
-            }
-        }
-        cache
-            .services
-            .retain(|k, _| index.services().contains_key(k));
-        tracing::debug!(node = %self.node.id, rebuilt, services = index.services().len(), "sidecar resources built");
-        desired
     }
 }
 
@@ -298,7 +207,7 @@ fn open_session(
         desired: Resources::default(),
         mesh_version: 0,
         built: false,
-        cache: ServiceCache::default(),
+        cache: build::SidecarCache::default(),
     };
     session.rebuild(&current);
     Ok(session)
@@ -857,16 +766,18 @@ mod tests {
             desired: Resources::default(),
             mesh_version: 0,
             built: false,
-            cache: ServiceCache::default(),
+            cache: build::SidecarCache::default(),
         };
-        let cached = session.sidecar(&index, &ctx);
+        let cached = session.cache.build(&index, &node, &ctx);
         assert_eq!(
             versions(&cached),
             versions(&build::sidecar_resources(&index, &node, &ctx))
         );
         let greeter_before = Arc::clone(
-            &session.cache.services[&ServiceKey::new("demo", "greeter")]
-                .1
+            &session
+                .cache
+                .cached(&ServiceKey::new("demo", "greeter"))
+                .expect("cached")
                 .by_type[&TypeUrl::ClusterLoadAssignment]
                 ["outbound|80||greeter.demo.svc.cluster.local"]
                 .body,
@@ -882,11 +793,13 @@ mod tests {
             we.health = Health::Unhealthy;
         }
         index.set_cluster(&gamma, o).expect("set");
-        let cached = session.sidecar(&index, &ctx);
+        let cached = session.cache.build(&index, &node, &ctx);
         let full = build::sidecar_resources(&index, &node, &ctx);
         assert_eq!(versions(&cached), versions(&full));
-        let greeter_after = &session.cache.services[&ServiceKey::new("demo", "greeter")]
-            .1
+        let greeter_after = &session
+            .cache
+            .cached(&ServiceKey::new("demo", "greeter"))
+            .expect("cached")
             .by_type[&TypeUrl::ClusterLoadAssignment]
             ["outbound|80||greeter.demo.svc.cluster.local"]
             .body;
