@@ -211,8 +211,10 @@ impl Agent {
             let wait = match result {
                 Ok(cert) => {
                     tracing::info!(identity = %self.config.identity, not_after = cert.not_after, generation = cert.generation, "certificate obtained");
-                    let half = ((cert.not_after - cert.not_before) / 2).max(1) as u64;
-                    let renew_at = cert.not_before + half as i64;
+                    // Half of the lifetime left at issuance (the CA backdates not_before for clock
+                    // skew, which must not make short certificates renew late).
+                    let issued_at = now_unix();
+                    let renew_at = issued_at + ((cert.not_after - issued_at) / 2).max(1);
                     self.set_status(AgentStatus::Ready {
                         not_after: cert.not_after,
                     });

@@ -494,3 +494,30 @@ fn root_rotation_with_an_overlap_period() {
     );
     assert!(verify::verify_chain(&new_leaf, new_root.cert_pem(), TD, now()).is_ok());
 }
+
+#[tokio::test]
+async fn agent_renews_by_itself_at_half_lifetime() {
+    causeway_trust::install_crypto_provider();
+    let root = RootCa::generate(TD, YEAR).expect("root");
+    let addr = start_ca(ca_service(&root)).await;
+    let a = Agent::new(AgentConfig {
+        ca_addr: addr,
+        ca_bundle_pem: root.cert_pem().to_owned(),
+        trust_domain: TD.into(),
+        token: "tok-alpha-client".into(),
+        identity: SpiffeId::new(TD, "demo", "client"),
+        ttl: Duration::from_secs(2),
+    });
+    tokio::spawn(Arc::clone(&a).run());
+    let first = wait_cert(&a, 1).await;
+    let started = std::time::Instant::now();
+    let second = wait_cert(&a, 2).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "renewed at half of a 2 s lifetime, not later"
+    );
+    assert_ne!(
+        leaf_serial(&first.chain_pem),
+        leaf_serial(&second.chain_pem)
+    );
+}
