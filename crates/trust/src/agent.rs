@@ -1,21 +1,29 @@
 //! `causeway agent`: beside a workload's proxy, it generates the workload's key pair, obtains a
-//! certificate from the CA with the workload's bootstrap credential, renews it at half its
-//! lifetime (new key each time), and hands it to Envoy over SDS. The key never leaves this
-//! process except to the local proxy over a Unix socket.
+//! certificate from the CA service with the workload's bootstrap credential, checks it, renews
+//! it at half its lifetime (new key each time, or at once on [`Agent::force_rotate`]), and hands
+//! it to Envoy over SDS ([`crate::sds`]). The key never leaves this process except to the local
+//! proxy over the SDS Unix socket.
+//!
+//! When the CA cannot be reached the agent retries with jittered exponential backoff and keeps
+//! serving the current certificate until it expires; [`Agent::status`] says which.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use causeway_model::SpiffeId;
-use rcgen::{CertificateParams, KeyPair, SanType};
 use serde::Serialize;
 use tokio::sync::{watch, Notify};
+use tracing::Instrument;
 
-use crate::service::{request_certificate, ClientError, SignRequest};
+use crate::issue::{IssueError, WorkloadKey};
+use crate::service::{request_certificate, CaClientConfig, ClientError, SignRequest};
+use crate::verify::VerifyError;
 
-/// Agent settings.
-#[derive(Debug, Clone)]
+pub use crate::sds::SdsServer;
+
+/// Agent settings (the `causeway agent` flags).
+#[derive(Clone)]
 pub struct AgentConfig {
     /// CA service address.
     pub ca_addr: SocketAddr,
@@ -23,12 +31,48 @@ pub struct AgentConfig {
     pub ca_bundle_pem: String,
     /// Trust domain.
     pub trust_domain: String,
-    /// Bootstrap credential.
+    /// Bootstrap credential (contents of the workload's token file). Never logged.
     pub token: String,
-    /// The identity to request.
+    /// The identity to request: the one the credential grants.
     pub identity: SpiffeId,
-    /// Certificate lifetime to request.
+    /// Certificate lifetime to request (the CA caps it); renewal happens at half of it.
     pub ttl: Duration,
+}
+
+impl std::fmt::Debug for AgentConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AgentConfig")
+            .field("ca_addr", &self.ca_addr)
+            .field("trust_domain", &self.trust_domain)
+            .field("token", &"[elided]")
+            .field("identity", &self.identity)
+            .field("ttl", &self.ttl)
+            .finish()
+    }
+}
+
+/// Timing of the agent's CA calls and retries.
+#[derive(Debug, Clone)]
+pub struct AgentTuning {
+    /// First retry delay after a failure.
+    pub backoff_initial: Duration,
+    /// Longest retry delay.
+    pub backoff_max: Duration,
+    /// Limit on connecting to the CA (TCP and TLS).
+    pub connect_timeout: Duration,
+    /// Limit on one signing call.
+    pub request_timeout: Duration,
+}
+
+impl Default for AgentTuning {
+    fn default() -> Self {
+        Self {
+            backoff_initial: Duration::from_secs(1),
+            backoff_max: Duration::from_secs(30),
+            connect_timeout: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(10),
+        }
+    }
 }
 
 /// Why the agent could not obtain a certificate.
@@ -36,10 +80,19 @@ pub struct AgentConfig {
 pub enum AgentError {
     /// Key or CSR generation failed.
     #[error("generating the key pair or CSR: {0}")]
-    Key(String),
+    Key(#[from] IssueError),
     /// The CA call failed.
     #[error(transparent)]
     Ca(#[from] ClientError),
+    /// The CA answered with a certificate we must not use.
+    #[error("the CA's certificate for {identity} is unusable: {source}")]
+    BadCertificate {
+        /// The identity requested.
+        identity: String,
+        /// What is wrong with it.
+        #[source]
+        source: VerifyError,
+    },
 }
 
 /// The workload's current certificate and key.
@@ -55,7 +108,7 @@ pub struct Certified {
     pub not_before: i64,
     /// Expiry (Unix seconds).
     pub not_after: i64,
-    /// Bumped on every new certificate (SDS version).
+    /// Bumped on every new certificate (the SDS version).
     pub generation: u64,
 }
 
@@ -70,56 +123,65 @@ impl std::fmt::Debug for Certified {
     }
 }
 
-/// The agent's health, for status pages.
+/// The agent's health, for status pages and readiness.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "state", rename_all = "camelCase")]
 pub enum AgentStatus {
-    /// No certificate yet.
+    /// No certificate yet (first request in flight).
     Starting,
-    /// Serving a valid certificate.
-    Ready {
-        /// Expiry.
+    /// Serving a valid certificate; the last renewal succeeded.
+    Ok {
+        /// Expiry of the certificate served.
         not_after: i64,
     },
     /// The CA cannot be reached or refuses; the current certificate (if any) keeps serving.
     CaUnreachable {
-        /// Since (Unix seconds).
+        /// Since when (Unix seconds).
         since: i64,
         /// The last error.
-        error: String,
-        /// Expiry of the certificate still served.
+        last_error: String,
+        /// Expiry of the certificate still served, if any.
         not_after: Option<i64>,
     },
     /// The certificate expired and no new one could be had.
     Expired {
-        /// When it expired.
+        /// When it expired (Unix seconds).
         not_after: i64,
         /// The last error.
-        error: String,
+        last_error: String,
     },
 }
 
-fn now_unix() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
-}
-
-/// The agent.
+/// The agent: see the module documentation.
 pub struct Agent {
     config: AgentConfig,
+    tuning: AgentTuning,
     current: watch::Sender<Option<Arc<Certified>>>,
     status: Mutex<AgentStatus>,
     rotate: Notify,
 }
 
+impl std::fmt::Debug for Agent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Agent")
+            .field("identity", &self.config.identity.to_string())
+            .field("status", &self.status())
+            .finish_non_exhaustive()
+    }
+}
+
 impl Agent {
-    /// A new agent (no certificate until [`Agent::run`] obtains one).
+    /// A new agent with default timing (no certificate until [`Agent::run`] obtains one).
     pub fn new(config: AgentConfig) -> Arc<Self> {
+        Self::with_tuning(config, AgentTuning::default())
+    }
+
+    /// A new agent with the given timing.
+    pub fn with_tuning(config: AgentConfig, tuning: AgentTuning) -> Arc<Self> {
         let (current, _) = watch::channel(None);
         Arc::new(Self {
             config,
+            tuning,
             current,
             status: Mutex::new(AgentStatus::Starting),
             rotate: Notify::new(),
@@ -131,7 +193,7 @@ impl Agent {
         &self.config.identity
     }
 
-    /// Follows the current certificate.
+    /// Follows the current certificate (what the SDS server serves).
     pub fn certificates(&self) -> watch::Receiver<Option<Arc<Certified>>> {
         self.current.subscribe()
     }
@@ -141,11 +203,27 @@ impl Agent {
         self.current.borrow().clone()
     }
 
-    /// Health.
+    /// Health. A certificate that expired since the last attempt reports [`AgentStatus::Expired`].
     pub fn status(&self) -> AgentStatus {
-        match self.status.lock() {
+        let stored = match self.status.lock() {
             Ok(g) => g.clone(),
             Err(p) => p.into_inner().clone(),
+        };
+        let now = crate::now_unix();
+        match stored {
+            AgentStatus::Ok { not_after } if not_after <= now => AgentStatus::Expired {
+                not_after,
+                last_error: "the certificate expired before it was renewed".into(),
+            },
+            AgentStatus::CaUnreachable {
+                not_after: Some(not_after),
+                last_error,
+                ..
+            } if not_after <= now => AgentStatus::Expired {
+                not_after,
+                last_error,
+            },
+            other => other,
         }
     }
 
@@ -156,40 +234,48 @@ impl Agent {
         }
     }
 
-    /// Renews now instead of at half-life.
+    /// Renews now instead of at half-life (the running [`Agent::run`] loop picks it up).
     pub fn force_rotate(&self) {
         self.rotate.notify_one();
     }
 
-    /// One renewal: a new key pair, a CSR for the identity, the CA's signature.
+    /// One renewal: a new key pair, a CSR for the identity, the CA's signature, and a check of
+    /// the answer (chain to the returned bundle, our identity, our key). Does not publish the
+    /// result; [`Agent::run`] does.
     pub async fn renew(&self) -> Result<Certified, AgentError> {
-        let key = KeyPair::generate().map_err(|e| AgentError::Key(e.to_string()))?;
-        let mut params = CertificateParams::default();
-        let uri = self.config.identity.to_string();
-        params.subject_alt_names = vec![SanType::URI(
-            uri.try_into()
-                .map_err(|e: rcgen::Error| AgentError::Key(e.to_string()))?,
-        )];
-        let csr = params
-            .serialize_request(&key)
-            .map_err(|e| AgentError::Key(e.to_string()))?;
-        let csr_pem = csr.pem().map_err(|e| AgentError::Key(e.to_string()))?;
-        let response = request_certificate(
+        let key = WorkloadKey::generate()?;
+        let csr_pem = key.csr_pem(&self.config.identity)?;
+        let mut client = CaClientConfig::new(
             self.config.ca_addr,
-            &self.config.ca_bundle_pem,
-            &self.config.trust_domain,
-            &self.config.token,
-            &SignRequest {
+            self.config.ca_bundle_pem.clone(),
+            self.config.trust_domain.clone(),
+        );
+        client.connect_timeout = self.tuning.connect_timeout;
+        client.request_timeout = self.tuning.request_timeout;
+        let response = request_certificate(
+            &client,
+            SignRequest {
                 csr_pem,
-                ttl_seconds: Some(self.config.ttl.as_secs()),
+                token: self.config.token.trim().to_owned(),
+                ttl_seconds: self.config.ttl.as_secs(),
             },
-            Duration::from_secs(10),
         )
         .await?;
+        crate::verify::verify_issued(
+            &response.cert_chain_pem,
+            &response.trust_bundle_pem,
+            &self.config.identity,
+            &key.public_key_der(),
+            rustls_pki_types::UnixTime::now(),
+        )
+        .map_err(|source| AgentError::BadCertificate {
+            identity: self.config.identity.to_string(),
+            source,
+        })?;
         let generation = self.current().map_or(1, |c| c.generation + 1);
         Ok(Certified {
             chain_pem: response.cert_chain_pem,
-            key_pem: key.serialize_pem(),
+            key_pem: key.private_key_pem(),
             bundle_pem: response.trust_bundle_pem,
             not_before: response.not_before,
             not_after: response.not_after,
@@ -197,61 +283,142 @@ impl Agent {
         })
     }
 
-    /// Obtains and renews certificates forever: at half their lifetime, on
-    /// [`Agent::force_rotate`], and with backoff (1 s doubling to 30 s) while the CA fails —
-    /// the current certificate keeps serving until it expires.
+    /// Obtains and renews certificates until the task is dropped: at half their lifetime, on
+    /// [`Agent::force_rotate`], and with jittered backoff while the CA fails (the current
+    /// certificate keeps serving until it expires).
     pub async fn run(self: Arc<Self>) {
-        let mut backoff = Duration::from_secs(1);
+        let span = tracing::info_span!("agent", identity = %self.config.identity, ca = %self.config.ca_addr);
+        let agent = Arc::clone(&self);
+        async move { agent.run_loop().await }.instrument(span).await;
+    }
+
+    async fn run_loop(&self) {
+        let mut backoff = self.tuning.backoff_initial;
         loop {
-            let span = tracing::info_span!("renew", identity = %self.config.identity);
-            let result = {
-                let _guard = span.enter();
-                self.renew().await
-            };
-            let wait = match result {
+            let wait = match self.renew().await {
                 Ok(cert) => {
-                    tracing::info!(identity = %self.config.identity, not_after = cert.not_after, generation = cert.generation, "certificate obtained");
-                    // Half of the lifetime left at issuance (the CA backdates not_before for clock
+                    // Half of the lifetime left at issuance (not_before is backdated for clock
                     // skew, which must not make short certificates renew late).
-                    let issued_at = now_unix();
-                    let renew_at = issued_at + ((cert.not_after - issued_at) / 2).max(1);
-                    self.set_status(AgentStatus::Ready {
+                    let now = crate::now_unix();
+                    let half = ((cert.not_after - now) / 2).max(1);
+                    tracing::info!(
+                        not_after = cert.not_after,
+                        generation = cert.generation,
+                        renew_in_s = half,
+                        "certificate obtained"
+                    );
+                    self.set_status(AgentStatus::Ok {
                         not_after: cert.not_after,
                     });
                     self.current.send_replace(Some(Arc::new(cert)));
-                    backoff = Duration::from_secs(1);
-                    Duration::from_secs((renew_at - now_unix()).max(1) as u64)
+                    backoff = self.tuning.backoff_initial;
+                    Duration::from_secs(u64::try_from(half).unwrap_or(1))
                 }
                 Err(e) => {
-                    let current = self.current();
-                    let now = now_unix();
-                    let status = match &current {
-                        Some(c) if c.not_after <= now => AgentStatus::Expired {
-                            not_after: c.not_after,
-                            error: e.to_string(),
+                    let now = crate::now_unix();
+                    let not_after = self.current().map(|c| c.not_after);
+                    let status = match not_after {
+                        Some(t) if t <= now => AgentStatus::Expired {
+                            not_after: t,
+                            last_error: e.to_string(),
                         },
                         _ => AgentStatus::CaUnreachable {
                             since: match self.status() {
                                 AgentStatus::CaUnreachable { since, .. } => since,
                                 _ => now,
                             },
-                            error: e.to_string(),
-                            not_after: current.as_ref().map(|c| c.not_after),
+                            last_error: e.to_string(),
+                            not_after,
                         },
                     };
-                    tracing::warn!(identity = %self.config.identity, error = %e, retry_in_s = backoff.as_secs(), "certificate renewal failed; the current certificate keeps serving");
+                    let wait = jittered(backoff);
+                    tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, serving_until = ?not_after, "certificate renewal failed; the current certificate keeps serving");
                     self.set_status(status);
-                    let wait = backoff;
-                    backoff = (backoff * 2).min(Duration::from_secs(30));
+                    backoff = (backoff * 2).min(self.tuning.backoff_max);
                     wait
                 }
             };
             tokio::select! {
                 () = tokio::time::sleep(wait) => {},
-                () = self.rotate.notified() => {
-                    tracing::info!(identity = %self.config.identity, "rotation requested");
-                },
+                () = self.rotate.notified() => tracing::info!("rotation requested"),
             }
         }
+    }
+}
+
+/// `base` plus up to a quarter of it at random, so agents restarted together spread out.
+fn jittered(base: Duration) -> Duration {
+    let mut b = [0u8; 2];
+    if crate::random_bytes(&mut b).is_err() {
+        return base;
+    }
+    let fraction = f64::from(u16::from_be_bytes(b)) / f64::from(u16::MAX);
+    base + base.mul_f64(0.25 * fraction)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jitter_stays_within_a_quarter() {
+        for _ in 0..100 {
+            let d = jittered(Duration::from_secs(4));
+            assert!(
+                d >= Duration::from_secs(4) && d <= Duration::from_secs(5),
+                "{d:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn secrets_never_appear_in_debug_output() {
+        let config = AgentConfig {
+            ca_addr: "127.0.0.1:1".parse().expect("addr"),
+            ca_bundle_pem: String::new(),
+            trust_domain: "t".into(),
+            token: "very-secret-token".into(),
+            identity: SpiffeId::new("t", "a", "b"),
+            ttl: Duration::from_secs(60),
+        };
+        assert!(!format!("{config:?}").contains("very-secret-token"));
+        let cert = Certified {
+            chain_pem: String::new(),
+            key_pem: "-----BEGIN PRIVATE KEY-----".into(),
+            bundle_pem: String::new(),
+            not_before: 0,
+            not_after: 1,
+            generation: 1,
+        };
+        assert!(!format!("{cert:?}").contains("PRIVATE"));
+    }
+
+    #[test]
+    fn status_turns_expired_when_the_certificate_runs_out() {
+        let agent = Agent::new(AgentConfig {
+            ca_addr: "127.0.0.1:1".parse().expect("addr"),
+            ca_bundle_pem: String::new(),
+            trust_domain: "t".into(),
+            token: "x".into(),
+            identity: SpiffeId::new("t", "a", "b"),
+            ttl: Duration::from_secs(60),
+        });
+        assert_eq!(agent.status(), AgentStatus::Starting);
+        agent.set_status(AgentStatus::CaUnreachable {
+            since: 1,
+            last_error: "down".into(),
+            not_after: Some(2),
+        });
+        assert_eq!(
+            agent.status(),
+            AgentStatus::Expired {
+                not_after: 2,
+                last_error: "down".into()
+            }
+        );
+        agent.set_status(AgentStatus::Ok {
+            not_after: crate::now_unix() + 100,
+        });
+        assert!(matches!(agent.status(), AgentStatus::Ok { .. }));
     }
 }

@@ -1,8 +1,13 @@
 //! Bootstrap credentials: how the CA knows who is asking before it signs anything.
 //!
 //! In the mesh directory each WorkloadEntry may name a token file; the token grants exactly that
-//! workload's identity in its cluster. [`Authenticator`] is the seam where the Kubernetes mode
-//! plugs in ServiceAccount token review instead.
+//! workload's identity (namespace and service account) in its cluster. [`Authenticator`] is the
+//! seam where the Kubernetes mode plugs in ServiceAccount TokenReview instead of
+//! [`CredentialStore`]. Tokens are never logged and never appear in error messages.
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
 
 use aws_lc_rs::{constant_time, digest};
 use causeway_model::{ClusterId, SpiffeId};
@@ -29,6 +34,12 @@ impl Grant {
             self.service_account.clone(),
         )
     }
+
+    fn same_identity(&self, other: &Grant) -> bool {
+        self.cluster == other.cluster
+            && self.namespace == other.namespace
+            && self.service_account == other.service_account
+    }
 }
 
 /// Why a credential was refused. Messages never contain the credential.
@@ -40,35 +51,202 @@ pub enum AuthError {
     /// The credential matches no workload.
     #[error("bootstrap credential not recognised")]
     Unknown,
+    /// The credential is shared by workloads with different identities, so it proves none.
+    #[error("bootstrap credential is shared by workloads with different identities; refusing it")]
+    Ambiguous,
+    /// The authenticator's backend (e.g. the Kubernetes API) could not be asked.
+    #[error("cannot check the bootstrap credential: {0}")]
+    Unavailable(String),
 }
 
-/// Authenticates a bootstrap credential.
+/// The future an [`Authenticator`] returns.
+pub type AuthFuture<'a> = Pin<Box<dyn Future<Output = Result<Grant, AuthError>> + Send + 'a>>;
+
+/// Authenticates a bootstrap credential and says what it grants. Asynchronous, so that
+/// implementations may call out (Kubernetes TokenReview) with their own timeouts.
 pub trait Authenticator: Send + Sync {
-    /// The grant of `token`, if it is valid.
-    fn authenticate(&self, token: &str) -> Result<Grant, AuthError>;
+    /// The grant of `token`, if it is valid. Must not log or echo `token`.
+    fn authenticate<'a>(&'a self, token: &'a str) -> AuthFuture<'a>;
 }
 
-/// Static tokens (mesh directory mode). Only SHA-256 digests are kept, compared in constant
-/// time.
+/// Why a credential could not be added to a [`CredentialStore`].
+#[derive(Debug, thiserror::Error)]
+pub enum CredentialError {
+    /// The token file could not be read.
+    #[error(
+        "cluster {cluster}, workload {workload}: cannot read credential file {path}: {source}"
+    )]
+    Read {
+        /// Cluster of the workload.
+        cluster: ClusterId,
+        /// `namespace/name` of the workload.
+        workload: String,
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The token is empty (after trimming whitespace).
+    #[error("cluster {cluster}, workload {workload}: the credential is empty")]
+    Empty {
+        /// Cluster of the workload.
+        cluster: ClusterId,
+        /// `namespace/name` of the workload.
+        workload: String,
+    },
+    /// The same token was given to workloads with different identities; it is refused for all.
+    #[error("the credential of {workload} ({identity}, cluster {cluster}) is also used by {other}; it is refused for both")]
+    Shared {
+        /// Cluster of the workload.
+        cluster: ClusterId,
+        /// `namespace/name` of the workload.
+        workload: String,
+        /// Its identity (`namespace/service-account`).
+        identity: String,
+        /// The other workload (`cluster namespace/name`).
+        other: String,
+    },
+    /// The random number generator failed while generating a token.
+    #[error("cannot generate a credential: the system random number generator failed")]
+    Random,
+}
+
+/// A workload's credential as the mesh directory describes it (plain inputs, so this crate
+/// does not depend on the registry).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkloadCredential {
+    /// Cluster the workload runs in.
+    pub cluster: ClusterId,
+    /// Namespace.
+    pub namespace: String,
+    /// WorkloadEntry name.
+    pub name: String,
+    /// Service account (the identity granted).
+    pub service_account: String,
+    /// Token file, relative to the mesh directory (or absolute).
+    pub credential_file: PathBuf,
+}
+
+struct Entry {
+    digest: [u8; 32],
+    /// `None` once the token turned out to be shared by different identities.
+    grant: Option<Grant>,
+}
+
+/// Static tokens (mesh directory mode). Only SHA-256 digests are kept; lookups compare every
+/// entry in constant time.
 #[derive(Default)]
-pub struct TokenAuthenticator {
-    entries: Vec<(Vec<u8>, Grant)>,
+pub struct CredentialStore {
+    entries: Vec<Entry>,
 }
 
-impl TokenAuthenticator {
+impl std::fmt::Debug for CredentialStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CredentialStore")
+            .field("credentials", &self.entries.len())
+            .finish()
+    }
+}
+
+/// The name the control plane has used so far for [`CredentialStore`].
+pub type TokenAuthenticator = CredentialStore;
+
+fn sha256(token: &str) -> [u8; 32] {
+    let d = digest::digest(&digest::SHA256, token.as_bytes());
+    let mut out = [0u8; 32];
+    out.copy_from_slice(d.as_ref());
+    out
+}
+
+impl CredentialStore {
     /// An empty store.
     pub fn new() -> Self {
         Self::default()
     }
 
-    /// Adds a token and what it grants. Surrounding whitespace is ignored (token files end in a
-    /// newline).
-    pub fn add(&mut self, token: &str, grant: Grant) {
-        let d = digest::digest(&digest::SHA256, token.trim().as_bytes());
-        self.entries.push((d.as_ref().to_vec(), grant));
+    /// Reads every workload's token file (relative paths under `mesh_dir`) and builds the store.
+    /// Workloads whose file cannot be read, is empty, or shares its token with another identity
+    /// get no credential; each such problem is returned (and logged) so the operator can fix it.
+    pub fn from_workloads(
+        mesh_dir: &Path,
+        workloads: &[WorkloadCredential],
+    ) -> (Self, Vec<CredentialError>) {
+        let mut store = Self::new();
+        let mut problems = Vec::new();
+        for w in workloads {
+            let path = mesh_dir.join(&w.credential_file);
+            let workload = format!("{}/{}", w.namespace, w.name);
+            let grant = Grant {
+                cluster: w.cluster.clone(),
+                namespace: w.namespace.clone(),
+                service_account: w.service_account.clone(),
+                workload: w.name.clone(),
+            };
+            let result = match std::fs::read_to_string(&path) {
+                Ok(token) => store.insert(&token, grant),
+                Err(source) => Err(CredentialError::Read {
+                    cluster: w.cluster.clone(),
+                    workload: workload.clone(),
+                    path,
+                    source,
+                }),
+            };
+            if let Err(e) = result {
+                tracing::error!(cluster = %w.cluster, %workload, error = %e, "workload credential unusable; it cannot get certificates");
+                problems.push(e);
+            }
+        }
+        (store, problems)
     }
 
-    /// Number of known tokens.
+    /// Adds a token and what it grants. Surrounding whitespace is ignored (token files end in a
+    /// newline). The same token for the same identity (replicas) is fine; for a different
+    /// identity it proves nothing, so it is refused for everyone.
+    pub fn insert(&mut self, token: &str, grant: Grant) -> Result<(), CredentialError> {
+        let token = token.trim();
+        if token.is_empty() {
+            return Err(CredentialError::Empty {
+                cluster: grant.cluster,
+                workload: format!("{}/{}", grant.namespace, grant.workload),
+            });
+        }
+        let digest = sha256(token);
+        if let Some(existing) = self.entries.iter_mut().find(|e| e.digest == digest) {
+            return match &existing.grant {
+                Some(g) if g.same_identity(&grant) => Ok(()),
+                other => {
+                    let other = other
+                        .as_ref()
+                        .map(|g| format!("{} {}/{}", g.cluster, g.namespace, g.workload))
+                        .unwrap_or_else(|| "other workloads".into());
+                    existing.grant = None;
+                    Err(CredentialError::Shared {
+                        identity: format!("{}/{}", grant.namespace, grant.service_account),
+                        workload: format!("{}/{}", grant.namespace, grant.workload),
+                        cluster: grant.cluster,
+                        other,
+                    })
+                }
+            };
+        }
+        self.entries.push(Entry {
+            digest,
+            grant: Some(grant),
+        });
+        Ok(())
+    }
+
+    /// [`CredentialStore::insert`], logging instead of returning a problem.
+    pub fn add(&mut self, token: &str, grant: Grant) {
+        let cluster = grant.cluster.clone();
+        let workload = format!("{}/{}", grant.namespace, grant.workload);
+        if let Err(e) = self.insert(token, grant) {
+            tracing::error!(%cluster, %workload, error = %e, "credential not added");
+        }
+    }
+
+    /// Number of distinct tokens known.
     pub fn len(&self) -> usize {
         self.entries.len()
     }
@@ -77,55 +255,130 @@ impl TokenAuthenticator {
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }
-}
 
-impl Authenticator for TokenAuthenticator {
-    fn authenticate(&self, token: &str) -> Result<Grant, AuthError> {
+    /// The synchronous lookup behind [`Authenticator::authenticate`].
+    pub fn lookup(&self, token: &str) -> Result<Grant, AuthError> {
         let token = token.trim();
         if token.is_empty() {
             return Err(AuthError::Missing);
         }
-        let d = digest::digest(&digest::SHA256, token.as_bytes());
-        let mut found = None;
-        // Visit every entry so timing does not reveal which one matched.
-        for (stored, grant) in &self.entries {
-            if constant_time::verify_slices_are_equal(stored, d.as_ref()).is_ok() && found.is_none()
-            {
-                found = Some(grant.clone());
+        let digest = sha256(token);
+        let mut found: Option<&Entry> = None;
+        // Visit every entry and compare in constant time, so timing does not reveal which
+        // entry (or whether any) matched.
+        for entry in &self.entries {
+            let equal = constant_time::verify_slices_are_equal(&entry.digest, &digest).is_ok();
+            if equal && found.is_none() {
+                found = Some(entry);
             }
         }
-        found.ok_or(AuthError::Unknown)
+        match found {
+            None => Err(AuthError::Unknown),
+            Some(Entry { grant: None, .. }) => Err(AuthError::Ambiguous),
+            Some(Entry {
+                grant: Some(grant), ..
+            }) => Ok(grant.clone()),
+        }
+    }
+}
+
+impl Authenticator for CredentialStore {
+    fn authenticate<'a>(&'a self, token: &'a str) -> AuthFuture<'a> {
+        let result = self.lookup(token);
+        Box::pin(std::future::ready(result))
     }
 }
 
 /// A fresh random token (hex, 256 bits) for provisioning workloads.
-pub fn generate_token() -> String {
+pub fn generate_token() -> Result<String, CredentialError> {
     let mut bytes = [0u8; 32];
-    let provider = rustls::crypto::aws_lc_rs::default_provider();
-    if provider.secure_random.fill(&mut bytes).is_err() {
-        tracing::error!("system random number generator failed while generating a token");
-    }
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    crate::random_bytes(&mut bytes).map_err(|_| CredentialError::Random)?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn grant(cluster: &str, ns: &str, sa: &str, workload: &str) -> Grant {
+        Grant {
+            cluster: ClusterId::new(cluster).expect("id"),
+            namespace: ns.into(),
+            service_account: sa.into(),
+            workload: workload.into(),
+        }
+    }
+
     #[test]
     fn tokens_grant_their_identity_only() {
-        let mut a = TokenAuthenticator::new();
-        let grant = Grant {
-            cluster: ClusterId::new("alpha").expect("id"),
-            namespace: "demo".into(),
-            service_account: "client".into(),
-            workload: "client".into(),
-        };
-        a.add("secret-1\n", grant.clone());
-        assert_eq!(a.authenticate("secret-1"), Ok(grant));
-        assert_eq!(a.authenticate("secret-2"), Err(AuthError::Unknown));
-        assert_eq!(a.authenticate("  "), Err(AuthError::Missing));
-        assert_eq!(generate_token().len(), 64);
+        let mut store = CredentialStore::new();
+        let g = grant("alpha", "demo", "client", "client");
+        store.insert("secret-1\n", g.clone()).expect("insert");
+        assert_eq!(store.lookup("secret-1"), Ok(g));
+        assert_eq!(store.lookup("secret-2"), Err(AuthError::Unknown));
+        assert_eq!(store.lookup("  "), Err(AuthError::Missing));
         assert!(!AuthError::Unknown.to_string().contains("secret"));
+        assert!(!format!("{store:?}").contains("secret"));
+        assert!(matches!(
+            store.insert(" \n", grant("alpha", "demo", "x", "x")),
+            Err(CredentialError::Empty { .. })
+        ));
+    }
+
+    #[test]
+    fn a_token_shared_by_two_identities_proves_neither() {
+        let mut store = CredentialStore::new();
+        store
+            .insert("t0k3n", grant("alpha", "demo", "client", "client-1"))
+            .expect("first");
+        store
+            .insert("t0k3n", grant("alpha", "demo", "client", "client-2"))
+            .expect("replica of the same identity");
+        assert_eq!(
+            store.lookup("t0k3n").map(|g| g.workload),
+            Ok("client-1".into())
+        );
+        let e = store
+            .insert("t0k3n", grant("alpha", "demo", "admin", "admin"))
+            .expect_err("different identity");
+        assert!(e.to_string().contains("demo/admin"), "{e}");
+        assert!(!e.to_string().contains("t0k3n"), "{e}");
+        assert_eq!(store.lookup("t0k3n"), Err(AuthError::Ambiguous));
+    }
+
+    #[test]
+    fn store_from_workload_entries_reports_unreadable_files() {
+        let dir = tempfile::tempdir().expect("tmp");
+        std::fs::create_dir_all(dir.path().join("tokens")).expect("mkdir");
+        std::fs::write(dir.path().join("tokens/a.token"), "tok-a\n").expect("write");
+        let w = |name: &str, file: &str| WorkloadCredential {
+            cluster: ClusterId::new("east").expect("id"),
+            namespace: "shop".into(),
+            name: name.into(),
+            service_account: name.into(),
+            credential_file: PathBuf::from(file),
+        };
+        let (store, problems) = CredentialStore::from_workloads(
+            dir.path(),
+            &[w("a", "tokens/a.token"), w("b", "tokens/missing.token")],
+        );
+        assert_eq!(store.len(), 1);
+        assert_eq!(
+            store.lookup("tok-a").map(|g| g.service_account),
+            Ok("a".into())
+        );
+        assert_eq!(problems.len(), 1);
+        let msg = problems[0].to_string();
+        assert!(
+            msg.contains("shop/b") && msg.contains("missing.token") && msg.contains("east"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn generated_tokens_are_long_and_distinct() {
+        let a = generate_token().expect("token");
+        assert_eq!(a.len(), 64);
+        assert_ne!(a, generate_token().expect("token"));
     }
 }

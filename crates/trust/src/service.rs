@@ -1,83 +1,178 @@
-//! The CA service: an HTTPS endpoint (TLS, verified against the mesh root) that signs workload
-//! CSRs after authenticating the requester's bootstrap credential.
+//! The CA service: gRPC over TLS that signs workload CSRs after authenticating the requester's
+//! bootstrap credential.
 //!
-//! `POST /v1/sign` with `Authorization: Bearer <token>` and `{"csr_pem": ..., "ttl_seconds":
-//! ...}` answers `{"cert_chain_pem", "trust_bundle_pem", "not_after"}`. No request or answer
-//! ever carries a private key: the types below have no field for one.
+//! ```text
+//! package causeway.ca.v1;
+//! service CertificateAuthority {
+//!   rpc Sign(SignRequest) returns (SignResponse);
+//! }
+//! message SignRequest  { string csr_pem = 1; string token = 2; uint64 ttl_seconds = 3; }
+//! message SignResponse { string cert_chain_pem = 1; string trust_bundle_pem = 2;
+//!                        int64 not_before = 3; int64 not_after = 4; string serial_hex = 5; }
+//! ```
+//!
+//! The messages and the tonic service are written by hand (no protoc). No request or response
+//! carries a private key: the types have no field for one. The server presents a certificate
+//! issued by a cluster intermediate for the SPIFFE ID [`ca_identity`] (and DNS name
+//! `causeway-ca`); clients verify it against the mesh root bundle and check that identity.
+//! Every refusal increments `causeway_ca_rejections_total{reason}` and is logged with its reason,
+//! never with the token.
 
 use std::collections::BTreeMap;
+use std::marker::PhantomData;
 use std::net::SocketAddr;
-use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
 
 use causeway_model::{ClusterId, SpiffeId};
-use http_body_util::{BodyExt, Full, Limited};
-use hyper::body::{Bytes, Incoming};
-use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
-use rcgen::{CertificateSigningRequestParams, KeyPair, SanType};
-use serde::{Deserialize, Serialize};
-use tokio::net::TcpListener;
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
+use tonic::codegen::{http, Body, BoxFuture, Context, Poll, Service, StdError};
+use tonic::{Code, Status};
 
-use crate::ca::{ClusterCa, IssuedCert};
+use crate::ca::ClusterCa;
 use crate::credential::{AuthError, Authenticator};
+use crate::issue::{self, IssueError, IssuedCert};
 use crate::verify::VerifyError;
 
-/// The SPIFFE ID the CA service presents.
+/// gRPC service name.
+pub const SERVICE_NAME: &str = "causeway.ca.v1.CertificateAuthority";
+/// gRPC path of `Sign`.
+pub const SIGN_PATH: &str = "/causeway.ca.v1.CertificateAuthority/Sign";
+/// DNS name in the CA's serving certificate (clients use it as the TLS server name).
+pub const CA_SERVER_NAME: &str = "causeway-ca";
+/// Response metadata key carrying the refusal reason (the metric label).
+pub const REASON_METADATA: &str = "x-causeway-reason";
+/// Largest request accepted (bytes).
+pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
+
+/// The SPIFFE ID the CA service presents. Reserved: no workload can obtain it.
 pub fn ca_identity(trust_domain: &str) -> SpiffeId {
     SpiffeId::new(trust_domain, "causeway-system", "causeway-ca")
 }
 
-/// A signing request.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+/// A signing request: the CSR, the bootstrap token, and an optional lifetime.
+#[derive(Clone, PartialEq, prost::Message)]
+#[prost(skip_debug)]
 pub struct SignRequest {
-    /// PKCS#10 CSR, PEM.
+    /// PKCS#10 CSR, PEM, asking for exactly one SPIFFE ID.
+    #[prost(string, tag = "1")]
     pub csr_pem: String,
-    /// Requested lifetime; capped by the CA.
-    pub ttl_seconds: Option<u64>,
+    /// Bootstrap credential. Never logged (`Debug` elides it).
+    #[prost(string, tag = "2")]
+    pub token: String,
+    /// Requested lifetime in seconds; 0 means the CA's default. Capped by the CA.
+    #[prost(uint64, tag = "3")]
+    pub ttl_seconds: u64,
 }
 
-/// A signing answer: certificates only.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+impl std::fmt::Debug for SignRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SignRequest")
+            .field("csr_pem_bytes", &self.csr_pem.len())
+            .field("token", &"[elided]")
+            .field("ttl_seconds", &self.ttl_seconds)
+            .finish()
+    }
+}
+
+/// A signing answer: certificates only, never a key.
+#[derive(Clone, PartialEq, prost::Message)]
 pub struct SignResponse {
-    /// Leaf then intermediate.
+    /// Leaf then intermediate(s).
+    #[prost(string, tag = "1")]
     pub cert_chain_pem: String,
-    /// Roots to trust.
+    /// Roots to trust (several during a root rotation).
+    #[prost(string, tag = "2")]
     pub trust_bundle_pem: String,
-    /// Expiry, Unix seconds.
-    pub not_after: i64,
     /// Start of validity, Unix seconds.
+    #[prost(int64, tag = "3")]
     pub not_before: i64,
+    /// Expiry, Unix seconds.
+    #[prost(int64, tag = "4")]
+    pub not_after: i64,
+    /// Leaf serial number (hex).
+    #[prost(string, tag = "5")]
+    pub serial_hex: String,
 }
 
-/// Why the CA refused to sign.
+impl From<IssuedCert> for SignResponse {
+    fn from(c: IssuedCert) -> Self {
+        Self {
+            cert_chain_pem: c.chain_pem,
+            trust_bundle_pem: c.trust_bundle_pem,
+            not_before: c.not_before,
+            not_after: c.not_after,
+            serial_hex: c.serial_hex,
+        }
+    }
+}
+
+/// Why the CA refused to sign. Each variant has a metric label ([`SignError::reason`]) and a
+/// gRPC status code ([`SignError::code`]).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SignError {
-    /// Missing or unknown credential.
+    /// Missing, unknown or unusable credential.
     #[error("{0}")]
     Credential(#[from] AuthError),
+    /// Unparseable CSR or bad CSR signature.
+    #[error("invalid CSR: {0}")]
+    BadCsr(String),
+    /// The CSR does not ask for exactly one SPIFFE ID.
+    #[error("the CSR does not ask for one SPIFFE identity: {0}")]
+    NotSpiffe(String),
+    /// The CSR asks for an identity in another trust domain.
+    #[error("the CSR asks for {requested}, outside this mesh's trust domain {expected}")]
+    WrongTrustDomain {
+        /// What the CSR asked for.
+        requested: String,
+        /// Our trust domain.
+        expected: String,
+    },
     /// The CSR asks for another identity than the credential grants.
-    #[error("CSR asks for {requested} but the credential grants {granted}")]
+    #[error("workload {workload} in cluster {cluster}: the CSR asks for {requested} but the credential grants {granted}")]
     IdentityNotGranted {
         /// What the CSR asked for.
         requested: String,
         /// What the credential grants.
         granted: String,
+        /// `namespace/name` of the credential's workload.
+        workload: String,
+        /// The credential's cluster.
+        cluster: ClusterId,
     },
-    /// Unparseable CSR or bad CSR signature.
-    #[error("invalid CSR: {0}")]
-    BadCsr(String),
+    /// The identity is reserved for the mesh's own components.
+    #[error("{0} is reserved for the mesh CA and is never issued to workloads")]
+    ReservedIdentity(String),
     /// This CA holds no intermediate for the workload's cluster.
-    #[error("no intermediate CA for cluster {0} on this control plane")]
+    #[error("no intermediate CA for cluster {0} on this control plane (run `causeway ca issue-intermediate --cluster {0}`)")]
     NoClusterCa(ClusterId),
     /// Signing failed.
     #[error("signing failed: {0}")]
     Internal(String),
 }
+
+/// Every value [`SignError::reason`] can take (pre-registered at 0 so dashboards see them).
+pub const REJECTION_REASONS: &[&str] = &[
+    "missing_credential",
+    "bad_credential",
+    "ambiguous_credential",
+    "auth_unavailable",
+    "bad_csr",
+    "not_spiffe",
+    "wrong_trust_domain",
+    "identity_not_granted",
+    "reserved_identity",
+    "no_cluster_ca",
+    "internal",
+];
 
 impl SignError {
     /// Label for `causeway_ca_rejections_total{reason}`.
@@ -85,19 +180,48 @@ impl SignError {
         match self {
             SignError::Credential(AuthError::Missing) => "missing_credential",
             SignError::Credential(AuthError::Unknown) => "bad_credential",
-            SignError::IdentityNotGranted { .. } => "identity_not_granted",
+            SignError::Credential(AuthError::Ambiguous) => "ambiguous_credential",
+            SignError::Credential(AuthError::Unavailable(_)) => "auth_unavailable",
             SignError::BadCsr(_) => "bad_csr",
+            SignError::NotSpiffe(_) => "not_spiffe",
+            SignError::WrongTrustDomain { .. } => "wrong_trust_domain",
+            SignError::IdentityNotGranted { .. } => "identity_not_granted",
+            SignError::ReservedIdentity(_) => "reserved_identity",
             SignError::NoClusterCa(_) => "no_cluster_ca",
             SignError::Internal(_) => "internal",
         }
     }
 
-    fn status(&self) -> StatusCode {
+    /// The gRPC status code the refusal maps to.
+    pub fn code(&self) -> Code {
         match self {
-            SignError::Credential(_) => StatusCode::UNAUTHORIZED,
-            SignError::IdentityNotGranted { .. } => StatusCode::FORBIDDEN,
-            SignError::BadCsr(_) => StatusCode::BAD_REQUEST,
-            SignError::NoClusterCa(_) | SignError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            SignError::Credential(AuthError::Unavailable(_)) => Code::Unavailable,
+            SignError::Credential(_) => Code::Unauthenticated,
+            SignError::BadCsr(_) | SignError::NotSpiffe(_) => Code::InvalidArgument,
+            SignError::WrongTrustDomain { .. }
+            | SignError::IdentityNotGranted { .. }
+            | SignError::ReservedIdentity(_) => Code::PermissionDenied,
+            SignError::NoClusterCa(_) => Code::FailedPrecondition,
+            SignError::Internal(_) => Code::Internal,
+        }
+    }
+
+    /// The gRPC status sent to the client: code, message, and the reason in metadata.
+    pub fn to_status(&self) -> Status {
+        let mut status = Status::new(self.code(), self.to_string());
+        if let Ok(v) = self.reason().parse() {
+            status.metadata_mut().insert(REASON_METADATA, v);
+        }
+        status
+    }
+}
+
+impl From<IssueError> for SignError {
+    fn from(e: IssueError) -> Self {
+        match e {
+            IssueError::BadCsr(m) => SignError::BadCsr(m),
+            IssueError::NotSpiffe(m) => SignError::NotSpiffe(m),
+            other => SignError::Internal(other.to_string()),
         }
     }
 }
@@ -106,9 +230,9 @@ impl SignError {
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceError {
     /// No intermediate to issue the serving certificate with.
-    #[error("the CA service needs at least one cluster intermediate")]
+    #[error("the CA service needs at least one cluster intermediate to issue its own certificate")]
     NoCa,
-    /// Certificate trouble.
+    /// The serving certificate could not be made.
     #[error("CA serving certificate: {0}")]
     Cert(String),
     /// TLS setup.
@@ -117,6 +241,43 @@ pub enum ServiceError {
     /// Socket trouble.
     #[error("CA socket: {0}")]
     Io(#[from] std::io::Error),
+    /// The gRPC server failed.
+    #[error("CA gRPC server: {0}")]
+    Serve(#[from] tonic::transport::Error),
+}
+
+/// Settings of the CA service (the control plane's `--ca-addr` listener).
+#[derive(Debug, Clone)]
+pub struct CaServiceConfig {
+    /// SPIFFE trust domain: only identities in it are issued.
+    pub trust_domain: String,
+    /// Lifetime of workload certificates when the request names none (24 h).
+    pub default_ttl: Duration,
+    /// Longest lifetime issued whatever is asked (7 days at most).
+    pub max_ttl: Duration,
+    /// Cluster whose intermediate issues the service's own certificate (first one if `None`).
+    pub serving_cluster: Option<ClusterId>,
+    /// Lifetime of the service's own certificate; renewed at half of it.
+    pub serving_ttl: Duration,
+    /// Limit on a TLS handshake.
+    pub handshake_timeout: Duration,
+    /// Limit on one request.
+    pub request_timeout: Duration,
+}
+
+impl CaServiceConfig {
+    /// Defaults for `trust_domain`.
+    pub fn new(trust_domain: impl Into<String>) -> Self {
+        Self {
+            trust_domain: trust_domain.into(),
+            default_ttl: issue::DEFAULT_WORKLOAD_TTL,
+            max_ttl: issue::MAX_WORKLOAD_TTL,
+            serving_cluster: None,
+            serving_ttl: Duration::from_secs(24 * 3600),
+            handshake_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(10),
+        }
+    }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -131,13 +292,20 @@ struct ClusterLabels {
 
 /// The CA: every cluster intermediate this control plane holds, and the authenticator.
 pub struct CaService {
-    trust_domain: String,
+    config: CaServiceConfig,
     cas: RwLock<BTreeMap<ClusterId, Arc<ClusterCa>>>,
     auth: RwLock<Arc<dyn Authenticator>>,
-    default_ttl: Duration,
-    max_ttl: Duration,
     rejections: Family<ReasonLabels, Counter>,
     issued: Family<ClusterLabels, Counter>,
+}
+
+impl std::fmt::Debug for CaService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CaService")
+            .field("config", &self.config)
+            .field("clusters", &self.clusters())
+            .finish_non_exhaustive()
+    }
 }
 
 fn read<T: Clone>(lock: &RwLock<T>) -> T {
@@ -147,39 +315,67 @@ fn read<T: Clone>(lock: &RwLock<T>) -> T {
     }
 }
 
+fn write<T>(lock: &RwLock<T>, value: T) {
+    match lock.write() {
+        Ok(mut g) => *g = value,
+        Err(p) => *p.into_inner() = value,
+    }
+}
+
 impl CaService {
-    /// A CA over `cas`, issuing `default_ttl` certificates (at most 7 days).
+    /// A CA over `cas` with default settings, issuing `default_ttl` certificates.
     pub fn new(
         trust_domain: &str,
         cas: Vec<ClusterCa>,
         auth: Arc<dyn Authenticator>,
         default_ttl: Duration,
     ) -> Self {
-        Self {
-            trust_domain: trust_domain.to_owned(),
-            cas: RwLock::new(
-                cas.into_iter()
-                    .map(|c| (c.cluster().clone(), Arc::new(c)))
-                    .collect(),
-            ),
-            auth: RwLock::new(auth),
-            default_ttl,
-            max_ttl: Duration::from_secs(7 * 24 * 3600),
-            rejections: Family::default(),
-            issued: Family::default(),
-        }
+        let mut config = CaServiceConfig::new(trust_domain);
+        config.default_ttl = default_ttl;
+        Self::with_config(config, cas, auth)
     }
 
-    /// Replaces the cluster intermediates (clusters joined or left the mesh).
-    pub fn set_cluster_cas(&self, cas: Vec<ClusterCa>) {
-        let map: BTreeMap<ClusterId, Arc<ClusterCa>> = cas
-            .into_iter()
-            .map(|c| (c.cluster().clone(), Arc::new(c)))
-            .collect();
-        match self.cas.write() {
-            Ok(mut g) => *g = map,
-            Err(p) => *p.into_inner() = map,
+    /// A CA over `cas` with `config`.
+    pub fn with_config(
+        mut config: CaServiceConfig,
+        cas: Vec<ClusterCa>,
+        auth: Arc<dyn Authenticator>,
+    ) -> Self {
+        config.max_ttl = config.max_ttl.min(issue::MAX_WORKLOAD_TTL);
+        let rejections = Family::<ReasonLabels, Counter>::default();
+        for reason in REJECTION_REASONS {
+            let _ = rejections.get_or_create(&ReasonLabels {
+                reason: (*reason).to_owned(),
+            });
         }
+        let service = Self {
+            config,
+            cas: RwLock::new(BTreeMap::new()),
+            auth: RwLock::new(auth),
+            rejections,
+            issued: Family::default(),
+        };
+        service.set_cluster_cas(cas);
+        service
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &CaServiceConfig {
+        &self.config
+    }
+
+    /// Replaces the cluster intermediates (clusters joined or left the mesh). Intermediates of
+    /// another trust domain are dropped with an error log.
+    pub fn set_cluster_cas(&self, cas: Vec<ClusterCa>) {
+        let mut map = BTreeMap::new();
+        for ca in cas {
+            if ca.trust_domain() != self.config.trust_domain {
+                tracing::error!(cluster = %ca.cluster(), trust_domain = ca.trust_domain(), expected = %self.config.trust_domain, "intermediate of another trust domain ignored");
+                continue;
+            }
+            map.insert(ca.cluster().clone(), Arc::new(ca));
+        }
+        write(&self.cas, map);
     }
 
     /// Clusters this CA can issue for.
@@ -189,13 +385,11 @@ impl CaService {
 
     /// Replaces the authenticator (the mesh directory changed).
     pub fn set_authenticator(&self, auth: Arc<dyn Authenticator>) {
-        match self.auth.write() {
-            Ok(mut g) => *g = auth,
-            Err(p) => *p.into_inner() = auth,
-        }
+        write(&self.auth, auth);
     }
 
-    /// Registers `causeway_ca_rejections_total{reason}` and `causeway_ca_issued_total{cluster}`.
+    /// Registers `ca_rejections` (`causeway_ca_rejections_total{reason}` under the control
+    /// plane's `causeway` prefix) and `ca_issued` (`causeway_ca_issued_total{cluster}`).
     pub fn register_metrics(&self, registry: &mut Registry) {
         registry.register(
             "ca_rejections",
@@ -218,9 +412,20 @@ impl CaService {
             .get()
     }
 
-    /// Authenticates `token` and signs `csr_pem` for exactly the granted identity.
-    pub fn sign(&self, token: &str, request: &SignRequest) -> Result<IssuedCert, SignError> {
-        let result = self.sign_inner(token, request);
+    /// Certificates issued so far for `cluster`.
+    pub fn issued_count(&self, cluster: &ClusterId) -> u64 {
+        self.issued
+            .get_or_create(&ClusterLabels {
+                cluster: cluster.to_string(),
+            })
+            .get()
+    }
+
+    /// Authenticates `request.token` and signs `request.csr_pem` if, and only if, it asks for
+    /// exactly the identity the credential grants, in this trust domain. Refusals are counted
+    /// and logged (reason, never the token).
+    pub async fn sign(&self, request: &SignRequest) -> Result<IssuedCert, SignError> {
+        let result = self.sign_inner(request).await;
         if let Err(e) = &result {
             self.rejections
                 .get_or_create(&ReasonLabels {
@@ -232,191 +437,310 @@ impl CaService {
         result
     }
 
-    fn sign_inner(&self, token: &str, request: &SignRequest) -> Result<IssuedCert, SignError> {
+    async fn sign_inner(&self, request: &SignRequest) -> Result<IssuedCert, SignError> {
         let auth = read(&self.auth);
-        let grant = auth.authenticate(token)?;
-        let granted = grant.spiffe(&self.trust_domain);
-        let csr = CertificateSigningRequestParams::from_pem(&request.csr_pem)
-            .map_err(|e| SignError::BadCsr(e.to_string()))?;
-        let requested: Vec<String> = csr
-            .params
-            .subject_alt_names
-            .iter()
-            .filter_map(|s| match s {
-                SanType::URI(u) => Some(u.as_str().to_owned()),
-                _ => None,
-            })
-            .collect();
-        if requested.len() != 1 || requested[0] != granted.to_string() {
+        let grant = auth.authenticate(&request.token).await?;
+        let span = tracing::info_span!("sign", cluster = %grant.cluster, workload = %format!("{}/{}", grant.namespace, grant.workload));
+        let _enter = span.enter();
+        let csr = issue::parse_csr(&request.csr_pem)?;
+        let td = &self.config.trust_domain;
+        if &csr.identity.trust_domain != td {
+            return Err(SignError::WrongTrustDomain {
+                requested: csr.identity.to_string(),
+                expected: td.clone(),
+            });
+        }
+        if csr.identity == ca_identity(td) {
+            return Err(SignError::ReservedIdentity(csr.identity.to_string()));
+        }
+        let granted = grant.spiffe(td);
+        if csr.identity != granted {
             return Err(SignError::IdentityNotGranted {
-                requested: if requested.is_empty() {
-                    "no identity".into()
-                } else {
-                    requested.join(", ")
-                },
+                requested: csr.identity.to_string(),
                 granted: granted.to_string(),
+                workload: format!("{}/{}", grant.namespace, grant.workload),
+                cluster: grant.cluster.clone(),
             });
         }
         let ca = read(&self.cas)
             .get(&grant.cluster)
             .cloned()
             .ok_or_else(|| SignError::NoClusterCa(grant.cluster.clone()))?;
-        let ttl = request
-            .ttl_seconds
-            .map(Duration::from_secs)
-            .unwrap_or(self.default_ttl)
-            .min(self.max_ttl);
+        let ttl = match request.ttl_seconds {
+            0 => self.config.default_ttl,
+            s => Duration::from_secs(s),
+        }
+        .min(self.config.max_ttl);
         let issued = ca
-            .sign(&request.csr_pem, &granted, ttl)
+            .sign(&csr, ttl)
             .map_err(|e| SignError::Internal(e.to_string()))?;
         self.issued
             .get_or_create(&ClusterLabels {
                 cluster: grant.cluster.to_string(),
             })
             .inc();
-        tracing::info!(cluster = %grant.cluster, workload = %grant.workload, identity = %granted, ttl_s = ttl.as_secs(), "certificate issued");
+        tracing::info!(identity = %granted, serial = %issued.serial_hex, not_after = issued.not_after, "certificate issued");
         Ok(issued)
     }
 
-    /// The TLS server config of the service: a certificate for the CA's own SPIFFE ID issued by
-    /// the first cluster intermediate (key generated here, never written anywhere).
-    fn tls_config(&self) -> Result<rustls::ServerConfig, ServiceError> {
+    /// A certificate and key for the service itself: the CA's SPIFFE ID and DNS name, issued
+    /// by the serving cluster's intermediate. The key is generated here and stays in memory.
+    fn serving_cert(&self) -> Result<(Arc<CertifiedKey>, i64), ServiceError> {
         let cas = read(&self.cas);
-        let ca = cas.values().next().ok_or(ServiceError::NoCa)?;
-        let key = KeyPair::generate().map_err(|e| ServiceError::Cert(e.to_string()))?;
+        let ca = match &self.config.serving_cluster {
+            Some(c) => cas.get(c),
+            None => cas.values().next(),
+        }
+        .ok_or(ServiceError::NoCa)?;
+        let key = rcgen::KeyPair::generate().map_err(|e| ServiceError::Cert(e.to_string()))?;
         let issued = ca
             .sign_key(
                 &key,
-                &ca_identity(&self.trust_domain),
-                Duration::from_secs(365 * 24 * 3600),
-                &["causeway-ca"],
+                &ca_identity(&self.config.trust_domain),
+                self.config.serving_ttl,
+                &[CA_SERVER_NAME],
             )
             .map_err(|e| ServiceError::Cert(e.to_string()))?;
-        crate::install_crypto_provider();
-        use rustls::pki_types::pem::PemObject;
-        let key_der =
-            rustls::pki_types::PrivateKeyDer::from_pem_slice(key.serialize_pem().as_bytes())
-                .map_err(|e| ServiceError::Cert(e.to_string()))?;
-        rustls::ServerConfig::builder()
-            .with_no_client_auth()
-            .with_single_cert(crate::pem_certs(&issued.chain_pem), key_der)
-            .map_err(|e| ServiceError::Cert(e.to_string()))
+        let key_der = crate::verify::key_der(&key.serialize_pem())?;
+        let signing_key = crate::provider()
+            .key_provider
+            .load_private_key(key_der)
+            .map_err(|e| ServiceError::Cert(e.to_string()))?;
+        let certified = CertifiedKey::new(crate::pem_certs(&issued.chain_pem), signing_key);
+        let renew_at = issued.not_before + (issued.not_after - issued.not_before) / 2;
+        tracing::info!(cluster = %ca.cluster(), not_after = issued.not_after, "CA serving certificate issued");
+        Ok((Arc::new(certified), renew_at))
     }
 
-    /// Serves until `shutdown` resolves.
+    /// Serves gRPC over TLS on `listener` until `shutdown` resolves.
     pub async fn serve(
         self: Arc<Self>,
         listener: TcpListener,
         shutdown: impl std::future::Future<Output = ()>,
     ) -> Result<(), ServiceError> {
-        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(self.tls_config()?));
-        tokio::pin!(shutdown);
-        loop {
-            let (stream, peer) = tokio::select! {
-                accepted = listener.accept() => accepted?,
-                () = &mut shutdown => return Ok(()),
-            };
-            let acceptor = acceptor.clone();
-            let svc = Arc::clone(&self);
-            tokio::spawn(async move {
-                let tls =
-                    match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream))
-                        .await
-                    {
-                        Ok(Ok(tls)) => tls,
-                        Ok(Err(e)) => {
-                            tracing::debug!(%peer, error = %e, "CA TLS handshake failed");
-                            return;
-                        }
-                        Err(_) => return,
-                    };
-                let service = hyper::service::service_fn(move |req| {
-                    let svc = Arc::clone(&svc);
-                    async move { Ok::<_, std::convert::Infallible>(svc.handle(req).await) }
-                });
-                let conn = hyper::server::conn::http1::Builder::new()
-                    .header_read_timeout(Duration::from_secs(10))
-                    .timer(hyper_util::rt::TokioTimer::new())
-                    .serve_connection(TokioIo::new(tls), service);
-                if let Err(e) = tokio::time::timeout(Duration::from_secs(60), conn)
-                    .await
-                    .unwrap_or(Ok(()))
-                {
-                    tracing::debug!(%peer, error = %e, "CA connection ended");
-                }
-            });
+        let resolver = ServingCertResolver::new(Arc::clone(&self))?;
+        let mut tls = rustls::ServerConfig::builder_with_provider(crate::provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(|e| ServiceError::Cert(e.to_string()))?
+            .with_no_client_auth()
+            .with_cert_resolver(Arc::new(resolver));
+        tls.alpn_protocols = vec![b"h2".to_vec()];
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+        let local = listener.local_addr()?;
+        tracing::info!(addr = %local, trust_domain = %self.config.trust_domain, clusters = ?self.clusters(), "CA service listening");
+        let (tx, rx) = mpsc::channel(64);
+        let accept = tokio::spawn(accept_loop(
+            listener,
+            acceptor,
+            tx,
+            self.config.handshake_timeout,
+        ));
+        let result = tonic::transport::Server::builder()
+            .timeout(self.config.request_timeout)
+            .concurrency_limit_per_connection(32)
+            .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+            .add_service(CaGrpcServer {
+                inner: Arc::clone(&self),
+            })
+            .serve_with_incoming_shutdown(tokio_stream::wrappers::ReceiverStream::new(rx), shutdown)
+            .await;
+        accept.abort();
+        tracing::info!(addr = %local, "CA service stopped");
+        result.map_err(ServiceError::from)
+    }
+}
+
+type TlsConn = tokio_rustls::server::TlsStream<TcpStream>;
+
+/// Accepts TCP connections and completes TLS handshakes concurrently (each bounded by
+/// `timeout`), handing finished connections to the gRPC server.
+async fn accept_loop(
+    listener: TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+    tx: mpsc::Sender<Result<TlsConn, std::io::Error>>,
+    timeout: Duration,
+) {
+    loop {
+        let (tcp, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                tracing::warn!(error = %e, "CA listener accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        if tx.is_closed() {
+            return;
         }
+        let _ = tcp.set_nodelay(true);
+        let acceptor = acceptor.clone();
+        let conn_tx = tx.clone();
+        tokio::spawn(async move {
+            match tokio::time::timeout(timeout, acceptor.accept(tcp)).await {
+                Ok(Ok(tls)) => {
+                    let _ = conn_tx.send(Ok(tls)).await;
+                }
+                Ok(Err(e)) => tracing::debug!(%peer, error = %e, "CA TLS handshake failed"),
+                Err(_) => tracing::debug!(%peer, "CA TLS handshake timed out"),
+            }
+        });
+    }
+}
+
+/// Hands out the service's certificate, re-issuing it at half its lifetime.
+struct ServingCertResolver {
+    service: Arc<CaService>,
+    current: Mutex<(Arc<CertifiedKey>, i64)>,
+}
+
+impl std::fmt::Debug for ServingCertResolver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServingCertResolver")
+            .finish_non_exhaustive()
+    }
+}
+
+impl ServingCertResolver {
+    fn new(service: Arc<CaService>) -> Result<Self, ServiceError> {
+        let first = service.serving_cert()?;
+        Ok(Self {
+            service,
+            current: Mutex::new(first),
+        })
+    }
+}
+
+impl ResolvesServerCert for ServingCertResolver {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let mut current = match self.current.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        if crate::now_unix() >= current.1 {
+            match self.service.serving_cert() {
+                Ok(fresh) => *current = fresh,
+                // Keep the old one: still valid for the second half of its life.
+                Err(e) => tracing::error!(error = %e, "cannot renew the CA serving certificate"),
+            }
+        }
+        Some(Arc::clone(&current.0))
+    }
+}
+
+/// A prost codec (tonic 0.14 moved its own into a crate this workspace does not use).
+struct ProtoCodec<E, D>(PhantomData<fn() -> (E, D)>);
+
+impl<E, D> Default for ProtoCodec<E, D> {
+    fn default() -> Self {
+        Self(PhantomData)
+    }
+}
+
+struct ProtoEncoder<E>(PhantomData<fn() -> E>);
+struct ProtoDecoder<D>(PhantomData<fn() -> D>);
+
+impl<E, D> Codec for ProtoCodec<E, D>
+where
+    E: prost::Message + Send + 'static,
+    D: prost::Message + Default + Send + 'static,
+{
+    type Encode = E;
+    type Decode = D;
+    type Encoder = ProtoEncoder<E>;
+    type Decoder = ProtoDecoder<D>;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        ProtoEncoder(PhantomData)
     }
 
-    async fn handle(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
-        let json = |status: StatusCode, body: serde_json::Value| {
-            let mut r = Response::new(Full::new(Bytes::from(body.to_string())));
-            *r.status_mut() = status;
-            r.headers_mut().insert(
-                "content-type",
-                hyper::header::HeaderValue::from_static("application/json"),
-            );
-            r
-        };
-        match (req.method(), req.uri().path()) {
-            (&Method::GET, "/v1/trust-bundle") => {
-                let bundle = read(&self.cas)
-                    .values()
-                    .next()
-                    .map(|c| c.trust_bundle_pem().to_owned())
-                    .unwrap_or_default();
-                json(
-                    StatusCode::OK,
-                    serde_json::json!({ "trust_bundle_pem": bundle }),
+    fn decoder(&mut self) -> Self::Decoder {
+        ProtoDecoder(PhantomData)
+    }
+}
+
+impl<E: prost::Message> Encoder for ProtoEncoder<E> {
+    type Item = E;
+    type Error = Status;
+
+    fn encode(&mut self, item: E, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
+        item.encode(dst)
+            .map_err(|e| Status::internal(format!("encoding the message: {e}")))
+    }
+}
+
+impl<D: prost::Message + Default> Decoder for ProtoDecoder<D> {
+    type Item = D;
+    type Error = Status;
+
+    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<D>, Status> {
+        D::decode(src)
+            .map(Some)
+            .map_err(|e| Status::invalid_argument(format!("malformed message: {e}")))
+    }
+}
+
+/// The tonic service: routes `Sign` to [`CaService::sign`].
+#[derive(Clone)]
+struct CaGrpcServer {
+    inner: Arc<CaService>,
+}
+
+impl tonic::server::NamedService for CaGrpcServer {
+    const NAME: &'static str = SERVICE_NAME;
+}
+
+struct SignMethod(Arc<CaService>);
+
+impl tonic::server::UnaryService<SignRequest> for SignMethod {
+    type Response = SignResponse;
+    type Future = BoxFuture<tonic::Response<SignResponse>, Status>;
+
+    fn call(&mut self, request: tonic::Request<SignRequest>) -> Self::Future {
+        let service = Arc::clone(&self.0);
+        Box::pin(async move {
+            let peer = request.remote_addr();
+            let started = Instant::now();
+            let result = service.sign(request.get_ref()).await;
+            tracing::debug!(peer = ?peer, elapsed_ms = started.elapsed().as_millis() as u64, ok = result.is_ok(), "Sign");
+            result
+                .map(|issued| tonic::Response::new(SignResponse::from(issued)))
+                .map_err(|e| e.to_status())
+        })
+    }
+}
+
+impl<B> Service<http::Request<B>> for CaGrpcServer
+where
+    B: Body + Send + 'static,
+    B::Error: Into<StdError> + Send + 'static,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = std::convert::Infallible;
+    type Future = BoxFuture<Self::Response, Self::Error>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        if req.uri().path() == SIGN_PATH {
+            let method = SignMethod(Arc::clone(&self.inner));
+            Box::pin(async move {
+                let mut grpc =
+                    tonic::server::Grpc::new(ProtoCodec::<SignResponse, SignRequest>::default())
+                        .max_decoding_message_size(MAX_REQUEST_BYTES);
+                Ok(grpc.unary(method, req).await)
+            })
+        } else {
+            let path = req.uri().path().to_owned();
+            Box::pin(async move {
+                Ok(
+                    Status::unimplemented(format!("{path}: no such method on {SERVICE_NAME}"))
+                        .into_http(),
                 )
-            }
-            (&Method::POST, "/v1/sign") => {
-                let token = req
-                    .headers()
-                    .get(hyper::header::AUTHORIZATION)
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.strip_prefix("Bearer "))
-                    .unwrap_or("")
-                    .to_owned();
-                let body = match Limited::new(req.into_body(), 64 * 1024).collect().await {
-                    Ok(b) => b.to_bytes(),
-                    Err(e) => {
-                        return json(
-                            StatusCode::PAYLOAD_TOO_LARGE,
-                            serde_json::json!({ "error": e.to_string() }),
-                        )
-                    }
-                };
-                let request: SignRequest = match serde_json::from_slice(&body) {
-                    Ok(r) => r,
-                    Err(e) => {
-                        return json(
-                            StatusCode::BAD_REQUEST,
-                            serde_json::json!({ "error": format!("request body: {e}") }),
-                        )
-                    }
-                };
-                match self.sign(&token, &request) {
-                    Ok(issued) => json(
-                        StatusCode::OK,
-                        serde_json::to_value(SignResponse {
-                            cert_chain_pem: issued.chain_pem,
-                            trust_bundle_pem: issued.trust_bundle_pem,
-                            not_after: issued.not_after,
-                            not_before: issued.not_before,
-                        })
-                        .unwrap_or_default(),
-                    ),
-                    Err(e) => json(
-                        e.status(),
-                        serde_json::json!({ "error": e.to_string(), "reason": e.reason() }),
-                    ),
-                }
-            }
-            _ => json(
-                StatusCode::NOT_FOUND,
-                serde_json::json!({ "error": "not found" }),
-            ),
+            })
         }
     }
 }
@@ -424,7 +748,7 @@ impl CaService {
 /// Why a client call to the CA failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    /// Could not connect or the TLS handshake failed.
+    /// Could not connect, the TLS handshake failed, or no answer in time.
     #[error("cannot reach the CA at {addr}: {reason}")]
     Unreachable {
         /// The CA address.
@@ -432,86 +756,139 @@ pub enum ClientError {
         /// Why.
         reason: String,
     },
-    /// The CA refused.
-    #[error("the CA refused ({status}): {message}")]
+    /// The CA answered and refused.
+    #[error("the CA at {addr} refused ({reason}): {message}")]
     Refused {
-        /// HTTP status.
-        status: u16,
+        /// The CA address.
+        addr: SocketAddr,
+        /// gRPC status code.
+        code: Code,
+        /// The refusal reason (the CA's metric label), `unknown` if absent.
+        reason: String,
         /// The CA's message.
         message: String,
     },
-    /// TLS configuration problem.
-    #[error("{0}")]
+    /// TLS configuration problem on our side (e.g. an empty root bundle).
+    #[error("CA client TLS: {0}")]
     Tls(#[from] VerifyError),
 }
 
-/// Asks the CA at `addr` to sign `request`, authenticating with `token` and verifying that the
-/// server is the mesh CA (its SPIFFE ID, chained to `bundle_pem`). Bounded by `timeout`.
+/// Settings for calling the CA.
+#[derive(Debug, Clone)]
+pub struct CaClientConfig {
+    /// The CA service address.
+    pub addr: SocketAddr,
+    /// Roots to verify the CA's certificate with (bootstrap trust).
+    pub bundle_pem: String,
+    /// Trust domain: the CA must present [`ca_identity`] of it.
+    pub trust_domain: String,
+    /// Limit on connecting plus the TLS handshake.
+    pub connect_timeout: Duration,
+    /// Limit on the whole call.
+    pub request_timeout: Duration,
+}
+
+impl CaClientConfig {
+    /// Defaults (5 s to connect, 10 s per call).
+    pub fn new(
+        addr: SocketAddr,
+        bundle_pem: impl Into<String>,
+        trust_domain: impl Into<String>,
+    ) -> Self {
+        Self {
+            addr,
+            bundle_pem: bundle_pem.into(),
+            trust_domain: trust_domain.into(),
+            connect_timeout: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Asks the CA to sign `request`, over a fresh TLS connection whose server certificate must
+/// chain to `config.bundle_pem` and carry [`ca_identity`]. Bounded by the config's timeouts.
 pub async fn request_certificate(
-    addr: SocketAddr,
-    bundle_pem: &str,
-    trust_domain: &str,
-    token: &str,
-    request: &SignRequest,
-    timeout: Duration,
+    config: &CaClientConfig,
+    request: SignRequest,
 ) -> Result<SignResponse, ClientError> {
-    crate::install_crypto_provider();
+    let addr = config.addr;
+    let unreachable = |reason: String| ClientError::Unreachable { addr, reason };
     let verifier = crate::verify::SpiffeServerVerifier::new(
-        bundle_pem,
-        trust_domain,
-        vec![ca_identity(trust_domain)],
+        &config.bundle_pem,
+        &config.trust_domain,
+        vec![ca_identity(&config.trust_domain)],
     )?;
-    let config = rustls::ClientConfig::builder()
+    let mut tls = rustls::ClientConfig::builder_with_provider(crate::provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| VerifyError::Config(e.to_string()))?
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(verifier))
         .with_no_client_auth();
-    let unreachable = |reason: String| ClientError::Unreachable { addr, reason };
+    tls.alpn_protocols = vec![b"h2".to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(tls));
+    let connect_timeout = config.connect_timeout;
+    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .map_err(|e| unreachable(e.to_string()))?
+        .connect_timeout(connect_timeout)
+        .timeout(config.request_timeout);
     let call = async {
-        let tcp = tokio::net::TcpStream::connect(addr)
+        let channel = endpoint
+            .connect_with_connector(tower::service_fn(move |_uri| {
+                let connector = connector.clone();
+                async move {
+                    let io = tokio::time::timeout(connect_timeout, async {
+                        let tcp = TcpStream::connect(addr).await?;
+                        let _ = tcp.set_nodelay(true);
+                        let name = rustls::pki_types::ServerName::try_from(CA_SERVER_NAME)
+                            .map_err(std::io::Error::other)?;
+                        connector.connect(name, tcp).await
+                    })
+                    .await
+                    .map_err(|_| {
+                        std::io::Error::new(
+                            std::io::ErrorKind::TimedOut,
+                            "connect and TLS handshake timed out",
+                        )
+                    })??;
+                    Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(io))
+                }
+            }))
             .await
-            .map_err(|e| unreachable(e.to_string()))?;
-        let name = rustls::pki_types::ServerName::try_from("causeway-ca")
-            .map_err(|e| unreachable(e.to_string()))?;
-        let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
-            .connect(name, tcp)
+            .map_err(|e| unreachable(error_chain(&e)))?;
+        let mut grpc = tonic::client::Grpc::new(channel);
+        grpc.ready()
             .await
-            .map_err(|e| unreachable(format!("TLS: {e}")))?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
-            .await
-            .map_err(|e| unreachable(e.to_string()))?;
-        tokio::spawn(conn);
-        let body = serde_json::to_vec(request).map_err(|e| unreachable(e.to_string()))?;
-        let req = Request::builder()
-            .method(Method::POST)
-            .uri("/v1/sign")
-            .header("host", "causeway-ca")
-            .header("content-type", "application/json")
-            .header(hyper::header::AUTHORIZATION, format!("Bearer {token}"))
-            .body(Full::new(Bytes::from(body)))
-            .map_err(|e| unreachable(e.to_string()))?;
-        let resp = sender
-            .send_request(req)
-            .await
-            .map_err(|e| unreachable(e.to_string()))?;
-        let status = resp.status();
-        let bytes = Limited::new(resp.into_body(), 1024 * 1024)
-            .collect()
-            .await
-            .map_err(|e| unreachable(e.to_string()))?
-            .to_bytes();
-        if !status.is_success() {
-            let message = serde_json::from_slice::<serde_json::Value>(&bytes)
-                .ok()
-                .and_then(|v| v["error"].as_str().map(str::to_owned))
-                .unwrap_or_else(|| String::from_utf8_lossy(&bytes).into_owned());
-            return Err(ClientError::Refused {
-                status: status.as_u16(),
-                message,
-            });
-        }
-        serde_json::from_slice(&bytes).map_err(|e| unreachable(format!("bad answer: {e}")))
-    };
-    tokio::time::timeout(timeout, call)
+            .map_err(|e| unreachable(error_chain(&e)))?;
+        grpc.unary(
+            tonic::Request::new(request),
+            http::uri::PathAndQuery::from_static(SIGN_PATH),
+            ProtoCodec::<SignRequest, SignResponse>::default(),
+        )
         .await
-        .map_err(|_| unreachable(format!("no answer within {timeout:?}")))?
+        .map(tonic::Response::into_inner)
+        .map_err(|status| match status.metadata().get(REASON_METADATA) {
+            Some(reason) => ClientError::Refused {
+                addr,
+                code: status.code(),
+                reason: reason.to_str().unwrap_or("unknown").to_owned(),
+                message: status.message().to_owned(),
+            },
+            None => unreachable(format!("{:?}: {}", status.code(), status.message())),
+        })
+    };
+    tokio::time::timeout(config.request_timeout + connect_timeout, call)
+        .await
+        .map_err(|_| unreachable(format!("no answer within {:?}", config.request_timeout)))?
+}
+
+/// An error and its sources on one line (transport errors hide the useful part in sources).
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
 }

@@ -1,36 +1,42 @@
-//! Verifying workload certificates: chain to a mesh root, validity, and the SPIFFE identity.
+//! Verifying workload certificates: the chain leads to a root of the trust bundle (several roots
+//! during a rotation), the leaf is valid now, and it carries exactly one SPIFFE ID of our trust
+//! domain. Chain checks are webpki's (through rustls' `WebPkiClientVerifier` and its server-side
+//! trust-anchor check); identities are read with x509-parser. Host names play no part.
 
 use std::sync::Arc;
 
 use causeway_model::{ClusterId, SpiffeId};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::ParsedCertificate;
-use rustls::{CertificateError, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use rustls::{
+    CertificateError, DigitallySignedStruct, DistinguishedName, RootCertStore, SignatureScheme,
+};
 use x509_parser::extensions::GeneralName;
 
-/// Why a certificate was refused.
+/// Why a certificate was refused. Each case has its own variant and metric label.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum VerifyError {
     /// No certificate at all.
     #[error("no certificate presented")]
     NoCertificate,
-    /// The chain does not lead to a trusted mesh root.
+    /// The chain does not lead to a root of the trust bundle.
     #[error("certificate does not chain to a trusted mesh root (unknown issuer)")]
     UnknownRoot,
-    /// Expired.
+    /// The leaf (or a CA in its chain) has expired.
     #[error("certificate expired")]
     Expired,
-    /// Not valid yet.
+    /// The leaf is not valid yet (clock skew, or a certificate from the future).
     #[error("certificate not valid yet")]
     NotYetValid,
-    /// Any other chain problem.
+    /// Any other chain problem (bad encoding, wrong key usage, ...).
     #[error("invalid certificate chain: {0}")]
     BadChain(String),
-    /// No usable SPIFFE ID.
-    #[error("certificate carries no SPIFFE ID: {0}")]
+    /// The leaf does not carry exactly one SPIFFE ID.
+    #[error("certificate carries no single SPIFFE ID: {0}")]
     NotSpiffe(String),
-    /// SPIFFE ID of another trust domain.
+    /// The SPIFFE ID belongs to another trust domain.
     #[error("certificate is for trust domain {found}, not {expected}")]
     WrongTrustDomain {
         /// Ours.
@@ -38,21 +44,35 @@ pub enum VerifyError {
         /// Theirs.
         found: String,
     },
-    /// The trust bundle is unusable.
+    /// The trust bundle holds no usable root.
     #[error("trust bundle has no usable root certificate")]
     EmptyBundle,
-    /// Not the identity expected.
+    /// A valid peer, but not one of the identities allowed here.
     #[error("peer is {found}, expected {expected}")]
     UnexpectedIdentity {
-        /// Expected.
+        /// Allowed identities.
         expected: String,
-        /// Presented.
+        /// Presented identity.
         found: String,
     },
+    /// An issued certificate names another identity than its CSR asked for.
+    #[error("certificate is for {issued}, but the CSR asked for {requested}")]
+    IdentityMismatch {
+        /// The identity in the CSR.
+        requested: String,
+        /// The identity in the certificate.
+        issued: String,
+    },
+    /// An issued certificate carries another public key than the CSR's.
+    #[error("certificate does not carry the requester's public key")]
+    KeyMismatch,
+    /// A TLS configuration could not be built (unreadable key, inconsistent chain).
+    #[error("TLS configuration: {0}")]
+    Config(String),
 }
 
 impl VerifyError {
-    /// Short label for metrics.
+    /// Short label for metrics and logs.
     pub fn reason(&self) -> &'static str {
         match self {
             VerifyError::NoCertificate => "no_certificate",
@@ -64,6 +84,9 @@ impl VerifyError {
             VerifyError::WrongTrustDomain { .. } => "wrong_trust_domain",
             VerifyError::EmptyBundle => "empty_bundle",
             VerifyError::UnexpectedIdentity { .. } => "unexpected_identity",
+            VerifyError::IdentityMismatch { .. } => "identity_mismatch",
+            VerifyError::KeyMismatch => "key_mismatch",
+            VerifyError::Config(_) => "config",
         }
     }
 }
@@ -77,39 +100,40 @@ pub struct PeerIdentity {
     pub cluster: Option<ClusterId>,
 }
 
-/// A root store from a PEM bundle (one or several roots).
-pub fn root_store(bundle_pem: &str) -> Result<RootCertStore, VerifyError> {
+/// A root store from a PEM bundle (one or several roots). Unparseable entries are skipped; a
+/// bundle without any usable root is an error.
+pub fn root_store(bundle_pem: &str) -> Result<Arc<RootCertStore>, VerifyError> {
     let mut store = RootCertStore::empty();
-    for cert in crate::pem_certs(bundle_pem) {
-        let _ = store.add(cert);
+    let (added, ignored) = store.add_parsable_certificates(crate::pem_certs(bundle_pem));
+    if ignored > 0 {
+        tracing::warn!(
+            ignored,
+            "trust bundle entries that are not usable roots were skipped"
+        );
     }
-    if store.is_empty() {
+    if added == 0 {
         return Err(VerifyError::EmptyBundle);
     }
-    Ok(store)
+    Ok(Arc::new(store))
 }
 
-fn map_chain_error(e: rustls::Error) -> VerifyError {
+fn map_chain_error(e: &rustls::Error) -> VerifyError {
     match e {
-        rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer) => {
-            VerifyError::UnknownRoot
-        }
-        rustls::Error::InvalidCertificate(CertificateError::BadSignature) => {
-            VerifyError::UnknownRoot
-        }
-        rustls::Error::InvalidCertificate(CertificateError::Expired)
-        | rustls::Error::InvalidCertificate(CertificateError::ExpiredContext { .. }) => {
-            VerifyError::Expired
-        }
-        rustls::Error::InvalidCertificate(CertificateError::NotValidYet)
-        | rustls::Error::InvalidCertificate(CertificateError::NotValidYetContext { .. }) => {
-            VerifyError::NotYetValid
-        }
+        rustls::Error::InvalidCertificate(
+            CertificateError::UnknownIssuer | CertificateError::BadSignature,
+        ) => VerifyError::UnknownRoot,
+        rustls::Error::InvalidCertificate(
+            CertificateError::Expired | CertificateError::ExpiredContext { .. },
+        ) => VerifyError::Expired,
+        rustls::Error::InvalidCertificate(
+            CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. },
+        ) => VerifyError::NotYetValid,
         other => VerifyError::BadChain(other.to_string()),
     }
 }
 
-/// The SPIFFE ID and cluster of a certificate, checked against `trust_domain`.
+/// The SPIFFE ID and cluster of a certificate, checked against `trust_domain`: exactly one URI
+/// SAN, of the form `spiffe://<trust-domain>/ns/<ns>/sa/<sa>`. Does not check the chain.
 pub fn identity_of(
     cert: &CertificateDer<'_>,
     trust_domain: &str,
@@ -150,44 +174,107 @@ pub fn identity_of(
     Ok(PeerIdentity { spiffe, cluster })
 }
 
-/// Verifies a presented chain (leaf first) against the trust bundle and returns the identity.
+fn webpki_client_verifier(
+    roots: Arc<RootCertStore>,
+) -> Result<Arc<dyn ClientCertVerifier>, VerifyError> {
+    rustls::server::WebPkiClientVerifier::builder_with_provider(roots, crate::provider())
+        .build()
+        .map_err(|e| VerifyError::Config(e.to_string()))
+}
+
+/// Verifies a presented chain (leaf first) against the trust bundle at time `now` and returns
+/// the peer's identity. Rejections are logged with their reason.
 pub fn verify_chain(
     chain: &[CertificateDer<'_>],
     bundle_pem: &str,
     trust_domain: &str,
     now: UnixTime,
 ) -> Result<PeerIdentity, VerifyError> {
-    let result = verify_chain_inner(chain, bundle_pem, trust_domain, now);
+    let result = (|| {
+        let (leaf, intermediates) = chain.split_first().ok_or(VerifyError::NoCertificate)?;
+        let verifier = webpki_client_verifier(root_store(bundle_pem)?)?;
+        verifier
+            .verify_client_cert(leaf, intermediates, now)
+            .map_err(|e| map_chain_error(&e))?;
+        identity_of(leaf, trust_domain)
+    })();
     if let Err(e) = &result {
         tracing::warn!(reason = e.reason(), error = %e, "peer certificate rejected");
     }
     result
 }
 
-fn verify_chain_inner(
-    chain: &[CertificateDer<'_>],
+/// Checks a certificate the CA returned for our CSR: the chain verifies against `bundle_pem`,
+/// it names exactly the identity `requested` and carries our public key (`public_key_spki`, a
+/// DER SubjectPublicKeyInfo).
+pub fn verify_issued(
+    chain_pem: &str,
     bundle_pem: &str,
-    trust_domain: &str,
+    requested: &SpiffeId,
+    public_key_spki: &[u8],
     now: UnixTime,
 ) -> Result<PeerIdentity, VerifyError> {
-    let (leaf, intermediates) = chain.split_first().ok_or(VerifyError::NoCertificate)?;
-    let roots = root_store(bundle_pem)?;
-    let parsed = ParsedCertificate::try_from(leaf).map_err(map_chain_error)?;
-    let algs = rustls::crypto::aws_lc_rs::default_provider().signature_verification_algorithms;
-    rustls::client::verify_server_cert_signed_by_trust_anchor(
-        &parsed,
-        &roots,
-        intermediates,
-        now,
-        algs.all,
-    )
-    .map_err(map_chain_error)?;
+    let chain = crate::pem_certs(chain_pem);
+    let peer = verify_chain(&chain, bundle_pem, &requested.trust_domain, now)?;
+    if &peer.spiffe != requested {
+        return Err(VerifyError::IdentityMismatch {
+            requested: requested.to_string(),
+            issued: peer.spiffe.to_string(),
+        });
+    }
+    let leaf = chain.first().ok_or(VerifyError::NoCertificate)?;
+    let (_, parsed) = x509_parser::parse_x509_certificate(leaf.as_ref())
+        .map_err(|e| VerifyError::BadChain(e.to_string()))?;
+    if parsed.public_key().raw != public_key_spki {
+        return Err(VerifyError::KeyMismatch);
+    }
+    Ok(peer)
+}
+
+/// The identity of the peer of an established TLS session (`peer_certificates()`).
+pub fn peer_identity(
+    certs: Option<&[CertificateDer<'_>]>,
+    trust_domain: &str,
+) -> Result<PeerIdentity, VerifyError> {
+    let leaf = certs
+        .and_then(<[_]>::first)
+        .ok_or(VerifyError::NoCertificate)?;
     identity_of(leaf, trust_domain)
 }
 
-/// A rustls server-certificate verifier for mesh peers: the chain must lead to a mesh root and
-/// the leaf must carry a SPIFFE ID of the trust domain (one of `expected`, when given). Host
-/// names play no part: identities are SPIFFE IDs.
+fn check_allowed(id: &PeerIdentity, allowed: &[SpiffeId]) -> Result<(), VerifyError> {
+    if allowed.is_empty() || allowed.contains(&id.spiffe) {
+        return Ok(());
+    }
+    Err(VerifyError::UnexpectedIdentity {
+        expected: allowed
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(" or "),
+        found: id.spiffe.to_string(),
+    })
+}
+
+fn to_rustls(e: VerifyError) -> rustls::Error {
+    tracing::warn!(reason = e.reason(), error = %e, "TLS peer rejected");
+    match e {
+        VerifyError::UnknownRoot => {
+            rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer)
+        }
+        VerifyError::Expired => rustls::Error::InvalidCertificate(CertificateError::Expired),
+        VerifyError::NotYetValid => {
+            rustls::Error::InvalidCertificate(CertificateError::NotValidYet)
+        }
+        other => rustls::Error::InvalidCertificate(CertificateError::Other(rustls::OtherError(
+            Arc::new(other),
+        ))),
+    }
+}
+
+/// A rustls server-certificate verifier for mesh peers: the chain must lead to a mesh root
+/// (webpki's trust-anchor check, server-auth usage) and the leaf must carry a SPIFFE ID of the
+/// trust domain (one of `expected`, when given). The TLS server name is ignored.
 #[derive(Debug)]
 pub struct SpiffeServerVerifier {
     roots: Arc<RootCertStore>,
@@ -197,17 +284,18 @@ pub struct SpiffeServerVerifier {
 }
 
 impl SpiffeServerVerifier {
-    /// A verifier over `bundle_pem`.
+    /// A verifier over `bundle_pem` accepting `expected` (any identity of the trust domain when
+    /// empty).
     pub fn new(
         bundle_pem: &str,
         trust_domain: &str,
         expected: Vec<SpiffeId>,
     ) -> Result<Self, VerifyError> {
         Ok(Self {
-            roots: Arc::new(root_store(bundle_pem)?),
+            roots: root_store(bundle_pem)?,
             trust_domain: trust_domain.to_owned(),
             expected,
-            algs: rustls::crypto::aws_lc_rs::default_provider().signature_verification_algorithms,
+            algs: crate::provider().signature_verification_algorithms,
         })
     }
 }
@@ -228,23 +316,10 @@ impl ServerCertVerifier for SpiffeServerVerifier {
             intermediates,
             now,
             self.algs.all,
-        )?;
-        let id = identity_of(end_entity, &self.trust_domain)
-            .map_err(|e| rustls::Error::General(e.to_string()))?;
-        if !self.expected.is_empty() && !self.expected.contains(&id.spiffe) {
-            return Err(rustls::Error::General(
-                VerifyError::UnexpectedIdentity {
-                    expected: self
-                        .expected
-                        .iter()
-                        .map(ToString::to_string)
-                        .collect::<Vec<_>>()
-                        .join(" or "),
-                    found: id.spiffe.to_string(),
-                }
-                .to_string(),
-            ));
-        }
+        )
+        .map_err(|e| to_rustls(map_chain_error(&e)))?;
+        let id = identity_of(end_entity, &self.trust_domain).map_err(to_rustls)?;
+        check_allowed(&id, &self.expected).map_err(to_rustls)?;
         Ok(ServerCertVerified::assertion())
     }
 
@@ -271,30 +346,102 @@ impl ServerCertVerifier for SpiffeServerVerifier {
     }
 }
 
-fn key_der(key_pem: &str) -> Result<PrivateKeyDer<'static>, VerifyError> {
-    use rustls::pki_types::pem::PemObject;
-    PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
-        .map_err(|e| VerifyError::BadChain(format!("private key: {e}")))
+/// A rustls client-certificate verifier for mesh peers: rustls' `WebPkiClientVerifier` over the
+/// bundle (a client certificate is mandatory), then the SPIFFE checks of
+/// [`SpiffeServerVerifier`].
+#[derive(Debug)]
+pub struct SpiffeClientVerifier {
+    inner: Arc<dyn ClientCertVerifier>,
+    trust_domain: String,
+    allowed: Vec<SpiffeId>,
 }
 
-/// A server config for mesh mTLS: presents `chain_pem`, requires a client certificate chained to
-/// the bundle.
+impl SpiffeClientVerifier {
+    /// A verifier over `bundle_pem` accepting `allowed` (any identity of the trust domain when
+    /// empty).
+    pub fn new(
+        bundle_pem: &str,
+        trust_domain: &str,
+        allowed: Vec<SpiffeId>,
+    ) -> Result<Self, VerifyError> {
+        Ok(Self {
+            inner: webpki_client_verifier(root_store(bundle_pem)?)?,
+            trust_domain: trust_domain.to_owned(),
+            allowed,
+        })
+    }
+}
+
+impl ClientCertVerifier for SpiffeClientVerifier {
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        self.inner.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        self.inner
+            .verify_client_cert(end_entity, intermediates, now)
+            .map_err(|e| to_rustls(map_chain_error(&e)))?;
+        let id = identity_of(end_entity, &self.trust_domain).map_err(to_rustls)?;
+        check_allowed(&id, &self.allowed).map_err(to_rustls)?;
+        Ok(ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
+
+/// Parses a PEM private key (PKCS#8, SEC1 or PKCS#1).
+pub(crate) fn key_der(key_pem: &str) -> Result<PrivateKeyDer<'static>, VerifyError> {
+    use rustls::pki_types::pem::PemObject;
+    PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
+        .map_err(|e| VerifyError::Config(format!("private key: {e}")))
+}
+
+/// A TLS 1.3 server config for mesh mTLS: presents `chain_pem`/`key_pem` and requires a client
+/// certificate chained to the bundle carrying a SPIFFE ID of `trust_domain` (one of `allowed`
+/// when non-empty).
 pub fn server_config(
     chain_pem: &str,
     key_pem: &str,
     bundle_pem: &str,
+    trust_domain: &str,
+    allowed: Vec<SpiffeId>,
 ) -> Result<rustls::ServerConfig, VerifyError> {
-    crate::install_crypto_provider();
-    let verifier = rustls::server::WebPkiClientVerifier::builder(Arc::new(root_store(bundle_pem)?))
-        .build()
-        .map_err(|e| VerifyError::BadChain(e.to_string()))?;
-    rustls::ServerConfig::builder()
-        .with_client_cert_verifier(verifier)
+    let verifier = SpiffeClientVerifier::new(bundle_pem, trust_domain, allowed)?;
+    rustls::ServerConfig::builder_with_provider(crate::provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| VerifyError::Config(e.to_string()))?
+        .with_client_cert_verifier(Arc::new(verifier))
         .with_single_cert(crate::pem_certs(chain_pem), key_der(key_pem)?)
-        .map_err(|e| VerifyError::BadChain(e.to_string()))
+        .map_err(|e| VerifyError::Config(e.to_string()))
 }
 
-/// A client config for mesh mTLS: presents `chain_pem`, verifies the server's SPIFFE ID.
+/// A TLS 1.3 client config for mesh mTLS: presents `chain_pem`/`key_pem` and verifies the
+/// server's SPIFFE ID (one of `expected` when non-empty).
 pub fn client_config(
     chain_pem: &str,
     key_pem: &str,
@@ -302,11 +449,12 @@ pub fn client_config(
     trust_domain: &str,
     expected: Vec<SpiffeId>,
 ) -> Result<rustls::ClientConfig, VerifyError> {
-    crate::install_crypto_provider();
     let verifier = SpiffeServerVerifier::new(bundle_pem, trust_domain, expected)?;
-    rustls::ClientConfig::builder()
+    rustls::ClientConfig::builder_with_provider(crate::provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| VerifyError::Config(e.to_string()))?
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(verifier))
         .with_client_auth_cert(crate::pem_certs(chain_pem), key_der(key_pem)?)
-        .map_err(|e| VerifyError::BadChain(e.to_string()))
+        .map_err(|e| VerifyError::Config(e.to_string()))
 }
