@@ -76,6 +76,21 @@ string_id!(
     NetworkId
 );
 
+impl ClusterId {
+    /// The DNS SAN naming this cluster in workload certificates: `<cluster>.cluster.<trust-domain>`.
+    /// Only the cluster's own intermediate CA issues it, so authorization by caller cluster can
+    /// rely on it; the CA (which writes it) and the xDS RBAC builder (which matches it) share it.
+    pub fn certificate_san(&self, trust_domain: &str) -> String {
+        format!("{}.cluster.{trust_domain}", self.0)
+    }
+
+    /// The cluster named by a certificate DNS SAN of `trust_domain`, if `san` is one.
+    pub fn from_certificate_san(san: &str, trust_domain: &str) -> Option<Self> {
+        let cluster = san.strip_suffix(trust_domain)?.strip_suffix(".cluster.")?;
+        Self::new(cluster).ok()
+    }
+}
+
 /// A service's identity across the mesh: services are merged by namespace and name.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -126,6 +141,24 @@ mod tests {
             NetworkId::new("a".repeat(64)),
             Err(IdError::TooLong(_))
         ));
+    }
+
+    #[test]
+    fn certificate_san_round_trip() {
+        let c = ClusterId::new("alpha").expect("id");
+        assert_eq!(c.certificate_san("td.local"), "alpha.cluster.td.local");
+        assert_eq!(
+            ClusterId::from_certificate_san("alpha.cluster.td.local", "td.local"),
+            Some(c)
+        );
+        assert_eq!(
+            ClusterId::from_certificate_san("alpha.cluster.other", "td.local"),
+            None
+        );
+        assert_eq!(
+            ClusterId::from_certificate_san("alpha.td.local", "td.local"),
+            None
+        );
     }
 
     #[test]

@@ -510,7 +510,7 @@ impl ClusterCaFiles {
 /// DNS SAN naming the cluster of a workload certificate: `<cluster>.cluster.<trust-domain>`.
 /// Only that cluster's intermediate puts it in a certificate, so policies can rely on it.
 pub fn cluster_san(cluster: &ClusterId, trust_domain: &str) -> String {
-    format!("{cluster}.cluster.{trust_domain}")
+    cluster.certificate_san(trust_domain)
 }
 
 /// A cluster's issuing CA: its intermediate (and key), the chain up to the root, and the trust

@@ -166,9 +166,8 @@ pub fn identity_of(
             found: spiffe.trust_domain,
         });
     }
-    let suffix = format!(".cluster.{trust_domain}");
     let cluster = san.value.general_names.iter().find_map(|n| match n {
-        GeneralName::DNSName(d) => d.strip_suffix(&suffix).and_then(|c| ClusterId::new(c).ok()),
+        GeneralName::DNSName(d) => ClusterId::from_certificate_san(d, trust_domain),
         _ => None,
     });
     Ok(PeerIdentity { spiffe, cluster })

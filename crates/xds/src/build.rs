@@ -8,9 +8,7 @@ use std::net::IpAddr;
 
 use causeway_discovery::view::{self, GatewayRoute};
 use causeway_discovery::{policy, LocalityGroup, MeshIndex, ProxyContext, ViewEndpoint, ViewPort};
-use causeway_model::{
-    AuthorizationPolicy, PolicyAction, PolicyRule, ServiceKey, ServicePort, SpiffeId,
-};
+use causeway_model::{AuthorizationPolicy, PolicyAction, PolicyRule, ServiceKey, ServicePort};
 use envoy_types::pb::envoy::config::cluster::v3 as cluster;
 use envoy_types::pb::envoy::config::core::v3 as core;
 use envoy_types::pb::envoy::config::endpoint::v3 as endpoint;
@@ -649,12 +647,6 @@ fn inbound(
     }
 }
 
-/// DNS SAN that names the cluster a workload certificate was issued for (see docs/security.md):
-/// how a server authorizes by the caller's cluster without trusting any header.
-pub fn cluster_san(cluster: &str, trust_domain: &str) -> String {
-    format!("{cluster}.cluster.{trust_domain}")
-}
-
 fn principal_any_of(mut ids: Vec<rbac::Principal>) -> rbac::Principal {
     if ids.len() == 1 {
         return ids.remove(0);
@@ -726,10 +718,9 @@ fn rbac_policy(
                                     san_matcher: Some(tls::SubjectAltNameMatcher {
                                         san_type: tls::subject_alt_name_matcher::SanType::Dns
                                             as i32,
-                                        matcher: Some(string_match(&cluster_san(
-                                            c.as_str(),
-                                            trust_domain,
-                                        ))),
+                                        matcher: Some(string_match(
+                                            &c.certificate_san(trust_domain),
+                                        )),
                                         oid: String::new(),
                                     }),
                                     any_validated_client_certificate: false,
@@ -971,11 +962,6 @@ pub fn outbound_address(
     view::service_slots(index.services().keys(), block.capacity())
         .get(key)
         .map(|slot| block.address(*slot))
-}
-
-/// The SPIFFE IDs a sidecar's upstream TLS accepts for a service port (for tests and tools).
-pub fn accepted_identities(port: &ViewPort) -> &BTreeSet<SpiffeId> {
-    &port.identities
 }
 
 /// What a service's sidecar resources were built from. Holding the `Arc`s (not addresses)
