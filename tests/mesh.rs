@@ -282,6 +282,7 @@ fn unexported_service_unreachable_even_with_crafted_sni_and_valid_cert() {
         ca_bundle_pem: bundle.clone(),
         trust_domain: "causeway.local".into(),
         token: token.trim().into(),
+        cluster: None,
         identity: causeway_model::SpiffeId::new("causeway.local", "demo", "client"),
         ttl: Duration::from_secs(600),
     });

@@ -66,6 +66,8 @@ fn mesh_config(size: &Size) -> anyhow::Result<MeshConfig> {
                 address: IpAddr::V4(Ipv4Addr::new(127, 200, c as u8, 1)),
                 port: 15443,
             }],
+            kubernetes: None,
+            stale_endpoint_ttl: None,
             source: ObjectSource::default(),
         });
     }

@@ -5,6 +5,7 @@ mod agent;
 mod ca;
 mod check;
 mod control_plane;
+mod crds;
 mod demo;
 mod echo;
 mod http_client;
@@ -42,6 +43,8 @@ enum Command {
         #[arg(short = 'o', long, value_enum, default_value_t = OutputFormat::Text)]
         output: OutputFormat,
     },
+    /// Print the CustomResourceDefinitions of Causeway's kinds (`causeway crds | kubectl apply -f -`).
+    Crds,
     /// Run a multi-cluster mesh on this machine from a mesh directory (`--tour`: scripted walk-through).
     Demo(demo::Args),
     /// Mesh CA operations (root kept offline, per-cluster intermediates).
@@ -103,6 +106,7 @@ fn main() -> ExitCode {
     telemetry::init_logging(level);
     let result = match cli.command {
         Command::Check { dir, output } => check::run(&dir, output),
+        Command::Crds => crds::run(),
         Command::ControlPlane(args) => runtime().and_then(|rt| {
             rt.block_on(control_plane::run(args))
                 .map(|()| ExitCode::SUCCESS)

@@ -6,7 +6,8 @@ use std::sync::Arc;
 
 use causeway_model::{
     AuthorizationPolicy, ClusterObjects, ClusterSpec, EndpointSlice, Health, Locality, MeshConfig,
-    NetworkId, Service, ServiceExport, ServiceKey, ServicePort, TargetPort, WorkloadEntry,
+    NetworkId, Service, ServiceExport, ServiceKey, ServicePort, SliceEndpoint, TargetPort,
+    WorkloadEntry,
 };
 use serde::Serialize;
 
@@ -233,6 +234,28 @@ impl<'a> Selection<'a> {
     }
 }
 
+/// An EndpointSlice endpoint's locality: its Node's, else the cluster's region with the
+/// endpoint's zone, else the cluster's.
+fn slice_endpoint_locality(spec: &ClusterSpec, ep: &SliceEndpoint) -> Locality {
+    if let Some(locality) = &ep.locality {
+        return locality.clone();
+    }
+    ep.zone
+        .as_deref()
+        .map_or_else(|| spec.locality.clone(), |z| spec.locality.with_zone(z))
+}
+
+/// Why an EndpointSlice endpoint gets no traffic, if it does not.
+fn slice_endpoint_not_ready(ep: &SliceEndpoint) -> Option<String> {
+    if ep.terminating {
+        Some("terminating (endpoint slice condition terminating)".to_owned())
+    } else if !ep.ready {
+        Some("endpoint slice condition not ready".to_owned())
+    } else {
+        None
+    }
+}
+
 fn resolve_service(
     mesh: &MeshConfig,
     spec: &ClusterSpec,
@@ -291,14 +314,14 @@ fn resolve_service(
                     address,
                     port: slice_port.port,
                     workload: ep.target_name.clone(),
-                    service_account: slice.service_account.clone(),
+                    service_account: ep
+                        .service_account
+                        .clone()
+                        .or_else(|| slice.service_account.clone()),
                     network: spec.network.clone(),
-                    locality: ep
-                        .zone
-                        .as_deref()
-                        .map_or_else(|| spec.locality.clone(), |z| spec.locality.with_zone(z)),
+                    locality: slice_endpoint_locality(spec, ep),
                     weight: 1,
-                    not_ready: (!ep.ready).then(|| "endpoint slice condition not ready".to_owned()),
+                    not_ready: slice_endpoint_not_ready(ep),
                 });
             }
         }

@@ -14,7 +14,9 @@ mod proxy;
 
 pub use ids::{ClusterId, IdError, NetworkId, ServiceKey};
 pub use locality::{Locality, LocalityError};
-pub use mesh::{ClusterLocalRule, ClusterSpec, DiscoveryMode, Gateway, MeshConfig, MeshSpec};
+pub use mesh::{
+    ClusterLocalRule, ClusterSpec, DiscoveryMode, Gateway, KubernetesSource, MeshConfig, MeshSpec,
+};
 pub use objects::{
     ClusterObjects, EndpointSlice, Health, ObjectSource, Service, ServiceExport, ServicePort,
     SliceEndpoint, SlicePort, TargetPort, WorkloadEntry,

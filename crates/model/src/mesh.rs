@@ -1,6 +1,8 @@
 use std::collections::BTreeSet;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::Serialize;
 
@@ -54,8 +56,57 @@ pub struct ClusterSpec {
     pub locality: Locality,
     /// Its east-west gateways (may be empty on a single-network mesh).
     pub gateways: Vec<Gateway>,
+    /// Where its objects come from: a Kubernetes API server, or (when `None`) the mesh
+    /// directory's `clusters/<id>/`.
+    pub kubernetes: Option<KubernetesSource>,
+    /// How long a cluster whose API server cannot be reached keeps its endpoints in views;
+    /// `None` keeps them until it is reachable again (outlier detection protects callers).
+    pub stale_endpoint_ttl: Option<Duration>,
     /// Where the `Cluster` object was declared.
     pub source: ObjectSource,
+}
+
+impl ClusterSpec {
+    /// A cluster whose objects come from the mesh directory, with no stale-endpoint limit.
+    pub fn new(
+        id: ClusterId,
+        network: NetworkId,
+        locality: Locality,
+        gateways: Vec<Gateway>,
+        source: ObjectSource,
+    ) -> Self {
+        Self {
+            id,
+            network,
+            locality,
+            gateways,
+            kubernetes: None,
+            stale_endpoint_ttl: None,
+            source,
+        }
+    }
+}
+
+/// A member cluster's Kubernetes API server, as a kubeconfig names it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct KubernetesSource {
+    /// The kubeconfig file, as written in `mesh.yaml`: absolute, or relative to the mesh
+    /// directory. Re-read when it changes (rotated credentials).
+    pub kubeconfig: PathBuf,
+    /// The kubeconfig context to use; its current context when `None`.
+    pub context: Option<String>,
+}
+
+impl KubernetesSource {
+    /// The kubeconfig path for a mesh directory at `mesh_dir`.
+    pub fn kubeconfig_path(&self, mesh_dir: &Path) -> PathBuf {
+        if self.kubeconfig.is_absolute() {
+            self.kubeconfig.clone()
+        } else {
+            mesh_dir.join(&self.kubeconfig)
+        }
+    }
 }
 
 /// A rule marking services as cluster-local: they never leave their cluster.

@@ -137,10 +137,31 @@ pub struct SliceEndpoint {
     pub addresses: Vec<IpAddr>,
     /// `conditions.ready` (absent means ready, as in Kubernetes).
     pub ready: bool,
+    /// `conditions.terminating`: the pod is shutting down; never sent new traffic.
+    pub terminating: bool,
     /// Zone inside the cluster's region.
     pub zone: Option<String>,
     /// Pod name from `targetRef`, when given.
     pub target_name: Option<String>,
+    /// Service account of this endpoint (from its Pod), overriding the slice's.
+    pub service_account: Option<String>,
+    /// Full locality (from its Node's topology labels), overriding `zone`.
+    pub locality: Option<Locality>,
+}
+
+impl SliceEndpoint {
+    /// A ready endpoint at `addresses`, with nothing else known.
+    pub fn ready(addresses: Vec<IpAddr>) -> Self {
+        Self {
+            addresses,
+            ready: true,
+            terminating: false,
+            zone: None,
+            target_name: None,
+            service_account: None,
+            locality: None,
+        }
+    }
 }
 
 /// A `discovery.k8s.io/v1/EndpointSlice` attached to a Service by its
@@ -164,7 +185,7 @@ pub struct EndpointSlice {
     pub source: ObjectSource,
 }
 
-/// A `multicluster.x-k8s.io/v1alpha1/ServiceExport`.
+/// A `multicluster.x-k8s.io` `ServiceExport` (v1alpha1 or v1beta1).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ServiceExport {

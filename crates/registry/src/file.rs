@@ -8,6 +8,7 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 use causeway_model::{
+    KubernetesSource,
     AuthorizationPolicy, ClusterId, ClusterLocalRule, ClusterObjects, ClusterSpec, DiscoveryMode,
     EndpointSlice, Gateway, Health, Locality, MeshConfig, MeshSpec, NetworkId, ObjectSource,
     PolicyAction, PolicyRule, PolicySource, PolicyTarget, Service, ServiceExport, ServiceKey,
@@ -380,11 +381,39 @@ fn parse_cluster(doc: &Doc<'_>) -> Result<ClusterSpec, LoadError> {
             port: g.port,
         });
     }
+    let kubernetes = match &obj.spec.kubernetes {
+        None => None,
+        Some(k) => {
+            if k.kubeconfig.trim().is_empty() {
+                return Err(doc.error(
+                    Some(&object),
+                    Some("spec.kubernetes.kubeconfig"),
+                    "must name the kubeconfig file of the cluster's API server",
+                ));
+            }
+            Some(KubernetesSource {
+                kubeconfig: PathBuf::from(&k.kubeconfig),
+                context: k.context.clone().filter(|c| !c.is_empty()),
+            })
+        }
+    };
+    let stale_endpoint_ttl = match &obj.spec.stale_endpoint_ttl {
+        None => None,
+        Some(text) => Some(humantime::parse_duration(text).map_err(|e| {
+            doc.error(
+                Some(&object),
+                Some("spec.staleEndpointTtl"),
+                format!("{text:?} is not a duration such as 30s, 5m or 1h: {e}"),
+            )
+        })?),
+    };
     Ok(ClusterSpec {
         id,
         network,
         locality,
         gateways,
+        kubernetes,
+        stale_endpoint_ttl,
         source: doc.source(),
     })
 }
@@ -683,14 +712,15 @@ fn parse_endpoint_slice(doc: &Doc<'_>) -> Result<EndpointSlice, LoadError> {
                 a,
             )?);
         }
-        // Kubernetes: a missing `ready` means ready; terminating endpoints are not ready.
-        let ready =
-            ep.conditions.ready.unwrap_or(true) && !ep.conditions.terminating.unwrap_or(false);
+        // Kubernetes: a missing `ready` means ready; terminating endpoints get no new traffic.
         endpoints.push(SliceEndpoint {
             addresses,
-            ready,
+            ready: ep.conditions.ready.unwrap_or(true),
+            terminating: ep.conditions.terminating.unwrap_or(false),
             zone: ep.zone,
             target_name: ep.target_ref.and_then(|t| t.name),
+            service_account: None,
+            locality: None,
         });
     }
     let mut ports = Vec::new();
@@ -777,22 +807,42 @@ fn parse_policy(doc: &Doc<'_>) -> Result<AuthorizationPolicy, LoadError> {
         doc.typed(Some("AuthorizationPolicy"))?;
     let name = required_name(doc, "AuthorizationPolicy", &obj.metadata)?;
     let namespace = namespace_of(&obj.metadata);
+    policy_from_spec(&namespace, &name, &obj.spec, doc.source())
+}
+
+/// Validates an `AuthorizationPolicy` spec into the model: the one place where its selector,
+/// action, principals, clusters, ports and paths are checked, whichever registry it came from.
+/// Errors carry `source` (file, document, line), the object `AuthorizationPolicy
+/// <namespace>/<name>` and the field path, e.g. `spec.rules[0].from[1].principals[0]`.
+pub fn policy_from_spec(
+    namespace: &str,
+    name: &str,
+    spec: &wire::AuthorizationPolicySpec,
+    source: ObjectSource,
+) -> Result<AuthorizationPolicy, LoadError> {
     let object = format!("AuthorizationPolicy {namespace}/{name}");
-    let action = match obj.spec.action.as_deref() {
+    let error = |field: String, reason: String| LoadError {
+        file: source.file.clone(),
+        document: Some(source.document),
+        line: Some(source.line),
+        object: Some(object.clone()),
+        field: Some(field),
+        reason,
+    };
+    let action = match spec.action.as_deref() {
         None | Some("ALLOW") => PolicyAction::Allow,
         Some("DENY") => PolicyAction::Deny,
         Some(other) => {
-            return Err(doc.error(
-                Some(&object),
-                Some("spec.action"),
+            return Err(error(
+                "spec.action".into(),
                 format!("{other:?} is not ALLOW or DENY"),
             ))
         }
     };
     let mut rules = Vec::new();
-    for (i, rule) in obj.spec.rules.into_iter().enumerate() {
+    for (i, rule) in spec.rules.iter().enumerate() {
         let mut from = Vec::new();
-        for (j, src) in rule.from.into_iter().enumerate() {
+        for (j, src) in rule.from.iter().enumerate() {
             for (k, p) in src.principals.iter().enumerate() {
                 let exact = p.strip_suffix('*').is_none();
                 let valid = if exact {
@@ -801,9 +851,8 @@ fn parse_policy(doc: &Doc<'_>) -> Result<AuthorizationPolicy, LoadError> {
                     p.starts_with("spiffe://")
                 };
                 if !valid {
-                    return Err(doc.error(
-                        Some(&object),
-                        Some(&format!("spec.rules[{i}].from[{j}].principals[{k}]")),
+                    return Err(error(
+                        format!("spec.rules[{i}].from[{j}].principals[{k}]"),
                         format!("{p:?} is not a SPIFFE ID (spiffe://<trust-domain>/ns/<ns>/sa/<sa>) or a prefix of one ending in '*'"),
                     ));
                 }
@@ -811,49 +860,46 @@ fn parse_policy(doc: &Doc<'_>) -> Result<AuthorizationPolicy, LoadError> {
             let mut clusters = Vec::new();
             for (k, c) in src.clusters.iter().enumerate() {
                 clusters.push(ClusterId::new(c).map_err(|e| {
-                    doc.error(
-                        Some(&object),
-                        Some(&format!("spec.rules[{i}].from[{j}].clusters[{k}]")),
+                    error(
+                        format!("spec.rules[{i}].from[{j}].clusters[{k}]"),
                         e.to_string(),
                     )
                 })?);
             }
             from.push(PolicySource {
-                principals: src.principals,
-                namespaces: src.namespaces,
+                principals: src.principals.clone(),
+                namespaces: src.namespaces.clone(),
                 clusters,
             });
         }
         let mut to = Vec::new();
-        for (j, target) in rule.to.into_iter().enumerate() {
+        for (j, target) in rule.to.iter().enumerate() {
             if let Some(k) = target.ports.iter().position(|p| *p == 0) {
-                return Err(doc.error(
-                    Some(&object),
-                    Some(&format!("spec.rules[{i}].to[{j}].ports[{k}]")),
-                    "must be 1-65535",
+                return Err(error(
+                    format!("spec.rules[{i}].to[{j}].ports[{k}]"),
+                    "must be 1-65535".into(),
                 ));
             }
             if let Some(k) = target.paths.iter().position(|p| !p.starts_with('/')) {
-                return Err(doc.error(
-                    Some(&object),
-                    Some(&format!("spec.rules[{i}].to[{j}].paths[{k}]")),
-                    "must start with '/'",
+                return Err(error(
+                    format!("spec.rules[{i}].to[{j}].paths[{k}]"),
+                    "must start with '/'".into(),
                 ));
             }
             to.push(PolicyTarget {
-                ports: target.ports,
-                paths: target.paths,
+                ports: target.ports.clone(),
+                paths: target.paths.clone(),
             });
         }
         rules.push(PolicyRule { from, to });
     }
     Ok(AuthorizationPolicy {
-        namespace,
-        name,
-        selector: obj.spec.selector.filter(|s| !s.is_empty()),
+        namespace: namespace.to_owned(),
+        name: name.to_owned(),
+        selector: spec.selector.clone().filter(|s| !s.is_empty()),
         action,
         rules,
-        source: doc.source(),
+        source,
     })
 }
 
@@ -1024,6 +1070,77 @@ spec:
         parse_cluster_documents(Path::new("f.yaml"), text, &mut objects, &mut errors);
         assert_eq!(errors.len(), 1, "{errors:?}");
         assert!(errors[0].reason.contains("adress"), "{}", errors[0]);
+    }
+
+    const POLICY: &str = "\
+apiVersion: v1
+kind: Service
+metadata: {name: other, namespace: demo}
+spec: {ports: [{port: 80}]}
+---
+apiVersion: causeway.io/v1alpha1
+kind: AuthorizationPolicy
+metadata: {name: greeter-callers, namespace: demo}
+spec:
+  selector: {app: greeter}
+  action: DENY
+  rules:
+  - from:
+    - principals: [spiffe://causeway.local/ns/demo/sa/client, spiffe://causeway.local/ns/ops/*]
+      namespaces: [demo]
+      clusters: [alpha]
+    to:
+    - ports: [8080]
+      paths: [/api/*]
+";
+
+    #[test]
+    fn parses_policy() {
+        let mut objects = ClusterObjects::default();
+        let mut errors = Vec::new();
+        parse_cluster_documents(Path::new("p.yaml"), POLICY, &mut objects, &mut errors);
+        assert!(errors.is_empty(), "{errors:?}");
+        let p = &objects.policies[&("demo".to_owned(), "greeter-callers".to_owned())];
+        assert_eq!(p.action, PolicyAction::Deny);
+        assert_eq!(
+            p.selector.as_ref().map(|s| s["app"].as_str()),
+            Some("greeter")
+        );
+        let from = &p.rules[0].from[0];
+        assert_eq!(from.principals.len(), 2);
+        assert_eq!(from.clusters[0].as_str(), "alpha");
+        assert_eq!(p.rules[0].to[0].ports, vec![8080]);
+        assert_eq!(p.source.document, 1);
+        assert_eq!(p.source.line, 6);
+    }
+
+    #[test]
+    fn policy_errors_name_document_line_object_field() {
+        let cases = [
+            ("action: DENY", "action: MAYBE", "spec.action"),
+            ("[8080]", "[0]", "spec.rules[0].to[0].ports[0]"),
+            ("[/api/*]", "[api]", "spec.rules[0].to[0].paths[0]"),
+            ("[alpha]", "[Alpha!]", "spec.rules[0].from[0].clusters[0]"),
+            (
+                "spiffe://causeway.local/ns/demo/sa/client,",
+                "demo/client,",
+                "spec.rules[0].from[0].principals[0]",
+            ),
+        ];
+        for (from, to, field) in cases {
+            let text = POLICY.replace(from, to);
+            let mut objects = ClusterObjects::default();
+            let mut errors = Vec::new();
+            parse_cluster_documents(Path::new("p.yaml"), &text, &mut objects, &mut errors);
+            assert_eq!(errors.len(), 1, "{to}: {errors:?}");
+            let e = &errors[0];
+            assert_eq!(e.field.as_deref(), Some(field), "{e}");
+            assert_eq!(
+                e.object.as_deref(),
+                Some("AuthorizationPolicy demo/greeter-callers")
+            );
+            assert_eq!((e.document, e.line), (Some(1), Some(6)), "{e}");
+        }
     }
 
     #[test]

@@ -14,5 +14,16 @@ pub mod watch;
 mod wire;
 
 pub use error::LoadError;
-pub use file::{load_cluster_dir, load_mesh_file, parse_cluster_documents, parse_mesh_documents};
+pub use file::{
+    load_cluster_dir, load_mesh_file, parse_cluster_documents, parse_mesh_documents,
+    CLUSTER_LOCAL_ANNOTATION, EXPORT_TO_ANNOTATION, SERVICE_ACCOUNT_ANNOTATION, SERVICE_NAME_LABEL,
+};
 pub use state::{ClusterSlot, MeshDirectory, ReloadOutcome, ReloadScope};
+
+/// The `causeway.io/v1alpha1` `AuthorizationPolicy` wire format and its validation into
+/// [`causeway_model::AuthorizationPolicy`], shared by every registry (the mesh directory and the
+/// Kubernetes custom resource) so both accept exactly the same policies.
+pub mod policy_wire {
+    pub use crate::file::policy_from_spec;
+    pub use crate::wire::{AuthorizationPolicySpec, PolicyRule, PolicySource, PolicyTarget};
+}

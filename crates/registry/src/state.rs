@@ -128,10 +128,22 @@ impl MeshDirectory {
             .collect()
     }
 
+    /// Clusters whose objects come from `clusters/<id>/` (not from a Kubernetes API server).
     fn declared(&self) -> BTreeSet<String> {
         self.mesh
             .iter()
-            .flat_map(|m| m.clusters.iter().map(|c| c.id.to_string()))
+            .flat_map(|m| m.clusters.iter())
+            .filter(|c| c.kubernetes.is_none())
+            .map(|c| c.id.to_string())
+            .collect()
+    }
+
+    fn kubernetes_clusters(&self) -> BTreeSet<String> {
+        self.mesh
+            .iter()
+            .flat_map(|m| m.clusters.iter())
+            .filter(|c| c.kubernetes.is_some())
+            .map(|c| c.id.to_string())
             .collect()
     }
 
@@ -202,15 +214,18 @@ impl MeshDirectory {
         if self.clusters.len() != before {
             outcome.mesh_changed = true;
         }
+        let from_kubernetes = self.kubernetes_clusters();
         self.stray = self
             .cluster_dirs_on_disk()
             .into_iter()
             .filter(|d| !declared.contains(d))
             .map(|d| {
-                LoadError::file(
-                    Path::new("clusters").join(&d),
-                    format!("unknown cluster {d:?}: mesh.yaml declares no Cluster with that name"),
-                )
+                let reason = if from_kubernetes.contains(&d) {
+                    format!("cluster {d:?} is read from its Kubernetes API server (spec.kubernetes in mesh.yaml); this directory is ignored")
+                } else {
+                    format!("unknown cluster {d:?}: mesh.yaml declares no Cluster with that name")
+                };
+                LoadError::file(Path::new("clusters").join(&d), reason)
             })
             .collect();
         outcome.errors_changed = self.errors() != errors_before;

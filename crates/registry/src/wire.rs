@@ -1,5 +1,6 @@
-//! The mesh directory's YAML wire format. Only `file.rs` reads these types; everything else sees
-//! validated model types.
+//! The mesh directory's YAML wire format. Only `file.rs` reads these types, except the
+//! `AuthorizationPolicy` spec, which is public ([`crate::policy_wire`]) so the Kubernetes registry
+//! shares it; everything else sees validated model types.
 
 use std::collections::BTreeMap;
 
@@ -57,6 +58,16 @@ pub struct ClusterSpec {
     pub locality: String,
     #[serde(default)]
     pub gateways: Vec<GatewaySpec>,
+    pub kubernetes: Option<KubernetesSpec>,
+    pub stale_endpoint_ttl: Option<String>,
+}
+
+/// `Cluster.spec.kubernetes`: the member's API server, by kubeconfig.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct KubernetesSpec {
+    pub kubeconfig: String,
+    pub context: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -166,40 +177,68 @@ pub struct ServiceExport {
     pub metadata: ObjectMeta,
 }
 
-#[derive(Debug, Deserialize)]
+/// `causeway.io/v1alpha1` `AuthorizationPolicy` spec: the one wire form, read from the mesh
+/// directory and, as a custom resource, from Kubernetes. Validated into the model by
+/// [`crate::policy_wire::policy_from_spec`].
+#[derive(
+    Debug, Clone, PartialEq, Eq, Default, Deserialize, serde::Serialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct AuthorizationPolicySpec {
+    /// Labels of the workloads of this namespace the policy applies to; omitted or empty: all of
+    /// them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub selector: Option<BTreeMap<String, String>>,
+    /// ALLOW (the default) or DENY; DENY wins over ALLOW.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub action: Option<String>,
-    #[serde(default)]
+    /// Rules, any of which may match. An ALLOW policy with no rule allows nothing.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub rules: Vec<PolicyRule>,
 }
 
-#[derive(Debug, Deserialize)]
+/// One rule: matches when any `from` entry and any `to` entry match (an empty list matches all).
+#[derive(
+    Debug, Clone, PartialEq, Eq, Default, Deserialize, serde::Serialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PolicyRule {
-    #[serde(default)]
+    /// Callers.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub from: Vec<PolicySource>,
-    #[serde(default)]
+    /// Destinations on the selected workloads.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub to: Vec<PolicyTarget>,
 }
 
-#[derive(Debug, Deserialize)]
+/// Callers; within an entry every field that is set must match.
+#[derive(
+    Debug, Clone, PartialEq, Eq, Default, Deserialize, serde::Serialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PolicySource {
-    #[serde(default)]
+    /// Caller SPIFFE IDs (`spiffe://<trust-domain>/ns/<ns>/sa/<sa>`), exact or a prefix ending
+    /// in '*'.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub principals: Vec<String>,
-    #[serde(default)]
+    /// Caller namespaces (from the SPIFFE ID).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub namespaces: Vec<String>,
-    #[serde(default)]
+    /// Caller clusters (the cluster the caller's certificate was issued for).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub clusters: Vec<String>,
 }
 
-#[derive(Debug, Deserialize)]
+/// Destinations; within an entry every field that is set must match.
+#[derive(
+    Debug, Clone, PartialEq, Eq, Default, Deserialize, serde::Serialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PolicyTarget {
-    #[serde(default)]
+    /// Workload ports (1-65535).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ports: Vec<u16>,
-    #[serde(default)]
+    /// HTTP paths, exact or a prefix ending in '*'; enforceable on HTTP ports only.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub paths: Vec<String>,
 }

@@ -6,12 +6,17 @@
 //!
 //! When the CA cannot be reached the agent retries with jittered exponential backoff and keeps
 //! serving the current certificate until it expires; [`Agent::status`] says which.
+//!
+//! The credential comes from a [`TokenSource`]; a token file is re-read for every request, since
+//! kubelet rotates projected ServiceAccount tokens in place. Each request also states the
+//! cluster the workload runs in ([`AgentConfig::cluster`]), which the CA checks.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use causeway_model::SpiffeId;
+use causeway_model::{ClusterId, SpiffeId};
 use serde::Serialize;
 use tokio::sync::{watch, Notify};
 use tracing::Instrument;
@@ -22,6 +27,80 @@ use crate::verify::VerifyError;
 
 pub use crate::sds::SdsServer;
 
+/// Where the agent's bootstrap credential comes from. `Debug` never shows a token.
+#[derive(Clone, PartialEq, Eq)]
+pub enum TokenSource {
+    /// A fixed token (read once by the caller). Surrounding whitespace is ignored.
+    Static(String),
+    /// A token file, re-read for every certificate request (kubelet replaces projected
+    /// ServiceAccount tokens in place). Surrounding whitespace is ignored; empty is an error.
+    File(PathBuf),
+}
+
+impl std::fmt::Debug for TokenSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TokenSource::Static(_) => f.write_str("Static([elided])"),
+            TokenSource::File(path) => f.debug_tuple("File").field(path).finish(),
+        }
+    }
+}
+
+impl From<String> for TokenSource {
+    fn from(token: String) -> Self {
+        TokenSource::Static(token)
+    }
+}
+
+impl From<&str> for TokenSource {
+    fn from(token: &str) -> Self {
+        TokenSource::Static(token.to_owned())
+    }
+}
+
+/// Why the agent has no token to send. Messages name the file, never its contents.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenError {
+    /// The token file could not be read.
+    #[error("cannot read the token file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The token file holds nothing but whitespace.
+    #[error("the token file {path} is empty")]
+    Empty {
+        /// The file.
+        path: PathBuf,
+    },
+}
+
+impl TokenSource {
+    /// The current token, trimmed. A file is read anew on every call.
+    pub async fn read(&self) -> Result<String, TokenError> {
+        match self {
+            TokenSource::Static(token) => Ok(token.trim().to_owned()),
+            TokenSource::File(path) => {
+                let text =
+                    tokio::fs::read_to_string(path)
+                        .await
+                        .map_err(|source| TokenError::Read {
+                            path: path.clone(),
+                            source,
+                        })?;
+                let token = text.trim();
+                if token.is_empty() {
+                    return Err(TokenError::Empty { path: path.clone() });
+                }
+                Ok(token.to_owned())
+            }
+        }
+    }
+}
+
 /// Agent settings (the `causeway agent` flags).
 #[derive(Clone)]
 pub struct AgentConfig {
@@ -31,8 +110,12 @@ pub struct AgentConfig {
     pub ca_bundle_pem: String,
     /// Trust domain.
     pub trust_domain: String,
-    /// Bootstrap credential (contents of the workload's token file). Never logged.
-    pub token: String,
+    /// Bootstrap credential. Never logged.
+    pub token: TokenSource,
+    /// The cluster this workload runs in, sent as the request's claim (`None`: not stated).
+    /// The CA refuses a credential of another cluster and, for clusters with their own
+    /// authenticator (Kubernetes TokenReview), asks only that cluster.
+    pub cluster: Option<ClusterId>,
     /// The identity to request: the one the credential grants.
     pub identity: SpiffeId,
     /// Certificate lifetime to request (the CA caps it); renewal happens at half of it.
@@ -44,7 +127,8 @@ impl std::fmt::Debug for AgentConfig {
         f.debug_struct("AgentConfig")
             .field("ca_addr", &self.ca_addr)
             .field("trust_domain", &self.trust_domain)
-            .field("token", &"[elided]")
+            .field("token", &self.token)
+            .field("cluster", &self.cluster)
             .field("identity", &self.identity)
             .field("ttl", &self.ttl)
             .finish()
@@ -78,6 +162,9 @@ impl Default for AgentTuning {
 /// Why the agent could not obtain a certificate.
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
+    /// No token to send.
+    #[error("bootstrap credential: {0}")]
+    Token(#[from] TokenError),
     /// Key or CSR generation failed.
     #[error("generating the key pair or CSR: {0}")]
     Key(#[from] IssueError),
@@ -239,10 +326,11 @@ impl Agent {
         self.rotate.notify_one();
     }
 
-    /// One renewal: a new key pair, a CSR for the identity, the CA's signature, and a check of
-    /// the answer (chain to the returned bundle, our identity, our key). Does not publish the
-    /// result; [`Agent::run`] does.
+    /// One renewal: the current token, a new key pair, a CSR for the identity, the CA's
+    /// signature, and a check of the answer (chain to the returned bundle, our identity, our
+    /// key). Does not publish the result; [`Agent::run`] does.
     pub async fn renew(&self) -> Result<Certified, AgentError> {
+        let token = self.config.token.read().await?;
         let key = WorkloadKey::generate()?;
         let csr_pem = key.csr_pem(&self.config.identity)?;
         let mut client = CaClientConfig::new(
@@ -256,8 +344,14 @@ impl Agent {
             &client,
             SignRequest {
                 csr_pem,
-                token: self.config.token.trim().to_owned(),
+                token,
                 ttl_seconds: self.config.ttl.as_secs(),
+                cluster: self
+                    .config
+                    .cluster
+                    .as_ref()
+                    .map(ToString::to_string)
+                    .unwrap_or_default(),
             },
         )
         .await?;
@@ -287,7 +381,8 @@ impl Agent {
     /// [`Agent::force_rotate`], and with jittered backoff while the CA fails (the current
     /// certificate keeps serving until it expires).
     pub async fn run(self: Arc<Self>) {
-        let span = tracing::info_span!("agent", identity = %self.config.identity, ca = %self.config.ca_addr);
+        let cluster = self.config.cluster.as_ref().map_or("", |c| c.as_str());
+        let span = tracing::info_span!("agent", identity = %self.config.identity, %cluster, ca = %self.config.ca_addr);
         let agent = Arc::clone(&self);
         async move { agent.run_loop().await }.instrument(span).await;
     }
@@ -378,10 +473,15 @@ mod tests {
             ca_bundle_pem: String::new(),
             trust_domain: "t".into(),
             token: "very-secret-token".into(),
+            cluster: ClusterId::new("east").ok(),
             identity: SpiffeId::new("t", "a", "b"),
             ttl: Duration::from_secs(60),
         };
-        assert!(!format!("{config:?}").contains("very-secret-token"));
+        let shown = format!("{config:?}");
+        assert!(!shown.contains("very-secret-token"), "{shown}");
+        assert!(shown.contains("east"), "{shown}");
+        let file = TokenSource::File("/run/token".into());
+        assert!(format!("{file:?}").contains("/run/token"));
         let cert = Certified {
             chain_pem: String::new(),
             key_pem: "-----BEGIN PRIVATE KEY-----".into(),
@@ -393,6 +493,34 @@ mod tests {
         assert!(!format!("{cert:?}").contains("PRIVATE"));
     }
 
+    #[tokio::test]
+    async fn token_files_are_read_anew_each_time_and_never_echoed() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join("token");
+        std::fs::write(&path, "first-token\n").expect("write");
+        let source = TokenSource::File(path.clone());
+        assert_eq!(source.read().await.expect("read"), "first-token");
+        // Replaced the way kubelet does it: a new file renamed over the old one.
+        let fresh = dir.path().join("token.new");
+        std::fs::write(&fresh, "second-token").expect("write");
+        std::fs::rename(&fresh, &path).expect("rename");
+        assert_eq!(source.read().await.expect("read"), "second-token");
+        std::fs::write(&path, " \n").expect("write");
+        let e = source.read().await.expect_err("empty");
+        assert!(matches!(e, TokenError::Empty { .. }), "{e}");
+        std::fs::remove_file(&path).expect("rm");
+        let e = source.read().await.expect_err("missing");
+        assert!(
+            matches!(e, TokenError::Read { .. })
+                && e.to_string().contains(&path.display().to_string()),
+            "{e}"
+        );
+        assert_eq!(
+            TokenSource::from(" static\n").read().await.expect("static"),
+            "static"
+        );
+    }
+
     #[test]
     fn status_turns_expired_when_the_certificate_runs_out() {
         let agent = Agent::new(AgentConfig {
@@ -400,6 +528,7 @@ mod tests {
             ca_bundle_pem: String::new(),
             trust_domain: "t".into(),
             token: "x".into(),
+            cluster: None,
             identity: SpiffeId::new("t", "a", "b"),
             ttl: Duration::from_secs(60),
         });

@@ -3,11 +3,15 @@
 //! In the mesh directory each WorkloadEntry may name a token file; the token grants exactly that
 //! workload's identity (namespace and service account) in its cluster. [`Authenticator`] is the
 //! seam where the Kubernetes mode plugs in ServiceAccount TokenReview instead of
-//! [`CredentialStore`]. Tokens are never logged and never appear in error messages.
+//! [`CredentialStore`]; [`RoutedAuthenticator`] sends a request claiming cluster C to C's own
+//! authenticator (so a cluster's tokens are only ever reviewed by that cluster) and everything
+//! else to the file tokens. Tokens are never logged and never appear in error messages.
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
+use std::sync::Arc;
 
 use aws_lc_rs::{constant_time, digest};
 use causeway_model::{ClusterId, SpiffeId};
@@ -57,6 +61,28 @@ pub enum AuthError {
     /// The authenticator's backend (e.g. the Kubernetes API) could not be asked.
     #[error("cannot check the bootstrap credential: {0}")]
     Unavailable(String),
+    /// The credential is valid, but for a workload of another cluster than the requester
+    /// claims to run in (e.g. the agent's `--cluster` is wrong, or a token was carried over).
+    #[error("the bootstrap credential belongs to a workload of cluster {granted}, but the request claims cluster {claimed}")]
+    WrongCluster {
+        /// The cluster the request claims.
+        claimed: ClusterId,
+        /// The cluster the credential grants.
+        granted: ClusterId,
+    },
+}
+
+impl AuthError {
+    /// The refusal if `grant` is for another cluster than `claimed` (no claim: no refusal).
+    pub fn check_cluster(grant: &Grant, claimed: Option<&ClusterId>) -> Result<(), AuthError> {
+        match claimed {
+            Some(claimed) if *claimed != grant.cluster => Err(AuthError::WrongCluster {
+                claimed: claimed.clone(),
+                granted: grant.cluster.clone(),
+            }),
+            _ => Ok(()),
+        }
+    }
 }
 
 /// The future an [`Authenticator`] returns.
@@ -65,8 +91,15 @@ pub type AuthFuture<'a> = Pin<Box<dyn Future<Output = Result<Grant, AuthError>> 
 /// Authenticates a bootstrap credential and says what it grants. Asynchronous, so that
 /// implementations may call out (Kubernetes TokenReview) with their own timeouts.
 pub trait Authenticator: Send + Sync {
-    /// The grant of `token`, if it is valid. Must not log or echo `token`.
-    fn authenticate<'a>(&'a self, token: &'a str) -> AuthFuture<'a>;
+    /// The grant of `token`, if it is valid. `claimed_cluster` is the cluster the requester says
+    /// it runs in (`None`: not stated); an implementation that knows better must refuse a
+    /// mismatch with [`AuthError::WrongCluster`] (the CA checks it again whatever is returned).
+    /// Must not log or echo `token`.
+    fn authenticate<'a>(
+        &'a self,
+        token: &'a str,
+        claimed_cluster: Option<&'a ClusterId>,
+    ) -> AuthFuture<'a>;
 }
 
 /// Why a credential could not be added to a [`CredentialStore`].
@@ -283,9 +316,84 @@ impl CredentialStore {
 }
 
 impl Authenticator for CredentialStore {
-    fn authenticate<'a>(&'a self, token: &'a str) -> AuthFuture<'a> {
-        let result = self.lookup(token);
+    fn authenticate<'a>(
+        &'a self,
+        token: &'a str,
+        claimed_cluster: Option<&'a ClusterId>,
+    ) -> AuthFuture<'a> {
+        let result = self.lookup(token).and_then(|grant| {
+            AuthError::check_cluster(&grant, claimed_cluster)?;
+            Ok(grant)
+        });
         Box::pin(std::future::ready(result))
+    }
+}
+
+/// Routes each request by the cluster it claims: a cluster with its own authenticator (a
+/// Kubernetes cluster's TokenReview) gets every request claiming it, and only those; requests
+/// claiming another cluster, or none, go to the default (file tokens). So a token is only ever
+/// shown to the authenticator of the cluster its holder claims, and a token of cluster A
+/// presented as cluster B is reviewed by B, which does not know it.
+#[derive(Clone)]
+pub struct RoutedAuthenticator {
+    default: Arc<dyn Authenticator>,
+    clusters: BTreeMap<ClusterId, Arc<dyn Authenticator>>,
+}
+
+impl std::fmt::Debug for RoutedAuthenticator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RoutedAuthenticator")
+            .field("clusters", &self.clusters.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
+impl RoutedAuthenticator {
+    /// Everything goes to `default` until clusters are added.
+    pub fn new(default: Arc<dyn Authenticator>) -> Self {
+        Self::from_parts(default, BTreeMap::new())
+    }
+
+    /// `default` plus one authenticator per cluster.
+    pub fn from_parts(
+        default: Arc<dyn Authenticator>,
+        clusters: BTreeMap<ClusterId, Arc<dyn Authenticator>>,
+    ) -> Self {
+        Self { default, clusters }
+    }
+
+    /// Adds (or replaces) `cluster`'s own authenticator.
+    pub fn with_cluster(mut self, cluster: ClusterId, auth: Arc<dyn Authenticator>) -> Self {
+        self.clusters.insert(cluster, auth);
+        self
+    }
+
+    /// The same per-cluster authenticators with another default (the file tokens changed).
+    pub fn with_default(&self, default: Arc<dyn Authenticator>) -> Self {
+        Self::from_parts(default, self.clusters.clone())
+    }
+
+    /// Clusters that have their own authenticator.
+    pub fn clusters(&self) -> impl Iterator<Item = &ClusterId> {
+        self.clusters.keys()
+    }
+
+    /// The authenticator a request claiming `claimed_cluster` goes to.
+    pub fn route(&self, claimed_cluster: Option<&ClusterId>) -> &Arc<dyn Authenticator> {
+        claimed_cluster
+            .and_then(|c| self.clusters.get(c))
+            .unwrap_or(&self.default)
+    }
+}
+
+impl Authenticator for RoutedAuthenticator {
+    fn authenticate<'a>(
+        &'a self,
+        token: &'a str,
+        claimed_cluster: Option<&'a ClusterId>,
+    ) -> AuthFuture<'a> {
+        self.route(claimed_cluster)
+            .authenticate(token, claimed_cluster)
     }
 }
 
@@ -373,6 +481,161 @@ mod tests {
             msg.contains("shop/b") && msg.contains("missing.token") && msg.contains("east"),
             "{msg}"
         );
+    }
+
+    fn cid(s: &str) -> ClusterId {
+        ClusterId::new(s).expect("id")
+    }
+
+    #[tokio::test]
+    async fn a_file_token_is_refused_when_claimed_for_another_cluster() {
+        let mut store = CredentialStore::new();
+        let g = grant("alpha", "demo", "client", "client");
+        store.insert("tok-a", g.clone()).expect("insert");
+        assert_eq!(store.authenticate("tok-a", None).await, Ok(g.clone()));
+        assert_eq!(
+            store.authenticate("tok-a", Some(&cid("alpha"))).await,
+            Ok(g)
+        );
+        let e = store
+            .authenticate("tok-a", Some(&cid("beta")))
+            .await
+            .expect_err("claimed for beta");
+        assert_eq!(
+            e,
+            AuthError::WrongCluster {
+                claimed: cid("beta"),
+                granted: cid("alpha")
+            }
+        );
+        let msg = e.to_string();
+        assert!(msg.contains("alpha") && msg.contains("beta"), "{msg}");
+        assert!(!msg.contains("tok-a"), "{msg}");
+        // Unknown stays unknown whatever the claim.
+        assert_eq!(
+            store.authenticate("tok-x", Some(&cid("alpha"))).await,
+            Err(AuthError::Unknown)
+        );
+    }
+
+    /// A stand-in for one cluster's TokenReview: knows its own tokens (as grants of `cluster`)
+    /// and records every token it is shown.
+    struct Review {
+        cluster: ClusterId,
+        tokens: Vec<&'static str>,
+        seen: std::sync::Mutex<Vec<String>>,
+    }
+
+    impl Review {
+        fn new(cluster: &str, tokens: Vec<&'static str>) -> Arc<Self> {
+            Arc::new(Self {
+                cluster: cid(cluster),
+                tokens,
+                seen: std::sync::Mutex::new(Vec::new()),
+            })
+        }
+
+        fn seen(&self) -> Vec<String> {
+            self.seen.lock().expect("lock").clone()
+        }
+    }
+
+    impl Authenticator for Review {
+        fn authenticate<'a>(
+            &'a self,
+            token: &'a str,
+            _claimed: Option<&'a ClusterId>,
+        ) -> AuthFuture<'a> {
+            self.seen.lock().expect("lock").push(token.to_owned());
+            let result = if self.tokens.contains(&token) {
+                Ok(Grant {
+                    cluster: self.cluster.clone(),
+                    namespace: "demo".into(),
+                    service_account: token.into(),
+                    workload: "pod".into(),
+                })
+            } else {
+                Err(AuthError::Unknown)
+            };
+            Box::pin(std::future::ready(result))
+        }
+    }
+
+    #[tokio::test]
+    async fn requests_go_to_the_claimed_clusters_authenticator_only() {
+        let mut files = CredentialStore::new();
+        files
+            .insert("file-tok", grant("gamma", "demo", "vm", "vm"))
+            .expect("insert");
+        let files = Arc::new(files);
+        let east = Review::new("east", vec!["east-tok"]);
+        let west = Review::new("west", vec!["west-tok"]);
+        let router = RoutedAuthenticator::new(files.clone())
+            .with_cluster(cid("east"), east.clone())
+            .with_cluster(cid("west"), west.clone());
+        assert_eq!(
+            router.clusters().cloned().collect::<Vec<_>>(),
+            vec![cid("east"), cid("west")]
+        );
+        let g = router
+            .authenticate("east-tok", Some(&cid("east")))
+            .await
+            .expect("east's token, claimed for east");
+        assert_eq!(g.cluster, cid("east"));
+        // East's token claimed for west goes to west, which does not know it.
+        assert_eq!(
+            router.authenticate("east-tok", Some(&cid("west"))).await,
+            Err(AuthError::Unknown)
+        );
+        assert_eq!(
+            east.seen(),
+            vec!["east-tok"],
+            "east saw only its own request"
+        );
+        assert_eq!(
+            west.seen(),
+            vec!["east-tok"],
+            "west was asked once, and refused"
+        );
+        // No claim, or a cluster without its own authenticator: the file tokens.
+        assert_eq!(
+            router
+                .authenticate("file-tok", None)
+                .await
+                .map(|g| g.cluster),
+            Ok(cid("gamma"))
+        );
+        assert_eq!(
+            router
+                .authenticate("file-tok", Some(&cid("gamma")))
+                .await
+                .map(|g| g.cluster),
+            Ok(cid("gamma"))
+        );
+        assert_eq!(
+            router.authenticate("east-tok", None).await,
+            Err(AuthError::Unknown),
+            "a Kubernetes token without a claim is not reviewed anywhere"
+        );
+        // A file token claimed for a cluster with its own authenticator is not looked up.
+        assert_eq!(
+            router.authenticate("file-tok", Some(&cid("east"))).await,
+            Err(AuthError::Unknown)
+        );
+        assert_eq!(east.seen().len(), 2);
+        assert_eq!(west.seen().len(), 1);
+        // Swapping the file tokens keeps the per-cluster authenticators.
+        let swapped = router.with_default(Arc::new(CredentialStore::new()));
+        assert_eq!(
+            swapped.authenticate("file-tok", None).await,
+            Err(AuthError::Unknown)
+        );
+        assert!(swapped
+            .authenticate("west-tok", Some(&cid("west")))
+            .await
+            .is_ok());
+        let shown = format!("{router:?}");
+        assert!(shown.contains("east") && !shown.contains("tok"), "{shown}");
     }
 
     #[test]

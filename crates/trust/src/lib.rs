@@ -16,8 +16,9 @@
 //! - `causeway ca issue-intermediate --cluster C`: [`ca::issue_intermediate`] with
 //!   [`ca::IntermediateConfig`];
 //! - the control plane's CA: [`ca::ensure_ca_dir`], [`ca::ClusterCa::load`],
-//!   [`credential::CredentialStore::from_workloads`], [`service::CaService::with_config`] and
-//!   [`service::CaService::serve`];
+//!   [`credential::CredentialStore::from_workloads`] (file tokens), optionally wrapped in a
+//!   [`credential::RoutedAuthenticator`] with per-cluster authenticators (Kubernetes
+//!   TokenReview), [`service::CaService::with_config`] and [`service::CaService::serve`];
 //! - `causeway agent`: [`agent::Agent::new`] with [`agent::AgentConfig`], [`agent::Agent::run`],
 //!   and [`sds::SdsServer::serve`].
 

@@ -6,7 +6,8 @@
 //! service CertificateAuthority {
 //!   rpc Sign(SignRequest) returns (SignResponse);
 //! }
-//! message SignRequest  { string csr_pem = 1; string token = 2; uint64 ttl_seconds = 3; }
+//! message SignRequest  { string csr_pem = 1; string token = 2; uint64 ttl_seconds = 3;
+//!                        string cluster = 4; }
 //! message SignResponse { string cert_chain_pem = 1; string trust_bundle_pem = 2;
 //!                        int64 not_before = 3; int64 not_after = 4; string serial_hex = 5; }
 //! ```
@@ -58,7 +59,8 @@ pub fn ca_identity(trust_domain: &str) -> SpiffeId {
     SpiffeId::new(trust_domain, "causeway-system", "causeway-ca")
 }
 
-/// A signing request: the CSR, the bootstrap token, and an optional lifetime.
+/// A signing request: the CSR, the bootstrap token, an optional lifetime, and the cluster the
+/// requester claims to run in.
 #[derive(Clone, PartialEq, prost::Message)]
 #[prost(skip_debug)]
 pub struct SignRequest {
@@ -71,6 +73,11 @@ pub struct SignRequest {
     /// Requested lifetime in seconds; 0 means the CA's default. Capped by the CA.
     #[prost(uint64, tag = "3")]
     pub ttl_seconds: u64,
+    /// The cluster the requester claims to run in (the agent's `--cluster`); empty means not
+    /// stated (older agents). It picks the authenticator and must match the credential's
+    /// cluster; it never chooses the signing cluster by itself.
+    #[prost(string, tag = "4")]
+    pub cluster: String,
 }
 
 impl std::fmt::Debug for SignRequest {
@@ -79,6 +86,7 @@ impl std::fmt::Debug for SignRequest {
             .field("csr_pem_bytes", &self.csr_pem.len())
             .field("token", &"[elided]")
             .field("ttl_seconds", &self.ttl_seconds)
+            .field("cluster", &self.cluster)
             .finish()
     }
 }
@@ -119,9 +127,12 @@ impl From<IssuedCert> for SignResponse {
 /// gRPC status code ([`SignError::code`]).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SignError {
-    /// Missing, unknown or unusable credential.
+    /// Missing, unknown or unusable credential, or one for another cluster than claimed.
     #[error("{0}")]
     Credential(#[from] AuthError),
+    /// The claimed cluster (`SignRequest::cluster`) is not a valid cluster id.
+    #[error("the request claims cluster {0:?}, which is not a cluster id (a DNS label: lower-case letters, digits and '-', at most 63 characters)")]
+    BadClusterClaim(String),
     /// Unparseable CSR or bad CSR signature.
     #[error("invalid CSR: {0}")]
     BadCsr(String),
@@ -165,6 +176,8 @@ pub const REJECTION_REASONS: &[&str] = &[
     "bad_credential",
     "ambiguous_credential",
     "auth_unavailable",
+    "wrong_cluster",
+    "bad_cluster_claim",
     "bad_csr",
     "not_spiffe",
     "wrong_trust_domain",
@@ -182,6 +195,8 @@ impl SignError {
             SignError::Credential(AuthError::Unknown) => "bad_credential",
             SignError::Credential(AuthError::Ambiguous) => "ambiguous_credential",
             SignError::Credential(AuthError::Unavailable(_)) => "auth_unavailable",
+            SignError::Credential(AuthError::WrongCluster { .. }) => "wrong_cluster",
+            SignError::BadClusterClaim(_) => "bad_cluster_claim",
             SignError::BadCsr(_) => "bad_csr",
             SignError::NotSpiffe(_) => "not_spiffe",
             SignError::WrongTrustDomain { .. } => "wrong_trust_domain",
@@ -197,7 +212,9 @@ impl SignError {
         match self {
             SignError::Credential(AuthError::Unavailable(_)) => Code::Unavailable,
             SignError::Credential(_) => Code::Unauthenticated,
-            SignError::BadCsr(_) | SignError::NotSpiffe(_) => Code::InvalidArgument,
+            SignError::BadClusterClaim(_) | SignError::BadCsr(_) | SignError::NotSpiffe(_) => {
+                Code::InvalidArgument
+            }
             SignError::WrongTrustDomain { .. }
             | SignError::IdentityNotGranted { .. }
             | SignError::ReservedIdentity(_) => Code::PermissionDenied,
@@ -421,9 +438,11 @@ impl CaService {
             .get()
     }
 
-    /// Authenticates `request.token` and signs `request.csr_pem` if, and only if, it asks for
-    /// exactly the identity the credential grants, in this trust domain. Refusals are counted
-    /// and logged (reason, never the token).
+    /// Authenticates `request.token` (with the authenticator of the claimed cluster, if a
+    /// router is installed) and signs `request.csr_pem` if, and only if, the credential's
+    /// cluster is the claimed one (when a claim is made) and the CSR asks for exactly the
+    /// identity the credential grants, in this trust domain. Refusals are counted and logged
+    /// (reason, never the token).
     pub async fn sign(&self, request: &SignRequest) -> Result<IssuedCert, SignError> {
         let result = self.sign_inner(request).await;
         if let Err(e) = &result {
@@ -432,14 +451,26 @@ impl CaService {
                     reason: e.reason().into(),
                 })
                 .inc();
-            tracing::warn!(reason = e.reason(), error = %e, "certificate request refused");
+            tracing::warn!(reason = e.reason(), claimed_cluster = %request.cluster.chars().take(64).collect::<String>(), error = %e, "certificate request refused");
         }
         result
     }
 
     async fn sign_inner(&self, request: &SignRequest) -> Result<IssuedCert, SignError> {
+        let claimed = parse_claim(&request.cluster)?;
+        let token = request.token.trim();
+        if token.is_empty() {
+            // Never ask a backend (TokenReview) about nothing.
+            return Err(AuthError::Missing.into());
+        }
         let auth = read(&self.auth);
-        let grant = auth.authenticate(&request.token).await?;
+        let grant = auth.authenticate(token, claimed.as_ref()).await?;
+        // Defence in depth: whatever the authenticator does, a claim must match the grant, so
+        // a token reviewed as cluster A never yields an identity of cluster B.
+        if let Err(e) = AuthError::check_cluster(&grant, claimed.as_ref()) {
+            tracing::error!(claimed = %request.cluster, granted = %grant.cluster, "the authenticator returned a grant for another cluster than the request claims; refused");
+            return Err(e.into());
+        }
         let span = tracing::info_span!("sign", cluster = %grant.cluster, workload = %format!("{}/{}", grant.namespace, grant.workload));
         let _enter = span.enter();
         let csr = issue::parse_csr(&request.csr_pem)?;
@@ -549,6 +580,17 @@ impl CaService {
         tracing::info!(addr = %local, "CA service stopped");
         result.map_err(ServiceError::from)
     }
+}
+
+/// The cluster a request claims: `None` when not stated.
+fn parse_claim(claim: &str) -> Result<Option<ClusterId>, SignError> {
+    if claim.is_empty() {
+        return Ok(None);
+    }
+    ClusterId::new(claim).map(Some).map_err(|_| {
+        // Echo a bounded prefix only: the value comes from the network.
+        SignError::BadClusterClaim(claim.chars().take(64).collect())
+    })
 }
 
 type TlsConn = tokio_rustls::server::TlsStream<TcpStream>;

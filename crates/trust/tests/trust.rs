@@ -59,6 +59,15 @@ fn request(token: &str, csr_pem: String) -> SignRequest {
         csr_pem,
         token: token.into(),
         ttl_seconds: 0,
+        cluster: String::new(),
+    }
+}
+
+/// A request that claims `cluster`.
+fn claiming(cluster: &str, token: &str, csr_pem: String) -> SignRequest {
+    SignRequest {
+        cluster: cluster.into(),
+        ..request(token, csr_pem)
     }
 }
 
@@ -219,6 +228,10 @@ async fn the_ca_signs_only_what_the_credential_grants_and_counts_every_refusal()
         "default lifetime 24 h (plus the 60 s clock-skew backdating)"
     );
     assert_eq!(ca.issued_count(&cid("alpha")), 1);
+    ca.sign(&claiming("alpha", "tok-alpha-client", good.clone()))
+        .await
+        .expect("the credential's own cluster claimed");
+    assert_eq!(ca.issued_count(&cid("alpha")), 2);
 
     type Check = fn(&SignError) -> bool;
     let cases: Vec<(&str, SignRequest, &str, Check)> = vec![
@@ -287,6 +300,25 @@ async fn the_ca_signs_only_what_the_credential_grants_and_counts_every_refusal()
             |e| matches!(e, SignError::ReservedIdentity(_)),
         ),
         (
+            "credential of another cluster than claimed",
+            claiming("beta", "tok-alpha-client", good.clone()),
+            "wrong_cluster",
+            |e| {
+                matches!(
+                    e,
+                    SignError::Credential(
+                        causeway_trust::credential::AuthError::WrongCluster { .. }
+                    )
+                )
+            },
+        ),
+        (
+            "claimed cluster is not a cluster id",
+            claiming("Alpha_1", "tok-alpha-client", good.clone()),
+            "bad_cluster_claim",
+            |e| matches!(e, SignError::BadClusterClaim(_)),
+        ),
+        (
             "cluster without an intermediate here",
             request("tok-gamma-db", csr("spiffe://causeway.local/ns/demo/sa/db")),
             "no_cluster_ca",
@@ -319,11 +351,22 @@ async fn the_ca_signs_only_what_the_credential_grants_and_counts_every_refusal()
         msg.contains("sa/admin") && msg.contains("sa/client") && msg.contains("alpha"),
         "operator-readable: {msg}"
     );
+    let e = ca
+        .sign(&claiming("beta", "tok-alpha-client", good.clone()))
+        .await
+        .expect_err("wrong cluster");
+    let msg = e.to_string();
+    assert!(
+        msg.contains("cluster alpha") && msg.contains("cluster beta"),
+        "names both clusters: {msg}"
+    );
+    assert_eq!(e.code(), tonic::Code::Unauthenticated);
     assert_eq!(
         ca.issued_count(&cid("alpha")),
-        1,
+        2,
         "no refusal issued anything"
     );
+    assert_eq!(ca.issued_count(&cid("beta")), 0);
 }
 
 #[tokio::test]
@@ -420,6 +463,7 @@ async fn no_ca_answer_carries_a_private_key() {
         csr_pem: _,
         token: _,
         ttl_seconds: _,
+        cluster: _,
     } = request("tok-alpha-client", String::new());
     assert!(!format!("{:?}", request("tok-alpha-client", String::new())).contains("tok-alpha"));
 }

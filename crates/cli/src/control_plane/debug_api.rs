@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use causeway_xds::ProxyRegistry;
 
 use super::metrics::Metrics;
-use super::state::{Snapshot, StateHandle};
+use super::state::{ClusterStatus, Snapshot, StateHandle};
 
 #[derive(Clone)]
 struct AppState {
@@ -112,11 +112,19 @@ struct ClusterRow {
     network: NetworkId,
     locality: Locality,
     gateways: Vec<String>,
+    /// `directory` or `kubernetes`.
+    source: &'static str,
     synced: bool,
     generation: u64,
     services: usize,
     endpoints: usize,
     errors: Vec<String>,
+    /// `syncing`, `synced` or `stale` (Kubernetes members), `loaded`/`never loaded` otherwise.
+    state: String,
+    /// Kubernetes members: since when the last good state is served without a working
+    /// connection, credentials generation, served APIs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    kubernetes: Option<causeway_kube::ClusterSyncStatus>,
 }
 
 async fn clusters(State(app): State<AppState>) -> Result<Json<Vec<ClusterRow>>, ApiError> {
@@ -145,8 +153,31 @@ async fn clusters(State(app): State<AppState>) -> Result<Json<Vec<ClusterRow>>, 
                         .sum()
                 }),
                 errors: status
-                    .map(|s| s.errors.iter().map(ToString::to_string).collect())
+                    .map(|s| {
+                        s.errors
+                            .iter()
+                            .map(ToString::to_string)
+                            .chain(s.kubernetes.iter().flat_map(|k| k.errors.iter().cloned()))
+                            .collect()
+                    })
                     .unwrap_or_default(),
+                source: status.map_or("directory", |s| s.source),
+                state: match status {
+                    Some(ClusterStatus {
+                        kubernetes: Some(k),
+                        ..
+                    }) => match k.state {
+                        causeway_kube::SyncState::Syncing => "syncing".to_owned(),
+                        causeway_kube::SyncState::Synced => "synced".to_owned(),
+                        causeway_kube::SyncState::Stale => match k.stale_for() {
+                            Some(d) => format!("stale for {} s", d.as_secs()),
+                            None => "stale".to_owned(),
+                        },
+                    },
+                    Some(s) if s.synced => "loaded".to_owned(),
+                    _ => "never loaded".to_owned(),
+                },
+                kubernetes: status.and_then(|s| s.kubernetes.clone()),
             }
         })
         .collect();

@@ -1,7 +1,10 @@
 //! Prometheus metrics of the control plane's registry and index, served at `/metrics`.
 
+use std::sync::atomic::AtomicU64;
 use std::sync::Mutex;
 use std::time::Duration;
+
+use std::collections::BTreeMap;
 
 use causeway_discovery::MeshIndex;
 use causeway_registry::MeshDirectory;
@@ -11,6 +14,8 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
+
+use super::state::ClusterStatus;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ClusterLabels {
@@ -31,6 +36,8 @@ pub struct Metrics {
     services: Gauge,
     reloads: Family<ResultLabels, Counter>,
     reload_seconds: Histogram,
+    cluster_stale_seconds: Family<ClusterLabels, Gauge<f64, AtomicU64>>,
+    cluster_credentials_rotations: Family<ClusterLabels, Gauge>,
 }
 
 impl Metrics {
@@ -73,8 +80,22 @@ impl Metrics {
             "Time to reload changed files and update the index",
             reload_seconds.clone(),
         );
+        let cluster_stale_seconds = Family::<ClusterLabels, Gauge<f64, AtomicU64>>::default();
+        registry.register(
+            "cluster_stale_seconds",
+            "How long a Kubernetes cluster's API server has been unreachable or its watches failing (0 when current); its last good state is served meanwhile",
+            cluster_stale_seconds.clone(),
+        );
+        let cluster_credentials_rotations = Family::<ClusterLabels, Gauge>::default();
+        registry.register(
+            "cluster_credentials_generation",
+            "Kubernetes cluster credentials (kubeconfig changes) that took over since start",
+            cluster_credentials_rotations.clone(),
+        );
         Self {
             registry: Mutex::new(registry),
+            cluster_stale_seconds,
+            cluster_credentials_rotations,
             load_errors,
             cluster_synced,
             cluster_endpoints,
@@ -128,6 +149,27 @@ impl Metrics {
                     })
                     .set(count as i64);
             }
+        }
+    }
+
+    /// Records the Kubernetes members' registry state.
+    pub fn observe_kubernetes(&self, clusters: &BTreeMap<String, ClusterStatus>) {
+        for (name, status) in clusters {
+            let Some(kube) = &status.kubernetes else {
+                continue;
+            };
+            let labels = ClusterLabels {
+                cluster: name.clone(),
+            };
+            self.cluster_synced
+                .get_or_create(&labels)
+                .set(i64::from(status.synced));
+            self.cluster_stale_seconds
+                .get_or_create(&labels)
+                .set(kube.stale_for().map_or(0.0, |d| d.as_secs_f64()));
+            self.cluster_credentials_rotations
+                .get_or_create(&labels)
+                .set(i64::try_from(kube.credentials_generation).unwrap_or(i64::MAX));
         }
     }
 

@@ -2,7 +2,9 @@
 //! API (and, with the xDS crate, the proxies).
 
 mod debug_api;
+mod mcs;
 mod metrics;
+mod sources;
 mod state;
 mod trust;
 
@@ -42,9 +44,30 @@ pub struct Args {
     /// Lifetime of workload certificates (seconds); agents renew at half of it.
     #[arg(long, default_value_t = 24 * 3600)]
     pub cert_ttl_seconds: u64,
+    /// Never write into Kubernetes member clusters (no ServiceImports, no ServiceExport status).
+    #[arg(long)]
+    pub read_only_clusters: bool,
+    /// How often each Kubernetes member's kubeconfig is re-read and its API server probed
+    /// (milliseconds).
+    #[arg(long, default_value_t = 1000)]
+    pub kube_poll_ms: u64,
+    /// Initial lists of Kubernetes watches by WATCH with sendInitialEvents (Kubernetes 1.32+)
+    /// instead of paged LIST.
+    #[arg(long)]
+    pub kube_streaming_lists: bool,
     /// Enable test-only debug endpoints (e.g. making a proxy's config invalid to test NACKs).
     #[arg(long, hide = true)]
     pub enable_test_hooks: bool,
+}
+
+/// Keeps time-based cluster gauges (how long a cluster has been stale) current between changes.
+async fn refresh_cluster_metrics(state: state::StateHandle, metrics: Arc<metrics::Metrics>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        let snapshot = state.borrow().clone();
+        metrics.observe_kubernetes(&snapshot.clusters);
+    }
 }
 
 /// Runs until Ctrl-C or SIGTERM.
@@ -54,18 +77,35 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         .canonicalize()
         .with_context(|| format!("mesh directory {}", args.mesh_dir.display()))?;
     let metrics = Arc::new(metrics::Metrics::new());
-    let state = state::start(
+    causeway_trust::install_crypto_provider();
+    let kube = state::KubeSettings {
+        options: causeway_kube::KubeOptions {
+            read_only: args.read_only_clusters,
+            poll_interval: Duration::from_millis(args.kube_poll_ms.max(50)),
+            initial_list: if args.kube_streaming_lists {
+                causeway_kube::InitialList::Streaming
+            } else {
+                causeway_kube::InitialList::ListWatch
+            },
+            ..causeway_kube::KubeOptions::default()
+        },
+        factory: Arc::new(causeway_kube::KubeconfigClientFactory::default()),
+    };
+    let started = state::start(
         root.clone(),
         Duration::from_millis(args.settle_ms),
         Arc::clone(&metrics),
+        kube,
     )
     .await
     .context("starting the mesh directory watch")?;
-    causeway_trust::install_crypto_provider();
+    let state = started.handle;
+    tokio::spawn(refresh_cluster_metrics(state.clone(), Arc::clone(&metrics)));
     let ca = trust::start(
         &root,
         &args.ca_dir,
         state.clone(),
+        started.reviewer,
         Duration::from_secs(args.cert_ttl_seconds),
     )
     .context("starting the mesh CA")?;

@@ -1,5 +1,6 @@
-//! The control plane's state: the mesh directory with last-good semantics, the mesh index
-//! built from it, and a published snapshot that readers (debug API, xDS) share.
+//! The control plane's state: the mesh directory and the Kubernetes members with last-good
+//! semantics, the mesh index built from them, and a published snapshot that readers (debug
+//! API, xDS, CA) share.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -7,34 +8,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use causeway_discovery::MeshIndex;
-use causeway_model::{ClusterId, ServiceKey};
+use causeway_kube::{ClientFactory, ClusterUpdate, KubeOptions, KubeRegistry, TokenReviewer};
 use causeway_registry::watch::{self, WatchError};
-use causeway_registry::{LoadError, MeshDirectory, ReloadOutcome};
-use serde::Serialize;
-use tokio::sync::watch as channel;
+use causeway_registry::{LoadError, MeshDirectory, ReloadOutcome, ReloadScope};
+use tokio::sync::{mpsc, watch as channel};
 
+use super::mcs;
 use super::metrics::Metrics;
-
-/// A cluster directory's load status.
-#[derive(Debug, Clone, Serialize)]
-pub struct ClusterStatus {
-    /// Whether a good state has ever loaded (an unsynced cluster contributes nothing, never an
-    /// empty endpoint set).
-    pub synced: bool,
-    /// Bumped on each new good state.
-    pub generation: u64,
-    /// Errors of the latest load attempt.
-    pub errors: Vec<LoadError>,
-}
-
-/// What changed since the previous snapshot.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct Changes {
-    /// Everything may have changed (mesh settings changed, or first load).
-    pub all: bool,
-    /// Services whose merged state or endpoints changed.
-    pub services: BTreeSet<ServiceKey>,
-}
+pub use super::sources::{Changes, ClusterStatus};
+use super::sources::Sources;
 
 /// One published state of the control plane.
 #[derive(Debug, Clone)]
@@ -45,7 +27,7 @@ pub struct Snapshot {
     pub index: Option<Arc<MeshIndex>>,
     /// Every current load error.
     pub errors: Vec<LoadError>,
-    /// Per cluster directory.
+    /// Per cluster.
     pub clusters: BTreeMap<String, ClusterStatus>,
     /// What this version changed.
     pub changes: Changes,
@@ -54,94 +36,79 @@ pub struct Snapshot {
 /// Readers' handle: the latest snapshot, and change notifications.
 pub type StateHandle = channel::Receiver<Arc<Snapshot>>;
 
-fn cluster_status(dir: &MeshDirectory) -> BTreeMap<String, ClusterStatus> {
-    dir.clusters()
-        .iter()
-        .map(|(name, slot)| {
-            (
-                name.clone(),
-                ClusterStatus {
-                    synced: slot.objects.is_some(),
-                    generation: slot.generation,
-                    errors: slot.errors.clone(),
-                },
-            )
-        })
-        .collect()
+/// How Kubernetes members are read.
+pub struct KubeSettings {
+    /// Runtime options.
+    pub options: KubeOptions,
+    /// Makes each member's client from its kubeconfig.
+    pub factory: Arc<dyn ClientFactory>,
 }
 
-/// Applies a reload outcome to the index: full rebuild when the mesh changed, else only the
-/// changed clusters.
-fn apply(
-    dir: &MeshDirectory,
-    index: &mut Option<Arc<MeshIndex>>,
-    outcome: &ReloadOutcome,
-) -> Changes {
-    let Some(mesh) = dir.mesh() else {
-        return Changes::default();
-    };
-    let rebuild =
-        outcome.mesh_changed || index.as_ref().is_none_or(|i| !Arc::ptr_eq(i.mesh(), mesh));
-    if rebuild {
-        let objects: Vec<(ClusterId, Arc<causeway_model::ClusterObjects>)> = dir
-            .clusters()
-            .iter()
-            .filter_map(|(name, slot)| Some((ClusterId::new(name).ok()?, slot.objects.clone()?)))
-            .collect();
-        let built = MeshIndex::build(Arc::clone(mesh), objects.iter().map(|(id, o)| (id, &**o)));
-        *index = Some(Arc::new(built));
-        return Changes {
-            all: true,
-            services: BTreeSet::new(),
-        };
-    }
-    let mut changes = Changes::default();
-    if let Some(current) = index.as_mut() {
-        let current = Arc::make_mut(current);
-        for name in &outcome.clusters_changed {
-            let (Ok(id), Some(objects)) = (
-                ClusterId::new(name),
-                dir.clusters().get(name).and_then(|s| s.objects.clone()),
-            ) else {
-                continue;
-            };
-            match current.set_cluster(&id, &objects) {
-                Ok(keys) => changes.services.extend(keys),
-                Err(e) => tracing::warn!(cluster = %id, error = %e, "cluster not indexed"),
+/// The running state: snapshots, and the Kubernetes members' token reviewer (for the CA).
+pub struct Started {
+    /// Snapshots.
+    pub handle: StateHandle,
+    /// TokenReview against each Kubernetes member.
+    pub reviewer: TokenReviewer,
+}
+
+/// What woke the state loop.
+enum Input {
+    Files(ReloadScope),
+    Kube(Vec<ClusterUpdate>),
+}
+
+async fn next_input(
+    watcher: &mut watch::DirectoryWatcher,
+    kube: &mut mpsc::UnboundedReceiver<ClusterUpdate>,
+) -> Option<Input> {
+    tokio::select! {
+        scope = watcher.next() => scope.map(Input::Files),
+        first = kube.recv() => {
+            let mut all = vec![first?];
+            while let Ok(more) = kube.try_recv() {
+                all.push(more);
             }
+            Some(Input::Kube(all))
         }
     }
-    changes
 }
 
-/// Loads the directory, publishes the first snapshot and keeps it current as files change.
+/// Loads the directory, starts the Kubernetes members, publishes the first snapshot and keeps
+/// it current as files and clusters change.
 pub async fn start(
     root: PathBuf,
     settle: Duration,
     metrics: Arc<Metrics>,
-) -> Result<StateHandle, WatchError> {
+    kube: KubeSettings,
+) -> Result<Started, WatchError> {
     // Watch before the first load so no change between the two is missed.
     let mut watcher = watch::watch(&root, settle)?;
     let started = Instant::now();
-    let (dir, mut index) = tokio::task::block_in_place(|| {
-        let dir = MeshDirectory::open(root.clone());
-        let mut index = None;
-        let outcome = ReloadOutcome {
-            mesh_changed: true,
-            ..ReloadOutcome::default()
+    let (mut registry, mut kube_updates) =
+        KubeRegistry::new(root.clone(), kube.factory, kube.options);
+    let reviewer = registry.token_reviewer();
+    let (sources, mut index) = tokio::task::block_in_place(|| {
+        let sources = Sources {
+            dir: MeshDirectory::open(root.clone()),
+            kube: BTreeMap::new(),
         };
-        apply(&dir, &mut index, &outcome);
-        (dir, index)
+        let mut index = None;
+        sources.rebuild(&mut index);
+        (sources, index)
     });
-    metrics.observe(&dir, index.as_deref(), started.elapsed());
-    for e in dir.errors() {
+    if let Some(mesh) = sources.dir.mesh() {
+        registry.reconcile(mesh);
+    }
+    metrics.observe(&sources.dir, index.as_deref(), started.elapsed());
+    for e in sources.dir.errors() {
         tracing::warn!(error = %e, "mesh directory error");
     }
     let first = Snapshot {
         version: 1,
         index: index.clone(),
-        errors: dir.errors(),
-        clusters: cluster_status(&dir),
+        errors: sources.dir.errors(),
+        clusters: sources.status(),
         changes: Changes {
             all: true,
             services: BTreeSet::new(),
@@ -149,37 +116,57 @@ pub async fn start(
     };
     let (tx, rx) = channel::channel(Arc::new(first));
     tokio::spawn(async move {
-        let mut dir = dir;
+        let mut sources = sources;
         let mut version = 1;
-        while let Some(scope) = watcher.next().await {
+        while let Some(input) = next_input(&mut watcher, &mut kube_updates).await {
             let started = Instant::now();
-            let span = tracing::info_span!("reload", scope = ?scope);
-            let _guard = span.enter();
-            let result = tokio::task::block_in_place(|| {
-                let outcome = dir.reload(scope.clone());
-                let changes = apply(&dir, &mut index, &outcome);
-                (outcome, changes)
-            });
-            let (outcome, changes) = result;
-            metrics.observe(&dir, index.as_deref(), started.elapsed());
-            if !outcome.state_changed() && !outcome.errors_changed {
+            let (changes, changed) = match input {
+                Input::Files(scope) => {
+                    let span = tracing::info_span!("reload", scope = ?scope);
+                    let _guard = span.enter();
+                    let (outcome, changes): (ReloadOutcome, Changes) =
+                        tokio::task::block_in_place(|| {
+                            let outcome = sources.dir.reload(scope.clone());
+                            let changes = sources.apply_reload(&mut index, &outcome);
+                            (outcome, changes)
+                        });
+                    if outcome.mesh_changed {
+                        if let Some(mesh) = sources.dir.mesh() {
+                            registry.reconcile(mesh);
+                        }
+                    }
+                    (changes, outcome.state_changed() || outcome.errors_changed)
+                }
+                Input::Kube(updates) => {
+                    let span = tracing::info_span!("kubernetes_update", clusters = updates.len());
+                    let _guard = span.enter();
+                    let changes =
+                        tokio::task::block_in_place(|| sources.apply_kube(&mut index, updates));
+                    (changes, true)
+                }
+            };
+            metrics.observe(&sources.dir, index.as_deref(), started.elapsed());
+            metrics.observe_kubernetes(&sources.status());
+            if !changed {
                 continue;
+            }
+            if let Some(index) = &index {
+                mcs::update_all(index, &registry);
             }
             version += 1;
             tracing::info!(
                 version,
-                clusters_changed = outcome.clusters_changed.len(),
                 services_changed = changes.services.len(),
                 full = changes.all,
-                errors = dir.errors().len(),
+                errors = sources.dir.errors().len(),
                 elapsed_ms = started.elapsed().as_millis() as u64,
                 "mesh state published"
             );
             let snapshot = Snapshot {
                 version,
                 index: index.clone(),
-                errors: dir.errors(),
-                clusters: cluster_status(&dir),
+                errors: sources.dir.errors(),
+                clusters: sources.status(),
                 changes,
             };
             if tx.send(Arc::new(snapshot)).is_err() {
@@ -187,7 +174,10 @@ pub async fn start(
             }
         }
     });
-    Ok(rx)
+    Ok(Started {
+        handle: rx,
+        reviewer,
+    })
 }
 
 /// Feeds the xDS server: the index of every new snapshot, as the xDS crate's mesh state.

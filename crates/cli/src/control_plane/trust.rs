@@ -5,9 +5,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use causeway_kube::{ReviewError, TokenReviewer};
 use causeway_model::ClusterId;
 use causeway_trust::ca::{self, ClusterCa};
-use causeway_trust::credential::{Grant, TokenAuthenticator};
+use causeway_trust::credential::{
+    AuthError, AuthFuture, Authenticator, Grant, RoutedAuthenticator, TokenAuthenticator,
+};
 use causeway_trust::service::CaService;
 
 use super::metrics::Metrics;
@@ -92,11 +95,66 @@ fn authenticator(mesh_dir: &Path, index: &causeway_discovery::MeshIndex) -> Toke
     auth
 }
 
+/// Projected ServiceAccount tokens of one Kubernetes member, checked with TokenReview against
+/// that member's API server only.
+struct KubernetesTokens {
+    cluster: ClusterId,
+    reviewer: TokenReviewer,
+}
+
+impl Authenticator for KubernetesTokens {
+    fn authenticate<'a>(
+        &'a self,
+        token: &'a str,
+        _claimed_cluster: Option<&'a ClusterId>,
+    ) -> AuthFuture<'a> {
+        Box::pin(async move {
+            match self.reviewer.review(&self.cluster, token).await {
+                Ok(reviewed) => Ok(Grant {
+                    cluster: reviewed.cluster,
+                    namespace: reviewed.namespace,
+                    service_account: reviewed.service_account,
+                    workload: reviewed.pod.unwrap_or_else(|| "(pod not named by the token)".into()),
+                }),
+                Err(e @ (ReviewError::Unavailable { .. } | ReviewError::NotConnected(_))) => {
+                    Err(AuthError::Unavailable(e.to_string()))
+                }
+                Err(e) => {
+                    tracing::warn!(cluster = %self.cluster, reason = %e, "ServiceAccount token refused by TokenReview");
+                    Err(AuthError::Unknown)
+                }
+            }
+        })
+    }
+}
+
+/// File tokens for mesh-directory workloads; TokenReview for each Kubernetes member's.
+fn routed(
+    mesh_dir: &Path,
+    index: &causeway_discovery::MeshIndex,
+    reviewer: &TokenReviewer,
+) -> RoutedAuthenticator {
+    let mut router = RoutedAuthenticator::new(Arc::new(authenticator(mesh_dir, index)));
+    for spec in &index.mesh().clusters {
+        if spec.kubernetes.is_some() {
+            router = router.with_cluster(
+                spec.id.clone(),
+                Arc::new(KubernetesTokens {
+                    cluster: spec.id.clone(),
+                    reviewer: reviewer.clone(),
+                }),
+            );
+        }
+    }
+    router
+}
+
 /// Starts the CA over the first snapshot and keeps its clusters and credentials current.
 pub fn start(
     mesh_dir: &Path,
     ca_dir: &Path,
     mut snapshots: StateHandle,
+    reviewer: TokenReviewer,
     ttl: Duration,
 ) -> Result<MeshCa, TrustError> {
     let first = snapshots.borrow_and_update().clone();
@@ -104,8 +162,8 @@ pub fn start(
     let trust_domain = index.mesh().mesh.trust_domain.clone();
     let clusters: Vec<ClusterId> = index.mesh().clusters.iter().map(|c| c.id.clone()).collect();
     let cas = load_cas(ca_dir, &trust_domain, &clusters)?;
-    let auth = authenticator(mesh_dir, &index);
-    tracing::info!(clusters = cas.len(), credentials = auth.len(), dir = %ca_dir.display(), "mesh CA ready");
+    let auth = routed(mesh_dir, &index, &reviewer);
+    tracing::info!(clusters = cas.len(), kubernetes = auth.clusters().count(), dir = %ca_dir.display(), "mesh CA ready");
     let service = Arc::new(CaService::new(&trust_domain, cas, Arc::new(auth), ttl));
     let svc = Arc::clone(&service);
     let mesh_dir = mesh_dir.to_path_buf();
@@ -127,7 +185,7 @@ pub fn start(
                 }
                 known = now;
             }
-            svc.set_authenticator(Arc::new(authenticator(&mesh_dir, &index)));
+            svc.set_authenticator(Arc::new(routed(&mesh_dir, &index, &reviewer)));
         }
     });
     Ok(MeshCa { service })

@@ -58,6 +58,8 @@ impl MeshBuilder {
             network: NetworkId::new(network).expect("network"),
             locality: locality.parse().expect("locality"),
             gateways,
+            kubernetes: None,
+            stale_endpoint_ttl: None,
             source: ObjectSource::default(),
         });
         self.objects.insert(cid(id), ClusterObjects::default());

@@ -88,6 +88,7 @@ pub fn agent_config(addr: SocketAddr, bundle: &str, token: &str, sa: &str) -> Ag
         ca_bundle_pem: bundle.to_owned(),
         trust_domain: TD.into(),
         token: token.into(),
+        cluster: None,
         identity: SpiffeId::new(TD, "demo", sa),
         ttl: Duration::from_secs(3600),
     }

@@ -1,0 +1,114 @@
+//! Clients for member clusters: one injectable factory turns a cluster's kubeconfig into a
+//! kube-rs client (Istio's secret-controller pattern), so tests and embedders can supply their
+//! own while the control plane reads kubeconfig files.
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::time::Duration;
+
+use causeway_model::ClusterId;
+use kube::config::{KubeConfigOptions, Kubeconfig};
+
+use crate::KubeError;
+
+/// A kubeconfig as read from disk, with the context to use.
+#[derive(Clone, PartialEq, Eq)]
+pub struct KubeconfigFile {
+    /// Where it was read from.
+    pub path: PathBuf,
+    /// Context (the file's current context when `None`).
+    pub context: Option<String>,
+    /// The file's contents: credentials, never logged.
+    pub contents: String,
+}
+
+impl std::fmt::Debug for KubeconfigFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KubeconfigFile")
+            .field("path", &self.path)
+            .field("context", &self.context)
+            .field("contents", &"[elided]")
+            .finish()
+    }
+}
+
+impl KubeconfigFile {
+    /// Reads `path`.
+    pub fn read(
+        cluster: &ClusterId,
+        path: &Path,
+        context: Option<String>,
+    ) -> Result<Self, KubeError> {
+        let contents = std::fs::read_to_string(path).map_err(|source| KubeError::ReadKubeconfig {
+            cluster: cluster.clone(),
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            context,
+            contents,
+        })
+    }
+}
+
+/// The future a [`ClientFactory`] returns.
+pub type ClientFuture<'a> = Pin<Box<dyn Future<Output = Result<kube::Client, KubeError>> + Send + 'a>>;
+
+/// Makes the client for one cluster from its kubeconfig.
+pub trait ClientFactory: Send + Sync {
+    /// A client for `cluster`; called again whenever its kubeconfig changes.
+    fn client<'a>(&'a self, cluster: &'a ClusterId, kubeconfig: &'a KubeconfigFile) -> ClientFuture<'a>;
+}
+
+/// The default factory: kube-rs's own kubeconfig handling (TLS with rustls on aws-lc-rs,
+/// bearer tokens, client certificates, exec plugins), with bounded connect and write times.
+#[derive(Debug, Clone)]
+pub struct KubeconfigClientFactory {
+    /// Time allowed to open a connection to the API server.
+    pub connect_timeout: Duration,
+}
+
+impl Default for KubeconfigClientFactory {
+    fn default() -> Self {
+        Self {
+            connect_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// A kube-rs client configuration from a kubeconfig file.
+pub async fn client_config(
+    cluster: &ClusterId,
+    kubeconfig: &KubeconfigFile,
+) -> Result<kube::Config, KubeError> {
+    let invalid = |reason: String| KubeError::InvalidKubeconfig {
+        cluster: cluster.clone(),
+        path: kubeconfig.path.clone(),
+        reason,
+    };
+    let parsed = Kubeconfig::from_yaml(&kubeconfig.contents).map_err(|e| invalid(e.to_string()))?;
+    let options = KubeConfigOptions {
+        context: kubeconfig.context.clone(),
+        ..KubeConfigOptions::default()
+    };
+    kube::Config::from_custom_kubeconfig(parsed, &options)
+        .await
+        .map_err(|e| invalid(e.to_string()))
+}
+
+impl ClientFactory for KubeconfigClientFactory {
+    fn client<'a>(&'a self, cluster: &'a ClusterId, kubeconfig: &'a KubeconfigFile) -> ClientFuture<'a> {
+        Box::pin(async move {
+            let mut config = client_config(cluster, kubeconfig).await?;
+            config.connect_timeout = Some(self.connect_timeout);
+            config.write_timeout = Some(Duration::from_secs(30));
+            kube::Client::try_from(config).map_err(|e| KubeError::InvalidKubeconfig {
+                cluster: cluster.clone(),
+                path: kubeconfig.path.clone(),
+                reason: e.to_string(),
+            })
+        })
+    }
+}

@@ -1,0 +1,436 @@
+//! One Kubernetes member cluster's runtime: its sessions, credentials, health and write-back.
+//!
+//! - The first session's records reach the index only once every watch has listed.
+//! - A changed kubeconfig starts a second session with the new client; it replaces the active
+//!   one only after its own initial sync, so the old watches serve until then and broken new
+//!   credentials never take over (Istio's #60612/#49780).
+//! - A failing watch or probe marks the cluster stale (last good state kept, Istio's
+//!   #32102/#38440) and starts a re-listing session; when it has synced, objects deleted in the
+//!   meantime are gone and the cluster is current again.
+
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime};
+
+use causeway_model::{ClusterId, ClusterObjects, ClusterSpec};
+use tokio::sync::{mpsc, watch};
+
+use crate::client::{ClientFactory, KubeconfigFile};
+use crate::session::{lock, InitialList, Session, Signal, Tagged};
+use crate::status::{ClusterSyncStatus, ClusterUpdate, Problems, SyncState};
+use crate::translate::{self, Records};
+use crate::writeback::{self, Current, McsDesired, WriteBackOutcome};
+use crate::KubeError;
+
+/// Settings shared by every cluster runtime.
+#[derive(Debug, Clone)]
+pub struct KubeOptions {
+    /// Never write ServiceImports or ServiceExport status (`--read-only-clusters`).
+    pub read_only: bool,
+    /// How often the kubeconfig is re-read and the API server probed.
+    pub poll_interval: Duration,
+    /// How long a probe may take before the API server counts as unreachable.
+    pub probe_timeout: Duration,
+    /// How watches list.
+    pub initial_list: InitialList,
+}
+
+impl Default for KubeOptions {
+    fn default() -> Self {
+        Self {
+            read_only: false,
+            poll_interval: Duration::from_secs(1),
+            probe_timeout: Duration::from_secs(3),
+            initial_list: InitialList::ListWatch,
+        }
+    }
+}
+
+/// Why a second session runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Purpose {
+    /// The first one.
+    Initial,
+    /// New credentials.
+    Rotation,
+    /// Re-list after the cluster was unreachable.
+    Resync,
+}
+
+/// What the runtime is given.
+pub(crate) struct RuntimeConfig {
+    pub cluster: ClusterId,
+    pub spec: watch::Receiver<ClusterSpec>,
+    pub kubeconfig: std::path::PathBuf,
+    pub context: Option<String>,
+    pub factory: Arc<dyn ClientFactory>,
+    pub options: KubeOptions,
+    pub updates: mpsc::UnboundedSender<ClusterUpdate>,
+    pub desired: watch::Receiver<Option<Arc<McsDesired>>>,
+    pub client_slot: Arc<RwLock<Option<kube::Client>>>,
+}
+
+struct Runtime {
+    cfg: RuntimeConfig,
+    signals_tx: mpsc::UnboundedSender<Tagged>,
+    next_id: u64,
+    active: Option<Session>,
+    pending: Option<(Session, Purpose)>,
+    kubeconfig: Option<String>,
+    latest_client: Option<kube::Client>,
+    status: ClusterSyncStatus,
+    problems: Problems,
+    published: Option<Arc<ClusterObjects>>,
+    sent_status: Option<ClusterSyncStatus>,
+    dirty: bool,
+    probe_failing: bool,
+    writeback_again: bool,
+    retry_writeback_at: Option<tokio::time::Instant>,
+}
+
+/// Runs one cluster until the task is aborted.
+pub(crate) async fn run(cfg: RuntimeConfig) {
+    let (signals_tx, mut signals) = mpsc::unbounded_channel();
+    let span = tracing::info_span!("kubernetes", cluster = %cfg.cluster);
+    let mut rt = Runtime {
+        cfg,
+        signals_tx,
+        next_id: 0,
+        active: None,
+        pending: None,
+        kubeconfig: None,
+        latest_client: None,
+        status: ClusterSyncStatus::syncing(),
+        problems: Problems::default(),
+        published: None,
+        sent_status: None,
+        dirty: true,
+        probe_failing: false,
+        writeback_again: false,
+        retry_writeback_at: None,
+    };
+    let mut tick = tokio::time::interval(rt.cfg.options.poll_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let (probe_tx, mut probes) = mpsc::unbounded_channel::<Result<(), KubeError>>();
+    let mut probing = false;
+    let mut desired = rt.cfg.desired.clone();
+    let mut spec = rt.cfg.spec.clone();
+    let mut writeback: Option<tokio::task::JoinHandle<WriteBackOutcome>> = None;
+    loop {
+        tokio::select! {
+            Some(first) = signals.recv() => {
+                let _enter = span.enter();
+                rt.on_signal(first);
+                while let Ok(more) = signals.try_recv() {
+                    rt.on_signal(more);
+                }
+            }
+            _ = tick.tick() => {
+                rt.check_kubeconfig().await;
+                rt.check_ttl();
+                if rt.retry_writeback_at.is_some_and(|t| t <= tokio::time::Instant::now()) {
+                    rt.retry_writeback_at = None;
+                    rt.writeback_again = true;
+                }
+                if !probing {
+                    if let Some(active) = &rt.active {
+                        probing = true;
+                        let client = active.client.clone();
+                        let cluster = rt.cfg.cluster.clone();
+                        let limit = rt.cfg.options.probe_timeout;
+                        let tx = probe_tx.clone();
+                        tokio::spawn(async move {
+                            let result = crate::error::bounded(&cluster, "probing the API server (/version)", limit, client.apiserver_version()).await.map(|_| ());
+                            let _ = tx.send(result);
+                        });
+                    }
+                }
+            }
+            Some(result) = probes.recv() => {
+                probing = false;
+                rt.on_probe(result);
+            }
+            Ok(()) = desired.changed() => rt.writeback_again = true,
+            Ok(()) = spec.changed() => rt.dirty = true,
+            result = finished(&mut writeback) => {
+                writeback = None;
+                rt.on_writeback(result);
+            }
+        }
+        rt.publish();
+        if writeback.is_none() {
+            writeback = rt.maybe_write_back();
+        }
+    }
+}
+
+/// Waits for a running write-back, or forever when none runs.
+async fn finished(task: &mut Option<tokio::task::JoinHandle<WriteBackOutcome>>) -> WriteBackOutcome {
+    match task.as_mut() {
+        Some(handle) => handle.await.unwrap_or_default(),
+        None => std::future::pending().await,
+    }
+}
+
+impl Runtime {
+    fn start_session(&mut self, client: kube::Client, purpose: Purpose) {
+        self.next_id += 1;
+        tracing::info!(cluster = %self.cfg.cluster, session = self.next_id, ?purpose, "starting watches");
+        let session = Session::start(
+            self.next_id,
+            self.cfg.cluster.clone(),
+            client,
+            self.cfg.options.initial_list,
+            self.signals_tx.clone(),
+        );
+        self.pending = Some((session, purpose));
+        self.status.rotation_pending = purpose == Purpose::Rotation;
+    }
+
+    async fn check_kubeconfig(&mut self) {
+        let file = match KubeconfigFile::read(&self.cfg.cluster, &self.cfg.kubeconfig, self.cfg.context.clone()) {
+            Ok(f) => f,
+            Err(e) => {
+                self.problems.set("kubeconfig", format!("{e}; keeping the current credentials"));
+                return;
+            }
+        };
+        if self.kubeconfig.as_deref() == Some(file.contents.as_str()) {
+            return;
+        }
+        self.kubeconfig = Some(file.contents.clone());
+        let first = self.latest_client.is_none();
+        match self.cfg.factory.client(&self.cfg.cluster, &file).await {
+            Ok(client) => {
+                self.problems.clear("kubeconfig");
+                self.latest_client = Some(client.clone());
+                let purpose = if first { Purpose::Initial } else { Purpose::Rotation };
+                if !first {
+                    tracing::info!(cluster = %self.cfg.cluster, file = %file.path.display(), "kubeconfig changed; the new credentials take over once their watches have synced");
+                }
+                self.start_session(client, purpose);
+            }
+            Err(e) => {
+                tracing::error!(cluster = %self.cfg.cluster, error = %e, "kubeconfig not usable; keeping the current credentials");
+                self.problems.set("kubeconfig", format!("{e}; keeping the current credentials"));
+            }
+        }
+        self.dirty = true;
+    }
+
+    fn on_signal(&mut self, tagged: Tagged) {
+        let is_pending = self.pending.as_ref().is_some_and(|(s, _)| s.id == tagged.session);
+        let is_active = self.active.as_ref().is_some_and(|s| s.id == tagged.session);
+        if !is_pending && !is_active {
+            return;
+        }
+        self.dirty = true;
+        match tagged.signal {
+            Signal::Started(served) => {
+                if let Some((s, _)) = self.pending.as_mut().filter(|_| is_pending) {
+                    s.served = Some(served);
+                }
+            }
+            Signal::StartFailed(e) => {
+                self.problems.set("session", format!("{e} (retrying)"));
+            }
+            Signal::Changed => {
+                if is_active {
+                    self.writeback_again = true;
+                }
+            }
+            Signal::WatchError { gone: true, .. } => {}
+            Signal::WatchError { kind, error, .. } => {
+                let source = if is_active { "watch" } else { "session" };
+                let message = format!(
+                    "cluster {}: watching {kind}s failed: {error} (retrying)",
+                    self.cfg.cluster
+                );
+                if is_active {
+                    tracing::warn!(cluster = %self.cfg.cluster, kind, %error, "watch failed; serving the last good state");
+                    self.mark_stale();
+                } else {
+                    tracing::warn!(cluster = %self.cfg.cluster, kind, %error, "watch of the new session failed; the current state keeps serving");
+                }
+                self.problems.set(format!("{source} {kind}"), message);
+            }
+        }
+        if self.pending.as_ref().is_some_and(|(s, _)| s.synced()) {
+            self.promote();
+        }
+    }
+
+    fn mark_stale(&mut self) {
+        if self.active.is_none() {
+            return;
+        }
+        if self.status.stale_since.is_none() {
+            self.status.stale_since = Some(SystemTime::now());
+        }
+        if self.pending.is_none() {
+            if let Some(client) = self.latest_client.clone() {
+                self.start_session(client, Purpose::Resync);
+            }
+        }
+    }
+
+    fn on_probe(&mut self, result: Result<(), KubeError>) {
+        match result {
+            Ok(()) => {
+                self.problems.clear("probe");
+                if self.probe_failing {
+                    self.probe_failing = false;
+                    // Requests of a session started while the server hung may never return.
+                    if let Some((s, purpose)) = &self.pending {
+                        if !s.synced() {
+                            let purpose = *purpose;
+                            let client = s.client.clone();
+                            self.start_session(client, purpose);
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                self.probe_failing = true;
+                tracing::warn!(cluster = %self.cfg.cluster, error = %e, "API server unreachable; serving the last good state");
+                self.problems.set("probe", e.to_string());
+                self.mark_stale();
+            }
+        }
+        self.dirty = true;
+    }
+
+    fn promote(&mut self) {
+        let Some((session, purpose)) = self.pending.take() else {
+            return;
+        };
+        tracing::info!(cluster = %self.cfg.cluster, session = session.id, ?purpose, "watches synced; serving them");
+        if purpose == Purpose::Rotation {
+            self.status.credentials_generation += 1;
+        }
+        *self.cfg.client_slot.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(session.client.clone());
+        self.status.apis = session.served.clone();
+        self.active = Some(session);
+        self.status.stale_since = None;
+        self.status.withdrawn = false;
+        self.status.last_synced = Some(SystemTime::now());
+        self.status.rotation_pending = false;
+        self.problems.clear_prefix("watch");
+        self.problems.clear_prefix("session");
+        self.problems.clear("probe");
+        self.probe_failing = false;
+        self.dirty = true;
+        self.writeback_again = true;
+    }
+
+    fn check_ttl(&mut self) {
+        let ttl = self.cfg.spec.borrow().stale_endpoint_ttl;
+        if let (Some(ttl), Some(stale)) = (ttl, self.status.stale_for()) {
+            if stale >= ttl && !self.status.withdrawn {
+                tracing::warn!(cluster = %self.cfg.cluster, ttl_s = ttl.as_secs(), "stale for longer than staleEndpointTtl; withdrawing its endpoints");
+                self.status.withdrawn = true;
+                self.dirty = true;
+            }
+        }
+    }
+
+    fn assemble(&mut self) -> Option<ClusterObjects> {
+        let active = self.active.as_ref()?;
+        let stores = lock(&active.stores);
+        if let Some(found) = stores.cluster_id.items().values().next() {
+            if found != self.cfg.cluster.as_str() {
+                let e = KubeError::ClusterIdMismatch {
+                    cluster: self.cfg.cluster.clone(),
+                    found: found.clone(),
+                };
+                self.problems.set("clusterProperty", e.to_string());
+                return None;
+            }
+        }
+        self.problems.clear("clusterProperty");
+        let translate_errors = stores.translate_errors();
+        let records = Records {
+            services: stores.services.items().clone(),
+            slices: stores.slices.items().clone(),
+            pods: stores.pods.items().clone(),
+            nodes: stores.nodes.items().clone(),
+            exports: stores.exports.items().clone(),
+            policies: stores.policies.items().clone(),
+        };
+        drop(stores);
+        self.problems.clear_prefix("object ");
+        for (i, e) in translate_errors.into_iter().enumerate() {
+            self.problems.set(format!("object {i:06}"), e);
+        }
+        let spec = self.cfg.spec.borrow().clone();
+        let mut objects = translate::assemble(&spec, &records);
+        if self.status.withdrawn {
+            objects.endpoint_slices.clear();
+        }
+        Some(objects)
+    }
+
+    fn publish(&mut self) {
+        if !self.dirty {
+            return;
+        }
+        self.dirty = false;
+        let objects = self.assemble().map(Arc::new);
+        self.status.state = match (&self.active, self.status.stale_since) {
+            (None, _) => SyncState::Syncing,
+            (Some(_), None) => SyncState::Synced,
+            (Some(_), Some(_)) => SyncState::Stale,
+        };
+        self.status.errors = self.problems.list();
+        let objects_changed = objects.as_deref() != self.published.as_deref();
+        if !objects_changed && self.sent_status.as_ref() == Some(&self.status) {
+            return;
+        }
+        if objects_changed {
+            self.published = objects;
+        }
+        self.sent_status = Some(self.status.clone());
+        let update = ClusterUpdate {
+            cluster: self.cfg.cluster.clone(),
+            objects: self.published.clone(),
+            objects_changed,
+            status: self.status.clone(),
+        };
+        // The receiver is gone only when the control plane is shutting down.
+        let _ = self.cfg.updates.send(update);
+    }
+
+    fn maybe_write_back(&mut self) -> Option<tokio::task::JoinHandle<WriteBackOutcome>> {
+        if !self.writeback_again || self.cfg.options.read_only || self.published.is_none() {
+            return None;
+        }
+        let active = self.active.as_ref()?;
+        let desired = self.cfg.desired.borrow().clone()?;
+        let served = active.served.as_ref()?;
+        let (exports, imports) = (served.service_export()?, served.service_import()?);
+        self.writeback_again = false;
+        let stores = lock(&active.stores);
+        let current = Current {
+            imports: stores.imports.items().clone(),
+            exports: stores.exports.items().clone(),
+        };
+        drop(stores);
+        let client = active.client.clone();
+        let cluster = self.cfg.cluster.clone();
+        Some(tokio::spawn(async move {
+            writeback::write_back(&cluster, &client, &exports, &imports, &desired, &current).await
+        }))
+    }
+
+    fn on_writeback(&mut self, outcome: WriteBackOutcome) {
+        if outcome.errors.is_empty() {
+            self.problems.clear("writeBack");
+        } else {
+            self.problems.set("writeBack", outcome.errors.join("; "));
+            self.retry_writeback_at = Some(tokio::time::Instant::now() + Duration::from_secs(5));
+            self.dirty = true;
+        }
+        if outcome != WriteBackOutcome::default() {
+            tracing::info!(cluster = %self.cfg.cluster, applied = outcome.imports_applied, deleted = outcome.imports_deleted, exports = outcome.exports_updated, errors = outcome.errors.len(), "MCS write-back");
+        }
+    }
+}

@@ -1,0 +1,335 @@
+//! A *session*: one client's set of watches on one cluster, each feeding a [`KindStore`].
+//!
+//! A cluster runs one active session; a second one is started to change credentials or to
+//! re-list after the API server was unreachable, and replaces the active one only once every
+//! one of its watches has completed its initial list (see `cluster.rs`).
+
+use std::fmt::Debug;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use causeway_model::{AuthorizationPolicy, ClusterId, Service};
+use futures::StreamExt;
+use k8s_openapi::api::core::v1 as core;
+use k8s_openapi::api::discovery::v1 as discovery;
+use kube::api::{Api, DynamicObject};
+use kube::runtime::watcher::{self, Event};
+use kube::runtime::WatchStreamExt;
+use kube::Resource;
+use serde::de::DeserializeOwned;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use crate::apis::{self, ServedApis};
+use crate::store::{Change, KindStore, ObjectKey};
+use crate::translate::{self, ExportRecord, ImportRecord, NodeRecord, PodRecord, SliceRecord, TranslateError};
+
+/// Label on every object Causeway writes into a member cluster.
+pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
+/// Its value.
+pub const MANAGED_BY: &str = "causeway";
+
+/// How watches make their initial list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum InitialList {
+    /// Paged LIST, then WATCH from its resourceVersion (every Kubernetes version).
+    #[default]
+    ListWatch,
+    /// WATCH with `sendInitialEvents` (streaming lists, Kubernetes 1.32+): less API server memory.
+    Streaming,
+}
+
+/// Every kind a session watches.
+#[derive(Debug, Default)]
+pub struct Stores {
+    /// Services.
+    pub services: KindStore<Service>,
+    /// EndpointSlices.
+    pub slices: KindStore<SliceRecord>,
+    /// Pods.
+    pub pods: KindStore<PodRecord>,
+    /// Nodes.
+    pub nodes: KindStore<NodeRecord>,
+    /// ServiceExports.
+    pub exports: KindStore<ExportRecord>,
+    /// ServiceImports this control plane owns.
+    pub imports: KindStore<ImportRecord>,
+    /// AuthorizationPolicies.
+    pub policies: KindStore<AuthorizationPolicy>,
+    /// The About API's cluster id.
+    pub cluster_id: KindStore<String>,
+}
+
+impl Stores {
+    /// Whether every watch has completed its initial list.
+    pub fn synced(&self) -> bool {
+        self.services.synced()
+            && self.slices.synced()
+            && self.pods.synced()
+            && self.nodes.synced()
+            && self.exports.synced()
+            && self.imports.synced()
+            && self.policies.synced()
+            && self.cluster_id.synced()
+    }
+
+    /// Every object currently left out because it could not be translated.
+    pub fn translate_errors(&self) -> Vec<String> {
+        let mut all: Vec<String> = Vec::new();
+        all.extend(self.services.errors().map(ToString::to_string));
+        all.extend(self.slices.errors().map(ToString::to_string));
+        all.extend(self.pods.errors().map(ToString::to_string));
+        all.extend(self.exports.errors().map(ToString::to_string));
+        all.extend(self.policies.errors().map(ToString::to_string));
+        all
+    }
+}
+
+/// What a session reports to its cluster's runtime.
+#[derive(Debug)]
+pub enum Signal {
+    /// Discovery finished: which optional APIs are watched.
+    Started(ServedApis),
+    /// Discovery failed (retried).
+    StartFailed(String),
+    /// A store changed, or completed a list.
+    Changed,
+    /// A watch failed (kube-rs retries it with backoff). `gone` is a 410: the watch re-lists by
+    /// itself and nothing is lost.
+    WatchError {
+        /// The kind.
+        kind: &'static str,
+        /// What failed.
+        error: String,
+        /// A 410 Gone / Expired.
+        gone: bool,
+    },
+}
+
+/// A signal, tagged with the session that sent it.
+#[derive(Debug)]
+pub struct Tagged {
+    /// Session id.
+    pub session: u64,
+    /// The signal.
+    pub signal: Signal,
+}
+
+/// A running session; dropping it stops its watches.
+pub struct Session {
+    /// Unique within the process.
+    pub id: u64,
+    /// Its client.
+    pub client: kube::Client,
+    /// Its records.
+    pub stores: Arc<Mutex<Stores>>,
+    /// Optional APIs, once discovered.
+    pub served: Option<ServedApis>,
+    tasks: Arc<Mutex<Vec<JoinHandle<()>>>>,
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        for task in lock(&self.tasks).drain(..) {
+            task.abort();
+        }
+    }
+}
+
+/// Locks a mutex, recovering from poisoning (a panicked watch task must not stop the cluster).
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Session {
+    /// Starts discovery and then every watch of `cluster` with `client`.
+    pub fn start(
+        id: u64,
+        cluster: ClusterId,
+        client: kube::Client,
+        initial_list: InitialList,
+        signals: mpsc::UnboundedSender<Tagged>,
+    ) -> Self {
+        let stores = Arc::new(Mutex::new(Stores::default()));
+        let tasks = Arc::new(Mutex::new(Vec::new()));
+        let ctx = WatchContext {
+            session: id,
+            cluster,
+            stores: Arc::clone(&stores),
+            signals,
+            initial_list,
+        };
+        let child_tasks = Arc::clone(&tasks);
+        let c = client.clone();
+        let starter = tokio::spawn(async move {
+            let served = loop {
+                match apis::discover(&ctx.cluster, &c, Duration::from_secs(10)).await {
+                    Ok(served) => break served,
+                    Err(e) => {
+                        ctx.send(Signal::StartFailed(e.to_string()));
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                }
+            };
+            let handles = spawn_watches(&ctx, &c, &served);
+            lock(&child_tasks).extend(handles);
+            ctx.send(Signal::Started(served));
+        });
+        lock(&tasks).push(starter);
+        Self {
+            id,
+            client,
+            stores,
+            served: None,
+            tasks,
+        }
+    }
+
+    /// Whether discovery is done and every watch has listed.
+    pub fn synced(&self) -> bool {
+        self.served.is_some() && lock(&self.stores).synced()
+    }
+}
+
+#[derive(Clone)]
+struct WatchContext {
+    session: u64,
+    cluster: ClusterId,
+    stores: Arc<Mutex<Stores>>,
+    signals: mpsc::UnboundedSender<Tagged>,
+    initial_list: InitialList,
+}
+
+impl WatchContext {
+    fn send(&self, signal: Signal) {
+        // The receiver is gone only when the cluster's runtime stopped.
+        let _ = self.signals.send(Tagged {
+            session: self.session,
+            signal,
+        });
+    }
+
+    fn config(&self) -> watcher::Config {
+        let config = watcher::Config::default();
+        match self.initial_list {
+            InitialList::ListWatch => config,
+            InitialList::Streaming => config.streaming_lists(),
+        }
+    }
+}
+
+fn spawn_watches(ctx: &WatchContext, client: &kube::Client, served: &ServedApis) -> Vec<JoinHandle<()>> {
+    let mut tasks = Vec::new();
+    let cfg = ctx.config();
+    let cluster = ctx.cluster.clone();
+    let c = cluster.clone();
+    tasks.push(watch(ctx, "Service", Api::<core::Service>::all(client.clone()), cfg.clone(), move |o| translate::service(&c, o), |s| &mut s.services));
+    let c = cluster.clone();
+    tasks.push(watch(ctx, "EndpointSlice", Api::<discovery::EndpointSlice>::all(client.clone()), cfg.clone(), move |o| translate::endpoint_slice(&c, o), |s| &mut s.slices));
+    let c = cluster.clone();
+    tasks.push(watch(ctx, "Pod", Api::<core::Pod>::all(client.clone()), cfg.clone(), move |o| translate::pod(&c, o).map(Some), |s| &mut s.pods));
+    tasks.push(watch(ctx, "Node", Api::<core::Node>::all(client.clone()), cfg.clone(), |o| Ok(Some(translate::node(o))), |s| &mut s.nodes));
+    let mut stores = lock(&ctx.stores);
+    match (served.service_export(), served.service_import()) {
+        (Some(export), Some(import)) => {
+            drop(stores);
+            let c = cluster.clone();
+            tasks.push(watch(ctx, "ServiceExport", Api::<DynamicObject>::all_with(client.clone(), &export), cfg.clone(), move |o| translate::service_export(&c, o).map(Some), |s| &mut s.exports));
+            let owned = cfg.clone().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY}"));
+            tasks.push(watch(ctx, "ServiceImport", Api::<DynamicObject>::all_with(client.clone(), &import), owned, |o| Ok(Some(translate::service_import(o))), |s| &mut s.imports));
+            stores = lock(&ctx.stores);
+        }
+        _ => {
+            stores.exports = KindStore::absent();
+            stores.imports = KindStore::absent();
+        }
+    }
+    if !served.authorization_policies {
+        stores.policies = KindStore::absent();
+    }
+    if served.cluster_property().is_none() {
+        stores.cluster_id = KindStore::absent();
+    }
+    drop(stores);
+    if served.authorization_policies {
+        let c = cluster.clone();
+        tasks.push(watch(ctx, "AuthorizationPolicy", Api::<crate::crd::AuthorizationPolicy>::all(client.clone()), cfg.clone(), move |o| crate::crd::to_model(o, c.as_str()).map(Some).map_err(|e| policy_error(&c, o, e)), |s| &mut s.policies));
+    }
+    if let Some(property) = served.cluster_property() {
+        let named = cfg.fields(&format!("metadata.name={}", translate::CLUSTER_ID_PROPERTY));
+        tasks.push(watch(ctx, "ClusterProperty", Api::<DynamicObject>::all_with(client.clone(), &property), named, |o| Ok(translate::cluster_property(o)), |s| &mut s.cluster_id));
+    }
+    tasks
+}
+
+fn policy_error(
+    cluster: &ClusterId,
+    policy: &crate::crd::AuthorizationPolicy,
+    e: causeway_registry::LoadError,
+) -> TranslateError {
+    TranslateError {
+        cluster: cluster.clone(),
+        kind: "AuthorizationPolicy",
+        object: format!(
+            "{}/{}",
+            policy.metadata.namespace.as_deref().unwrap_or("default"),
+            policy.metadata.name.as_deref().unwrap_or("")
+        ),
+        field: e.field.clone().unwrap_or_default(),
+        reason: e.reason.clone(),
+    }
+}
+
+fn key_of<K: Resource>(obj: &K) -> ObjectKey {
+    let meta = obj.meta();
+    (
+        meta.namespace.clone().unwrap_or_default(),
+        meta.name.clone().unwrap_or_default(),
+    )
+}
+
+/// Runs one kind's watcher (with kube-rs's default backoff) into its store.
+fn watch<K, R, T, S>(
+    ctx: &WatchContext,
+    kind: &'static str,
+    api: Api<K>,
+    config: watcher::Config,
+    translate: T,
+    store: S,
+) -> JoinHandle<()>
+where
+    K: Resource + Clone + DeserializeOwned + Debug + Send + 'static,
+    R: PartialEq + Clone + Send + 'static,
+    T: Fn(&K) -> Result<Option<R>, TranslateError> + Send + 'static,
+    S: Fn(&mut Stores) -> &mut KindStore<R> + Send + 'static,
+{
+    let ctx = ctx.clone();
+    tokio::spawn(async move {
+        let span = tracing::debug_span!("watch", cluster = %ctx.cluster, kind);
+        let _ = &span;
+        let mut events = std::pin::pin!(watcher::watcher(api, config).default_backoff());
+        while let Some(item) = events.next().await {
+            let change = match item {
+                Ok(Event::Init) => Change::Init,
+                Ok(Event::InitApply(o)) => Change::InitApply(key_of(&o), translate(&o)),
+                Ok(Event::InitDone) => Change::InitDone,
+                Ok(Event::Apply(o)) => Change::Apply(key_of(&o), translate(&o)),
+                Ok(Event::Delete(o)) => Change::Delete(key_of(&o)),
+                Err(e) => {
+                    let gone = matches!(&e, watcher::Error::WatchError(s) if s.code == 410);
+                    ctx.send(Signal::WatchError {
+                        kind,
+                        error: e.to_string(),
+                        gone,
+                    });
+                    continue;
+                }
+            };
+            let done = matches!(change, Change::InitDone);
+            let changed = store(&mut lock(&ctx.stores)).apply(change);
+            if changed || done {
+                ctx.send(Signal::Changed);
+            }
+        }
+    })
+}

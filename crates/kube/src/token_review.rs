@@ -1,0 +1,194 @@
+//! Projected ServiceAccount tokens, checked with a TokenReview against the workload's own
+//! cluster: how a Kubernetes workload proves its identity to the mesh CA. A token is only ever
+//! sent to the API server of the cluster the workload claims, so a token of cluster A can
+//! never yield an identity of cluster B.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, PoisonError, RwLock};
+use std::time::Duration;
+
+use causeway_model::ClusterId;
+use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
+use kube::api::{Api, PostParams};
+
+/// The audience agents request for their projected token, and the only one the CA accepts.
+pub const CA_AUDIENCE: &str = "causeway-ca";
+/// TokenReview `extra` key naming the pod a bound token belongs to.
+const POD_NAME_EXTRA: &str = "authentication.kubernetes.io/pod-name";
+
+/// Who a reviewed token belongs to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReviewedToken {
+    /// Cluster whose API server authenticated it.
+    pub cluster: ClusterId,
+    /// ServiceAccount namespace.
+    pub namespace: String,
+    /// ServiceAccount name: the identity.
+    pub service_account: String,
+    /// Pod the token is bound to, when the API server says.
+    pub pod: Option<String>,
+}
+
+/// Why a token was not accepted. Messages never contain the token.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReviewError {
+    /// The cluster is not a Kubernetes member of this mesh.
+    #[error("cluster {0} is not a Kubernetes member cluster of this mesh")]
+    UnknownCluster(ClusterId),
+    /// The cluster's API server has not been reached yet.
+    #[error("cluster {0}: no working connection to its API server yet")]
+    NotConnected(ClusterId),
+    /// The API server said the token is not valid.
+    #[error("cluster {cluster}: the API server did not authenticate the token{}", reason.as_deref().map(|r| format!(": {r}")).unwrap_or_default())]
+    NotAuthenticated {
+        /// The cluster asked.
+        cluster: ClusterId,
+        /// What the API server said.
+        reason: Option<String>,
+    },
+    /// The token is valid but not for the CA's audience.
+    #[error("cluster {0}: the token is not issued for audience {CA_AUDIENCE:?}")]
+    WrongAudience(ClusterId),
+    /// The token belongs to a user, not a ServiceAccount.
+    #[error("cluster {cluster}: the token belongs to {user:?}, not to a ServiceAccount")]
+    NotServiceAccount {
+        /// The cluster asked.
+        cluster: ClusterId,
+        /// The authenticated user name.
+        user: String,
+    },
+    /// The TokenReview could not be made (API server down, no permission...).
+    #[error("cluster {cluster}: cannot review the token: {reason}")]
+    Unavailable {
+        /// The cluster asked.
+        cluster: ClusterId,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// Reviews `token` with `client` (cluster `cluster`'s API server).
+pub async fn review(
+    cluster: &ClusterId,
+    client: &kube::Client,
+    token: &str,
+    limit: Duration,
+) -> Result<ReviewedToken, ReviewError> {
+    let request = TokenReview {
+        spec: TokenReviewSpec {
+            token: token.to_owned(),
+            audiences: Some(vec![CA_AUDIENCE.to_owned()]),
+        },
+        ..TokenReview::default()
+    };
+    let api: Api<TokenReview> = Api::all(client.clone());
+    let unavailable = |reason: String| ReviewError::Unavailable {
+        cluster: cluster.clone(),
+        reason,
+    };
+    let answer = match tokio::time::timeout(limit, api.create(&PostParams::default(), &request)).await
+    {
+        Ok(Ok(answer)) => answer,
+        Ok(Err(e)) => return Err(unavailable(e.to_string())),
+        Err(_) => return Err(unavailable(format!("no answer within {} s", limit.as_secs()))),
+    };
+    let status = answer.status.unwrap_or_default();
+    if status.authenticated != Some(true) {
+        return Err(ReviewError::NotAuthenticated {
+            cluster: cluster.clone(),
+            reason: status.error.filter(|e| !e.is_empty()),
+        });
+    }
+    if !status
+        .audiences
+        .as_ref()
+        .is_some_and(|a| a.iter().any(|a| a == CA_AUDIENCE))
+    {
+        return Err(ReviewError::WrongAudience(cluster.clone()));
+    }
+    let user = status.user.unwrap_or_default();
+    let username = user.username.unwrap_or_default();
+    let Some((namespace, service_account)) = username
+        .strip_prefix("system:serviceaccount:")
+        .and_then(|rest| rest.split_once(':'))
+        .filter(|(ns, sa)| !ns.is_empty() && !sa.is_empty() && !sa.contains(':'))
+    else {
+        return Err(ReviewError::NotServiceAccount {
+            cluster: cluster.clone(),
+            user: username,
+        });
+    };
+    let pod = user
+        .extra
+        .as_ref()
+        .and_then(|e| e.get(POD_NAME_EXTRA))
+        .and_then(|v| v.first())
+        .cloned();
+    Ok(ReviewedToken {
+        cluster: cluster.clone(),
+        namespace: namespace.to_owned(),
+        service_account: service_account.to_owned(),
+        pod,
+    })
+}
+
+/// The shared, current client of one cluster (replaced when its credentials rotate).
+pub(crate) type ClientSlot = Arc<RwLock<Option<kube::Client>>>;
+
+/// Reviews tokens against the cluster they claim, with that cluster's current client.
+#[derive(Clone, Default)]
+pub struct TokenReviewer {
+    clients: Arc<RwLock<BTreeMap<ClusterId, ClientSlot>>>,
+    limit: Option<Duration>,
+}
+
+impl std::fmt::Debug for TokenReviewer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenReviewer")
+            .field("clusters", &self.clusters())
+            .finish()
+    }
+}
+
+impl TokenReviewer {
+    pub(crate) fn set(&self, cluster: ClusterId, slot: ClientSlot) {
+        self.clients
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(cluster, slot);
+    }
+
+    pub(crate) fn remove(&self, cluster: &ClusterId) {
+        self.clients
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(cluster);
+    }
+
+    /// Kubernetes member clusters.
+    pub fn clusters(&self) -> Vec<ClusterId> {
+        self.clients
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .keys()
+            .cloned()
+            .collect()
+    }
+
+    /// Reviews `token` with `cluster`'s API server.
+    pub async fn review(&self, cluster: &ClusterId, token: &str) -> Result<ReviewedToken, ReviewError> {
+        let slot = self
+            .clients
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(cluster)
+            .cloned()
+            .ok_or_else(|| ReviewError::UnknownCluster(cluster.clone()))?;
+        let client = slot
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+            .ok_or_else(|| ReviewError::NotConnected(cluster.clone()))?;
+        review(cluster, &client, token, self.limit.unwrap_or(Duration::from_secs(5))).await
+    }
+}
