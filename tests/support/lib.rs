@@ -1,6 +1,8 @@
 //! Support for end-to-end suites: locate the `causeway` binary, run it as a child process that
 //! is always stopped, and talk to it over real sockets.
 
+pub mod kube_mesh;
+
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -419,8 +421,13 @@ impl MeshRun {
         let mesh_dir = dir.path().join("mesh");
         copy_dir(&workspace().join("examples").join(example), &mesh_dir);
         edit(&mesh_dir);
-        let run_dir = dir.path().join("run");
-        std::fs::create_dir_all(&run_dir).expect("run dir");
+        let me = Self::launch(dir, mesh_dir, port_base, cp_extra, &[]);
+        me.warm_up();
+        me
+    }
+
+    /// The plan of `mesh_dir` (as `causeway demo --print-plan` prints it).
+    pub fn plan(mesh_dir: &Path, run_dir: &Path, port_base: u16) -> serde_json::Value {
         let envoy = envoy_bin();
         let out = run(&[
             "demo",
@@ -439,7 +446,25 @@ impl MeshRun {
             "plan: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        let plan: serde_json::Value = serde_json::from_slice(&out.stdout).expect("plan json");
+        serde_json::from_slice(&out.stdout).expect("plan json")
+    }
+
+    /// Starts every process of `mesh_dir`'s plan plus `extra` ones (added to the plan as given:
+    /// JSON objects with `name`, `kind`, `args` and, for proxies, `admin`), and waits until every
+    /// proxy is in sync.
+    pub fn launch(
+        dir: tempfile::TempDir,
+        mesh_dir: PathBuf,
+        port_base: u16,
+        cp_extra: &[&str],
+        extra: &[serde_json::Value],
+    ) -> Self {
+        let run_dir = dir.path().join("run");
+        std::fs::create_dir_all(&run_dir).expect("run dir");
+        let mut plan = Self::plan(&mesh_dir, &run_dir, port_base);
+        if let Some(list) = plan["processes"].as_array_mut() {
+            list.extend(extra.iter().cloned());
+        }
         let debug: SocketAddr = plan["debug"]
             .as_str()
             .expect("debug")
@@ -484,13 +509,12 @@ impl MeshRun {
             .filter(|s| s["kind"] == "gateway" || s["kind"] == "sidecar")
             .count();
         me.wait_in_sync(proxies);
-        me.warm_up();
         me
     }
 
     /// Waits until the example's client reaches its local echo: every sidecar has its listeners
     /// and no endpoint is still ejected from a start-up race, so tests begin in steady state.
-    fn warm_up(&self) {
+    pub fn warm_up(&self) {
         let Some(echo) = self.outbound("alpha-client-sidecar", "demo/echo") else {
             return;
         };
@@ -615,4 +639,10 @@ impl Process {
             log: log.to_path_buf(),
         }
     }
+}
+
+/// Installs aws-lc-rs as rustls' process-wide provider (the fake API servers and kube-rs need
+/// one); idempotent.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
 }

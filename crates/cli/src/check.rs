@@ -82,8 +82,34 @@ pub fn diagnose(dir: &Path) -> anyhow::Result<Vec<Diagnostic>> {
                 }
             }
         }
+        findings.extend(kubeconfig_findings(dir, mesh));
     }
     Ok(findings)
+}
+
+/// Kubernetes members: their kubeconfig must be readable and name an API server (checked
+/// offline; the control plane reports whether it answers).
+fn kubeconfig_findings(dir: &Path, mesh: &causeway_model::MeshConfig) -> Vec<Diagnostic> {
+    let mut out = Vec::new();
+    for spec in &mesh.clusters {
+        let Some(source) = &spec.kubernetes else {
+            continue;
+        };
+        let path = source.kubeconfig_path(dir);
+        let result = causeway_kube::KubeconfigFile::read(&spec.id, &path, source.context.clone())
+            .and_then(|file| causeway_kube::client::validate(&spec.id, &file));
+        if let Err(e) = result {
+            out.push(Diagnostic {
+                severity: Severity::Error,
+                file: Some(spec.source.file.clone()),
+                line: Some(spec.source.line),
+                object: Some(format!("Cluster {}", spec.id)),
+                field: Some("spec.kubernetes.kubeconfig".into()),
+                message: e.to_string(),
+            });
+        }
+    }
+    out
 }
 
 /// Runs the command: exit 0 when there is no error (warnings allowed), 1 otherwise.

@@ -9,6 +9,7 @@ mod crds;
 mod demo;
 mod echo;
 mod http_client;
+mod link;
 mod proxy;
 mod proxy_config;
 mod proxy_status;
@@ -45,6 +46,8 @@ enum Command {
     },
     /// Print the CustomResourceDefinitions of Causeway's kinds (`causeway crds | kubectl apply -f -`).
     Crds,
+    /// Add a Kubernetes cluster to mesh.yaml (or update it) after checking its API server and credentials.
+    Link(link::Args),
     /// Run a multi-cluster mesh on this machine from a mesh directory (`--tour`: scripted walk-through).
     Demo(demo::Args),
     /// Mesh CA operations (root kept offline, per-cluster intermediates).
@@ -107,6 +110,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Check { dir, output } => check::run(&dir, output),
         Command::Crds => crds::run(),
+        Command::Link(args) => runtime().and_then(|rt| rt.block_on(link::run(args))),
         Command::ControlPlane(args) => runtime().and_then(|rt| {
             rt.block_on(control_plane::run(args))
                 .map(|()| ExitCode::SUCCESS)

@@ -53,6 +53,41 @@ impl KubeconfigFile {
     }
 }
 
+/// Checks, without contacting it, that a kubeconfig names an API server for its context
+/// (`causeway check`).
+pub fn validate(cluster: &ClusterId, kubeconfig: &KubeconfigFile) -> Result<(), KubeError> {
+    let invalid = |reason: String| KubeError::InvalidKubeconfig {
+        cluster: cluster.clone(),
+        path: kubeconfig.path.clone(),
+        reason,
+    };
+    let parsed = Kubeconfig::from_yaml(&kubeconfig.contents).map_err(|e| invalid(e.to_string()))?;
+    let context_name = kubeconfig
+        .context
+        .clone()
+        .or_else(|| parsed.current_context.clone())
+        .ok_or_else(|| invalid("no context given and no current-context set".into()))?;
+    let context = parsed
+        .contexts
+        .iter()
+        .find(|c| c.name == context_name)
+        .and_then(|c| c.context.as_ref())
+        .ok_or_else(|| invalid(format!("has no context {context_name:?}")))?;
+    let server = parsed
+        .clusters
+        .iter()
+        .find(|c| c.name == context.cluster)
+        .and_then(|c| c.cluster.as_ref())
+        .and_then(|c| c.server.clone());
+    if server.is_none() {
+        return Err(invalid(format!(
+            "context {context_name:?} names cluster {:?}, which has no server address",
+            context.cluster
+        )));
+    }
+    Ok(())
+}
+
 /// The future a [`ClientFactory`] returns.
 pub type ClientFuture<'a> = Pin<Box<dyn Future<Output = Result<kube::Client, KubeError>> + Send + 'a>>;
 

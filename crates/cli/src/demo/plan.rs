@@ -244,6 +244,8 @@ pub fn build(
                     we.service_account.clone(),
                     "--sds-socket".into(),
                     sds.display().to_string(),
+                    "--cluster".into(),
+                    cluster.to_string(),
                 ],
                 admin: None,
             });
