@@ -26,8 +26,10 @@ lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
-## Benchmarks (release build): the mesh index, then the mesh path against Envoy.
+## Benchmarks (release build): the mesh index, then the mesh path against Envoy, then
+## Kubernetes sync against fake API servers.
 bench:
 	$(CARGO) build --release -p causeway -p causeway-bench
 	./target/release/index-bench
 	CAUSEWAY_ENVOY="$$(./scripts/ensure-envoy)" ./target/release/mesh-path
+	./target/release/kube-sync

@@ -325,7 +325,7 @@ fn rotation_under_load(w: &World) {
     };
     for cluster in [&w.east, &w.west] {
         let new_token = format!("{}-control-plane-2", cluster.id);
-        cluster.server.add_token(&new_token, causeway_kube_fake::Permissions::all());
+        cluster.server.add_token(&new_token, causeway_kube_fake::Permissions::All);
         let tmp = cluster.kubeconfig.with_extension("new");
         std::fs::write(&tmp, cluster.server.kubeconfig(&cluster.id, &new_token)).expect("kubeconfig");
         std::fs::rename(&tmp, &cluster.kubeconfig).expect("rotate kubeconfig");
@@ -344,13 +344,15 @@ fn rotation_under_load(w: &World) {
     let removed = wait_for(Duration::from_secs(5), || {
         (!view_addresses(w.mesh.debug, "east", "client-0", "demo/echo").contains(&"127.41.0.12".to_owned())).then_some(())
     });
-    std::thread::sleep(Duration::from_millis(300));
+    // Keep the load on a while longer with only the new credentials in use.
+    let target = ok.load(Ordering::Relaxed) + 200;
+    wait_for(Duration::from_secs(10), || (ok.load(Ordering::Relaxed) >= target).then_some(()));
     stop.store(true, Ordering::Relaxed);
     load.join().expect("load thread");
     assert!(removed.is_some(), "a change after the old token was revoked did not arrive");
     let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
     println!("rotation under load: {ok} requests answered, {failed} failed");
-    assert!(ok > 20, "too little load to tell: {ok} requests");
+    assert!(ok > 200, "too little load to tell: {ok} requests");
     assert_eq!(failed, 0, "requests failed during credential rotation");
     let c = clusters(w.mesh.debug);
     assert_eq!(c["east"]["kubernetes"]["state"], "synced", "{:?}", c["east"]);
@@ -377,6 +379,10 @@ fn api_server_stopped_then_back(w: &World) {
         (s > 0.0).then_some(s)
     });
     assert!(stale_seconds.is_some(), "causeway_cluster_stale_seconds{{cluster=\"west\"}} stays 0");
+    let debug = w.mesh.debug.to_string();
+    let out = run(&["proxy-config", "endpoints", "--control-plane", &debug, "--cluster", "east", "--namespace", "demo", "--workload", "client-0"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("cluster west is stale for"), "proxy-config shows the stale cluster:\n{text}");
     // While it is down, a pod goes away (and the endpoint controller updates the slice).
     w.west.server.delete("v1", "Pod", Some("demo"), "echo-west-0").expect("delete pod");
     w.west.apply(endpoint_slice("demo", "echo", "echo-west-a", 8080, Vec::new()));

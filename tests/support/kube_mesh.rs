@@ -30,7 +30,7 @@ impl FakeCluster {
             .block_on(FakeApiServer::start(options))
             .expect("fake API server");
         let token = format!("{id}-control-plane-1");
-        server.add_token(&token, causeway_kube_fake::Permissions::all());
+        server.add_token(&token, causeway_kube_fake::Permissions::All);
         let kubeconfig = dir.join(format!("{id}.kubeconfig"));
         std::fs::write(&kubeconfig, server.kubeconfig(id, &token)).expect("kubeconfig");
         Self {

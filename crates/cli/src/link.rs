@@ -133,7 +133,12 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     if edited.dropped_comments {
         eprintln!("note: comments inside the previous Cluster {cluster} document were not kept");
     }
-    if args.mesh_dir.join("clusters").join(cluster.as_str()).is_dir() {
+    if args
+        .mesh_dir
+        .join("clusters")
+        .join(cluster.as_str())
+        .is_dir()
+    {
         eprintln!(
             "warning: {} is ignored now that cluster {cluster} is read from its API server",
             args.mesh_dir
@@ -225,7 +230,7 @@ async fn check_cluster(
     let info = match tokio::time::timeout(limit, client.apiserver_version()).await {
         Ok(Ok(info)) => info,
         Ok(Err(e)) => {
-            return Err(anyhow::Error::new(e).context(format!(
+            return Err(api_error(e).context(format!(
                 "cluster {cluster}: the API server at {url} did not answer GET /version; mesh.yaml was not changed"
             )))
         }
@@ -339,10 +344,28 @@ fn review_failure(e: kube::Error) -> anyhow::Error {
         ),
         _ => None,
     };
-    let e = anyhow::Error::new(e);
+    let e = api_error(e);
     match hint {
         Some(hint) => e.context(hint),
         None => e,
+    }
+}
+
+/// A kube-rs error; an API server's `Status` as its message and code (kube-rs's own rendering
+/// repeats the whole `Status` structure).
+fn api_error(e: kube::Error) -> anyhow::Error {
+    match e {
+        kube::Error::Api(status) => anyhow!(
+            "{} (HTTP {}{})",
+            status.message,
+            status.code,
+            if status.reason.is_empty() {
+                String::new()
+            } else {
+                format!(" {}", status.reason)
+            }
+        ),
+        other => anyhow::Error::new(other),
     }
 }
 
@@ -512,7 +535,10 @@ fn is_trivia(line: &str) -> bool {
 /// content are kept when the document is replaced.
 fn trim_trivia(body: &str) -> (&str, &str, &str) {
     let lines: Vec<&str> = body.split_inclusive('\n').collect();
-    let first = lines.iter().position(|l| !is_trivia(l)).unwrap_or(lines.len());
+    let first = lines
+        .iter()
+        .position(|l| !is_trivia(l))
+        .unwrap_or(lines.len());
     let last = lines
         .iter()
         .rposition(|l| !is_trivia(l))
@@ -615,20 +641,17 @@ fn edit_mesh(text: &str, entry: &Entry) -> anyhow::Result<Edited> {
             found = Some((i, doc));
         }
     }
-    let document = yaml_serde::to_string(&cluster_document(
-        found.as_ref().map(|(_, d)| d),
-        entry,
-    )?)
-    .context("cannot serialise the Cluster document")?;
+    let document = yaml_serde::to_string(&cluster_document(found.as_ref().map(|(_, d)| d), entry)?)
+        .context("cannot serialise the Cluster document")?;
     let Some((index, _)) = found else {
         let mut out = text.to_owned();
         if !out.is_empty() && !out.ends_with('\n') {
             out.push('\n');
         }
         // A stream that ends with `---` already opens an empty document for it.
-        let open = chunks
-            .last()
-            .is_some_and(|c| !c.marker.is_empty() && c.body.trim().is_empty() && c.inline().is_empty());
+        let open = chunks.last().is_some_and(|c| {
+            !c.marker.is_empty() && c.body.trim().is_empty() && c.inline().is_empty()
+        });
         if !open && !out.trim().is_empty() {
             out.push_str("---\n");
         }
@@ -810,7 +833,13 @@ spec:
 
     #[test]
     fn splitting_keeps_every_byte() {
-        for text in [MESH, "", "a: 1", "---\na: 1\n---\n", "--- # x\r\na: 1\r\n---\r\nb: 2"] {
+        for text in [
+            MESH,
+            "",
+            "a: 1",
+            "---\na: 1\n---\n",
+            "--- # x\r\na: 1\r\n---\r\nb: 2",
+        ] {
             let joined: String = split_stream(text)
                 .iter()
                 .map(|c| format!("{}{}", c.marker, c.body))
@@ -851,10 +880,25 @@ spec:
         );
         assert_eq!(gamma.stale_endpoint_ttl, Some(Duration::from_secs(300)));
         // Fields in the usual order.
-        let order: Vec<usize> = ["apiVersion:", "kind:", "metadata:", "spec:", "network:", "locality:", "gateways:", "kubernetes:", "staleEndpointTtl:"]
-            .iter()
-            .map(|k| edited.document.find(k).unwrap_or_else(|| panic!("{k} in {}", edited.document)))
-            .collect();
+        let order: Vec<usize> = [
+            "apiVersion:",
+            "kind:",
+            "metadata:",
+            "spec:",
+            "network:",
+            "locality:",
+            "gateways:",
+            "kubernetes:",
+            "staleEndpointTtl:",
+        ]
+        .iter()
+        .map(|k| {
+            edited
+                .document
+                .find(k)
+                .unwrap_or_else(|| panic!("{k} in {}", edited.document))
+        })
+        .collect();
         assert!(order.windows(2).all(|w| w[0] < w[1]), "{}", edited.document);
     }
 
@@ -891,7 +935,11 @@ spec:
             "# beta comes next\n",
             "# the end\n",
         ] {
-            assert!(edited.text.contains(kept), "{kept:?} lost:\n{}", edited.text);
+            assert!(
+                edited.text.contains(kept),
+                "{kept:?} lost:\n{}",
+                edited.text
+            );
         }
         assert!(edited.dropped_comments, "the locality comment is gone");
         let mesh = load(&edited.text);
@@ -899,7 +947,11 @@ spec:
         assert_eq!(names, ["alpha", "beta"], "order kept");
         let alpha = &mesh.clusters[0];
         assert_eq!(alpha.network.as_str(), "net-b", "network replaced");
-        assert_eq!(alpha.locality.to_string(), "us-east/us-east-1a", "locality kept");
+        assert_eq!(
+            alpha.locality.to_string(),
+            "us-east/us-east-1a",
+            "locality kept"
+        );
         assert_eq!(alpha.gateways.len(), 1, "gateways kept");
         assert_eq!(
             alpha.kubernetes,
@@ -912,7 +964,10 @@ spec:
         let beta_after = &mesh.clusters[1];
         assert_eq!(
             (beta_after.kubernetes.clone(), beta_after.stale_endpoint_ttl),
-            (beta_before.kubernetes.clone(), beta_before.stale_endpoint_ttl)
+            (
+                beta_before.kubernetes.clone(),
+                beta_before.stale_endpoint_ttl
+            )
         );
         // Linking again with the same settings changes nothing more.
         let again = edit_mesh(&edited.text, &e).expect("edit");
@@ -938,8 +993,16 @@ spec:
             None,
             "the context checked (the file's current one) is the one stored"
         );
-        assert_eq!(beta.stale_endpoint_ttl, Some(Duration::from_secs(600)), "ttl kept");
-        assert!(edited.document.contains("metadata:\n  name: beta\n"), "{}", edited.document);
+        assert_eq!(
+            beta.stale_endpoint_ttl,
+            Some(Duration::from_secs(600)),
+            "ttl kept"
+        );
+        assert!(
+            edited.document.contains("metadata:\n  name: beta\n"),
+            "{}",
+            edited.document
+        );
     }
 
     #[test]
@@ -995,27 +1058,54 @@ spec:
     #[test]
     fn kubeconfig_paths_are_stored_so_the_control_plane_finds_the_same_file() {
         let cwd = Path::new("/home/op");
-        let stored = |given: &str, mesh: &str| stored_kubeconfig_path(Path::new(given), cwd, Path::new(mesh));
-        assert_eq!(stored("/etc/kc.yaml", "mesh"), PathBuf::from("/etc/kc.yaml"));
+        let stored = |given: &str, mesh: &str| {
+            stored_kubeconfig_path(Path::new(given), cwd, Path::new(mesh))
+        };
+        assert_eq!(
+            stored("/etc/kc.yaml", "mesh"),
+            PathBuf::from("/etc/kc.yaml")
+        );
         assert_eq!(stored("kc.yaml", "mesh"), PathBuf::from("/home/op/kc.yaml"));
-        assert_eq!(stored("mesh/kubeconfigs/a.yaml", "mesh"), PathBuf::from("kubeconfigs/a.yaml"));
+        assert_eq!(
+            stored("mesh/kubeconfigs/a.yaml", "mesh"),
+            PathBuf::from("kubeconfigs/a.yaml")
+        );
         assert_eq!(stored("./mesh/a.yaml", "./mesh/"), PathBuf::from("a.yaml"));
-        assert_eq!(stored("mesh/../kc.yaml", "mesh"), PathBuf::from("/home/op/mesh/../kc.yaml"));
-        assert_eq!(stored("a.yaml", "/srv/mesh"), PathBuf::from("/home/op/a.yaml"));
-        assert_eq!(stored("/srv/mesh/a.yaml", "/srv/mesh"), PathBuf::from("/srv/mesh/a.yaml"));
+        assert_eq!(
+            stored("mesh/../kc.yaml", "mesh"),
+            PathBuf::from("/home/op/mesh/../kc.yaml")
+        );
+        assert_eq!(
+            stored("a.yaml", "/srv/mesh"),
+            PathBuf::from("/home/op/a.yaml")
+        );
+        assert_eq!(
+            stored("/srv/mesh/a.yaml", "/srv/mesh"),
+            PathBuf::from("/srv/mesh/a.yaml")
+        );
     }
 
     #[test]
     fn missing_permissions_are_each_named_with_the_manifest() {
         let denied: Vec<Denied> = REQUIRED_ACCESS
             .iter()
-            .filter(|r| r.resource == "pods" && r.verb == "watch" || r.subresource.is_some() && r.verb == "patch")
-            .map(|r| Denied { requirement: *r, reason: None })
+            .filter(|r| {
+                r.resource == "pods" && r.verb == "watch"
+                    || r.subresource.is_some() && r.verb == "patch"
+            })
+            .map(|r| Denied {
+                requirement: *r,
+                reason: None,
+            })
             .collect();
         assert_eq!(denied.len(), 3);
         let message = missing_access_message(&ClusterId::new("c").expect("id"), &denied);
         assert!(message.contains("lack 3 of the"), "{message}");
-        for line in ["missing: watch pods (", "missing: patch serviceexports.multicluster.x-k8s.io/status (", "missing: patch serviceimports.multicluster.x-k8s.io/status ("] {
+        for line in [
+            "missing: watch pods (",
+            "missing: patch serviceexports.multicluster.x-k8s.io/status (",
+            "missing: patch serviceimports.multicluster.x-k8s.io/status (",
+        ] {
             assert!(message.contains(line), "{line:?} in {message}");
         }
         assert!(message.contains(CLUSTERROLE_MANIFEST), "{message}");
@@ -1025,7 +1115,10 @@ spec:
     #[test]
     fn an_access_review_asks_about_every_namespace() {
         let review = access_review(&REQUIRED_ACCESS[0]);
-        let attrs = review.spec.resource_attributes.expect("resource attributes");
+        let attrs = review
+            .spec
+            .resource_attributes
+            .expect("resource attributes");
         assert_eq!(attrs.namespace, None);
         assert_eq!(attrs.verb.as_deref(), Some(REQUIRED_ACCESS[0].verb));
         assert!(review.spec.non_resource_attributes.is_none());

@@ -148,6 +148,22 @@ pub fn render_endpoints(view: &Value) -> String {
             .collect();
         let _ = writeln!(out, "{}", line.join("  ").trim_end());
     }
+    for stale in view["staleClusters"].as_array().into_iter().flatten() {
+        let _ = writeln!(
+            out,
+            "\ncluster {} is stale for {} s: its API server cannot be reached or its watches fail; {}",
+            text(&stale["cluster"]),
+            text(&stale["staleSeconds"]),
+            if stale["withdrawn"] == Value::Bool(true) {
+                "its endpoints were withdrawn (staleEndpointTtl elapsed)"
+            } else {
+                "its last good endpoints are served"
+            }
+        );
+        for e in stale["errors"].as_array().into_iter().flatten() {
+            let _ = writeln!(out, "  {}", text(e));
+        }
+    }
     let hidden = view["hiddenServices"]
         .as_array()
         .map(Vec::as_slice)

@@ -37,7 +37,8 @@ impl Rule {
         let res_ok = self.resources.iter().any(|r| {
             r == "*"
                 || r == resource
-                || r.strip_prefix('*').is_some_and(|sub| sub.starts_with('/') && resource.ends_with(sub))
+                || r.strip_prefix('*')
+                    .is_some_and(|sub| sub.starts_with('/') && resource.ends_with(sub))
         });
         any(&self.verbs, verb) && any(&self.api_groups, group) && res_ok
     }
@@ -120,10 +121,20 @@ impl Auth {
         if perms == Permissions::All {
             groups.insert(0, "system:masters".to_string());
         }
-        let user = User { name: user.to_string(), uid: String::new(), groups, extra: BTreeMap::new() };
+        let user = User {
+            name: user.to_string(),
+            uid: String::new(),
+            groups,
+            extra: BTreeMap::new(),
+        };
         self.tokens.insert(
             token.to_string(),
-            TokenEntry { user, perms, revoked: false, audiences: None },
+            TokenEntry {
+                user,
+                perms,
+                revoked: false,
+                audiences: None,
+            },
         );
     }
 
@@ -175,21 +186,41 @@ impl Auth {
             URL_SAFE_NO_PAD.encode(claims.to_string()),
             URL_SAFE_NO_PAD.encode(ids::random_bytes(64)),
         );
-        let extra = BTreeMap::from([
-            ("authentication.kubernetes.io/credential-id".to_string(), vec![format!("JTI={}", claims["jti"].as_str().unwrap_or_default())]),
-            ("authentication.kubernetes.io/pod-name".to_string(), vec![pod.to_string()]),
-            ("authentication.kubernetes.io/pod-uid".to_string(), vec![pod_uid.to_string()]),
-        ]);
+        let jti = claims["jti"].as_str().unwrap_or_default();
+        let mut extra = BTreeMap::from([(
+            "authentication.kubernetes.io/credential-id".to_string(),
+            vec![format!("JTI={jti}")],
+        )]);
+        if !pod.is_empty() {
+            extra.insert(
+                "authentication.kubernetes.io/pod-name".into(),
+                vec![pod.to_string()],
+            );
+            extra.insert(
+                "authentication.kubernetes.io/pod-uid".into(),
+                vec![pod_uid.to_string()],
+            );
+        }
         let groups = vec![
             "system:serviceaccounts".to_string(),
             format!("system:serviceaccounts:{namespace}"),
             "system:authenticated".to_string(),
         ];
-        let user = User { name: username, uid: sa_uid, groups, extra };
+        let user = User {
+            name: username,
+            uid: sa_uid,
+            groups,
+            extra,
+        };
         let audiences = Some(audiences.iter().map(|a| a.to_string()).collect());
         self.tokens.insert(
             token.clone(),
-            TokenEntry { user, perms: Permissions::none(), revoked: false, audiences },
+            TokenEntry {
+                user,
+                perms: Permissions::none(),
+                revoked: false,
+                audiences,
+            },
         );
         token
     }
@@ -201,12 +232,18 @@ impl Auth {
             return fail("[invalid bearer token, token lookup failed]".into());
         };
         if entry.revoked {
-            return fail("[invalid bearer token, service account token has been invalidated]".into());
+            return fail(
+                "[invalid bearer token, service account token has been invalidated]".into(),
+            );
         }
         let audiences: Vec<String> = match &entry.audiences {
             None => requested.to_vec(),
             Some(own) if requested.is_empty() => own.clone(),
-            Some(own) => requested.iter().filter(|a| own.contains(a)).cloned().collect(),
+            Some(own) => requested
+                .iter()
+                .filter(|a| own.contains(a))
+                .cloned()
+                .collect(),
         };
         if !requested.is_empty() && audiences.is_empty() {
             let own = entry.audiences.clone().unwrap_or_default();
@@ -219,7 +256,14 @@ impl Auth {
 }
 
 /// 403 worded as the real RBAC authoriser's denial.
-pub(crate) fn forbidden(user: &str, verb: &str, group: &str, resource: &str, ns: Option<&str>, name: Option<&str>) -> ApiError {
+pub(crate) fn forbidden(
+    user: &str,
+    verb: &str,
+    group: &str,
+    resource: &str,
+    ns: Option<&str>,
+    name: Option<&str>,
+) -> ApiError {
     let plural = resource.split('/').next().unwrap_or(resource);
     let what = match (group.is_empty(), name) {
         (true, Some(n)) => format!("{plural} \"{n}\""),
@@ -247,7 +291,11 @@ mod tests {
     fn rules_match_verbs_groups_and_subresources() {
         let p = Permissions::Rules(vec![
             Rule::new(&["get", "list"], &[""], &["pods"]),
-            Rule::new(&["update"], &["multicluster.x-k8s.io"], &["serviceexports/status"]),
+            Rule::new(
+                &["update"],
+                &["multicluster.x-k8s.io"],
+                &["serviceexports/status"],
+            ),
             Rule::new(&["patch"], &["*"], &["*/status"]),
         ]);
         assert!(p.allows("get", "", "pods"));
@@ -263,12 +311,22 @@ mod tests {
     #[test]
     fn review_intersects_audiences() {
         let mut auth = Auth::default();
-        let t = auth.issue_service_account_token("ns", "sa", "pod-1", "uid-1", &["a", "b"], "https://x");
+        let t = auth.issue_service_account_token(
+            "ns",
+            "sa",
+            "pod-1",
+            "uid-1",
+            &["a", "b"],
+            "https://x",
+        );
         let ok = auth.review(&t, &["b".into(), "c".into()]);
         assert_eq!(ok["authenticated"], true);
         assert_eq!(ok["audiences"], json!(["b"]));
         assert_eq!(ok["user"]["username"], "system:serviceaccount:ns:sa");
-        assert_eq!(ok["user"]["extra"]["authentication.kubernetes.io/pod-name"], json!(["pod-1"]));
+        assert_eq!(
+            ok["user"]["extra"]["authentication.kubernetes.io/pod-name"],
+            json!(["pod-1"])
+        );
         let wrong = auth.review(&t, &["c".into()]);
         assert!(wrong.get("authenticated").is_none());
         assert!(wrong["error"].as_str().unwrap().contains("audiences"));
@@ -280,7 +338,14 @@ mod tests {
     fn forbidden_message_is_worded_like_rbac() {
         let e = forbidden("alice", "list", "", "pods", Some("default"), None);
         assert_eq!(e.message, "pods is forbidden: User \"alice\" cannot list resource \"pods\" in API group \"\" in the namespace \"default\"");
-        let e = forbidden("bob", "get", "multicluster.x-k8s.io", "serviceexports", None, Some("x"));
+        let e = forbidden(
+            "bob",
+            "get",
+            "multicluster.x-k8s.io",
+            "serviceexports",
+            None,
+            Some("x"),
+        );
         assert!(e.message.ends_with("at the cluster scope"), "{}", e.message);
     }
 }

@@ -80,8 +80,12 @@ impl ApiError {
 
     /// 404 for a path the server does not serve (unknown group, version or resource).
     pub fn not_served() -> Self {
-        Self::new(404, "NotFound", "the server could not find the requested resource")
-            .with_empty_details()
+        Self::new(
+            404,
+            "NotFound",
+            "the server could not find the requested resource",
+        )
+        .with_empty_details()
     }
 
     /// 405 for a verb the resource does not support.

@@ -9,7 +9,10 @@ use serde_json::json;
 pub(crate) fn render(url: &str, context: &str, token: &str, ca_pem: Option<&str>) -> String {
     let mut cluster = json!({"server": url});
     if let (Some(pem), Some(c)) = (ca_pem, cluster.as_object_mut()) {
-        c.insert("certificate-authority-data".into(), STANDARD.encode(pem).into());
+        c.insert(
+            "certificate-authority-data".into(),
+            STANDARD.encode(pem).into(),
+        );
     }
     let doc = json!({
         "apiVersion": "v1",

@@ -151,16 +151,17 @@ impl ResourceType {
     pub fn gr(&self) -> GroupResource {
         GroupResource::new(&self.group, &self.plural)
     }
-
-    pub fn singular(&self) -> String {
-        self.kind.to_lowercase()
-    }
 }
 
 /// Review-style resources: create-only, never stored, answered by the auth module.
 pub(crate) const REVIEW_RESOURCES: &[(&str, &str, &str, &str)] = &[
     ("authentication.k8s.io", "v1", "TokenReview", "tokenreviews"),
-    ("authentication.k8s.io", "v1", "SelfSubjectReview", "selfsubjectreviews"),
+    (
+        "authentication.k8s.io",
+        "v1",
+        "SelfSubjectReview",
+        "selfsubjectreviews",
+    ),
     (
         "authorization.k8s.io",
         "v1",
@@ -212,13 +213,22 @@ fn optional_specs(opts: &ServerOptions) -> Vec<ResourceSpec> {
     let mut specs = Vec::new();
     for v in &opts.mcs_versions {
         let g = "multicluster.x-k8s.io";
-        specs.push(ResourceSpec::new(g, v.as_str(), "ServiceExport", "serviceexports").with_status());
-        specs.push(ResourceSpec::new(g, v.as_str(), "ServiceImport", "serviceimports").with_status());
+        specs.push(
+            ResourceSpec::new(g, v.as_str(), "ServiceExport", "serviceexports").with_status(),
+        );
+        specs.push(
+            ResourceSpec::new(g, v.as_str(), "ServiceImport", "serviceimports").with_status(),
+        );
     }
     if opts.about_api {
         specs.push(
-            ResourceSpec::new("about.k8s.io", "v1alpha1", "ClusterProperty", "clusterproperties")
-                .cluster_scoped(),
+            ResourceSpec::new(
+                "about.k8s.io",
+                "v1alpha1",
+                "ClusterProperty",
+                "clusterproperties",
+            )
+            .cluster_scoped(),
         );
     }
     if opts.causeway_crds {
@@ -283,10 +293,7 @@ mod tests {
     #[test]
     fn both_mcs_versions_share_one_resource() {
         let opts = ServerOptions {
-            mcs_versions: vec![
-                crate::McsVersion::V1alpha1,
-                crate::McsVersion::V1beta1,
-            ],
+            mcs_versions: vec![crate::McsVersion::V1alpha1, crate::McsVersion::V1beta1],
             ..ServerOptions::default()
         };
         let map = initial_resources(&opts);

@@ -30,9 +30,7 @@ pub(crate) struct FieldSelector {
 }
 
 fn parse_error(s: &str, why: &str) -> ApiError {
-    ApiError::bad_request(format!(
-        "unable to parse requirement: found '{s}', {why}"
-    ))
+    ApiError::bad_request(format!("unable to parse requirement: found '{s}', {why}"))
 }
 
 fn split_top_level(s: &str) -> Vec<&str> {
@@ -169,12 +167,12 @@ impl LabelSelector {
             LabelReq::NotIn(k, vs) => !get(k).is_some_and(|x| vs.iter().any(|v| v == x)),
             LabelReq::Exists(k) => get(k).is_some(),
             LabelReq::NotExists(k) => get(k).is_none(),
-            LabelReq::GreaterThan(k, n) => {
-                get(k).and_then(|x| x.parse::<i64>().ok()).is_some_and(|x| x > *n)
-            }
-            LabelReq::LessThan(k, n) => {
-                get(k).and_then(|x| x.parse::<i64>().ok()).is_some_and(|x| x < *n)
-            }
+            LabelReq::GreaterThan(k, n) => get(k)
+                .and_then(|x| x.parse::<i64>().ok())
+                .is_some_and(|x| x > *n),
+            LabelReq::LessThan(k, n) => get(k)
+                .and_then(|x| x.parse::<i64>().ok())
+                .is_some_and(|x| x < *n),
         })
     }
 }
@@ -240,7 +238,9 @@ impl FieldSelector {
         }
         for part in split_unescaped(s, ',') {
             let (at, len, equal) = find_field_op(&part).ok_or_else(|| {
-                ApiError::bad_request(format!("invalid selector: '{s}'; can't understand '{part}'"))
+                ApiError::bad_request(format!(
+                    "invalid selector: '{s}'; can't understand '{part}'"
+                ))
             })?;
             let path = part[..at].trim().to_string();
             if path.is_empty() {
@@ -316,16 +316,40 @@ mod tests {
     fn label_operators() {
         let p = pod(json!({"app": "web", "tier": "front", "n": "7"}));
         let yes = [
-            "app=web", "app==web", "app!=db", "app in (web, db)", "app notin (db)",
-            "tier", "!missing", "app=web,tier=front", "n>3", "n<9", "missing!=x",
-            "missing notin (a)", "app in(web)",
+            "app=web",
+            "app==web",
+            "app!=db",
+            "app in (web, db)",
+            "app notin (db)",
+            "tier",
+            "!missing",
+            "app=web,tier=front",
+            "n>3",
+            "n<9",
+            "missing!=x",
+            "missing notin (a)",
+            "app in(web)",
         ];
         for s in yes {
-            assert!(LabelSelector::parse(s).unwrap().matches(&p), "{s} should match");
+            assert!(
+                LabelSelector::parse(s).unwrap().matches(&p),
+                "{s} should match"
+            );
         }
-        let no = ["app=db", "app in (db)", "app notin (web)", "missing", "!app", "n>7", "app=web,tier=back"];
+        let no = [
+            "app=db",
+            "app in (db)",
+            "app notin (web)",
+            "missing",
+            "!app",
+            "n>7",
+            "app=web,tier=back",
+        ];
         for s in no {
-            assert!(!LabelSelector::parse(s).unwrap().matches(&p), "{s} should not match");
+            assert!(
+                !LabelSelector::parse(s).unwrap().matches(&p),
+                "{s} should not match"
+            );
         }
     }
 
@@ -340,8 +364,14 @@ mod tests {
     #[test]
     fn field_selectors_on_any_path() {
         let p = pod(json!({}));
-        for s in ["metadata.name=p", "metadata.namespace==ns", "spec.nodeName=n1", "spec.priority=5",
-                  "spec.missing=", "metadata.name!=q,spec.nodeName=n1"] {
+        for s in [
+            "metadata.name=p",
+            "metadata.namespace==ns",
+            "spec.nodeName=n1",
+            "spec.priority=5",
+            "spec.missing=",
+            "metadata.name!=q,spec.nodeName=n1",
+        ] {
             assert!(FieldSelector::parse(s).unwrap().matches(&p), "{s}");
         }
         for s in ["metadata.name=q", "spec.nodeName!=n1", "spec.missing=x"] {
@@ -353,6 +383,8 @@ mod tests {
     #[test]
     fn escaped_field_values() {
         let o = json!({"metadata": {"name": "a,b=c"}});
-        assert!(FieldSelector::parse(r"metadata.name=a\,b\=c").unwrap().matches(&o));
+        assert!(FieldSelector::parse(r"metadata.name=a\,b\=c")
+            .unwrap()
+            .matches(&o));
     }
 }

@@ -115,7 +115,11 @@ pub(crate) fn spawn(inner: Arc<Inner>, listener: TcpListener) -> Running {
     Running { shutdown, task }
 }
 
-async fn accept_loop(inner: Arc<Inner>, listener: TcpListener, mut shutdown: oneshot::Receiver<()>) {
+async fn accept_loop(
+    inner: Arc<Inner>,
+    listener: TcpListener,
+    mut shutdown: oneshot::Receiver<()>,
+) {
     let mut conns = JoinSet::new();
     loop {
         tokio::select! {
@@ -145,9 +149,14 @@ async fn serve(inner: Arc<Inner>, stream: TcpStream) {
     let builder = hyper::server::conn::http1::Builder::new();
     let result = match &inner.tls {
         Some(tls) => {
-            let accepted = tokio::time::timeout(Duration::from_secs(10), tls.acceptor.accept(stream)).await;
+            let accepted =
+                tokio::time::timeout(Duration::from_secs(10), tls.acceptor.accept(stream)).await;
             match accepted {
-                Ok(Ok(tls_stream)) => builder.serve_connection(TokioIo::new(tls_stream), svc).await,
+                Ok(Ok(tls_stream)) => {
+                    builder
+                        .serve_connection(TokioIo::new(tls_stream), svc)
+                        .await
+                }
                 Ok(Err(e)) => {
                     tracing::debug!("fake API server: TLS handshake failed: {e}");
                     return;

@@ -49,7 +49,8 @@ pub(crate) fn generate() -> Result<TlsMaterial, FakeError> {
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     let server_cert = params.signed_by(&server_key, &issuer)?;
 
-    let chain: Vec<CertificateDer<'static>> = vec![server_cert.der().clone(), ca_cert.der().clone()];
+    let chain: Vec<CertificateDer<'static>> =
+        vec![server_cert.der().clone(), ca_cert.der().clone()];
     let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(server_key.serialize_der()));
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let mut config = ServerConfig::builder_with_provider(provider)

@@ -17,7 +17,7 @@ use tokio::sync::{mpsc, watch};
 use crate::client::{ClientFactory, KubeconfigFile};
 use crate::session::{lock, InitialList, Session, Signal, Tagged};
 use crate::status::{ClusterSyncStatus, ClusterUpdate, Problems, SyncState};
-use crate::translate::{self, Records};
+use crate::translate::{self, RecordsRef};
 use crate::writeback::{self, Current, McsDesired, WriteBackOutcome};
 use crate::KubeError;
 
@@ -60,8 +60,8 @@ enum Purpose {
 pub(crate) struct RuntimeConfig {
     pub cluster: ClusterId,
     pub spec: watch::Receiver<ClusterSpec>,
-    pub kubeconfig: std::path::PathBuf,
-    pub context: Option<String>,
+    /// Kubeconfig path and context; a change is handled like a rotation.
+    pub source: watch::Receiver<(std::path::PathBuf, Option<String>)>,
     pub factory: Arc<dyn ClientFactory>,
     pub options: KubeOptions,
     pub updates: mpsc::UnboundedSender<ClusterUpdate>,
@@ -74,8 +74,13 @@ struct Runtime {
     signals_tx: mpsc::UnboundedSender<Tagged>,
     next_id: u64,
     active: Option<Session>,
+    /// The first session, or one with new credentials (`Initial` or `Rotation`).
     pending: Option<(Session, Purpose)>,
-    kubeconfig: Option<String>,
+    /// A re-list with the active session's credentials after an outage. Separate from
+    /// `pending`, so a rotation that cannot sync (broken credentials) never keeps a cluster
+    /// stale, and a rotation started during an outage does not cancel the re-list.
+    resync: Option<Session>,
+    kubeconfig: Option<KubeconfigFile>,
     latest_client: Option<kube::Client>,
     status: ClusterSyncStatus,
     problems: Problems,
@@ -97,6 +102,7 @@ pub(crate) async fn run(cfg: RuntimeConfig) {
         next_id: 0,
         active: None,
         pending: None,
+        resync: None,
         kubeconfig: None,
         latest_client: None,
         status: ClusterSyncStatus::syncing(),
@@ -182,23 +188,36 @@ impl Runtime {
             self.cfg.options.initial_list,
             self.signals_tx.clone(),
         );
-        self.pending = Some((session, purpose));
-        self.status.rotation_pending = purpose == Purpose::Rotation;
+        if purpose == Purpose::Resync {
+            self.resync = Some(session);
+        } else {
+            self.pending = Some((session, purpose));
+            self.status.rotation_pending = purpose == Purpose::Rotation;
+        }
     }
 
     async fn check_kubeconfig(&mut self) {
-        let file = match KubeconfigFile::read(&self.cfg.cluster, &self.cfg.kubeconfig, self.cfg.context.clone()) {
+        let (path, context) = self.cfg.source.borrow().clone();
+        let file = match KubeconfigFile::read(&self.cfg.cluster, &path, context) {
             Ok(f) => f,
             Err(e) => {
-                self.problems.set("kubeconfig", format!("{e}; keeping the current credentials"));
+                self.problems.set(
+                    "kubeconfig read",
+                    format!("{e}; keeping the current credentials"),
+                );
+                self.dirty = true;
                 return;
             }
         };
-        if self.kubeconfig.as_deref() == Some(file.contents.as_str()) {
+        // Readable again (a secret volume between two versions, a restored file).
+        if self.problems.clear("kubeconfig read") {
+            self.dirty = true;
+        }
+        if self.kubeconfig.as_ref() == Some(&file) {
             return;
         }
-        self.kubeconfig = Some(file.contents.clone());
-        let first = self.latest_client.is_none();
+        self.kubeconfig = Some(file.clone());
+        let first = self.active.is_none();
         match self.cfg.factory.client(&self.cfg.cluster, &file).await {
             Ok(client) => {
                 self.problems.clear("kubeconfig");
@@ -219,8 +238,9 @@ impl Runtime {
 
     fn on_signal(&mut self, tagged: Tagged) {
         let is_pending = self.pending.as_ref().is_some_and(|(s, _)| s.id == tagged.session);
+        let is_resync = self.resync.as_ref().is_some_and(|s| s.id == tagged.session);
         let is_active = self.active.as_ref().is_some_and(|s| s.id == tagged.session);
-        if !is_pending && !is_active {
+        if !is_pending && !is_resync && !is_active {
             return;
         }
         self.dirty = true;
@@ -228,10 +248,13 @@ impl Runtime {
             Signal::Started(served) => {
                 if let Some((s, _)) = self.pending.as_mut().filter(|_| is_pending) {
                     s.served = Some(served);
+                } else if let Some(s) = self.resync.as_mut().filter(|_| is_resync) {
+                    s.served = Some(served);
                 }
             }
             Signal::StartFailed(e) => {
-                self.problems.set("session", format!("{e} (retrying)"));
+                let source = if is_resync { "resync" } else { "session" };
+                self.problems.set(source, format!("{e} (retrying)"));
             }
             Signal::Changed => {
                 if is_active {
@@ -240,9 +263,15 @@ impl Runtime {
             }
             Signal::WatchError { gone: true, .. } => {}
             Signal::WatchError { kind, error, .. } => {
-                let source = if is_active { "watch" } else { "session" };
+                let source = if is_active {
+                    "watch"
+                } else if is_resync {
+                    "resync"
+                } else {
+                    "session"
+                };
                 let message = format!(
-                    "cluster {}: watching {kind}s failed: {error} (retrying)",
+                    "cluster {}: watching {kind} objects failed: {error} (retrying)",
                     self.cfg.cluster
                 );
                 if is_active {
@@ -256,6 +285,8 @@ impl Runtime {
         }
         if self.pending.as_ref().is_some_and(|(s, _)| s.synced()) {
             self.promote();
+        } else if self.resync.as_ref().is_some_and(Session::synced) {
+            self.promote_resync();
         }
     }
 
@@ -266,8 +297,9 @@ impl Runtime {
         if self.status.stale_since.is_none() {
             self.status.stale_since = Some(SystemTime::now());
         }
-        if self.pending.is_none() {
-            if let Some(client) = self.latest_client.clone() {
+        // Re-list with the credentials that serve now; a pending rotation goes on beside it.
+        if self.resync.is_none() {
+            if let Some(client) = self.active.as_ref().map(|s| s.client.clone()) {
                 self.start_session(client, Purpose::Resync);
             }
         }
@@ -276,8 +308,11 @@ impl Runtime {
     fn on_probe(&mut self, result: Result<(), KubeError>) {
         match result {
             Ok(()) => {
-                self.problems.clear("probe");
+                if self.problems.clear("probe") {
+                    self.dirty = true;
+                }
                 if self.probe_failing {
+                    self.dirty = true;
                     self.probe_failing = false;
                     // Requests of a session started while the server hung may never return.
                     if let Some((s, purpose)) = &self.pending {
@@ -287,6 +322,10 @@ impl Runtime {
                             self.start_session(client, purpose);
                         }
                     }
+                    if let Some(s) = self.resync.as_ref().filter(|s| !s.synced()) {
+                        let client = s.client.clone();
+                        self.start_session(client, Purpose::Resync);
+                    }
                 }
             }
             Err(e) => {
@@ -294,28 +333,44 @@ impl Runtime {
                 tracing::warn!(cluster = %self.cfg.cluster, error = %e, "API server unreachable; serving the last good state");
                 self.problems.set("probe", e.to_string());
                 self.mark_stale();
+                self.dirty = true;
             }
         }
-        self.dirty = true;
     }
 
     fn promote(&mut self) {
         let Some((session, purpose)) = self.pending.take() else {
             return;
         };
-        tracing::info!(cluster = %self.cfg.cluster, session = session.id, ?purpose, "watches synced; serving them");
         if purpose == Purpose::Rotation {
             self.status.credentials_generation += 1;
         }
+        self.status.rotation_pending = false;
+        self.problems.clear_prefix("session");
+        // Fresh lists with the newest credentials supersede a re-list with the old ones.
+        self.resync = None;
+        self.problems.clear_prefix("resync");
+        self.serve(session, purpose);
+    }
+
+    /// The re-list after an outage has synced; a pending rotation (if any) goes on.
+    fn promote_resync(&mut self) {
+        let Some(session) = self.resync.take() else {
+            return;
+        };
+        self.problems.clear_prefix("resync");
+        self.serve(session, Purpose::Resync);
+    }
+
+    fn serve(&mut self, session: Session, purpose: Purpose) {
+        tracing::info!(cluster = %self.cfg.cluster, session = session.id, ?purpose, "watches synced; serving them");
         *self.cfg.client_slot.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(session.client.clone());
         self.status.apis = session.served.clone();
         self.active = Some(session);
         self.status.stale_since = None;
         self.status.withdrawn = false;
         self.status.last_synced = Some(SystemTime::now());
-        self.status.rotation_pending = false;
         self.problems.clear_prefix("watch");
-        self.problems.clear_prefix("session");
         self.problems.clear("probe");
         self.probe_failing = false;
         self.dirty = true;
@@ -348,21 +403,23 @@ impl Runtime {
         }
         self.problems.clear("clusterProperty");
         let translate_errors = stores.translate_errors();
-        let records = Records {
-            services: stores.services.items().clone(),
-            slices: stores.slices.items().clone(),
-            pods: stores.pods.items().clone(),
-            nodes: stores.nodes.items().clone(),
-            exports: stores.exports.items().clone(),
-            policies: stores.policies.items().clone(),
-        };
+        let spec = self.cfg.spec.borrow().clone();
+        let mut objects = translate::assemble_borrowed(
+            &spec,
+            RecordsRef {
+                services: stores.services.items(),
+                slices: stores.slices.items(),
+                pods: stores.pods.items(),
+                nodes: stores.nodes.items(),
+                exports: stores.exports.items(),
+                policies: stores.policies.items(),
+            },
+        );
         drop(stores);
         self.problems.clear_prefix("object ");
         for (i, e) in translate_errors.into_iter().enumerate() {
             self.problems.set(format!("object {i:06}"), e);
         }
-        let spec = self.cfg.spec.borrow().clone();
-        let mut objects = translate::assemble(&spec, &records);
         if self.status.withdrawn {
             objects.endpoint_slices.clear();
         }

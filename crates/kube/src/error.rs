@@ -51,7 +51,7 @@ pub enum KubeError {
         seconds: u64,
     },
     /// The cluster's About API names another cluster.
-    #[error("cluster {cluster}: its ClusterProperty cluster.clusterset.k8s.io is {found:?}, not {cluster:?}; none of its data is used until mesh.yaml or the property is corrected")]
+    #[error("cluster {cluster}: its ClusterProperty cluster.clusterset.k8s.io is {found:?}, not {:?}; none of its data is used until mesh.yaml or the property is corrected", .cluster.as_str())]
     ClusterIdMismatch {
         /// The id in mesh.yaml.
         cluster: ClusterId,

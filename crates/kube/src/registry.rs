@@ -16,7 +16,7 @@ use crate::token_review::TokenReviewer;
 use crate::writeback::McsDesired;
 
 struct Member {
-    source: KubernetesSource,
+    source: watch::Sender<(PathBuf, Option<String>)>,
     spec: watch::Sender<ClusterSpec>,
     desired: watch::Sender<Option<Arc<McsDesired>>>,
     task: JoinHandle<()>,
@@ -60,9 +60,9 @@ impl KubeRegistry {
         )
     }
 
-    /// Starts runtimes for new Kubernetes clusters, restarts those whose kubeconfig path or
-    /// context changed, passes new settings (network, locality, TTL) to the others, and stops
-    /// removed ones (their last update has no objects).
+    /// Starts runtimes for new Kubernetes clusters, passes new settings (network, locality,
+    /// TTL, kubeconfig path or context: a new path is a rotation, taking over once synced) to
+    /// the others, and stops removed ones (their last update has no objects).
     pub fn reconcile(&mut self, mesh: &MeshConfig) {
         let wanted: BTreeMap<ClusterId, (&ClusterSpec, &KubernetesSource)> = mesh
             .clusters
@@ -72,7 +72,7 @@ impl KubeRegistry {
         let gone: Vec<ClusterId> = self
             .members
             .iter()
-            .filter(|(id, m)| wanted.get(*id).is_none_or(|(_, s)| **s != m.source))
+            .filter(|(id, _)| !wanted.contains_key(*id))
             .map(|(id, _)| id.clone())
             .collect();
         for id in gone {
@@ -87,7 +87,15 @@ impl KubeRegistry {
             });
         }
         for (id, (spec, source)) in wanted {
+            let path = (source.kubeconfig_path(&self.mesh_dir), source.context.clone());
             if let Some(member) = self.members.get(&id) {
+                member.source.send_if_modified(|p| {
+                    let changed = *p != path;
+                    if changed {
+                        *p = path.clone();
+                    }
+                    changed
+                });
                 member.spec.send_if_modified(|s| {
                     let changed = s != spec;
                     if changed {
@@ -97,6 +105,7 @@ impl KubeRegistry {
                 });
                 continue;
             }
+            let (source_tx, source_rx) = watch::channel(path);
             let (spec_tx, spec_rx) = watch::channel(spec.clone());
             let (desired_tx, desired_rx) = watch::channel(None);
             let slot = Arc::new(RwLock::new(None));
@@ -104,20 +113,19 @@ impl KubeRegistry {
             let config = RuntimeConfig {
                 cluster: id.clone(),
                 spec: spec_rx,
-                kubeconfig: source.kubeconfig_path(&self.mesh_dir),
-                context: source.context.clone(),
+                source: source_rx,
                 factory: Arc::clone(&self.factory),
                 options: self.options.clone(),
                 updates: self.updates.clone(),
                 desired: desired_rx,
                 client_slot: slot,
             };
-            tracing::info!(cluster = %id, kubeconfig = %config.kubeconfig.display(), "watching the cluster's API server");
+            tracing::info!(cluster = %id, kubeconfig = %config.source.borrow().0.display(), "watching the cluster's API server");
             let task = tokio::spawn(cluster::run(config));
             self.members.insert(
                 id,
                 Member {
-                    source: source.clone(),
+                    source: source_tx,
                     spec: spec_tx,
                     desired: desired_tx,
                     task,

@@ -101,8 +101,9 @@ impl Problems {
         self.0.insert(source.into(), message.into());
     }
 
-    pub(crate) fn clear(&mut self, source: &str) {
-        self.0.remove(source);
+    /// Clears one problem; whether there was one.
+    pub(crate) fn clear(&mut self, source: &str) -> bool {
+        self.0.remove(source).is_some()
     }
 
     pub(crate) fn clear_prefix(&mut self, prefix: &str) {

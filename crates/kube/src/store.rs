@@ -69,7 +69,8 @@ impl<R: PartialEq + Clone> KindStore<R> {
         self.errors.values()
     }
 
-    /// Applies one change; returns whether the published records changed.
+    /// Applies one change; returns whether the published records or the reported errors
+    /// changed.
     pub fn apply(&mut self, change: Change<R>) -> bool {
         match change {
             Change::Init => {
@@ -92,7 +93,7 @@ impl<R: PartialEq + Clone> KindStore<R> {
             }
             Change::InitDone => {
                 let (items, errors) = self.buffer.take().unwrap_or_default();
-                let changed = !self.synced || items != self.items;
+                let changed = !self.synced || items != self.items || errors != self.errors;
                 self.items = items;
                 self.errors = errors;
                 self.synced = true;
@@ -102,16 +103,18 @@ impl<R: PartialEq + Clone> KindStore<R> {
                 if let Err(e) = &result {
                     // Keep the last good translation of an object that turned bad.
                     report(e);
+                    let changed = self.errors.get(&key) != Some(e);
                     self.errors.insert(key, e.clone());
-                    return false;
+                    return self.synced && changed;
                 }
+                let had_error = self.errors.contains_key(&key);
                 let old = self.items.remove(&key);
                 put(&mut self.items, &mut self.errors, key.clone(), result);
-                self.synced && old.as_ref() != self.items.get(&key)
+                self.synced && (had_error || old.as_ref() != self.items.get(&key))
             }
             Change::Delete(key) => {
-                self.errors.remove(&key);
-                self.items.remove(&key).is_some() && self.synced
+                let had_error = self.errors.remove(&key).is_some();
+                (self.items.remove(&key).is_some() || had_error) && self.synced
             }
         }
     }
@@ -189,7 +192,8 @@ mod tests {
                 reason: "bad".into(),
             })
         };
-        assert!(!store.apply(Change::Apply(key("a"), bad())));
+        assert!(store.apply(Change::Apply(key("a"), bad())), "the error is news");
+        assert!(!store.apply(Change::Apply(key("a"), bad())), "the same error again is not");
         assert_eq!(store.items().get(&key("a")), Some(&1));
         assert_eq!(store.errors().count(), 1);
         store.apply(Change::Init);

@@ -15,6 +15,9 @@ use kube::api::{Api, PostParams};
 pub const CA_AUDIENCE: &str = "causeway-ca";
 /// TokenReview `extra` key naming the pod a bound token belongs to.
 const POD_NAME_EXTRA: &str = "authentication.kubernetes.io/pod-name";
+/// What kube-apiserver's service-account authenticator says of a valid token issued for other
+/// audiences (`token audiences [..] is invalid for the target audiences [..]`).
+const AUDIENCE_MISMATCH: &str = "is invalid for the target audiences";
 
 /// Who a reviewed token belongs to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -94,6 +97,15 @@ pub async fn review(
     };
     let status = answer.status.unwrap_or_default();
     if status.authenticated != Some(true) {
+        // An audience-aware API server (every kube-apiserver) does not authenticate a token
+        // for another audience; it only says so in the error (pkg/serviceaccount/jwt.go).
+        if status
+            .error
+            .as_deref()
+            .is_some_and(|e| e.contains(AUDIENCE_MISMATCH))
+        {
+            return Err(ReviewError::WrongAudience(cluster.clone()));
+        }
         return Err(ReviewError::NotAuthenticated {
             cluster: cluster.clone(),
             reason: status.error.filter(|e| !e.is_empty()),

@@ -298,6 +298,38 @@ struct ViewResponse {
     proxy: ProxyContext,
     services: Vec<ServiceViewRow>,
     hidden_services: Vec<HiddenService>,
+    /// Clusters in this view whose registry is not current: their last good state is served.
+    stale_clusters: Vec<StaleCluster>,
+}
+
+/// A cluster whose endpoints in a view come from its last good state.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct StaleCluster {
+    cluster: String,
+    stale_seconds: u64,
+    withdrawn: bool,
+    errors: Vec<String>,
+}
+
+fn stale_clusters(snap: &Snapshot, services: &[causeway_discovery::ViewService]) -> Vec<StaleCluster> {
+    let seen: std::collections::BTreeSet<&str> = services
+        .iter()
+        .flat_map(|s| s.clusters.iter().map(|c| c.as_str()))
+        .collect();
+    snap.clusters
+        .iter()
+        .filter(|(name, _)| seen.contains(name.as_str()))
+        .filter_map(|(name, status)| {
+            let k = status.kubernetes.as_ref()?;
+            Some(StaleCluster {
+                cluster: name.clone(),
+                stale_seconds: k.stale_for()?.as_secs(),
+                withdrawn: k.withdrawn,
+                errors: k.errors.clone(),
+            })
+        })
+        .collect()
 }
 
 fn kind_name(kind: EndpointKind) -> &'static str {
@@ -400,6 +432,7 @@ async fn proxy_view(
             })
             .collect(),
         hidden_services: hidden,
+        stale_clusters: stale_clusters(&snap, &services),
         proxy: ctx,
     }))
 }

@@ -85,6 +85,7 @@ pub async fn start(
     // Watch before the first load so no change between the two is missed.
     let mut watcher = watch::watch(&root, settle)?;
     let started = Instant::now();
+    let write_back = !kube.options.read_only;
     let (mut registry, mut kube_updates) =
         KubeRegistry::new(root.clone(), kube.factory, kube.options);
     let reviewer = registry.token_reviewer();
@@ -150,7 +151,7 @@ pub async fn start(
             if !changed {
                 continue;
             }
-            if let Some(index) = &index {
+            if let Some(index) = index.as_ref().filter(|_| write_back) {
                 mcs::update_all(index, &registry);
             }
             version += 1;

@@ -8,7 +8,16 @@ use serde_json::{json, Value};
 use crate::error::ApiError;
 use crate::resources::{api_version, version_priority, ResourceType, REVIEW_RESOURCES};
 
-const VERBS: &[&str] = &["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"];
+const VERBS: &[&str] = &[
+    "create",
+    "delete",
+    "deletecollection",
+    "get",
+    "list",
+    "patch",
+    "update",
+    "watch",
+];
 const STATUS_VERBS: &[&str] = &["get", "patch", "update"];
 
 /// One resource as discovery lists it.
@@ -97,7 +106,10 @@ fn group_json(name: &str, versions: &[String]) -> Value {
 
 /// `/apis`.
 pub(crate) fn group_list(entries: &[Entry]) -> Value {
-    let groups: Vec<Value> = groups(entries).iter().map(|(g, vs)| group_json(g, vs)).collect();
+    let groups: Vec<Value> = groups(entries)
+        .iter()
+        .map(|(g, vs)| group_json(g, vs))
+        .collect();
     json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups})
 }
 
@@ -114,9 +126,16 @@ pub(crate) fn group(entries: &[Entry], name: &str) -> Result<Value, ApiError> {
 }
 
 /// `/api/v1` or `/apis/{group}/{version}`, or 404 if that version is not served.
-pub(crate) fn resource_list(entries: &[Entry], group: &str, version: &str) -> Result<Value, ApiError> {
+pub(crate) fn resource_list(
+    entries: &[Entry],
+    group: &str,
+    version: &str,
+) -> Result<Value, ApiError> {
     let mut resources = Vec::new();
-    for e in entries.iter().filter(|e| e.group == group && e.version == version) {
+    for e in entries
+        .iter()
+        .filter(|e| e.group == group && e.version == version)
+    {
         resources.push(json!({
             "name": e.plural, "singularName": e.kind.to_lowercase(), "namespaced": e.namespaced,
             "kind": e.kind, "verbs": e.verbs,
@@ -172,14 +191,19 @@ pub(crate) fn aggregated(entries: &[Entry], core: bool) -> Value {
                 json!({"version": v, "resources": resources, "freshness": "Current"})
             })
             .collect();
-        let metadata = if g.is_empty() { json!({}) } else { json!({"name": g}) };
+        let metadata = if g.is_empty() {
+            json!({})
+        } else {
+            json!({"name": g})
+        };
         items.push(json!({"metadata": metadata, "versions": versions}));
     }
     json!({"kind": "APIGroupDiscoveryList", "apiVersion": "apidiscovery.k8s.io/v2", "metadata": {}, "items": items})
 }
 
 /// The content type of an aggregated discovery answer.
-pub(crate) const AGGREGATED_CONTENT_TYPE: &str = "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList";
+pub(crate) const AGGREGATED_CONTENT_TYPE: &str =
+    "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList";
 
 /// Whether the client asked for aggregated discovery.
 pub(crate) fn wants_aggregated(accept: Option<&str>) -> bool {

@@ -31,7 +31,11 @@ pub(crate) struct View {
 impl View {
     /// The object as served (`include_type`: with `apiVersion`/`kind`).
     pub fn item<'a>(&'a self, obj: &'a Value, include_type: bool) -> ItemView<'a> {
-        ItemView { obj, view: self, include_type }
+        ItemView {
+            obj,
+            view: self,
+            include_type,
+        }
     }
 
     /// `apiVersion`/`kind` of objects shown in this view.
@@ -87,7 +91,8 @@ impl Serialize for ItemView<'_> {
 pub(crate) fn json_response(code: u16, content_type: &str, body: Vec<u8>) -> Response<Body> {
     let mut resp = Response::new(Full::new(Bytes::from(body)).boxed_unsync());
     *resp.status_mut() = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    let ct = HeaderValue::from_str(content_type).unwrap_or(HeaderValue::from_static("application/json"));
+    let ct =
+        HeaderValue::from_str(content_type).unwrap_or(HeaderValue::from_static("application/json"));
     resp.headers_mut().insert(CONTENT_TYPE, ct);
     resp.headers_mut()
         .insert(CACHE_CONTROL, HeaderValue::from_static("no-cache, private"));
@@ -96,7 +101,11 @@ pub(crate) fn json_response(code: u16, content_type: &str, body: Vec<u8>) -> Res
 
 /// A JSON value response.
 pub(crate) fn value_response(code: u16, v: &Value) -> Response<Body> {
-    json_response(code, "application/json", serde_json::to_vec(v).unwrap_or_default())
+    json_response(
+        code,
+        "application/json",
+        serde_json::to_vec(v).unwrap_or_default(),
+    )
 }
 
 /// A `Status` failure response.
@@ -141,12 +150,21 @@ pub(crate) fn list_response(view: &View, page: &ListPage) -> Response<Body> {
         metadata,
         items: page.items.iter().map(|o| view.item(o, false)).collect(),
     };
-    json_response(200, view.content_type(true), serde_json::to_vec(&out).unwrap_or_default())
+    json_response(
+        200,
+        view.content_type(true),
+        serde_json::to_vec(&out).unwrap_or_default(),
+    )
 }
 
 /// A list of objects that is not a page of the store (deletecollection's answer).
 pub(crate) fn plain_list_response(view: &View, rv: u64, items: &[Arc<Value>]) -> Response<Body> {
-    let page = ListPage { items: items.to_vec(), rv, continue_token: None, remaining: None };
+    let page = ListPage {
+        items: items.to_vec(),
+        rv,
+        continue_token: None,
+        remaining: None,
+    };
     list_response(view, &page)
 }
 
@@ -160,7 +178,13 @@ struct EventOut<'a, T: Serialize> {
 /// One watch event line (`{"type":..,"object":..}\n`); objects include `apiVersion`/`kind`.
 pub(crate) fn event_line(out: &mut Vec<u8>, ty: &str, view: &View, obj: &Value) {
     // Writing JSON into a Vec cannot fail for these types.
-    let _ = serde_json::to_writer(&mut *out, &EventOut { ty, object: view.item(obj, true) });
+    let _ = serde_json::to_writer(
+        &mut *out,
+        &EventOut {
+            ty,
+            object: view.item(obj, true),
+        },
+    );
     out.push(b'\n');
 }
 
@@ -170,15 +194,30 @@ pub(crate) fn bookmark_line(out: &mut Vec<u8>, view: &View, rv: u64, initial_end
     let (api_version, kind) = view.types();
     let mut metadata = json!({"resourceVersion": rv.to_string(), "creationTimestamp": null});
     if let (true, Some(m)) = (initial_end, metadata.as_object_mut()) {
-        m.insert("annotations".into(), json!({"k8s.io/initial-events-end": "true"}));
+        m.insert(
+            "annotations".into(),
+            json!({"k8s.io/initial-events-end": "true"}),
+        );
     }
     let object = json!({"kind": kind, "apiVersion": api_version, "metadata": metadata});
-    let _ = serde_json::to_writer(&mut *out, &EventOut { ty: "BOOKMARK", object });
+    let _ = serde_json::to_writer(
+        &mut *out,
+        &EventOut {
+            ty: "BOOKMARK",
+            object,
+        },
+    );
     out.push(b'\n');
 }
 
 /// An in-stream ERROR line carrying a Status (e.g. 410 Expired).
 pub(crate) fn error_line(out: &mut Vec<u8>, e: &ApiError) {
-    let _ = serde_json::to_writer(&mut *out, &EventOut { ty: "ERROR", object: e.to_status() });
+    let _ = serde_json::to_writer(
+        &mut *out,
+        &EventOut {
+            ty: "ERROR",
+            object: e.to_status(),
+        },
+    );
     out.push(b'\n');
 }

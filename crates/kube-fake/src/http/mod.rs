@@ -52,7 +52,10 @@ impl Ctx {
 }
 
 /// Serves one request.
-pub(crate) async fn handle(inner: Arc<Inner>, req: Request<Incoming>) -> Result<Response<Body>, Abandoned> {
+pub(crate) async fn handle(
+    inner: Arc<Inner>,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, Abandoned> {
     let route = route::route(req.uri().path());
     let query = Query::parse(req.uri().query());
     let watch = query.flag("watch").unwrap_or(false);
@@ -76,7 +79,11 @@ pub(crate) async fn handle(inner: Arc<Inner>, req: Request<Incoming>) -> Result<
         Ok(u) => u,
         Err(e) => return Ok(error_response(&e)),
     };
-    let accept = req.headers().get(ACCEPT).and_then(|v| v.to_str().ok()).map(str::to_string);
+    let accept = req
+        .headers()
+        .get(ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
     let resp = match route {
         Route::Resource(path) => resource(inner, req, path, query, accept, user, perms).await,
         other => discovery_response(&inner, &other, accept.as_deref()),
@@ -87,7 +94,7 @@ pub(crate) async fn handle(inner: Arc<Inner>, req: Request<Incoming>) -> Result<
 fn count(inner: &Inner, route: &Route, method: &Method, watch: bool, path: &str) {
     let (verb, group, resource) = match route {
         Route::Resource(p) => {
-            let verb = route::verb(method, p.name.is_some(), watch).unwrap_or("unknown");
+            let verb = route::verb(method, p, watch).unwrap_or("unknown");
             let res = match &p.subresource {
                 Some(s) => format!("{}/{s}", p.plural),
                 None => p.plural.clone(),
@@ -113,7 +120,11 @@ fn authenticate(inner: &Inner, req: &Request<Incoming>) -> Result<(User, Permiss
     lock(&inner.auth).authenticate(token)
 }
 
-fn discovery_response(inner: &Inner, route: &Route, accept: Option<&str>) -> Result<Response<Body>, ApiError> {
+fn discovery_response(
+    inner: &Inner,
+    route: &Route,
+    accept: Option<&str>,
+) -> Result<Response<Body>, ApiError> {
     let entries = discovery::entries(lock(&inner.store).types());
     let aggregated = discovery::wants_aggregated(accept);
     let v = match route {
@@ -130,7 +141,11 @@ fn discovery_response(inner: &Inner, route: &Route, accept: Option<&str>) -> Res
 
 fn aggregated_response(entries: &[discovery::Entry], core: bool) -> Response<Body> {
     let v = discovery::aggregated(entries, core);
-    json_response(200, discovery::AGGREGATED_CONTENT_TYPE, serde_json::to_vec(&v).unwrap_or_default())
+    json_response(
+        200,
+        discovery::AGGREGATED_CONTENT_TYPE,
+        serde_json::to_vec(&v).unwrap_or_default(),
+    )
 }
 
 /// Resolves the resource, checks scope and permission, and dispatches by verb.
@@ -144,7 +159,7 @@ async fn resource(
     perms: Permissions,
 ) -> Result<Response<Body>, ApiError> {
     let watch = query.flag("watch").unwrap_or(false);
-    let verb = route::verb(req.method(), path.name.is_some(), watch).ok_or_else(ApiError::method_not_allowed)?;
+    let verb = route::verb(req.method(), &path, watch).ok_or_else(ApiError::method_not_allowed)?;
     if let Some((_, _, kind, _)) = REVIEW_RESOURCES
         .iter()
         .find(|(g, v, _, p)| *g == path.group && *v == path.version && *p == path.plural)
@@ -155,16 +170,33 @@ async fn resource(
         }
         return review::handle(&inner, req, kind, &user, &perms).await;
     }
-    let ty = lock(&inner.store).resolve(&path.group, &path.version, &path.plural)?.clone();
+    let ty = lock(&inner.store)
+        .resolve(&path.group, &path.version, &path.plural)?
+        .clone();
     check_scope(&ty, &path)?;
     authorize(&perms, &user, verb, &path)?;
-    let meta_only = accept.as_deref().is_some_and(|a| a.contains("as=PartialObjectMetadata"));
+    let meta_only = accept
+        .as_deref()
+        .is_some_and(|a| a.contains("as=PartialObjectMetadata"));
     let view = View {
         api_version: crate::resources::api_version(&ty.group, &path.version),
         kind: ty.kind.clone(),
         meta_only,
     };
-    let ctx = Ctx { inner, path, ty, query, view, verb };
+    if path.subresource.as_deref() == Some("token") {
+        if verb != "create" {
+            return Err(ApiError::method_not_allowed());
+        }
+        return review::token_request(&inner, req, &path).await;
+    }
+    let ctx = Ctx {
+        inner,
+        path,
+        ty,
+        query,
+        view,
+        verb,
+    };
     match verb {
         "get" => read::get(&ctx),
         "list" => read::list(&ctx),
@@ -186,11 +218,17 @@ fn check_scope(ty: &ResourceType, path: &ResourcePath) -> Result<(), ApiError> {
     match path.subresource.as_deref() {
         None => Ok(()),
         Some("status") if ty.status_subresource => Ok(()),
+        Some("token") if ty.group.is_empty() && ty.plural == "serviceaccounts" => Ok(()),
         Some(_) => Err(ApiError::not_served()),
     }
 }
 
-fn authorize(perms: &Permissions, user: &User, verb: &str, path: &ResourcePath) -> Result<(), ApiError> {
+fn authorize(
+    perms: &Permissions,
+    user: &User,
+    verb: &str,
+    path: &ResourcePath,
+) -> Result<(), ApiError> {
     let resource = match &path.subresource {
         Some(s) => format!("{}/{s}", path.plural),
         None => path.plural.clone(),

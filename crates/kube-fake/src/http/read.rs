@@ -13,7 +13,11 @@ use crate::server::lock;
 use crate::store::{ListRequest, WatchStart};
 
 fn selectors(ctx: &Ctx) -> Result<Selectors, ApiError> {
-    let mut fields = ctx.query.get("fieldSelector").unwrap_or_default().to_string();
+    let mut fields = ctx
+        .query
+        .get("fieldSelector")
+        .unwrap_or_default()
+        .to_string();
     // A watch on one named object is a watch with a name field selector.
     if let Some(name) = &ctx.path.name {
         let sep = if fields.is_empty() { "" } else { "," };
@@ -61,7 +65,10 @@ fn invalid_list_options(msg: &str) -> ApiError {
 fn watch_start(ctx: &Ctx, bookmarks: bool) -> Result<(WatchStart, bool), ApiError> {
     let rv = ctx.query.get("resourceVersion").filter(|s| !s.is_empty());
     let send_initial = ctx.query.flag("sendInitialEvents");
-    let rv_match = ctx.query.get("resourceVersionMatch").filter(|s| !s.is_empty());
+    let rv_match = ctx
+        .query
+        .get("resourceVersionMatch")
+        .filter(|s| !s.is_empty());
     if let Some(send) = send_initial {
         if rv_match != Some("NotOlderThan") {
             return Err(invalid_list_options(
@@ -81,7 +88,9 @@ fn watch_start(ctx: &Ctx, bookmarks: bool) -> Result<(WatchStart, bool), ApiErro
     let n = match rv {
         None | Some("0") => None,
         Some(s) => Some(s.parse::<u64>().map_err(|_| {
-            ApiError::bad_request(format!("resourceVersion: Invalid value: \"{s}\": invalid resource version"))
+            ApiError::bad_request(format!(
+                "resourceVersion: Invalid value: \"{s}\": invalid resource version"
+            ))
         })?),
     };
     Ok(match (send_initial, n) {
@@ -110,9 +119,13 @@ pub(crate) fn watch(ctx: &Ctx) -> Result<Response<Body>, ApiError> {
     let bookmarks = ctx.query.flag("allowWatchBookmarks").unwrap_or(false);
     let (start, initial_end) = watch_start(ctx, bookmarks)?;
     let timeout = match ctx.query.get("timeoutSeconds") {
-        Some(t) => Some(Duration::from_secs(t.parse::<u64>().map_err(|_| {
-            ApiError::bad_request(format!("timeoutSeconds: Invalid value: \"{t}\""))
-        })?)),
+        Some(t) => {
+            let secs = t.parse::<u64>().map_err(|_| {
+                ApiError::bad_request(format!("timeoutSeconds: Invalid value: \"{t}\""))
+            })?;
+            // 0 means "no timeout requested", as on the real server.
+            (secs > 0).then(|| Duration::from_secs(secs))
+        }
         None => None,
     };
     let spec = WatchSpec {

@@ -5,9 +5,12 @@ use hyper::{Request, Response};
 use serde_json::{json, Value};
 
 use super::encode::{value_response, Body};
+use super::route::ResourcePath;
 use super::write::{parse_json, read_body};
 use crate::auth::{Permissions, User};
 use crate::error::ApiError;
+use crate::ids;
+use crate::resources::GroupResource;
 use crate::server::{lock, Inner};
 
 /// Answers a review `kind` for the caller.
@@ -25,10 +28,13 @@ pub(crate) async fn handle(
         _ => json!({"userInfo": user.to_json()}),
     };
     let Some(map) = body.as_object_mut() else {
-        return Err(ApiError::bad_request("the request body must be a JSON object"));
+        return Err(ApiError::bad_request(
+            "the request body must be a JSON object",
+        ));
     };
     map.insert("status".into(), status);
-    map.entry("metadata").or_insert_with(|| json!({"creationTimestamp": null}));
+    map.entry("metadata")
+        .or_insert_with(|| json!({"creationTimestamp": null}));
     Ok(value_response(201, &body))
 }
 
@@ -37,11 +43,22 @@ fn token_review(inner: &Inner, body: &Value) -> Result<Value, ApiError> {
         .pointer("/spec/token")
         .and_then(Value::as_str)
         .filter(|t| !t.is_empty())
-        .ok_or_else(|| ApiError::invalid("TokenReview", "", "spec.token: Required value: token must be provided"))?;
+        .ok_or_else(|| {
+            ApiError::invalid(
+                "TokenReview",
+                "",
+                "spec.token: Required value: token must be provided",
+            )
+        })?;
     let audiences: Vec<String> = body
         .pointer("/spec/audiences")
         .and_then(Value::as_array)
-        .map(|a| a.iter().filter_map(Value::as_str).map(str::to_string).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(Value::as_str)
+                .map(str::to_string)
+                .collect()
+        })
         .unwrap_or_default();
     Ok(lock(&inner.auth).review(token, &audiences))
 }
@@ -50,7 +67,9 @@ fn access_review(body: &Value, user: &User, perms: &Permissions) -> Result<Value
     let Some(attrs) = body.pointer("/spec/resourceAttributes") else {
         // Non-resource URLs (discovery and the like) are open to every authenticated user.
         if body.pointer("/spec/nonResourceAttributes").is_some() {
-            return Ok(json!({"allowed": true, "reason": "non-resource URLs are allowed for authenticated users"}));
+            return Ok(
+                json!({"allowed": true, "reason": "non-resource URLs are allowed for authenticated users"}),
+            );
         }
         return Err(ApiError::invalid(
             "SelfSubjectAccessReview",
@@ -70,4 +89,55 @@ fn access_review(body: &Value, user: &User, perms: &Permissions) -> Result<Value
     } else {
         json!({"allowed": false})
     })
+}
+
+/// `POST .../serviceaccounts/{name}/token` (TokenRequest): issues a token for an existing
+/// service account, bound to `spec.boundObjectRef` when it names a pod.
+pub(crate) async fn token_request(
+    inner: &Inner,
+    req: Request<Incoming>,
+    path: &ResourcePath,
+) -> Result<Response<Body>, ApiError> {
+    let ns = path.namespace.clone().unwrap_or_default();
+    let sa = path.name.clone().unwrap_or_default();
+    lock(&inner.store).get(&GroupResource::new("", "serviceaccounts"), &ns, &sa)?;
+    let body = parse_json(&read_body(req).await?)?;
+    let spec = body.get("spec").cloned().unwrap_or_else(|| json!({}));
+    let audiences: Vec<String> = spec
+        .get("audiences")
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(Value::as_str)
+                .map(str::to_string)
+                .collect()
+        })
+        .unwrap_or_else(|| vec!["https://kubernetes.default.svc.cluster.local".to_string()]);
+    let bound = |k: &str| {
+        spec.pointer(&format!("/boundObjectRef/{k}"))
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string()
+    };
+    let (pod, pod_uid) = match bound("kind").as_str() {
+        "Pod" => (bound("name"), bound("uid")),
+        _ => (String::new(), String::new()),
+    };
+    let refs: Vec<&str> = audiences.iter().map(String::as_str).collect();
+    let issuer = "https://kubernetes.default.svc.cluster.local";
+    let token =
+        lock(&inner.auth).issue_service_account_token(&ns, &sa, &pod, &pod_uid, &refs, issuer);
+    let expires = time::OffsetDateTime::now_utc() + time::Duration::hours(1);
+    let expires = expires
+        .replace_nanosecond(0)
+        .unwrap_or(expires)
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default();
+    let out = json!({
+        "apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
+        "metadata": {"name": sa, "namespace": ns, "creationTimestamp": ids::now_rfc3339()},
+        "spec": spec,
+        "status": {"token": token, "expirationTimestamp": expires},
+    });
+    Ok(value_response(201, &out))
 }

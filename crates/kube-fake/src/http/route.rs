@@ -66,7 +66,11 @@ pub(crate) enum Route {
 
 /// Parses a request path.
 pub(crate) fn route(path: &str) -> Route {
-    let segs: Vec<&str> = path.trim_matches('/').split('/').filter(|s| !s.is_empty()).collect();
+    let segs: Vec<&str> = path
+        .trim_matches('/')
+        .split('/')
+        .filter(|s| !s.is_empty())
+        .collect();
     match segs.as_slice() {
         ["version"] => Route::Version,
         ["healthz" | "livez" | "readyz", ..] => Route::Health,
@@ -105,8 +109,11 @@ fn resource_route(group: &str, version: &str, rest: &[&str]) -> Route {
 }
 
 /// The Kubernetes verb of a resource request, or `None` for an unsupported method.
-pub(crate) fn verb(method: &Method, named: bool, watch: bool) -> Option<&'static str> {
+pub(crate) fn verb(method: &Method, path: &ResourcePath, watch: bool) -> Option<&'static str> {
+    let named = path.name.is_some();
     Some(match (method.as_str(), named) {
+        // POST to a subresource of a named object (serviceaccounts/x/token) creates it.
+        ("POST", true) if path.subresource.is_some() => "create",
         ("GET", true) if watch => "watch",
         ("GET", true) => "get",
         ("GET", false) if watch => "watch",
@@ -137,20 +144,42 @@ mod tests {
 
     #[test]
     fn paths() {
-        assert_eq!(route("/api/v1/pods"), rp("", "v1", "pods", None, None, None));
-        assert_eq!(route("/api/v1/namespaces"), rp("", "v1", "namespaces", None, None, None));
-        assert_eq!(route("/api/v1/namespaces/a"), rp("", "v1", "namespaces", None, Some("a"), None));
+        assert_eq!(
+            route("/api/v1/pods"),
+            rp("", "v1", "pods", None, None, None)
+        );
+        assert_eq!(
+            route("/api/v1/namespaces"),
+            rp("", "v1", "namespaces", None, None, None)
+        );
+        assert_eq!(
+            route("/api/v1/namespaces/a"),
+            rp("", "v1", "namespaces", None, Some("a"), None)
+        );
         assert_eq!(
             route("/api/v1/namespaces/a/status"),
             rp("", "v1", "namespaces", None, Some("a"), Some("status"))
         );
-        assert_eq!(route("/api/v1/namespaces/a/pods"), rp("", "v1", "pods", Some("a"), None, None));
+        assert_eq!(
+            route("/api/v1/namespaces/a/pods"),
+            rp("", "v1", "pods", Some("a"), None, None)
+        );
         assert_eq!(
             route("/apis/multicluster.x-k8s.io/v1beta1/namespaces/a/serviceexports/x/status"),
-            rp("multicluster.x-k8s.io", "v1beta1", "serviceexports", Some("a"), Some("x"), Some("status"))
+            rp(
+                "multicluster.x-k8s.io",
+                "v1beta1",
+                "serviceexports",
+                Some("a"),
+                Some("x"),
+                Some("status")
+            )
         );
         assert_eq!(route("/apis/g"), Route::Group("g".into()));
-        assert_eq!(route("/apis/g/v1"), Route::GroupVersion("g".into(), "v1".into()));
+        assert_eq!(
+            route("/apis/g/v1"),
+            Route::GroupVersion("g".into(), "v1".into())
+        );
         assert_eq!(route("/api/v1/a/b/c/d"), Route::Unknown);
     }
 

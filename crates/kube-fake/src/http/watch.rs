@@ -98,7 +98,8 @@ pub(crate) fn respond(inner: &Arc<Inner>, spec: WatchSpec) -> Response<Body> {
         Err(e) if e.code == 410 => {
             let mut line = Vec::new();
             encode::error_line(&mut line, &e);
-            let frames = futures::stream::iter([Ok::<_, Infallible>(Frame::data(Bytes::from(line)))]);
+            let frames =
+                futures::stream::iter([Ok::<_, Infallible>(Frame::data(Bytes::from(line)))]);
             return stream_response(&spec.view, StreamBody::new(frames).boxed_unsync());
         }
         Err(e) => return encode::error_response(&e),
@@ -111,7 +112,8 @@ pub(crate) fn respond(inner: &Arc<Inner>, spec: WatchSpec) -> Response<Body> {
 
 fn stream_response(view: &View, body: Body) -> Response<Body> {
     let mut resp = Response::new(body);
-    let ct = HeaderValue::from_str(view.content_type(false)).unwrap_or(HeaderValue::from_static("application/json"));
+    let ct = HeaderValue::from_str(view.content_type(false))
+        .unwrap_or(HeaderValue::from_static("application/json"));
     resp.headers_mut().insert(CONTENT_TYPE, ct);
     resp.headers_mut()
         .insert(CACHE_CONTROL, HeaderValue::from_static("no-cache, private"));
@@ -150,7 +152,10 @@ fn initial_state(inner: &Arc<Inner>, spec: WatchSpec, sub: Subscription) -> Watc
         (Some(t), Some(c)) => Some(t.min(c)),
         (t, c) => t.or(c),
     };
-    let period = inner.options.bookmark_interval.max(Duration::from_millis(10));
+    let period = inner
+        .options
+        .bookmark_interval
+        .max(Duration::from_millis(10));
     let tick = spec
         .bookmarks
         .then(|| tokio::time::interval_at(Instant::now() + period, period));

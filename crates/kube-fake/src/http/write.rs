@@ -23,7 +23,13 @@ pub(crate) async fn read_body(req: Request<Incoming>) -> Result<Bytes, ApiError>
         .collect()
         .await
         .map(|c| c.to_bytes())
-        .map_err(|e| ApiError::new(413, "RequestEntityTooLarge", format!("the request body could not be read: {e}")))
+        .map_err(|e| {
+            ApiError::new(
+                413,
+                "RequestEntityTooLarge",
+                format!("the request body could not be read: {e}"),
+            )
+        })
 }
 
 /// Parses a JSON request body.
@@ -53,7 +59,8 @@ fn write_opts(ctx: &Ctx, req: &Request<Incoming>) -> WriteOpts {
     WriteOpts {
         direct: false,
         dry_run: ctx.query.dry_run(),
-        field_manager: field_manager.or_else(|| (!is_apply).then(|| agent.map(str::to_string)).flatten()),
+        field_manager: field_manager
+            .or_else(|| (!is_apply).then(|| agent.map(str::to_string)).flatten()),
         trusted: false,
     }
 }
@@ -87,16 +94,35 @@ pub(crate) async fn handle(ctx: &Ctx, req: Request<Incoming>) -> Result<Response
         "update" => {
             let obj = parse_json(&read_body(req).await?)?;
             let v = ctx.path.version.clone();
-            let updated = lock(&ctx.inner.store).update(&ctx.gr(), &v, ctx.ns(), &name, obj, status, &opts)?;
+            let updated = lock(&ctx.inner.store).update(
+                &ctx.gr(),
+                &v,
+                ctx.ns(),
+                &name,
+                obj,
+                status,
+                &opts,
+            )?;
             Ok(object_response(200, &ctx.view, &updated))
         }
         "patch" => {
             let body = read_body(req).await?;
             let patch = parse_patch(&ctype, &body)?;
             let v = ctx.path.version.clone();
-            let (obj, created) =
-                lock(&ctx.inner.store).patch(&ctx.gr(), &v, ctx.ns(), &name, patch, status, &opts)?;
-            Ok(object_response(if created { 201 } else { 200 }, &ctx.view, &obj))
+            let (obj, created) = lock(&ctx.inner.store).patch(
+                &ctx.gr(),
+                &v,
+                ctx.ns(),
+                &name,
+                patch,
+                status,
+                &opts,
+            )?;
+            Ok(object_response(
+                if created { 201 } else { 200 },
+                &ctx.view,
+                &obj,
+            ))
         }
         "delete" => {
             if status {
@@ -145,7 +171,10 @@ fn delete_options(ctx: &Ctx, body: &[u8]) -> Result<(Preconditions, bool), ApiEr
 }
 
 /// DELETE on a collection: deletes every matching object and returns them as a list.
-pub(crate) async fn delete_collection(ctx: &Ctx, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+pub(crate) async fn delete_collection(
+    ctx: &Ctx,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, ApiError> {
     let (_, dry) = delete_options(ctx, &read_body(req).await?)?;
     let sel = Selectors {
         labels: LabelSelector::parse(ctx.query.get("labelSelector").unwrap_or_default())?,

@@ -12,23 +12,34 @@ const CRD_GROUP: &str = "apiextensions.k8s.io";
 
 /// For a CRD write: validates it, sets the status the CRD controller would (Established,
 /// NamesAccepted) and returns the resources to serve. `None` for any other resource.
-pub(crate) fn prepare(gr: &GroupResource, obj: &mut Value) -> Result<Option<Vec<ResourceSpec>>, ApiError> {
+pub(crate) fn prepare(
+    gr: &GroupResource,
+    obj: &mut Value,
+) -> Result<Option<Vec<ResourceSpec>>, ApiError> {
     if gr.group != CRD_GROUP || gr.plural != "customresourcedefinitions" {
         return Ok(None);
     }
     let name = super::meta_str(obj, "name").unwrap_or_default().to_string();
     let invalid = |msg: &str| ApiError::invalid("CustomResourceDefinition", &name, msg);
-    let spec = obj.get("spec").ok_or_else(|| invalid("spec: Required value"))?;
+    let spec = obj
+        .get("spec")
+        .ok_or_else(|| invalid("spec: Required value"))?;
     let group = str_at(spec, "/group").ok_or_else(|| invalid("spec.group: Required value"))?;
-    let kind = str_at(spec, "/names/kind").ok_or_else(|| invalid("spec.names.kind: Required value"))?;
-    let plural = str_at(spec, "/names/plural").ok_or_else(|| invalid("spec.names.plural: Required value"))?;
+    let kind =
+        str_at(spec, "/names/kind").ok_or_else(|| invalid("spec.names.kind: Required value"))?;
+    let plural = str_at(spec, "/names/plural")
+        .ok_or_else(|| invalid("spec.names.plural: Required value"))?;
     if name != format!("{plural}.{group}") {
         return Err(invalid(&format!(
             "metadata.name: Invalid value: \"{name}\": must be spec.names.plural+\".\"+spec.group"
         )));
     }
     let namespaced = str_at(spec, "/scope").as_deref() != Some("Cluster");
-    let versions = spec.get("versions").and_then(Value::as_array).cloned().unwrap_or_default();
+    let versions = spec
+        .get("versions")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
     let mut specs: Vec<(bool, ResourceSpec)> = versions
         .iter()
         .filter(|v| v.get("served").and_then(Value::as_bool).unwrap_or(true))
@@ -37,11 +48,16 @@ pub(crate) fn prepare(gr: &GroupResource, obj: &mut Value) -> Result<Option<Vec<
             let mut s = ResourceSpec::new(&group, version, &kind, &plural);
             s.namespaced = namespaced;
             s.status_subresource = v.pointer("/subresources/status").is_some();
-            Some((v.get("storage").and_then(Value::as_bool).unwrap_or(false), s))
+            Some((
+                v.get("storage").and_then(Value::as_bool).unwrap_or(false),
+                s,
+            ))
         })
         .collect();
     if specs.is_empty() {
-        return Err(invalid("spec.versions: Invalid value: must have exactly one version marked as storage version"));
+        return Err(invalid(
+            "spec.versions: Invalid value: must have exactly one version marked as storage version",
+        ));
     }
     // The storage version first: objects are stored under it.
     specs.sort_by_key(|(storage, _)| !*storage);
@@ -67,7 +83,10 @@ pub(crate) fn prepare(gr: &GroupResource, obj: &mut Value) -> Result<Option<Vec<
 }
 
 fn str_at(v: &Value, pointer: &str) -> Option<String> {
-    v.pointer(pointer)?.as_str().filter(|s| !s.is_empty()).map(str::to_string)
+    v.pointer(pointer)?
+        .as_str()
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
 }
 
 impl Store {
@@ -84,7 +103,8 @@ impl Store {
             }
             let mut ty = ResourceType::from_spec(spec);
             ty.crd = Some(crd_name.to_string());
-            self.kinds.insert((ty.group.clone(), ty.kind.clone()), gr.clone());
+            self.kinds
+                .insert((ty.group.clone(), ty.kind.clone()), gr.clone());
             self.tables.insert(gr, Table::new(ty));
         }
     }

@@ -51,15 +51,24 @@ pub(crate) fn set_resource_version(obj: &mut Value, rv: u64) {
 fn valid_name(name: &str) -> bool {
     let ok_char = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.';
     let ends_ok = |c: Option<char>| c.is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
-    name.len() <= 253 && name.chars().all(ok_char) && ends_ok(name.chars().next()) && ends_ok(name.chars().last())
+    name.len() <= 253
+        && name.chars().all(ok_char)
+        && ends_ok(name.chars().next())
+        && ends_ok(name.chars().last())
 }
 
 /// Checks `apiVersion`/`kind` in a request body against the addressed resource and fills
 /// them in when absent.
-pub(crate) fn check_type(ty: &ResourceType, version: &str, obj: &mut Value) -> Result<(), ApiError> {
+pub(crate) fn check_type(
+    ty: &ResourceType,
+    version: &str,
+    obj: &mut Value,
+) -> Result<(), ApiError> {
     let want = api_version(&ty.group, version);
     let Some(map) = obj.as_object_mut() else {
-        return Err(ApiError::bad_request("the request body must be a JSON object"));
+        return Err(ApiError::bad_request(
+            "the request body must be a JSON object",
+        ));
     };
     match map.get("apiVersion").and_then(Value::as_str) {
         Some(v) if !v.is_empty() && v != want => {
@@ -78,7 +87,10 @@ pub(crate) fn check_type(ty: &ResourceType, version: &str, obj: &mut Value) -> R
         }
         _ => {}
     }
-    map.insert("apiVersion".into(), Value::from(api_version(&ty.group, ty.storage_version())));
+    map.insert(
+        "apiVersion".into(),
+        Value::from(api_version(&ty.group, ty.storage_version())),
+    );
     map.insert("kind".into(), Value::from(ty.kind.clone()));
     Ok(())
 }
@@ -90,17 +102,16 @@ pub(crate) fn resolve_namespace(
     obj: &mut Value,
 ) -> Result<String, ApiError> {
     let obj_ns = meta_str(obj, "namespace").map(str::to_string);
-    let m = meta_mut(obj).ok_or_else(|| ApiError::bad_request("the request body must be a JSON object"))?;
+    let m = meta_mut(obj)
+        .ok_or_else(|| ApiError::bad_request("the request body must be a JSON object"))?;
     if !ty.namespaced {
         m.remove("namespace");
         return Ok(String::new());
     }
     let ns = match (path_ns, obj_ns) {
-        (Some(p), Some(o)) if p != o => {
-            return Err(ApiError::bad_request(
-                "the namespace of the provided object does not match the namespace sent on the request",
-            ))
-        }
+        (Some(p), Some(o)) if p != o => return Err(ApiError::bad_request(
+            "the namespace of the provided object does not match the namespace sent on the request",
+        )),
         (Some(p), _) => p.to_string(),
         (None, Some(o)) => o,
         (None, None) => "default".to_string(),
@@ -155,11 +166,24 @@ pub(crate) fn fill_create_meta(obj: &mut Value, opts: &WriteOpts) {
     }
 }
 
-/// Copies what the server owns from the stored object into an update.
-pub(crate) fn carry_server_meta(old: &Value, new: &mut Value) {
-    let Some(old_m) = old.get("metadata").and_then(Value::as_object) else { return };
+/// Copies what the server owns from the stored object into an update (a direct write may set
+/// `creationTimestamp`).
+pub(crate) fn carry_server_meta(old: &Value, new: &mut Value, opts: &WriteOpts) {
+    let Some(old_m) = old.get("metadata").and_then(Value::as_object) else {
+        return;
+    };
     let Some(m) = meta_mut(new) else { return };
-    for key in ["uid", "creationTimestamp", "generation", "deletionTimestamp", "namespace"] {
+    let keep_ts = opts.direct && m.get("creationTimestamp").is_some_and(Value::is_string);
+    for key in [
+        "uid",
+        "creationTimestamp",
+        "generation",
+        "deletionTimestamp",
+        "namespace",
+    ] {
+        if key == "creationTimestamp" && keep_ts {
+            continue;
+        }
         match old_m.get(key) {
             Some(v) => m.insert(key.into(), v.clone()),
             None => m.remove(key),
@@ -185,7 +209,10 @@ pub(crate) fn bump_generation(old: &Value, new: &mut Value) {
     if spec_part(old) == spec_part(new) {
         return;
     }
-    let g = old.pointer("/metadata/generation").and_then(Value::as_i64).unwrap_or(0);
+    let g = old
+        .pointer("/metadata/generation")
+        .and_then(Value::as_i64)
+        .unwrap_or(0);
     if let Some(m) = meta_mut(new) {
         m.insert("generation".into(), Value::from(g + 1));
     }
@@ -211,7 +238,9 @@ pub(crate) fn is_noop(old: &Value, new: &Value) -> bool {
 
 /// The simplified `fieldsV1` set of an applied object: every map key it sets, arrays as leaves.
 fn field_set(v: &Value, top: bool) -> Value {
-    let Some(map) = v.as_object() else { return json!({}) };
+    let Some(map) = v.as_object() else {
+        return json!({});
+    };
     let mut out = Map::new();
     for (k, sub) in map {
         if top && (k == "apiVersion" || k == "kind") {
@@ -220,7 +249,15 @@ fn field_set(v: &Value, top: bool) -> Value {
         let sub_set = if top && k == "metadata" {
             let mut meta = sub.clone();
             if let Some(m) = meta.as_object_mut() {
-                for skip in ["name", "namespace", "uid", "resourceVersion", "creationTimestamp", "managedFields", "generation"] {
+                for skip in [
+                    "name",
+                    "namespace",
+                    "uid",
+                    "resourceVersion",
+                    "creationTimestamp",
+                    "managedFields",
+                    "generation",
+                ] {
                     m.remove(skip);
                 }
             }
@@ -284,15 +321,8 @@ pub(crate) fn apply_defaults(ty: &ResourceType, obj: &mut Value, next_ip: &mut u
                 set_path(obj, "spec", json!({"finalizers": ["kubernetes"]}));
             }
         }
-        ("", "Pod") => {
-            if obj.pointer("/status/phase").is_none() {
-                let status = obj.get("status").cloned().unwrap_or_else(|| json!({}));
-                let mut status = status;
-                if let Some(s) = status.as_object_mut() {
-                    s.insert("phase".into(), Value::from("Pending"));
-                }
-                set_path(obj, "status", status);
-            }
+        ("", "Pod") if obj.pointer("/status/phase").is_none() => {
+            set_path(obj, "status", json!({"phase": "Pending"}));
         }
         _ => {}
     }
@@ -314,10 +344,17 @@ fn set_path(obj: &mut Value, key: &str, v: Value) {
 }
 
 fn service_defaults(obj: &mut Value, next_ip: &mut u32) {
-    let Some(spec) = obj.get_mut("spec").and_then(Value::as_object_mut) else { return };
-    let ty = spec.get("type").and_then(Value::as_str).unwrap_or("ClusterIP").to_string();
+    let Some(spec) = obj.get_mut("spec").and_then(Value::as_object_mut) else {
+        return;
+    };
+    let ty = spec
+        .get("type")
+        .and_then(Value::as_str)
+        .unwrap_or("ClusterIP")
+        .to_string();
     spec.insert("type".into(), Value::from(ty.clone()));
-    spec.entry("sessionAffinity").or_insert_with(|| Value::from("None"));
+    spec.entry("sessionAffinity")
+        .or_insert_with(|| Value::from("None"));
     if ty != "ExternalName" {
         let ip = match spec.get("clusterIP").and_then(Value::as_str) {
             Some(ip) if !ip.is_empty() => ip.to_string(),
@@ -330,8 +367,10 @@ fn service_defaults(obj: &mut Value, next_ip: &mut u32) {
         spec.insert("clusterIP".into(), Value::from(ip.clone()));
         spec.entry("clusterIPs").or_insert_with(|| json!([ip]));
         spec.entry("ipFamilies").or_insert_with(|| json!(["IPv4"]));
-        spec.entry("ipFamilyPolicy").or_insert_with(|| Value::from("SingleStack"));
-        spec.entry("internalTrafficPolicy").or_insert_with(|| Value::from("Cluster"));
+        spec.entry("ipFamilyPolicy")
+            .or_insert_with(|| Value::from("SingleStack"));
+        spec.entry("internalTrafficPolicy")
+            .or_insert_with(|| Value::from("Cluster"));
     }
     if let Some(Value::Array(ports)) = spec.get_mut("ports") {
         for p in ports.iter_mut().filter_map(Value::as_object_mut) {
@@ -347,7 +386,9 @@ fn service_defaults(obj: &mut Value, next_ip: &mut u32) {
 pub(crate) fn keep_allocated(ty: &ResourceType, old: &Value, new: &mut Value) {
     if ty.group.is_empty() && ty.kind == "Service" {
         for key in ["clusterIP", "clusterIPs"] {
-            let empty = new.pointer(&format!("/spec/{key}")).is_none_or(|v| v.as_str() == Some("") || v.is_null());
+            let empty = new
+                .pointer(&format!("/spec/{key}"))
+                .is_none_or(|v| v.as_str() == Some("") || v.is_null());
             if let (true, Some(v)) = (empty, old.pointer(&format!("/spec/{key}"))) {
                 if let Some(spec) = new.get_mut("spec").and_then(Value::as_object_mut) {
                     spec.insert(key.into(), v.clone());

@@ -126,7 +126,9 @@ impl Store {
             next_ip: 10,
         };
         for (gr, ty) in resources::initial_resources(opts) {
-            store.kinds.insert((ty.group.clone(), ty.kind.clone()), gr.clone());
+            store
+                .kinds
+                .insert((ty.group.clone(), ty.kind.clone()), gr.clone());
             store.tables.insert(gr, Table::new(ty));
         }
         store
@@ -154,14 +156,20 @@ impl Store {
             }
             None => {
                 let ty = ResourceType::from_spec(spec);
-                self.kinds.insert((ty.group.clone(), ty.kind.clone()), gr.clone());
+                self.kinds
+                    .insert((ty.group.clone(), ty.kind.clone()), gr.clone());
                 self.tables.insert(gr, Table::new(ty));
             }
         }
     }
 
     /// The resource at `group/version/plural`, or 404 if not served.
-    pub fn resolve(&self, group: &str, version: &str, plural: &str) -> Result<&ResourceType, ApiError> {
+    pub fn resolve(
+        &self,
+        group: &str,
+        version: &str,
+        plural: &str,
+    ) -> Result<&ResourceType, ApiError> {
         self.tables
             .get(&GroupResource::new(group, plural))
             .map(|t| &t.ty)
@@ -176,7 +184,11 @@ impl Store {
             .kinds
             .get(&(group.to_string(), kind.to_string()))
             .ok_or_else(|| {
-                ApiError::new(404, "NotFound", format!("no matches for kind \"{kind}\" in version \"{api_version}\""))
+                ApiError::new(
+                    404,
+                    "NotFound",
+                    format!("no matches for kind \"{kind}\" in version \"{api_version}\""),
+                )
             })?;
         self.resolve(group, version, &gr.plural)
     }
@@ -226,7 +238,13 @@ impl Store {
             ChangeType::Deleted => table.objects.remove(&key),
             _ => table.objects.insert(key.clone(), new.clone()),
         };
-        let change = Arc::new(Change { rv, kind, key, old, new: new.clone() });
+        let change = Arc::new(Change {
+            rv,
+            kind,
+            key,
+            old,
+            new: new.clone(),
+        });
         table.history.push_back(change.clone());
         if let Some(limit) = limit {
             while table.history.len() > limit {
@@ -266,7 +284,9 @@ impl Store {
         match start {
             WatchStart::Now => {}
             WatchStart::InitialState => {
-                initial = snapshot::range(&table.objects, ns).map(|(_, v)| v.clone()).collect();
+                initial = snapshot::range(&table.objects, ns)
+                    .map(|(_, v)| v.clone())
+                    .collect();
             }
             WatchStart::After(from) => {
                 if from < table.compacted {
@@ -281,7 +301,13 @@ impl Store {
         }
         let (tx, rx) = unbounded_channel();
         table.watchers.push(tx.clone());
-        Ok(Subscription { initial, replay, rv, rx, tx })
+        Ok(Subscription {
+            initial,
+            replay,
+            rv,
+            rx,
+            tx,
+        })
     }
 
     /// Queues a bookmark at the current version into one watcher's channel, after every change
@@ -306,7 +332,8 @@ impl Store {
             self.delete_key(gr, &key)?;
         }
         if let Some(table) = self.tables.remove(gr) {
-            self.kinds.remove(&(table.ty.group.clone(), table.ty.kind.clone()));
+            self.kinds
+                .remove(&(table.ty.group.clone(), table.ty.kind.clone()));
             for tx in table.watchers {
                 let _ = tx.send(WatchMsg::Gone);
             }

@@ -73,7 +73,9 @@ fn encode_continue(rv: u64, key: &ObjKey) -> String {
 }
 
 fn decode_continue(token: &str) -> Result<(u64, ObjKey), ApiError> {
-    let bad = || ApiError::bad_request("continue key is not valid: incorrect encoded start resourceVersion");
+    let bad = || {
+        ApiError::bad_request("continue key is not valid: incorrect encoded start resourceVersion")
+    };
     let bytes = URL_SAFE_NO_PAD.decode(token).map_err(|_| bad())?;
     let v: Value = serde_json::from_slice(&bytes).map_err(|_| bad())?;
     let rv = v.get("rv").and_then(Value::as_u64).ok_or_else(bad)?;
@@ -88,7 +90,11 @@ impl Store {
         let current = self.rv;
         let rv = req.resource_version.as_deref().filter(|s| !s.is_empty());
         let Some(rv) = rv else {
-            if req.resource_version_match.as_deref().is_some_and(|m| !m.is_empty()) {
+            if req
+                .resource_version_match
+                .as_deref()
+                .is_some_and(|m| !m.is_empty())
+            {
                 return Err(ApiError::invalid(
                     "ListOptions",
                     "",
@@ -135,7 +141,11 @@ impl Store {
         let table = self.table(gr)?;
         let (rv, after) = match req.continue_token.as_deref().filter(|s| !s.is_empty()) {
             Some(token) => {
-                if req.resource_version.as_deref().is_some_and(|r| !r.is_empty() && r != "0") {
+                if req
+                    .resource_version
+                    .as_deref()
+                    .is_some_and(|r| !r.is_empty() && r != "0")
+                {
                     return Err(ApiError::bad_request(
                         "specifying resource version is not allowed when using continue",
                     ));

@@ -102,8 +102,12 @@ impl Store {
         let key: ObjKey = (ns, name.clone());
         if self.table(gr)?.objects.contains_key(&key) {
             let what = gr.qualified();
-            return Err(ApiError::new(409, "AlreadyExists", format!("{what} \"{name}\" already exists"))
-                .with_details(&ty.group, &ty.plural, &name));
+            return Err(ApiError::new(
+                409,
+                "AlreadyExists",
+                format!("{what} \"{name}\" already exists"),
+            )
+            .with_details(&ty.group, &ty.plural, &name));
         }
         meta::fill_create_meta(&mut obj, opts);
         if ty.status_subresource && !opts.direct {
@@ -113,7 +117,14 @@ impl Store {
         }
         meta::apply_defaults(&ty, &mut obj, &mut self.next_ip);
         if let Some(m) = manager {
-            meta::record_manager(&mut obj, m.name, m.operation, &api_version(&ty.group, version), None, &m.fields);
+            meta::record_manager(
+                &mut obj,
+                m.name,
+                m.operation,
+                &api_version(&ty.group, version),
+                None,
+                &m.fields,
+            );
         }
         let defined = crd::prepare(gr, &mut obj)?;
         if opts.dry_run {
@@ -179,35 +190,23 @@ impl Store {
             .cloned()
             .ok_or_else(|| not_found(&ty, name))?;
         let given_rv = meta::meta_str(&obj, "resourceVersion").map(str::to_string);
-        if !opts.direct && given_rv.is_some() && given_rv.as_deref() != meta::meta_str(&old, "resourceVersion") {
+        if !opts.direct
+            && given_rv.is_some()
+            && given_rv.as_deref() != meta::meta_str(&old, "resourceVersion")
+        {
             return Err(conflict(&ty, name));
         }
-        let mut new = if status {
-            let mut n = (*old).clone();
-            if let Some(m) = n.as_object_mut() {
-                match obj.get("status") {
-                    Some(s) => m.insert("status".into(), s.clone()),
-                    None => m.remove("status"),
-                };
-            }
-            n
-        } else {
-            meta::carry_server_meta(&old, &mut obj);
-            if ty.status_subresource && !opts.direct {
-                if let Some(m) = obj.as_object_mut() {
-                    match old.get("status") {
-                        Some(s) => m.insert("status".into(), s.clone()),
-                        None => m.remove("status"),
-                    };
-                }
-            }
-            meta::keep_allocated(&ty, &old, &mut obj);
-            meta::bump_generation(&old, &mut obj);
-            obj
-        };
+        let mut new = merge_update(&ty, &old, obj, status, opts);
         if let Some(m) = manager {
             let sub = status.then_some("status");
-            meta::record_manager(&mut new, m.name, m.operation, &api_version(&ty.group, version), sub, &m.fields);
+            meta::record_manager(
+                &mut new,
+                m.name,
+                m.operation,
+                &api_version(&ty.group, version),
+                sub,
+                &m.fields,
+            );
         }
         let defined = crd::prepare(gr, &mut new)?;
         if meta::is_noop(&old, &new) {
@@ -224,15 +223,26 @@ impl Store {
     }
 
     /// Direct-store apply: creates, or replaces ignoring `resourceVersion`.
-    pub fn upsert(&mut self, gr: &GroupResource, version: &str, obj: Value, opts: &WriteOpts) -> Result<Arc<Value>, ApiError> {
+    pub fn upsert(
+        &mut self,
+        gr: &GroupResource,
+        version: &str,
+        obj: Value,
+        opts: &WriteOpts,
+    ) -> Result<Arc<Value>, ApiError> {
         let ty = self.resource(gr)?;
         let ns = if ty.namespaced {
-            meta::meta_str(&obj, "namespace").unwrap_or("default").to_string()
+            meta::meta_str(&obj, "namespace")
+                .unwrap_or("default")
+                .to_string()
         } else {
             String::new()
         };
         let name = meta::meta_str(&obj, "name").unwrap_or_default().to_string();
-        let exists = self.table(gr)?.objects.contains_key(&(ns.clone(), name.clone()));
+        let exists = self
+            .table(gr)?
+            .objects
+            .contains_key(&(ns.clone(), name.clone()));
         let ns_arg = ty.namespaced.then_some(ns.as_str());
         if exists {
             self.update(gr, version, ns_arg, &name, obj, false, opts)
@@ -269,16 +279,30 @@ impl Store {
         };
         let mut doc = (*old).clone();
         if let Some(m) = doc.as_object_mut() {
-            m.insert("apiVersion".into(), Value::from(api_version(&ty.group, version)));
+            m.insert(
+                "apiVersion".into(),
+                Value::from(api_version(&ty.group, version)),
+            );
         }
         let manager = match patch {
             Patch::Merge(p) => {
                 json_patch::merge(&mut doc, &p);
-                opts.field_manager.as_deref().map(|m| Manager { name: m, operation: "Update", fields: p })
+                opts.field_manager.as_deref().map(|m| Manager {
+                    name: m,
+                    operation: "Update",
+                    fields: p,
+                })
             }
             Patch::Json(ops) => {
-                json_patch::patch(&mut doc, &ops.0)
-                    .map_err(|e| ApiError::new(422, "Invalid", format!("the server rejected our request due to an error in our request: {e}")))?;
+                json_patch::patch(&mut doc, &ops.0).map_err(|e| {
+                    ApiError::new(
+                        422,
+                        "Invalid",
+                        format!(
+                            "the server rejected our request due to an error in our request: {e}"
+                        ),
+                    )
+                })?;
                 None
             }
             Patch::Apply(obj) => {
@@ -332,7 +356,8 @@ impl Store {
             .iter()
             .filter(|(_, t)| t.ty.namespaced)
             .flat_map(|(gr, t)| {
-                super::snapshot::range(&t.objects, Some(ns)).map(move |(k, _)| (gr.clone(), k.clone()))
+                super::snapshot::range(&t.objects, Some(ns))
+                    .map(move |(k, _)| (gr.clone(), k.clone()))
             })
             .collect();
         for (gr, key) in doomed {
@@ -340,6 +365,41 @@ impl Store {
         }
         Ok(())
     }
+}
+
+/// The object an update stores: for `/status`, the live object with the new status; for
+/// the main resource, the new object with server-owned metadata (and, with a status
+/// subresource, the live status; for a direct write without status, the live one) carried
+/// over.
+fn merge_update(
+    ty: &ResourceType,
+    old: &Value,
+    mut obj: Value,
+    status: bool,
+    opts: &WriteOpts,
+) -> Value {
+    let copy_status = |from: &Value, to: &mut Value| {
+        if let Some(m) = to.as_object_mut() {
+            match from.get("status") {
+                Some(s) => m.insert("status".into(), s.clone()),
+                None => m.remove("status"),
+            };
+        }
+    };
+    if status {
+        let mut n = old.clone();
+        copy_status(&obj, &mut n);
+        return n;
+    }
+    meta::carry_server_meta(old, &mut obj, opts);
+    // A direct write sets status only when it gives one.
+    let direct_keeps = opts.direct && obj.get("status").is_none();
+    if (ty.status_subresource && !opts.direct) || direct_keeps {
+        copy_status(old, &mut obj);
+    }
+    meta::keep_allocated(ty, old, &mut obj);
+    meta::bump_generation(old, &mut obj);
+    obj
 }
 
 fn check_preconditions(obj: &Value, pre: &Preconditions) -> Result<(), ApiError> {
@@ -359,15 +419,23 @@ fn check_preconditions(obj: &Value, pre: &Preconditions) -> Result<(), ApiError>
 }
 
 /// An applied object must name its type (the addressed one) and match the URL.
-fn check_applied(ty: &ResourceType, version: &str, name: &str, mut obj: Value) -> Result<Value, ApiError> {
-    let want = [("apiVersion", api_version(&ty.group, version)), ("kind", ty.kind.clone())];
+fn check_applied(
+    ty: &ResourceType,
+    version: &str,
+    name: &str,
+    mut obj: Value,
+) -> Result<Value, ApiError> {
+    let want = [
+        ("apiVersion", api_version(&ty.group, version)),
+        ("kind", ty.kind.clone()),
+    ];
     for (field, expected) in want {
         match obj.get(field).and_then(Value::as_str) {
             None | Some("") => return Err(ApiError::bad_request(format!("{field} must be set"))),
             Some(got) if got != expected => {
                 return Err(ApiError::bad_request(format!(
-                    "the {field} in the applied object ({got}) does not match the request ({expected})"
-                )))
+                "the {field} in the applied object ({got}) does not match the request ({expected})"
+            )))
             }
             Some(_) => {}
         }
@@ -390,5 +458,9 @@ fn apply_manager<'a>(opts: &'a WriteOpts, applied: &Value) -> Result<Manager<'a>
     let name = opts.field_manager.as_deref().ok_or_else(|| {
         ApiError::bad_request("PATCH, fieldManager: Required value: is required for apply patch")
     })?;
-    Ok(Manager { name, operation: "Apply", fields: applied.clone() })
+    Ok(Manager {
+        name,
+        operation: "Apply",
+        fields: applied.clone(),
+    })
 }

@@ -28,17 +28,54 @@ pub struct Records {
     pub policies: BTreeMap<ObjectKey, AuthorizationPolicy>,
 }
 
+impl Records {
+    /// The records, borrowed.
+    pub fn borrowed(&self) -> RecordsRef<'_> {
+        RecordsRef {
+            services: &self.services,
+            slices: &self.slices,
+            pods: &self.pods,
+            nodes: &self.nodes,
+            exports: &self.exports,
+            policies: &self.policies,
+        }
+    }
+}
+
+/// One cluster's records, borrowed from wherever they are kept (the watches' stores), so
+/// assembling copies each object once.
+#[derive(Debug, Clone, Copy)]
+pub struct RecordsRef<'a> {
+    /// Services.
+    pub services: &'a BTreeMap<ObjectKey, Service>,
+    /// EndpointSlices.
+    pub slices: &'a BTreeMap<ObjectKey, SliceRecord>,
+    /// Pods.
+    pub pods: &'a BTreeMap<ObjectKey, PodRecord>,
+    /// Nodes by name.
+    pub nodes: &'a BTreeMap<ObjectKey, NodeRecord>,
+    /// ServiceExports.
+    pub exports: &'a BTreeMap<ObjectKey, ExportRecord>,
+    /// AuthorizationPolicies.
+    pub policies: &'a BTreeMap<ObjectKey, AuthorizationPolicy>,
+}
+
 /// One cluster's objects: Services, EndpointSlices whose endpoints carry their Pod's service
 /// account and their Node's locality, Pods as workloads (where sidecars run, who they are),
 /// ServiceExports and AuthorizationPolicies.
 pub fn assemble(spec: &ClusterSpec, records: &Records) -> ClusterObjects {
+    assemble_borrowed(spec, records.borrowed())
+}
+
+/// [`assemble`] over borrowed records.
+pub fn assemble_borrowed(spec: &ClusterSpec, records: RecordsRef<'_>) -> ClusterObjects {
     let node_locality = |node: &Option<String>| {
         node.as_ref()
             .and_then(|n| records.nodes.get(&(String::new(), n.clone())))
             .map(|r| r.locality(&spec.locality))
     };
     let mut endpoint_slices = BTreeMap::new();
-    for (key, record) in &records.slices {
+    for (key, record) in records.slices {
         let mut slice = record.slice.clone();
         for (ep, node) in slice.endpoints.iter_mut().zip(&record.nodes) {
             if let Some(pod) = ep
@@ -53,7 +90,7 @@ pub fn assemble(spec: &ClusterSpec, records: &Records) -> ClusterObjects {
         endpoint_slices.insert(key.clone(), slice);
     }
     let mut workload_entries = BTreeMap::new();
-    for ((namespace, name), pod) in &records.pods {
+    for ((namespace, name), pod) in records.pods {
         let Some(address) = pod.address else { continue };
         workload_entries.insert(
             (namespace.clone(), name.clone()),

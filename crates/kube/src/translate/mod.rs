@@ -4,7 +4,7 @@
 //! Each watched object becomes a compact *record* as soon as it arrives (the full object is
 //! dropped), so a cluster with many pods costs the control plane little memory (Istio's
 //! #41658). [`assemble`] joins the records of one cluster (EndpointSlice endpoints with their
-//! Pod's service account and their Node's locality) into [`ClusterObjects`].
+//! Pod's service account and their Node's locality) into [`causeway_model::ClusterObjects`].
 
 mod assemble;
 mod mcs;
@@ -16,7 +16,7 @@ use std::path::PathBuf;
 
 use causeway_model::{ClusterId, ObjectSource};
 
-pub use assemble::{assemble, Records};
+pub use assemble::{assemble, assemble_borrowed, Records, RecordsRef};
 pub use mcs::{
     cluster_property, service_export, service_import, ExportRecord, ImportRecord, CLUSTER_ID_PROPERTY,
 };
