@@ -25,7 +25,12 @@ pub struct FakeCluster {
 impl FakeCluster {
     /// Starts a fake API server for `id`, with a control-plane token, and writes its kubeconfig
     /// to `dir/<id>.kubeconfig`.
-    pub fn start(rt: &tokio::runtime::Runtime, id: &str, dir: &Path, options: ServerOptions) -> Self {
+    pub fn start(
+        rt: &tokio::runtime::Runtime,
+        id: &str,
+        dir: &Path,
+        options: ServerOptions,
+    ) -> Self {
         let server = rt
             .block_on(FakeApiServer::start(options))
             .expect("fake API server");
@@ -134,7 +139,13 @@ pub fn service(namespace: &str, name: &str, ports: &[(&str, u16, u16, &str)]) ->
 }
 
 /// An EndpointSlice of `service` with `endpoints` on port `http`/`port`.
-pub fn endpoint_slice(namespace: &str, service: &str, slice: &str, port: u16, endpoints: Vec<Value>) -> Value {
+pub fn endpoint_slice(
+    namespace: &str,
+    service: &str,
+    slice: &str,
+    port: u16,
+    endpoints: Vec<Value>,
+) -> Value {
     json!({
         "apiVersion": "discovery.k8s.io/v1",
         "kind": "EndpointSlice",
@@ -200,10 +211,17 @@ pub fn clusters(debug: SocketAddr) -> BTreeMap<String, Value> {
 }
 
 /// The `direct`/`gateway`/`remote` endpoint addresses a proxy's view has for a service.
-pub fn view_addresses(debug: SocketAddr, cluster: &str, workload: &str, service: &str) -> Vec<String> {
+pub fn view_addresses(
+    debug: SocketAddr,
+    cluster: &str,
+    workload: &str,
+    service: &str,
+) -> Vec<String> {
     let v = crate::get_json(
         debug,
-        &format!("/debug/view?cluster={cluster}&namespace=demo&workload={workload}&service={service}"),
+        &format!(
+            "/debug/view?cluster={cluster}&namespace=demo&workload={workload}&service={service}"
+        ),
     );
     let mut out: Vec<String> = Vec::new();
     collect_addresses(&v, &mut out);
@@ -214,7 +232,9 @@ pub fn view_addresses(debug: SocketAddr, cluster: &str, workload: &str, service:
 fn collect_addresses(v: &Value, out: &mut Vec<String>) {
     match v {
         Value::Object(map) => {
-            if let (Some(Value::String(kind)), Some(Value::String(addr))) = (map.get("kind"), map.get("address")) {
+            if let (Some(Value::String(kind)), Some(Value::String(addr))) =
+                (map.get("kind"), map.get("address"))
+            {
                 if kind != "hidden" {
                     out.push(addr.clone());
                 }

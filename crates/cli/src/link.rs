@@ -21,7 +21,7 @@ use causeway_kube::client::client_config;
 use causeway_kube::rbac::{
     AccessRequirement, CONTROL_PLANE_NAMESPACE, CONTROL_PLANE_ROLE, REQUIRED_ACCESS,
 };
-use causeway_kube::KubeconfigFile;
+use causeway_kube::{KubeError, KubeconfigFile};
 use causeway_model::{ClusterId, KubernetesSource, Locality, NetworkId};
 use k8s_openapi::api::authorization::v1::{SelfSubjectAccessReview, SelfSubjectAccessReviewSpec};
 use kube::api::{Api, PostParams};
@@ -109,7 +109,8 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("{}: Cluster {cluster}", mesh_file.display()))?;
 
     let read_path = cwd.join(&args.kubeconfig);
-    let kubeconfig = KubeconfigFile::read(cluster, &read_path, entry.context.clone())?;
+    let kubeconfig =
+        KubeconfigFile::read(cluster, &read_path, entry.context.clone()).map_err(kube_error)?;
     warn_if_readable_by_others(&read_path);
     let limit = Duration::from_secs(args.timeout_seconds.max(1));
     let report = check_cluster(cluster, &kubeconfig, limit).await?;
@@ -133,18 +134,11 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     if edited.dropped_comments {
         eprintln!("note: comments inside the previous Cluster {cluster} document were not kept");
     }
-    if args
-        .mesh_dir
-        .join("clusters")
-        .join(cluster.as_str())
-        .is_dir()
-    {
+    let ignored = args.mesh_dir.join("clusters").join(cluster.as_str());
+    if ignored.is_dir() {
         eprintln!(
             "warning: {} is ignored now that cluster {cluster} is read from its API server",
-            args.mesh_dir
-                .join("clusters")
-                .join(cluster.as_str())
-                .display()
+            ignored.display()
         );
     }
     Ok(ExitCode::SUCCESS)
@@ -215,7 +209,9 @@ async fn check_cluster(
     kubeconfig: &KubeconfigFile,
     limit: Duration,
 ) -> anyhow::Result<ClusterReport> {
-    let mut config = client_config(cluster, kubeconfig).await?;
+    let mut config = client_config(cluster, kubeconfig)
+        .await
+        .map_err(kube_error)?;
     config.connect_timeout = Some(limit);
     config.read_timeout = Some(limit);
     config.write_timeout = Some(limit);
@@ -245,6 +241,7 @@ async fn check_cluster(
     }
     let served = apis::discover(cluster, &client, limit)
         .await
+        .map_err(kube_error)
         .with_context(|| {
             format!("cluster {cluster}: cannot list the API groups it serves; mesh.yaml was not changed")
         })?;
@@ -365,8 +362,38 @@ fn api_error(e: kube::Error) -> anyhow::Error {
                 format!(" {}", status.reason)
             }
         ),
-        other => anyhow::Error::new(other),
+        other => anyhow!("{}", error_chain(&other)),
     }
+}
+
+/// A Kubernetes registry error on one line (its message already names cluster and action).
+fn kube_error(e: KubeError) -> anyhow::Error {
+    match e {
+        KubeError::Api {
+            cluster,
+            action,
+            source,
+        } => api_error(source).context(format!("cluster {cluster}: {action}")),
+        other => anyhow!("{}", error_chain(&other)),
+    }
+}
+
+/// An error and its sources on one line, without the repetitions of errors whose message
+/// already ends with their source's (`client error (Connect): client error (Connect)`).
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut last = out.clone();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let message = s.to_string();
+        if !last.ends_with(&message) {
+            out.push_str(": ");
+            out.push_str(&message);
+        }
+        last = message;
+        source = s.source();
+    }
+    out
 }
 
 /// `verb resource.group[/subresource]`, without the purpose.
@@ -1110,6 +1137,29 @@ spec:
         }
         assert!(message.contains(CLUSTERROLE_MANIFEST), "{message}");
         assert_eq!(short(&denied[0].requirement), "watch pods");
+    }
+
+    #[test]
+    fn error_chains_are_not_repeated() {
+        #[derive(Debug)]
+        struct E(&'static str, Option<Box<E>>);
+        impl std::fmt::Display for E {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.0)
+            }
+        }
+        impl std::error::Error for E {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                self.1.as_deref().map(|e| e as _)
+            }
+        }
+        let root = E("tcp connect error: refused", None);
+        let mid = E("client error (Connect)", Some(Box::new(root)));
+        let top = E("ServiceError: client error (Connect)", Some(Box::new(mid)));
+        assert_eq!(
+            error_chain(&top),
+            "ServiceError: client error (Connect): tcp connect error: refused"
+        );
     }
 
     #[test]

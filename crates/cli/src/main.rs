@@ -104,6 +104,8 @@ fn main() -> ExitCode {
         Command::ControlPlane(_) | Command::Proxy(_) | Command::Echo(_) | Command::Agent(_) => {
             "info"
         }
+        // kube-rs logs each failed request; `link` reports them itself.
+        Command::Link(_) => "warn,kube_client=off",
         _ => "warn",
     };
     telemetry::init_logging(level);

@@ -16,6 +16,48 @@
 //! let kubeconfig = server.kubeconfig("member-1", &server.admin_token());
 //! # let _ = kubeconfig; Ok(()) }
 //! ```
+//!
+//! Clients need a process-wide rustls provider:
+//! `rustls::crypto::aws_lc_rs::default_provider().install_default()` (ignore the error if
+//! one is installed already).
+//!
+//! # Faithful
+//! - One global, monotonically increasing `resourceVersion` (a string in JSON); uid,
+//!   `creationTimestamp`, `generation` (bumped on spec changes) set by the server; no-op
+//!   updates write nothing and emit no event.
+//! - Built-in objects are normalised through their k8s-openapi types; their list items omit
+//!   `apiVersion`/`kind` (custom resources keep them), watch objects always carry them;
+//!   every error is a `Status` object.
+//! - Lists: `limit`/`continue` over one snapshot (opaque base64 token, 410 once compacted),
+//!   `resourceVersion`/`resourceVersionMatch` (unset, `0`, `NotOlderThan`, `Exact`),
+//!   `remainingItemCount`, label selectors (`=`, `==`, `!=`, `in`, `notin`, exists, `!`,
+//!   `<`, `>`) and field selectors on any dotted path.
+//! - Watches: chunked JSON lines; replay from a version; in-stream `ERROR` 410 for compacted
+//!   versions; BOOKMARK with `apiVersion`/`kind`; `sendInitialEvents` with the
+//!   `k8s.io/initial-events-end` bookmark (validated as the real server does); selector
+//!   transitions as ADDED/DELETED; `timeoutSeconds` and a server-side cap; metadata-only
+//!   (`PartialObjectMetadata`) lists and watches; a watch without a version starts with the
+//!   current state.
+//! - Writes: 409 AlreadyExists / Conflict, 404, 422 for missing names, `generateName`,
+//!   merge, JSON and (as merge) strategic patches, `dryRun=All`, delete preconditions,
+//!   deletecollection, status subresource isolation, Service cluster-IP allocation.
+//! - Discovery, legacy and aggregated (`apidiscovery.k8s.io/v2`); versions of one resource
+//!   share storage, as a CRD's do; CRDs created through the API serve their resource.
+//! - Auth: bearer tokens, 401 once revoked (open watches stay open), RBAC-worded 403s,
+//!   SelfSubjectAccessReview, TokenReview, TokenRequest (`serviceaccounts/{name}/token`).
+//!
+//! # Simplified
+//! - Server-side apply merges the applied object into the live one (RFC 7386) and records the
+//!   manager; it does not remove fields a manager stopped applying, and never reports
+//!   conflicts (`force` is accepted and changes nothing). `fieldsV1` treats lists as leaves.
+//! - Deletion is immediate (no graceful deletion, finalizers or garbage collection), except
+//!   that deleting a namespace deletes its objects and deleting a CRD its resource.
+//! - No schema validation of custom resources; no admission; no protobuf; no tables.
+//! - Creating in a namespace does not require the namespace to exist.
+//! - TokenReview without requested audiences authenticates against the token's own
+//!   audiences (the real server uses its API audiences).
+//! - Permissions are not namespaced; service-account tokens have no permissions as bearers.
+//! - Direct store writes (test controls) keep a given `status` and `creationTimestamp`.
 
 mod auth;
 mod direct;
@@ -262,5 +304,38 @@ impl FakeApiServer {
                 Ok(())
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn handles_can_be_shared_across_tasks() {
+        fn assert_send_sync<T: Send + Sync + Clone + 'static>() {}
+        assert_send_sync::<FakeApiServer>();
+    }
+
+    #[tokio::test]
+    async fn kubeconfig_names_everything_after_the_context() {
+        let s = FakeApiServer::start(ServerOptions::default())
+            .await
+            .unwrap();
+        let yaml = s.kubeconfig("member-1", "tok");
+        let v: serde_json::Value = yaml_serde::from_str(&yaml).unwrap();
+        assert_eq!(v["current-context"], "member-1");
+        assert_eq!(v["clusters"][0]["name"], "member-1");
+        assert_eq!(v["clusters"][0]["cluster"]["server"], s.url());
+        assert!(v["clusters"][0]["cluster"]["certificate-authority-data"].is_string());
+        assert_eq!(v["users"][0]["user"]["token"], "tok");
+        assert_eq!(v["contexts"][0]["context"]["user"], "member-1");
+        let plain = FakeApiServer::start(ServerOptions::plain_http())
+            .await
+            .unwrap();
+        let v: serde_json::Value = yaml_serde::from_str(&plain.kubeconfig("c", "t")).unwrap();
+        assert!(v["clusters"][0]["cluster"]
+            .get("certificate-authority-data")
+            .is_none());
     }
 }

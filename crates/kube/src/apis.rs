@@ -68,7 +68,13 @@ pub async fn discover(
     client: &kube::Client,
     limit: Duration,
 ) -> Result<ServedApis, KubeError> {
-    let groups = bounded(cluster, "listing API groups", limit, client.list_api_groups()).await?;
+    let groups = bounded(
+        cluster,
+        "listing API groups",
+        limit,
+        client.list_api_groups(),
+    )
+    .await?;
     let mut served = ServedApis::default();
     for group in &groups.groups {
         let versions: Vec<&str> = group.versions.iter().map(|v| v.version.as_str()).collect();

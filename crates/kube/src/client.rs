@@ -40,11 +40,12 @@ impl KubeconfigFile {
         path: &Path,
         context: Option<String>,
     ) -> Result<Self, KubeError> {
-        let contents = std::fs::read_to_string(path).map_err(|source| KubeError::ReadKubeconfig {
-            cluster: cluster.clone(),
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let contents =
+            std::fs::read_to_string(path).map_err(|source| KubeError::ReadKubeconfig {
+                cluster: cluster.clone(),
+                path: path.to_path_buf(),
+                source,
+            })?;
         Ok(Self {
             path: path.to_path_buf(),
             context,
@@ -89,12 +90,17 @@ pub fn validate(cluster: &ClusterId, kubeconfig: &KubeconfigFile) -> Result<(), 
 }
 
 /// The future a [`ClientFactory`] returns.
-pub type ClientFuture<'a> = Pin<Box<dyn Future<Output = Result<kube::Client, KubeError>> + Send + 'a>>;
+pub type ClientFuture<'a> =
+    Pin<Box<dyn Future<Output = Result<kube::Client, KubeError>> + Send + 'a>>;
 
 /// Makes the client for one cluster from its kubeconfig.
 pub trait ClientFactory: Send + Sync {
     /// A client for `cluster`; called again whenever its kubeconfig changes.
-    fn client<'a>(&'a self, cluster: &'a ClusterId, kubeconfig: &'a KubeconfigFile) -> ClientFuture<'a>;
+    fn client<'a>(
+        &'a self,
+        cluster: &'a ClusterId,
+        kubeconfig: &'a KubeconfigFile,
+    ) -> ClientFuture<'a>;
 }
 
 /// The default factory: kube-rs's own kubeconfig handling (TLS with rustls on aws-lc-rs,
@@ -134,7 +140,11 @@ pub async fn client_config(
 }
 
 impl ClientFactory for KubeconfigClientFactory {
-    fn client<'a>(&'a self, cluster: &'a ClusterId, kubeconfig: &'a KubeconfigFile) -> ClientFuture<'a> {
+    fn client<'a>(
+        &'a self,
+        cluster: &'a ClusterId,
+        kubeconfig: &'a KubeconfigFile,
+    ) -> ClientFuture<'a> {
         Box::pin(async move {
             let mut config = client_config(cluster, kubeconfig).await?;
             config.connect_timeout = Some(self.connect_timeout);

@@ -32,6 +32,9 @@ pub struct KubeOptions {
     pub probe_timeout: Duration,
     /// How watches list.
     pub initial_list: InitialList,
+    /// How often the optional APIs (MCS version, About API, Causeway's CRD) are discovered
+    /// again; a change (say, the MCS CRDs installed after linking) re-lists with them.
+    pub rediscover_interval: Duration,
 }
 
 impl Default for KubeOptions {
@@ -41,6 +44,7 @@ impl Default for KubeOptions {
             poll_interval: Duration::from_secs(1),
             probe_timeout: Duration::from_secs(3),
             initial_list: InitialList::ListWatch,
+            rediscover_interval: Duration::from_secs(30),
         }
     }
 }
@@ -121,6 +125,9 @@ pub(crate) async fn run(cfg: RuntimeConfig) {
     let mut desired = rt.cfg.desired.clone();
     let mut spec = rt.cfg.spec.clone();
     let mut writeback: Option<tokio::task::JoinHandle<WriteBackOutcome>> = None;
+    let mut rediscover = tokio::time::interval(rt.cfg.options.rediscover_interval);
+    rediscover.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let (served_tx, mut served_rx) = mpsc::unbounded_channel::<(u64, crate::apis::ServedApis)>();
     loop {
         tokio::select! {
             Some(first) = signals.recv() => {
@@ -151,6 +158,17 @@ pub(crate) async fn run(cfg: RuntimeConfig) {
                     }
                 }
             }
+            _ = rediscover.tick() => {
+                if let Some(active) = rt.active.as_ref().filter(|_| rt.resync.is_none()) {
+                    let (id, client, cluster, tx) = (active.id, active.client.clone(), rt.cfg.cluster.clone(), served_tx.clone());
+                    tokio::spawn(async move {
+                        if let Ok(served) = crate::apis::discover(&cluster, &client, Duration::from_secs(10)).await {
+                            let _ = tx.send((id, served));
+                        }
+                    });
+                }
+            }
+            Some((id, served)) = served_rx.recv() => rt.on_rediscovered(id, served),
             Some(result) = probes.recv() => {
                 probing = false;
                 rt.on_probe(result);
@@ -170,7 +188,9 @@ pub(crate) async fn run(cfg: RuntimeConfig) {
 }
 
 /// Waits for a running write-back, or forever when none runs.
-async fn finished(task: &mut Option<tokio::task::JoinHandle<WriteBackOutcome>>) -> WriteBackOutcome {
+async fn finished(
+    task: &mut Option<tokio::task::JoinHandle<WriteBackOutcome>>,
+) -> WriteBackOutcome {
     match task.as_mut() {
         Some(handle) => handle.await.unwrap_or_default(),
         None => std::future::pending().await,
@@ -222,7 +242,11 @@ impl Runtime {
             Ok(client) => {
                 self.problems.clear("kubeconfig");
                 self.latest_client = Some(client.clone());
-                let purpose = if first { Purpose::Initial } else { Purpose::Rotation };
+                let purpose = if first {
+                    Purpose::Initial
+                } else {
+                    Purpose::Rotation
+                };
                 if !first {
                     tracing::info!(cluster = %self.cfg.cluster, file = %file.path.display(), "kubeconfig changed; the new credentials take over once their watches have synced");
                 }
@@ -230,14 +254,20 @@ impl Runtime {
             }
             Err(e) => {
                 tracing::error!(cluster = %self.cfg.cluster, error = %e, "kubeconfig not usable; keeping the current credentials");
-                self.problems.set("kubeconfig", format!("{e}; keeping the current credentials"));
+                self.problems.set(
+                    "kubeconfig",
+                    format!("{e}; keeping the current credentials"),
+                );
             }
         }
         self.dirty = true;
     }
 
     fn on_signal(&mut self, tagged: Tagged) {
-        let is_pending = self.pending.as_ref().is_some_and(|(s, _)| s.id == tagged.session);
+        let is_pending = self
+            .pending
+            .as_ref()
+            .is_some_and(|(s, _)| s.id == tagged.session);
         let is_resync = self.resync.as_ref().is_some_and(|s| s.id == tagged.session);
         let is_active = self.active.as_ref().is_some_and(|s| s.id == tagged.session);
         if !is_pending && !is_resync && !is_active {
@@ -364,7 +394,11 @@ impl Runtime {
 
     fn serve(&mut self, session: Session, purpose: Purpose) {
         tracing::info!(cluster = %self.cfg.cluster, session = session.id, ?purpose, "watches synced; serving them");
-        *self.cfg.client_slot.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(session.client.clone());
+        *self
+            .cfg
+            .client_slot
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(session.client.clone());
         self.status.apis = session.served.clone();
         self.active = Some(session);
         self.status.stale_since = None;
@@ -375,6 +409,20 @@ impl Runtime {
         self.probe_failing = false;
         self.dirty = true;
         self.writeback_again = true;
+    }
+
+    /// The cluster serves other optional APIs than the active session watches: re-list with
+    /// them (the active session serves until the new one has synced).
+    fn on_rediscovered(&mut self, session: u64, served: crate::apis::ServedApis) {
+        let Some(active) = self.active.as_ref().filter(|a| a.id == session) else {
+            return;
+        };
+        if active.served.as_ref() == Some(&served) || self.resync.is_some() {
+            return;
+        }
+        tracing::info!(cluster = %self.cfg.cluster, ?served, "the cluster's optional APIs changed; re-listing with them");
+        let client = active.client.clone();
+        self.start_session(client, Purpose::Resync);
     }
 
     fn check_ttl(&mut self) {

@@ -87,7 +87,8 @@ const SLICES: &str = "endpoints of Services";
 const EXPORTS: &str = "which Services are exported to the mesh (MCS)";
 const STATUS: &str = "write MCS conditions and status";
 const IMPORTS: &str = "write the ServiceImports of services exported elsewhere (MCS)";
-const CLUSTER_ID: &str = "the cluster's id from ClusterProperty id.k8s.io (KEP-2149)";
+const CLUSTER_ID: &str =
+    "the cluster's id from ClusterProperty cluster.clusterset.k8s.io (KEP-2149)";
 const POLICIES: &str = "Causeway AuthorizationPolicies";
 const TOKENS: &str = "verify workloads' service-account tokens when they ask for certificates";
 const SELF_CHECK: &str = "check these permissions";

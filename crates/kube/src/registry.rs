@@ -87,7 +87,10 @@ impl KubeRegistry {
             });
         }
         for (id, (spec, source)) in wanted {
-            let path = (source.kubeconfig_path(&self.mesh_dir), source.context.clone());
+            let path = (
+                source.kubeconfig_path(&self.mesh_dir),
+                source.context.clone(),
+            );
             if let Some(member) = self.members.get(&id) {
                 member.source.send_if_modified(|p| {
                     let changed = *p != path;

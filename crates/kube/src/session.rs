@@ -22,7 +22,9 @@ use tokio::task::JoinHandle;
 
 use crate::apis::{self, ServedApis};
 use crate::store::{Change, KindStore, ObjectKey};
-use crate::translate::{self, ExportRecord, ImportRecord, NodeRecord, PodRecord, SliceRecord, TranslateError};
+use crate::translate::{
+    self, ExportRecord, ImportRecord, NodeRecord, PodRecord, SliceRecord, TranslateError,
+};
 
 /// Label on every object Causeway writes into a member cluster.
 pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
@@ -218,25 +220,73 @@ impl WatchContext {
     }
 }
 
-fn spawn_watches(ctx: &WatchContext, client: &kube::Client, served: &ServedApis) -> Vec<JoinHandle<()>> {
+fn spawn_watches(
+    ctx: &WatchContext,
+    client: &kube::Client,
+    served: &ServedApis,
+) -> Vec<JoinHandle<()>> {
     let mut tasks = Vec::new();
     let cfg = ctx.config();
     let cluster = ctx.cluster.clone();
     let c = cluster.clone();
-    tasks.push(watch(ctx, "Service", Api::<core::Service>::all(client.clone()), cfg.clone(), move |o| translate::service(&c, o), |s| &mut s.services));
+    tasks.push(watch(
+        ctx,
+        "Service",
+        Api::<core::Service>::all(client.clone()),
+        cfg.clone(),
+        move |o| translate::service(&c, o),
+        |s| &mut s.services,
+    ));
     let c = cluster.clone();
-    tasks.push(watch(ctx, "EndpointSlice", Api::<discovery::EndpointSlice>::all(client.clone()), cfg.clone(), move |o| translate::endpoint_slice(&c, o), |s| &mut s.slices));
+    tasks.push(watch(
+        ctx,
+        "EndpointSlice",
+        Api::<discovery::EndpointSlice>::all(client.clone()),
+        cfg.clone(),
+        move |o| translate::endpoint_slice(&c, o),
+        |s| &mut s.slices,
+    ));
     let c = cluster.clone();
-    tasks.push(watch(ctx, "Pod", Api::<core::Pod>::all(client.clone()), cfg.clone(), move |o| translate::pod(&c, o).map(Some), |s| &mut s.pods));
-    tasks.push(watch(ctx, "Node", Api::<core::Node>::all(client.clone()), cfg.clone(), |o| Ok(Some(translate::node(o))), |s| &mut s.nodes));
+    tasks.push(watch(
+        ctx,
+        "Pod",
+        Api::<core::Pod>::all(client.clone()),
+        cfg.clone(),
+        move |o| translate::pod(&c, o).map(Some),
+        |s| &mut s.pods,
+    ));
+    tasks.push(watch(
+        ctx,
+        "Node",
+        Api::<core::Node>::all(client.clone()),
+        cfg.clone(),
+        |o| Ok(Some(translate::node(o))),
+        |s| &mut s.nodes,
+    ));
     let mut stores = lock(&ctx.stores);
     match (served.service_export(), served.service_import()) {
         (Some(export), Some(import)) => {
             drop(stores);
             let c = cluster.clone();
-            tasks.push(watch(ctx, "ServiceExport", Api::<DynamicObject>::all_with(client.clone(), &export), cfg.clone(), move |o| translate::service_export(&c, o).map(Some), |s| &mut s.exports));
-            let owned = cfg.clone().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY}"));
-            tasks.push(watch(ctx, "ServiceImport", Api::<DynamicObject>::all_with(client.clone(), &import), owned, |o| Ok(Some(translate::service_import(o))), |s| &mut s.imports));
+            tasks.push(watch(
+                ctx,
+                "ServiceExport",
+                Api::<DynamicObject>::all_with(client.clone(), &export),
+                cfg.clone(),
+                move |o| translate::service_export(&c, o).map(Some),
+                |s| &mut s.exports,
+            ));
+            let owned = cfg
+                .clone()
+                .labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY}"));
+            tasks.push(watch(
+                ctx,
+                "ServiceImport",
+                Api::<DynamicObject>::all_with(client.clone(), &import),
+                owned,
+                |o| Ok(Some(translate::service_import(o))),
+                |s| &mut s.imports,
+            ));
             stores = lock(&ctx.stores);
         }
         _ => {
@@ -253,11 +303,29 @@ fn spawn_watches(ctx: &WatchContext, client: &kube::Client, served: &ServedApis)
     drop(stores);
     if served.authorization_policies {
         let c = cluster.clone();
-        tasks.push(watch(ctx, "AuthorizationPolicy", Api::<crate::crd::AuthorizationPolicy>::all(client.clone()), cfg.clone(), move |o| crate::crd::to_model(o, c.as_str()).map(Some).map_err(|e| policy_error(&c, o, e)), |s| &mut s.policies));
+        tasks.push(watch(
+            ctx,
+            "AuthorizationPolicy",
+            Api::<crate::crd::AuthorizationPolicy>::all(client.clone()),
+            cfg.clone(),
+            move |o| {
+                crate::crd::to_model(o, c.as_str())
+                    .map(Some)
+                    .map_err(|e| policy_error(&c, o, e))
+            },
+            |s| &mut s.policies,
+        ));
     }
     if let Some(property) = served.cluster_property() {
         let named = cfg.fields(&format!("metadata.name={}", translate::CLUSTER_ID_PROPERTY));
-        tasks.push(watch(ctx, "ClusterProperty", Api::<DynamicObject>::all_with(client.clone(), &property), named, |o| Ok(translate::cluster_property(o)), |s| &mut s.cluster_id));
+        tasks.push(watch(
+            ctx,
+            "ClusterProperty",
+            Api::<DynamicObject>::all_with(client.clone(), &property),
+            named,
+            |o| Ok(translate::cluster_property(o)),
+            |s| &mut s.cluster_id,
+        ));
     }
     tasks
 }
@@ -304,9 +372,8 @@ where
     S: Fn(&mut Stores) -> &mut KindStore<R> + Send + 'static,
 {
     let ctx = ctx.clone();
-    tokio::spawn(async move {
-        let span = tracing::debug_span!("watch", cluster = %ctx.cluster, kind);
-        let _ = &span;
+    let span = tracing::info_span!("watch", cluster = %ctx.cluster, kind);
+    let task = async move {
         let mut events = std::pin::pin!(watcher::watcher(api, config).default_backoff());
         while let Some(item) = events.next().await {
             let change = match item {
@@ -331,5 +398,6 @@ where
                 ctx.send(Signal::Changed);
             }
         }
-    })
+    };
+    tokio::spawn(tracing::Instrument::instrument(task, span))
 }

@@ -192,14 +192,24 @@ mod tests {
                 reason: "bad".into(),
             })
         };
-        assert!(store.apply(Change::Apply(key("a"), bad())), "the error is news");
-        assert!(!store.apply(Change::Apply(key("a"), bad())), "the same error again is not");
+        assert!(
+            store.apply(Change::Apply(key("a"), bad())),
+            "the error is news"
+        );
+        assert!(
+            !store.apply(Change::Apply(key("a"), bad())),
+            "the same error again is not"
+        );
         assert_eq!(store.items().get(&key("a")), Some(&1));
         assert_eq!(store.errors().count(), 1);
         store.apply(Change::Init);
         store.apply(Change::InitApply(key("a"), bad()));
         store.apply(Change::InitDone);
-        assert_eq!(store.items().get(&key("a")), Some(&1), "kept across a re-list");
+        assert_eq!(
+            store.items().get(&key("a")),
+            Some(&1),
+            "kept across a re-list"
+        );
         assert!(store.apply(Change::Apply(key("a"), Ok(Some(3)))));
         assert_eq!(store.errors().count(), 0);
     }

@@ -89,12 +89,17 @@ pub async fn review(
         cluster: cluster.clone(),
         reason,
     };
-    let answer = match tokio::time::timeout(limit, api.create(&PostParams::default(), &request)).await
-    {
-        Ok(Ok(answer)) => answer,
-        Ok(Err(e)) => return Err(unavailable(e.to_string())),
-        Err(_) => return Err(unavailable(format!("no answer within {} s", limit.as_secs()))),
-    };
+    let answer =
+        match tokio::time::timeout(limit, api.create(&PostParams::default(), &request)).await {
+            Ok(Ok(answer)) => answer,
+            Ok(Err(e)) => return Err(unavailable(e.to_string())),
+            Err(_) => {
+                return Err(unavailable(format!(
+                    "no answer within {} s",
+                    limit.as_secs()
+                )))
+            }
+        };
     let status = answer.status.unwrap_or_default();
     if status.authenticated != Some(true) {
         // An audience-aware API server (every kube-apiserver) does not authenticate a token
@@ -188,7 +193,11 @@ impl TokenReviewer {
     }
 
     /// Reviews `token` with `cluster`'s API server.
-    pub async fn review(&self, cluster: &ClusterId, token: &str) -> Result<ReviewedToken, ReviewError> {
+    pub async fn review(
+        &self,
+        cluster: &ClusterId,
+        token: &str,
+    ) -> Result<ReviewedToken, ReviewError> {
         let slot = self
             .clients
             .read()
@@ -201,6 +210,12 @@ impl TokenReviewer {
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
             .ok_or_else(|| ReviewError::NotConnected(cluster.clone()))?;
-        review(cluster, &client, token, self.limit.unwrap_or(Duration::from_secs(5))).await
+        review(
+            cluster,
+            &client,
+            token,
+            self.limit.unwrap_or(Duration::from_secs(5)),
+        )
+        .await
     }
 }

@@ -200,7 +200,14 @@ pub async fn write_back(
                 },
                 "spec": spec,
             });
-            match bounded(cluster, &what, limit, api.patch(&import.key.name, &params, &Patch::Apply(&body))).await {
+            match bounded(
+                cluster,
+                &what,
+                limit,
+                api.patch(&import.key.name, &params, &Patch::Apply(&body)),
+            )
+            .await
+            {
                 Ok(_) => outcome.imports_applied += 1,
                 Err(e) => {
                     report(&mut outcome, e);
@@ -216,7 +223,14 @@ pub async fn write_back(
                 "status": status,
             });
             let what = format!("applying the status of ServiceImport {}", import.key);
-            if let Err(e) = bounded(cluster, &what, limit, api.patch_status(&import.key.name, &params, &Patch::Apply(&body))).await {
+            if let Err(e) = bounded(
+                cluster,
+                &what,
+                limit,
+                api.patch_status(&import.key.name, &params, &Patch::Apply(&body)),
+            )
+            .await
+            {
                 report(&mut outcome, e);
             }
         }
@@ -229,11 +243,22 @@ pub async fn write_back(
         if wanted {
             continue;
         }
-        let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), namespace, import_resource);
+        let api: Api<DynamicObject> =
+            Api::namespaced_with(client.clone(), namespace, import_resource);
         let what = format!("deleting ServiceImport {namespace}/{name} (its export went away)");
-        match bounded(cluster, &what, limit, api.delete(name, &DeleteParams::default())).await {
+        match bounded(
+            cluster,
+            &what,
+            limit,
+            api.delete(name, &DeleteParams::default()),
+        )
+        .await
+        {
             Ok(_) => outcome.imports_deleted += 1,
-            Err(KubeError::Api { source: kube::Error::Api(s), .. }) if s.code == 404 => {}
+            Err(KubeError::Api {
+                source: kube::Error::Api(s),
+                ..
+            }) if s.code == 404 => {}
             Err(e) => report(&mut outcome, e),
         }
     }
@@ -244,7 +269,8 @@ pub async fn write_back(
         if conditions_match(&record.conditions, wanted) {
             continue;
         }
-        let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), namespace, export_resource);
+        let api: Api<DynamicObject> =
+            Api::namespaced_with(client.clone(), namespace, export_resource);
         let body = json!({
             "apiVersion": export_resource.api_version,
             "kind": "ServiceExport",
@@ -252,7 +278,14 @@ pub async fn write_back(
             "status": {"conditions": condition_values(&record.conditions, wanted, &now)},
         });
         let what = format!("applying the status of ServiceExport {namespace}/{name}");
-        match bounded(cluster, &what, limit, api.patch_status(name, &params, &Patch::Apply(&body))).await {
+        match bounded(
+            cluster,
+            &what,
+            limit,
+            api.patch_status(name, &params, &Patch::Apply(&body)),
+        )
+        .await
+        {
             Ok(_) => outcome.exports_updated += 1,
             Err(e) => report(&mut outcome, e),
         }
@@ -286,12 +319,31 @@ mod tests {
 
     #[test]
     fn transition_time_moves_only_with_status() {
-        let existing = vec![json!({"type": "Valid", "status": "True", "reason": "Exported", "message": "old", "lastTransitionTime": "2026-01-01T00:00:00Z"})];
-        let same = condition_values(&existing, &[cond("Valid", true, "Exported")], "2026-12-01T00:00:00Z");
+        let existing = vec![
+            json!({"type": "Valid", "status": "True", "reason": "Exported", "message": "old", "lastTransitionTime": "2026-01-01T00:00:00Z"}),
+        ];
+        let same = condition_values(
+            &existing,
+            &[cond("Valid", true, "Exported")],
+            "2026-12-01T00:00:00Z",
+        );
         assert_eq!(same[0]["lastTransitionTime"], "2026-01-01T00:00:00Z");
-        let flipped = condition_values(&existing, &[cond("Valid", false, "NoService")], "2026-12-01T00:00:00Z");
+        let flipped = condition_values(
+            &existing,
+            &[cond("Valid", false, "NoService")],
+            "2026-12-01T00:00:00Z",
+        );
         assert_eq!(flipped[0]["lastTransitionTime"], "2026-12-01T00:00:00Z");
-        assert!(!conditions_match(&existing, &[cond("Valid", true, "Exported")]), "message differs");
-        assert!(!conditions_match(&existing, &[cond("Valid", true, "Exported"), cond("Conflict", true, "PortConflict")]));
+        assert!(
+            !conditions_match(&existing, &[cond("Valid", true, "Exported")]),
+            "message differs"
+        );
+        assert!(!conditions_match(
+            &existing,
+            &[
+                cond("Valid", true, "Exported"),
+                cond("Conflict", true, "PortConflict")
+            ]
+        ));
     }
 }

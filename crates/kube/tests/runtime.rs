@@ -309,6 +309,60 @@ async fn a_cluster_without_optional_apis_syncs() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mcs_installed_after_linking_is_picked_up_without_a_restart() {
+    let server = fake(ServerOptions {
+        mcs_versions: Vec::new(),
+        ..ServerOptions::default()
+    })
+    .await;
+    load_shop(&server, 2);
+    let mut h = Harness::new(KubeOptions {
+        rediscover_interval: std::time::Duration::from_millis(200),
+        ..fast()
+    });
+    h.add_cluster("east", &server, &server.admin_token());
+    h.reconcile();
+    let objects = h.synced("east").await;
+    assert!(objects.exports.is_empty());
+    // The operator installs the MCS CRDs and exports a service.
+    for (kind, plural) in [
+        ("ServiceExport", "serviceexports"),
+        ("ServiceImport", "serviceimports"),
+    ] {
+        server.serve(
+            causeway_kube_fake::ResourceSpec::new("multicluster.x-k8s.io", "v1beta1", kind, plural)
+                .with_status(),
+        );
+    }
+    server
+        .create_json(
+            json!({"apiVersion": "multicluster.x-k8s.io/v1beta1", "kind": "ServiceExport",
+            "metadata": {"name": "svc-0", "namespace": "shop"}}),
+        )
+        .expect("export");
+    let u = h
+        .wait_for("the export, through the newly served API", |u| {
+            u.objects.as_ref().is_some_and(|o| o.exports.len() == 1)
+        })
+        .await;
+    assert_eq!(
+        u.status.apis.and_then(|a| a.mcs_version).as_deref(),
+        Some("v1beta1")
+    );
+    assert_eq!(u.status.state, SyncState::Synced);
+    for earlier in h.seen_of("east", 0) {
+        if let Some(o) = &earlier.objects {
+            assert_eq!(
+                o.services.len(),
+                2,
+                "no partial state while re-listing: {}",
+                describe(earlier)
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cluster_removed_from_the_mesh_contributes_nothing() {
     let server = fake(ServerOptions::default()).await;
     load_shop(&server, 1);

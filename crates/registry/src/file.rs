@@ -8,11 +8,10 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 use causeway_model::{
-    KubernetesSource,
     AuthorizationPolicy, ClusterId, ClusterLocalRule, ClusterObjects, ClusterSpec, DiscoveryMode,
-    EndpointSlice, Gateway, Health, Locality, MeshConfig, MeshSpec, NetworkId, ObjectSource,
-    PolicyAction, PolicyRule, PolicySource, PolicyTarget, Service, ServiceExport, ServiceKey,
-    ServicePort, SliceEndpoint, SlicePort, SpiffeId, TargetPort, WorkloadEntry,
+    EndpointSlice, Gateway, Health, KubernetesSource, Locality, MeshConfig, MeshSpec, NetworkId,
+    ObjectSource, PolicyAction, PolicyRule, PolicySource, PolicyTarget, Service, ServiceExport,
+    ServiceKey, ServicePort, SliceEndpoint, SlicePort, SpiffeId, TargetPort, WorkloadEntry,
 };
 use serde::de::DeserializeOwned;
 

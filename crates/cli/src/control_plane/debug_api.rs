@@ -312,7 +312,10 @@ struct StaleCluster {
     errors: Vec<String>,
 }
 
-fn stale_clusters(snap: &Snapshot, services: &[causeway_discovery::ViewService]) -> Vec<StaleCluster> {
+fn stale_clusters(
+    snap: &Snapshot,
+    services: &[causeway_discovery::ViewService],
+) -> Vec<StaleCluster> {
     let seen: std::collections::BTreeSet<&str> = services
         .iter()
         .flat_map(|s| s.clusters.iter().map(|c| c.as_str()))

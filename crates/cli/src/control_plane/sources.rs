@@ -103,11 +103,10 @@ impl Sources {
     }
 
     fn all_objects(&self) -> Vec<(ClusterId, Arc<ClusterObjects>)> {
-        let files = self
-            .dir
-            .clusters()
-            .iter()
-            .filter_map(|(name, slot)| Some((ClusterId::new(name).ok()?, slot.objects.clone()?)));
+        let files =
+            self.dir.clusters().iter().filter_map(|(name, slot)| {
+                Some((ClusterId::new(name).ok()?, slot.objects.clone()?))
+            });
         let kube = self
             .kube
             .iter()
@@ -144,7 +143,11 @@ impl Sources {
         }
         let mut changes = Changes::default();
         for name in &outcome.clusters_changed {
-            let objects = self.dir.clusters().get(name).and_then(|s| s.objects.clone());
+            let objects = self
+                .dir
+                .clusters()
+                .get(name)
+                .and_then(|s| s.objects.clone());
             set_cluster(index, name, objects, &mut changes);
         }
         changes

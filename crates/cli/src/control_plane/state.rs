@@ -15,8 +15,8 @@ use tokio::sync::{mpsc, watch as channel};
 
 use super::mcs;
 use super::metrics::Metrics;
-pub use super::sources::{Changes, ClusterStatus};
 use super::sources::Sources;
+pub use super::sources::{Changes, ClusterStatus};
 
 /// One published state of the control plane.
 #[derive(Debug, Clone)]

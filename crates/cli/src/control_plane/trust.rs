@@ -114,7 +114,9 @@ impl Authenticator for KubernetesTokens {
                     cluster: reviewed.cluster,
                     namespace: reviewed.namespace,
                     service_account: reviewed.service_account,
-                    workload: reviewed.pod.unwrap_or_else(|| "(pod not named by the token)".into()),
+                    workload: reviewed
+                        .pod
+                        .unwrap_or_else(|| "(pod not named by the token)".into()),
                 }),
                 Err(e @ (ReviewError::Unavailable { .. } | ReviewError::NotConnected(_))) => {
                     Err(AuthError::Unavailable(e.to_string()))

@@ -26,6 +26,9 @@ pub(crate) struct View {
     pub kind: String,
     /// `Accept: ...;as=PartialObjectMetadata[List]`: only metadata.
     pub meta_only: bool,
+    /// List items keep `apiVersion`/`kind`: true for custom resources, which the real server
+    /// stores as unstructured JSON; built-in lists omit them.
+    pub typed_items: bool,
 }
 
 impl View {
@@ -128,7 +131,7 @@ struct ListOut<'a> {
     items: Vec<ItemView<'a>>,
 }
 
-/// A list page: `<Kind>List` with list metadata; items omit `apiVersion`/`kind`.
+/// A list page: `<Kind>List` with list metadata; built-in items omit `apiVersion`/`kind`.
 pub(crate) fn list_response(view: &View, page: &ListPage) -> Response<Body> {
     let mut metadata = json!({"resourceVersion": page.rv.to_string()});
     if let Some(m) = metadata.as_object_mut() {
@@ -148,7 +151,11 @@ pub(crate) fn list_response(view: &View, page: &ListPage) -> Response<Body> {
         kind,
         api_version,
         metadata,
-        items: page.items.iter().map(|o| view.item(o, false)).collect(),
+        items: page
+            .items
+            .iter()
+            .map(|o| view.item(o, view.typed_items && !view.meta_only))
+            .collect(),
     };
     json_response(
         200,

@@ -182,6 +182,7 @@ async fn resource(
         api_version: crate::resources::api_version(&ty.group, &path.version),
         kind: ty.kind.clone(),
         meta_only,
+        typed_items: ty.normalize.is_none(),
     };
     if path.subresource.as_deref() == Some("token") {
         if verb != "create" {

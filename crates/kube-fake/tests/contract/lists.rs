@@ -284,3 +284,29 @@ async fn list_of_thousands_is_not_quadratic() {
         started.elapsed()
     );
 }
+
+#[tokio::test]
+async fn custom_resource_list_items_keep_their_type_fields() {
+    let s = server().await;
+    s.create_json(
+        serde_json::json!({"apiVersion": "multicluster.x-k8s.io/v1beta1", "kind": "ServiceExport",
+        "metadata": {"name": "web", "namespace": "default"}}),
+    )
+    .unwrap();
+    let c = client(&s).await;
+    let (code, list) = get(
+        &c,
+        "/apis/multicluster.x-k8s.io/v1beta1/namespaces/default/serviceexports",
+    )
+    .await;
+    assert_eq!(code, 200);
+    assert_eq!(list["kind"], "ServiceExportList");
+    assert_eq!(
+        list["items"][0]["kind"], "ServiceExport",
+        "unstructured items keep kind: {list}"
+    );
+    assert_eq!(
+        list["items"][0]["apiVersion"],
+        "multicluster.x-k8s.io/v1beta1"
+    );
+}

@@ -18,7 +18,8 @@ use causeway_model::{ClusterId, ObjectSource};
 
 pub use assemble::{assemble, assemble_borrowed, Records, RecordsRef};
 pub use mcs::{
-    cluster_property, service_export, service_import, ExportRecord, ImportRecord, CLUSTER_ID_PROPERTY,
+    cluster_property, service_export, service_import, ExportRecord, ImportRecord,
+    CLUSTER_ID_PROPERTY,
 };
 pub use services::{endpoint_slice, service, SliceRecord};
 pub use workloads::{node, pod, NodeRecord, PodRecord};
@@ -96,7 +97,9 @@ impl fmt::Display for Origin<'_> {
 }
 
 /// Namespace of a namespaced object's metadata (`default` when absent, as the API server fills it).
-pub(crate) fn namespace_of(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> &str {
+pub(crate) fn namespace_of(
+    meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+) -> &str {
     meta.namespace.as_deref().unwrap_or("default")
 }
 

@@ -22,7 +22,10 @@ pub const SOURCE_CLUSTER_LABEL: &str = "multicluster.kubernetes.io/source-cluste
 ///
 /// The selector is not carried over: in Kubernetes the EndpointSlice controller resolves it,
 /// and the slices (with readiness) are the truth the index reads.
-pub fn service(cluster: &ClusterId, svc: &core::Service) -> Result<Option<Service>, TranslateError> {
+pub fn service(
+    cluster: &ClusterId,
+    svc: &core::Service,
+) -> Result<Option<Service>, TranslateError> {
     let namespace = namespace_of(&svc.metadata);
     let name = name_of(&svc.metadata);
     let origin = Origin {

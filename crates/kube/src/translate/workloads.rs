@@ -42,13 +42,13 @@ pub fn pod(cluster: &ClusterId, pod: &core::Pod) -> Result<PodRecord, TranslateE
     };
     let spec = pod.spec.as_ref();
     let status = pod.status.as_ref();
-    let address = match status.and_then(|s| s.pod_ip.as_deref()) {
-        None | Some("") => None,
-        Some(ip) => Some(
-            ip.parse()
-                .map_err(|_| origin.error("status.podIP", format!("{ip:?} is not an IP address")))?,
-        ),
-    };
+    let address =
+        match status.and_then(|s| s.pod_ip.as_deref()) {
+            None | Some("") => None,
+            Some(ip) => Some(ip.parse().map_err(|_| {
+                origin.error("status.podIP", format!("{ip:?} is not an IP address"))
+            })?),
+        };
     let mut ports = BTreeMap::new();
     for c in spec.map(|s| s.containers.as_slice()).unwrap_or_default() {
         for p in c.ports.iter().flatten() {
@@ -117,7 +117,12 @@ impl NodeRecord {
 /// A Node's record.
 pub fn node(node: &core::Node) -> NodeRecord {
     let labels = node.metadata.labels.as_ref();
-    let get = |k: &str| labels.and_then(|l| l.get(k)).filter(|v| !v.is_empty()).cloned();
+    let get = |k: &str| {
+        labels
+            .and_then(|l| l.get(k))
+            .filter(|v| !v.is_empty())
+            .cloned()
+    };
     NodeRecord {
         region: get(REGION_LABEL),
         zone: get(ZONE_LABEL),
