@@ -25,7 +25,7 @@ use objects::{
 };
 use serde_json::{json, Value};
 
-const USAGE: &str = "kube-sync [--clusters N] [--services N] [--endpoints N] [--changes N] [--json] [--causeway PATH]";
+const USAGE: &str = "kube-sync [--clusters N] [--services N] [--endpoints N] [--changes N] [--json] [--causeway PATH] [--log FILE]";
 /// Upper bound for one change to show in the view.
 const CHANGE_TIMEOUT: Duration = Duration::from_secs(10);
 /// The comparison point users bring (istio/istio issues, as collected in the field reference).
@@ -39,6 +39,8 @@ struct Args {
     changes: usize,
     json: bool,
     causeway: PathBuf,
+    /// Keep the measured control plane's log here (default: a temporary file).
+    log: Option<PathBuf>,
 }
 
 fn value(it: &mut impl Iterator<Item = String>, flag: &str) -> anyhow::Result<String> {
@@ -61,6 +63,7 @@ fn parse_args() -> anyhow::Result<Args> {
         changes: 20,
         json: false,
         causeway: exe.with_file_name("causeway"),
+        log: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -71,6 +74,7 @@ fn parse_args() -> anyhow::Result<Args> {
             "--changes" => args.changes = number(&mut it, &flag)?,
             "--causeway" => args.causeway = PathBuf::from(value(&mut it, &flag)?),
             "--json" => args.json = true,
+            "--log" => args.log = Some(PathBuf::from(value(&mut it, &flag)?)),
             "-h" | "--help" => {
                 println!("{USAGE}");
                 std::process::exit(0);
@@ -348,7 +352,10 @@ fn main() -> anyhow::Result<()> {
         .iter()
         .map(|(id, _, _)| (id.clone(), args.services * args.endpoints))
         .collect();
-    let log = tmp.path().join("control-plane.log");
+    let log = args
+        .log
+        .clone()
+        .unwrap_or_else(|| tmp.path().join("control-plane.log"));
     let start = Instant::now();
     let mut cp = ControlPlane::spawn(&args.causeway, &mesh_dir, &ca_dir, log)?;
     let sync = cp.wait_synced(&want, start)?;
