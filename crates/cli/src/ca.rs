@@ -31,8 +31,12 @@ pub enum Command {
         #[arg(long)]
         root: PathBuf,
         /// Output directory (ca-cert.pem, ca-key.pem, cert-chain.pem, root-cert.pem).
+        #[arg(long, required_unless_present = "ca_dir", conflicts_with = "ca_dir")]
+        out: Option<PathBuf>,
+        /// A control plane's CA directory: writes into its `clusters/<cluster>/` (instead of
+        /// `--out`).
         #[arg(long)]
-        out: PathBuf,
+        ca_dir: Option<PathBuf>,
         /// SPIFFE trust domain.
         #[arg(long, default_value = "causeway.local")]
         trust_domain: String,
@@ -61,11 +65,17 @@ pub fn run(cmd: Command) -> anyhow::Result<ExitCode> {
             cluster,
             root,
             out,
+            ca_dir,
             trust_domain,
             days,
         } => {
             let cluster =
                 ClusterId::new(&cluster).with_context(|| format!("--cluster {cluster:?}"))?;
+            let out = match (out, ca_dir) {
+                (Some(out), _) => out,
+                (None, Some(ca_dir)) => causeway_trust::ca::cluster_dir(&ca_dir, &cluster),
+                (None, None) => anyhow::bail!("give --out DIR or --ca-dir DIR"),
+            };
             let root = RootCa::load(&root)?;
             root.issue_intermediate(&cluster, &trust_domain, Duration::from_secs(days * 86_400))?
                 .write(&out)?;

@@ -661,9 +661,40 @@ fn parse_workload_entry(doc: &Doc<'_>) -> Result<WorkloadEntry, LoadError> {
         network,
         weight,
         health,
-        credential_file: spec.credential.map(|c| PathBuf::from(c.token_file)),
+        credential_file: spec
+            .credential
+            .map(|c| credential_path(doc, &object, &c.token_file))
+            .transpose()?,
         source: doc.source(),
     })
+}
+
+/// Checks a bootstrap credential path lexically: it must name a file inside the mesh directory,
+/// so it is relative and has no `..` component. (Symbolic links are resolved and checked where
+/// the file is read.)
+fn credential_path(doc: &Doc<'_>, object: &str, value: &str) -> Result<PathBuf, LoadError> {
+    const FIELD: &str = "spec.credential.tokenFile";
+    let path = Path::new(value);
+    let reason = if value.trim().is_empty() {
+        Some("must name a token file inside the mesh directory".to_owned())
+    } else if path.is_absolute() {
+        Some(format!(
+            "{value:?} is an absolute path; a credential file must lie inside the mesh directory (give it relative to the directory)"
+        ))
+    } else if path
+        .components()
+        .any(|c| matches!(c, std::path::Component::ParentDir))
+    {
+        Some(format!(
+            "{value:?} contains '..'; a credential file must lie inside the mesh directory"
+        ))
+    } else {
+        None
+    };
+    match reason {
+        Some(reason) => Err(doc.error(Some(object), Some(FIELD), reason)),
+        None => Ok(path.to_path_buf()),
+    }
 }
 
 fn parse_endpoint_slice(doc: &Doc<'_>) -> Result<EndpointSlice, LoadError> {
@@ -1069,6 +1100,47 @@ spec:
         parse_cluster_documents(Path::new("f.yaml"), text, &mut objects, &mut errors);
         assert_eq!(errors.len(), 1, "{errors:?}");
         assert!(errors[0].reason.contains("adress"), "{}", errors[0]);
+    }
+
+    #[test]
+    fn credential_files_outside_the_mesh_directory_are_refused() {
+        for (token_file, reason) in [
+            ("/etc/shadow", "absolute path"),
+            ("../outside.token", "contains '..'"),
+            ("tokens/../../outside.token", "contains '..'"),
+            ("tokens/./../a.token", "contains '..'"),
+            ("\"\"", "must name a token file"),
+        ] {
+            let text = format!(
+                "apiVersion: causeway.io/v1alpha1\nkind: WorkloadEntry\nmetadata: {{name: echo-1, namespace: demo}}\nspec:\n  address: 10.0.0.1\n  credential: {{tokenFile: {token_file}}}\n"
+            );
+            let mut objects = ClusterObjects::default();
+            let mut errors = Vec::new();
+            parse_cluster_documents(
+                Path::new("clusters/east/w.yaml"),
+                &text,
+                &mut objects,
+                &mut errors,
+            );
+            assert_eq!(errors.len(), 1, "{token_file}: {errors:?}");
+            let e = &errors[0];
+            assert_eq!(e.file, Path::new("clusters/east/w.yaml"));
+            assert_eq!(e.line, Some(1), "{e}");
+            assert_eq!(e.object.as_deref(), Some("WorkloadEntry demo/echo-1"));
+            assert_eq!(e.field.as_deref(), Some("spec.credential.tokenFile"));
+            assert!(e.reason.contains(reason), "{token_file}: {e}");
+            assert!(objects.workload_entries.is_empty());
+        }
+        let text = "apiVersion: causeway.io/v1alpha1\nkind: WorkloadEntry\nmetadata: {name: echo-1}\nspec: {address: 10.0.0.1, credential: {tokenFile: tokens/./a..b.token}}\n";
+        let mut objects = ClusterObjects::default();
+        let mut errors = Vec::new();
+        parse_cluster_documents(Path::new("w.yaml"), text, &mut objects, &mut errors);
+        assert!(errors.is_empty(), "{errors:?}");
+        let we = &objects.workload_entries[&("default".to_owned(), "echo-1".to_owned())];
+        assert_eq!(
+            we.credential_file.as_deref(),
+            Some(Path::new("tokens/./a..b.token"))
+        );
     }
 
     const POLICY: &str = "\

@@ -5,14 +5,17 @@
 //! crate is the one boundary where that wire format is parsed and validated into
 //! [`causeway_model`] types; errors name the file, document, line, object and field.
 //! [`MeshDirectory`] keeps the last good state of every cluster when a file breaks, and
-//! [`watch`] reports changes as they happen.
+//! [`watch`] reports changes as they happen. [`upsert_cluster`] and [`write_mesh_file`] edit
+//! `mesh.yaml` for `causeway link`, keeping every other document's text and comments.
 
+mod edit;
 mod error;
 mod file;
 mod state;
 pub mod watch;
 mod wire;
 
+pub use edit::{upsert_cluster, write_mesh_file, ClusterEntry, EditAction, EditError, Edited};
 pub use error::LoadError;
 pub use file::{
     load_cluster_dir, load_mesh_file, parse_cluster_documents, parse_mesh_documents,

@@ -153,7 +153,11 @@ impl MeshDirectory {
         let mut outcome = ReloadOutcome::default();
         let mut to_load: BTreeSet<String> = BTreeSet::new();
         if matches!(scope, ReloadScope::All | ReloadScope::Mesh) {
-            match load_mesh_file(&self.root) {
+            let loaded = load_mesh_file(&self.root).and_then(|mesh| match &self.mesh {
+                Some(current) => keep_trust_domain(current, mesh),
+                None => Ok(mesh),
+            });
+            match loaded {
                 Ok(mesh) => {
                     self.mesh_errors.clear();
                     if self.mesh.as_deref() != Some(&mesh) {
@@ -233,6 +237,31 @@ impl MeshDirectory {
     }
 }
 
+/// The trust domain is fixed for the life of a control plane: its CA, every certificate it
+/// issued and every SAN check of the mesh are bound to it, so a running mesh cannot follow a new
+/// one without splitting in two. A `mesh.yaml` that changes it is refused like a broken file
+/// (the whole last good mesh settings stay), with an error on `spec.trustDomain`.
+fn keep_trust_domain(current: &MeshConfig, new: MeshConfig) -> Result<MeshConfig, Vec<LoadError>> {
+    let (old, next) = (&current.mesh.trust_domain, &new.mesh.trust_domain);
+    if old == next {
+        return Ok(new);
+    }
+    let source = &new.mesh.source;
+    Err(vec![LoadError {
+        file: source.file.clone(),
+        document: Some(source.document),
+        line: Some(source.line),
+        object: Some(format!("Mesh {}", new.mesh.name)),
+        field: Some("spec.trustDomain".into()),
+        reason: format!(
+            "changing the trust domain needs a restart with a new root: the running control plane \
+             keeps {old:?} (its CA and every issued certificate belong to it) and ignores this \
+             mesh.yaml until spec.trustDomain is {old:?} again; to move the mesh to {next:?}, \
+             create a root and intermediates for it and restart the control plane"
+        ),
+    }])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -275,5 +304,57 @@ mod tests {
         assert!(!outcome.mesh_changed);
         assert!(dir.mesh().is_some(), "last good mesh kept");
         assert_eq!(dir.errors().len(), 3);
+    }
+
+    #[test]
+    fn a_trust_domain_change_is_refused_and_the_last_good_mesh_kept() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        write(tmp.path(), "mesh.yaml", MESH);
+        write(tmp.path(), "clusters/a/s.yaml", SVC);
+        let mut dir = MeshDirectory::open(tmp.path());
+        assert!(dir.errors().is_empty(), "{:?}", dir.errors());
+        let good = dir.mesh().cloned().expect("mesh");
+
+        // A new trust domain, and another change (a second cluster) in the same file.
+        let changed = MESH.replace("trustDomain: td", "trustDomain: other.td")
+            + "---\napiVersion: causeway.io/v1alpha1\nkind: Cluster\nmetadata: {name: b}\nspec: {network: n, locality: r/z}\n";
+        write(tmp.path(), "mesh.yaml", &changed);
+        let outcome = dir.reload(ReloadScope::Mesh);
+        assert!(!outcome.state_changed(), "{outcome:?}");
+        assert!(outcome.errors_changed);
+        assert_eq!(
+            dir.mesh(),
+            Some(&good),
+            "the whole last good mesh.yaml is kept"
+        );
+        assert_eq!(dir.mesh().map(|m| m.mesh.trust_domain.as_str()), Some("td"));
+        assert!(!dir.clusters().contains_key("b"));
+        let errors = dir.errors();
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        let e = &errors[0];
+        assert_eq!(e.file, Path::new("mesh.yaml"));
+        assert_eq!((e.document, e.line), (Some(0), Some(1)));
+        assert_eq!(e.object.as_deref(), Some("Mesh m"));
+        assert_eq!(e.field.as_deref(), Some("spec.trustDomain"));
+        assert!(
+            e.reason
+                .starts_with("changing the trust domain needs a restart with a new root"),
+            "{e}"
+        );
+        assert!(
+            e.reason.contains("\"td\"") && e.reason.contains("\"other.td\""),
+            "{e}"
+        );
+
+        // Going back to the running trust domain clears the error and applies the rest.
+        write(
+            tmp.path(),
+            "mesh.yaml",
+            &changed.replace("trustDomain: other.td", "trustDomain: td"),
+        );
+        let outcome = dir.reload(ReloadScope::Mesh);
+        assert!(outcome.mesh_changed);
+        assert!(dir.errors().is_empty(), "{:?}", dir.errors());
+        assert!(dir.clusters().contains_key("b"));
     }
 }

@@ -33,6 +33,53 @@ pub mod files {
     pub const CERT_CHAIN: &str = "cert-chain.pem";
 }
 
+/// Layout of a control plane's CA directory (`--ca-dir`). The root and the clusters live in
+/// separate name spaces, so no cluster id can address the root's directory:
+///
+/// ```text
+/// <ca-dir>/root/root-cert.pem, root-key.pem            the mesh root (key absent when offline)
+/// <ca-dir>/clusters/<cluster>/ca-cert.pem, ca-key.pem,  each cluster's intermediate (cacerts)
+///                             cert-chain.pem, root-cert.pem
+/// ```
+///
+/// Directories of the earlier layout, `<ca-dir>/<cluster>/`, are still read in place (with a
+/// warning) when `clusters/<cluster>/` holds no intermediate; `<ca-dir>/root/` is never taken
+/// for a cluster's. New intermediates are always written in the current layout.
+pub mod layout {
+    /// The root's directory under the CA directory.
+    pub const ROOT_DIR: &str = "root";
+    /// The directory holding one directory per cluster under the CA directory.
+    pub const CLUSTERS_DIR: &str = "clusters";
+}
+
+/// `<ca_dir>/root/`: the mesh root's directory.
+pub fn root_dir(ca_dir: &Path) -> PathBuf {
+    ca_dir.join(layout::ROOT_DIR)
+}
+
+/// `<ca_dir>/clusters/<cluster>/`: where a cluster's intermediate is written.
+pub fn cluster_dir(ca_dir: &Path, cluster: &ClusterId) -> PathBuf {
+    ca_dir.join(layout::CLUSTERS_DIR).join(cluster.as_str())
+}
+
+/// The directory holding `cluster`'s intermediate, if any: `clusters/<cluster>/`, or else an
+/// intermediate of the earlier layout in `<ca_dir>/<cluster>/` (never the root's directory).
+pub fn find_cluster_dir(ca_dir: &Path, cluster: &ClusterId) -> Option<PathBuf> {
+    let current = cluster_dir(ca_dir, cluster);
+    if current.join(files::CA_CERT).exists() {
+        return Some(current);
+    }
+    if cluster.as_str() == layout::ROOT_DIR {
+        return None;
+    }
+    let legacy = ca_dir.join(cluster.as_str());
+    if legacy.join(files::CA_CERT).exists() {
+        tracing::warn!(cluster = %cluster, dir = %legacy.display(), moved_to = %current.display(), "reading the cluster's intermediate from the earlier CA directory layout; move the directory to clusters/<cluster>/");
+        return Some(legacy);
+    }
+    None
+}
+
 /// Default lifetime of a mesh root.
 pub const DEFAULT_ROOT_VALIDITY: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 /// Default lifetime of a cluster intermediate.
@@ -749,15 +796,15 @@ impl ClusterCa {
 }
 
 /// Makes sure a control plane's CA directory exists: generates a root (first start) and an
-/// intermediate for each cluster that lacks one. Layout: `<dir>/root/` (root cert and key) and
-/// `<dir>/<cluster>/` (cacerts). Operators who bring their own CA fill these directories first;
+/// intermediate for each cluster that lacks one. Layout: see [`layout`] (`<dir>/root/` and
+/// `<dir>/clusters/<cluster>/`). Operators who bring their own CA fill these directories first;
 /// several control planes may share the directory and start at once.
 pub fn ensure_ca_dir(
     dir: &Path,
     trust_domain: &str,
     clusters: &[ClusterId],
 ) -> Result<(), CaError> {
-    let root_dir = dir.join("root");
+    let root_dir = root_dir(dir);
     let root = if root_dir.join(files::ROOT_CERT).exists() {
         RootCa::load(&root_dir)?
     } else {
@@ -774,10 +821,10 @@ pub fn ensure_ca_dir(
         }
     };
     for cluster in clusters {
-        let cdir = dir.join(cluster.as_str());
-        if cdir.join(files::CA_CERT).exists() {
+        if find_cluster_dir(dir, cluster).is_some() {
             continue;
         }
+        let cdir = cluster_dir(dir, cluster);
         tracing::info!(cluster = %cluster, "issuing the cluster's intermediate CA");
         match root
             .issue_intermediate(cluster, trust_domain, DEFAULT_INTERMEDIATE_VALIDITY)?
@@ -916,13 +963,15 @@ mod tests {
             ClusterId::new("b").expect("id"),
         ];
         ensure_ca_dir(tmp.path(), TD, &clusters).expect("first");
-        let read =
-            || std::fs::read_to_string(tmp.path().join("a").join(files::CA_CERT)).expect("a cert");
+        let read = || {
+            std::fs::read_to_string(tmp.path().join("clusters/a").join(files::CA_CERT))
+                .expect("a cert")
+        };
         let before = read();
         ensure_ca_dir(tmp.path(), TD, &clusters).expect("second");
         assert_eq!(before, read());
         for c in &clusters {
-            ClusterCa::load(&tmp.path().join(c.as_str()), c.clone(), TD).expect("loads");
+            ClusterCa::load(&cluster_dir(tmp.path(), c), c.clone(), TD).expect("loads");
         }
     }
 

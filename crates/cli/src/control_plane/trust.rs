@@ -1,7 +1,7 @@
 //! The control plane's mesh CA: intermediates per cluster from the CA directory, and the
 //! bootstrap credentials of the mesh directory's workloads, kept current as the mesh changes.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -48,20 +48,20 @@ fn load_cas(
     trust_domain: &str,
     clusters: &[ClusterId],
 ) -> Result<Vec<ClusterCa>, TrustError> {
-    let root_key = dir.join("root").join(ca::files::ROOT_KEY);
+    let root_key = ca::root_dir(dir).join(ca::files::ROOT_KEY);
     let any_cluster = clusters
         .iter()
-        .any(|c| dir.join(c.as_str()).join(ca::files::CA_CERT).exists());
+        .any(|c| ca::find_cluster_dir(dir, c).is_some());
     if root_key.exists() || !any_cluster {
         ca::ensure_ca_dir(dir, trust_domain, clusters)?;
     }
     let mut cas = Vec::new();
     for c in clusters {
-        let cdir = dir.join(c.as_str());
-        if cdir.join(ca::files::CA_CERT).exists() {
-            cas.push(ClusterCa::load(&cdir, c.clone(), trust_domain)?);
-        } else {
-            tracing::error!(cluster = %c, dir = %cdir.display(), "no intermediate CA for this cluster and the root is offline: run `causeway ca issue-intermediate`");
+        match ca::find_cluster_dir(dir, c) {
+            Some(cdir) => cas.push(ClusterCa::load(&cdir, c.clone(), trust_domain)?),
+            None => {
+                tracing::error!(cluster = %c, dir = %ca::cluster_dir(dir, c).display(), "no intermediate CA for this cluster and the root is offline: run `causeway ca issue-intermediate --ca-dir`")
+            }
         }
     }
     Ok(cas)
@@ -75,8 +75,7 @@ fn authenticator(mesh_dir: &Path, index: &causeway_discovery::MeshIndex) -> Toke
             let Some(file) = &placement.credential_file else {
                 continue;
             };
-            let path: PathBuf = mesh_dir.join(file);
-            match std::fs::read_to_string(&path) {
+            match crate::check::read_credential_file(mesh_dir, file) {
                 Ok(token) => auth.add(
                     &token,
                     Grant {
@@ -87,7 +86,7 @@ fn authenticator(mesh_dir: &Path, index: &causeway_discovery::MeshIndex) -> Toke
                     },
                 ),
                 Err(e) => {
-                    tracing::error!(cluster = %cluster, workload = %format!("{namespace}/{name}"), file = %path.display(), error = %e, "cannot read the workload's credential file; it cannot get certificates")
+                    tracing::error!(cluster = %cluster, workload = %format!("{namespace}/{name}"), field = "spec.credential.tokenFile", error = %e, "credential file refused; the workload cannot get certificates")
                 }
             }
         }
@@ -191,4 +190,27 @@ pub fn start(
         }
     });
     Ok(MeshCa { service })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::check::tests::{mesh_with_escaping_link, Scratch};
+
+    #[test]
+    fn a_credential_file_linked_out_of_the_mesh_directory_grants_nothing() {
+        let scratch = Scratch::new("authenticator");
+        let mesh = mesh_with_escaping_link(&scratch.0);
+        let directory = causeway_registry::MeshDirectory::open(&mesh);
+        assert!(directory.errors().is_empty(), "{:?}", directory.errors());
+        let index = crate::check::index_of(&directory).expect("index");
+        let auth = authenticator(&mesh, &index);
+        let grant = auth.lookup("inside-token").expect("the file inside counts");
+        assert_eq!(grant.workload, "inside");
+        assert!(
+            auth.lookup("outside-token").is_err(),
+            "the token behind the escaping link must not be accepted"
+        );
+        assert_eq!(auth.len(), 1);
+    }
 }

@@ -1,14 +1,23 @@
 //! Editing `mesh.yaml` in place, for `causeway link`: one member's `Cluster` document is added
 //! or replaced while every other document of the `---` stream keeps its text and comments, and
 //! the file is replaced only once the result loads with this crate's own loader.
+//!
+//! [`stream`] splits the stream and keeps comments around the replaced document; [`write`]
+//! validates and replaces the file.
+
+mod stream;
+mod write;
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use causeway_model::{ClusterId, ClusterSpec, KubernetesSource, Locality, NetworkId};
+use causeway_model::{ClusterId, ClusterSpec, Locality, NetworkId};
 use yaml_serde::{Mapping, Value};
 
 use crate::LoadError;
+use stream::{append_document, replace_document, split_stream, Chunk};
+
+pub use write::write_mesh_file;
 
 /// `apiVersion` of Causeway's own kinds.
 const CAUSEWAY_API: &str = "causeway.io/v1alpha1";
@@ -27,7 +36,9 @@ pub enum EditError {
     )]
     KubeconfigNotUtf8 { cluster: ClusterId, path: PathBuf },
     /// The stream already holds more than one document for the cluster.
-    #[error("Cluster {cluster}: mesh.yaml declares Cluster {cluster} more than once; fix that first")]
+    #[error(
+        "Cluster {cluster}: mesh.yaml declares Cluster {cluster} more than once; fix that first"
+    )]
     DuplicateCluster { cluster: ClusterId },
     /// The new `Cluster` document could not be serialised.
     #[error("Cluster {cluster}: cannot serialise the Cluster document")]
@@ -92,15 +103,6 @@ fn joined(networks: &[NetworkId]) -> String {
     names.join(", ")
 }
 
-fn io_error(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> EditError {
-    let path = path.to_path_buf();
-    move |source| EditError::Io {
-        action,
-        path,
-        source,
-    }
-}
-
 /// The `Cluster` entry to write.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClusterEntry {
@@ -135,91 +137,6 @@ pub struct Edited {
     pub action: EditAction,
     /// The replaced document had comments between its fields (they are lost).
     pub dropped_comments: bool,
-}
-
-/// One document of a YAML stream, as byte ranges of the original text.
-#[derive(Debug, Clone, Copy)]
-struct Chunk<'a> {
-    /// The `---` line (with its line break); empty for the first document.
-    marker: &'a str,
-    /// Everything up to the next marker.
-    body: &'a str,
-}
-
-impl Chunk<'_> {
-    /// Content after `---` on the marker line, unless it is only a comment.
-    fn inline(&self) -> &str {
-        let rest = self.marker.trim_end().get(3..).unwrap_or("").trim();
-        if rest.starts_with('#') {
-            ""
-        } else {
-            rest
-        }
-    }
-
-    /// The document's YAML as the registry reads it.
-    fn yaml(&self) -> String {
-        let inline = self.inline();
-        if inline.is_empty() {
-            self.body.to_owned()
-        } else {
-            format!("{inline}\n{}", self.body)
-        }
-    }
-}
-
-/// A document separator, as the registry recognises it.
-fn is_marker(line: &str) -> bool {
-    let line = line.trim_end_matches('\n').trim_end_matches('\r');
-    line == "---" || line.starts_with("--- ") || line.starts_with("---\t")
-}
-
-/// Splits `text` into documents; concatenating every chunk's marker and body gives `text`.
-fn split_stream(text: &str) -> Vec<Chunk<'_>> {
-    let mut chunks = Vec::new();
-    let mut marker = "";
-    let mut body_start = 0;
-    let mut offset = 0;
-    for line in text.split_inclusive('\n') {
-        if is_marker(line) {
-            chunks.push(Chunk {
-                marker,
-                body: &text[body_start..offset],
-            });
-            marker = &text[offset..offset + line.len()];
-            body_start = offset + line.len();
-        }
-        offset += line.len();
-    }
-    chunks.push(Chunk {
-        marker,
-        body: &text[body_start..],
-    });
-    chunks
-}
-
-/// A blank line, a comment or a document end: text around a document's content.
-fn is_trivia(line: &str) -> bool {
-    let t = line.trim();
-    t.is_empty() || t.starts_with('#') || t == "..."
-}
-
-/// `(leading, content, trailing)` of a body: comment and blank lines before and after the
-/// content are kept when the document is replaced.
-fn trim_trivia(body: &str) -> (&str, &str, &str) {
-    let lines: Vec<&str> = body.split_inclusive('\n').collect();
-    let first = lines
-        .iter()
-        .position(|l| !is_trivia(l))
-        .unwrap_or(lines.len());
-    let last = lines
-        .iter()
-        .rposition(|l| !is_trivia(l))
-        .map_or(first, |i| i + 1)
-        .max(first);
-    let len = |ls: &[&str]| ls.iter().map(|l| l.len()).sum::<usize>();
-    let (a, b) = (len(&lines[..first]), len(&lines[..last]));
-    (&body[..a], &body[a..b], &body[b..])
 }
 
 /// The `Cluster` named `name` in a parsed document, if it is one.
@@ -313,7 +230,10 @@ fn cluster_document(existing: Option<&Value>, entry: &ClusterEntry) -> Result<Va
 }
 
 /// The index and parsed document of the `Cluster` named `name`, if the stream has one.
-fn find_cluster(chunks: &[Chunk<'_>], name: &ClusterId) -> Result<Option<(usize, Value)>, EditError> {
+fn find_cluster(
+    chunks: &[Chunk<'_>],
+    name: &ClusterId,
+) -> Result<Option<(usize, Value)>, EditError> {
     let mut found: Option<(usize, Value)> = None;
     for (i, chunk) in chunks.iter().enumerate() {
         // Documents that do not parse are left alone (the final load reports them).
@@ -330,51 +250,6 @@ fn find_cluster(chunks: &[Chunk<'_>], name: &ClusterId) -> Result<Option<(usize,
         }
     }
     Ok(found)
-}
-
-/// `text` with `document` appended as a new document.
-fn append_document(text: &str, chunks: &[Chunk<'_>], document: &str) -> String {
-    let mut out = text.to_owned();
-    if !out.is_empty() && !out.ends_with('\n') {
-        out.push('\n');
-    }
-    // A stream that ends with `---` already opens an empty document for it.
-    let open = chunks
-        .last()
-        .is_some_and(|c| !c.marker.is_empty() && c.body.trim().is_empty() && c.inline().is_empty());
-    if !open && !out.trim().is_empty() {
-        out.push_str("---\n");
-    }
-    out.push_str(document);
-    out
-}
-
-/// The stream with chunk `index` replaced by `document` (its leading and trailing comments
-/// kept), and whether comments inside the replaced content were dropped.
-fn replace_document(chunks: &[Chunk<'_>], index: usize, document: &str) -> (String, bool) {
-    let capacity = chunks.iter().map(|c| c.marker.len() + c.body.len()).sum::<usize>();
-    let mut out = String::with_capacity(capacity + document.len());
-    let mut dropped_comments = false;
-    for (i, chunk) in chunks.iter().enumerate() {
-        if i != index {
-            out.push_str(chunk.marker);
-            out.push_str(chunk.body);
-            continue;
-        }
-        if chunk.inline().is_empty() {
-            out.push_str(chunk.marker);
-        } else {
-            out.push_str("---\n");
-        }
-        let (leading, content, trailing) = trim_trivia(chunk.body);
-        dropped_comments = content
-            .lines()
-            .any(|l| l.trim_start().starts_with('#') || l.contains(" #"));
-        out.push_str(leading);
-        out.push_str(document);
-        out.push_str(trailing);
-    }
-    (out, dropped_comments)
 }
 
 /// `text` (a `mesh.yaml` stream) with `entry`'s Cluster document added at the end, or
@@ -404,91 +279,16 @@ pub fn upsert_cluster(text: &str, entry: &ClusterEntry) -> Result<Edited, EditEr
     })
 }
 
-/// Writes `text` to `mesh.yaml` in a new temporary directory inside `dir`, with the mode of
-/// `target` when it exists. The directory is removed when dropped.
-fn stage(dir: &Path, target: &Path, text: &str) -> Result<tempfile::TempDir, EditError> {
-    use std::io::Write;
-    let staging = tempfile::Builder::new()
-        .prefix(".causeway-link-")
-        .tempdir_in(dir)
-        .map_err(io_error("create a temporary directory in", dir))?;
-    let staged = staging.path().join("mesh.yaml");
-    let mut file = std::fs::File::create(&staged).map_err(io_error("create", &staged))?;
-    file.write_all(text.as_bytes())
-        .and_then(|()| file.sync_all())
-        .map_err(io_error("write", &staged))?;
-    drop(file);
-    if let Ok(meta) = std::fs::metadata(target) {
-        std::fs::set_permissions(&staged, meta.permissions())
-            .map_err(io_error("set the mode of", &staged))?;
-    }
-    Ok(staging)
-}
-
-/// Loads the staged `mesh.yaml` of `staging` and checks that it holds `entry` as written and
-/// that the Mesh declares its network. `target` is the file it is to replace.
-fn validate_staged(staging: &Path, target: &Path, entry: &ClusterEntry) -> Result<(), EditError> {
-    let loaded = crate::load_mesh_file(staging).map_err(|errors| EditError::WouldNotLoad {
-        file: target.to_path_buf(),
-        cluster: entry.name.clone(),
-        errors,
-    })?;
-    let expected = KubernetesSource {
-        kubeconfig: entry.kubeconfig.clone(),
-        context: entry.context.clone(),
-    };
-    let linked = loaded.cluster(&entry.name);
-    if linked.and_then(|c| c.kubernetes.as_ref()) != Some(&expected) {
-        return Err(EditError::NotAsLinked {
-            file: target.to_path_buf(),
-            cluster: entry.name.clone(),
-            found: linked.map(|c| Box::new(c.clone())),
-        });
-    }
-    if let Some(networks) = &loaded.mesh.networks {
-        if !networks.contains(&entry.network) {
-            return Err(EditError::UndeclaredNetwork {
-                file: target.to_path_buf(),
-                network: entry.network.clone(),
-                networks: networks.iter().cloned().collect(),
-            });
-        }
-    }
-    Ok(())
-}
-
-/// Replaces `DIR/mesh.yaml` with `text` once it loads with the registry's loader and holds
-/// `entry` as expected, and only if the file still reads `original`. On any error the file is
-/// left as it was.
-pub fn write_mesh_file(
-    dir: &Path,
-    original: &str,
-    text: &str,
-    entry: &ClusterEntry,
-) -> Result<(), EditError> {
-    let target = dir.join("mesh.yaml");
-    let staging = stage(dir, &target, text)?;
-    validate_staged(staging.path(), &target, entry)?;
-    let current = std::fs::read_to_string(&target).map_err(io_error("read", &target))?;
-    if current != original {
-        return Err(EditError::ChangedMeanwhile { file: target });
-    }
-    std::fs::rename(staging.path().join("mesh.yaml"), &target)
-        .map_err(io_error("replace", &target))?;
-    // Make the rename durable; failing to is not worth failing the link for.
-    if let Ok(d) = std::fs::File::open(dir) {
-        let _ = d.sync_all();
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
+    use std::path::Path;
     use std::time::Duration;
+
+    use causeway_model::KubernetesSource;
 
     use super::*;
 
-    const MESH: &str = "\
+    pub(super) const MESH: &str = "\
 # The demo mesh.
 apiVersion: causeway.io/v1alpha1
 kind: Mesh
@@ -524,7 +324,7 @@ spec:
 # the end
 ";
 
-    fn entry(name: &str, network: &str, locality: Option<&str>) -> ClusterEntry {
+    pub(super) fn entry(name: &str, network: &str, locality: Option<&str>) -> ClusterEntry {
         ClusterEntry {
             name: ClusterId::new(name).expect("id"),
             network: NetworkId::new(network).expect("id"),
@@ -552,25 +352,6 @@ spec:
             })
             .map(|c| format!("{}{}", c.marker, c.body))
             .collect()
-    }
-
-    #[test]
-    fn splitting_keeps_every_byte() {
-        for text in [
-            MESH,
-            "",
-            "a: 1",
-            "---\na: 1\n---\n",
-            "--- # x\r\na: 1\r\n---\r\nb: 2",
-        ] {
-            let joined: String = split_stream(text)
-                .iter()
-                .map(|c| format!("{}{}", c.marker, c.body))
-                .collect();
-            assert_eq!(joined, text);
-        }
-        assert_eq!(split_stream(MESH).len(), 3);
-        assert_eq!(split_stream("---\na: 1\n").len(), 2, "empty first document");
     }
 
     #[test]
@@ -744,38 +525,4 @@ spec:
         assert_eq!(mesh.clusters.len(), 1);
         assert!(mesh.clusters[0].kubernetes.is_some());
     }
-
-    #[test]
-    fn writing_validates_before_replacing() {
-        let dir = tempfile::tempdir().expect("tmp");
-        std::fs::write(dir.path().join("mesh.yaml"), MESH).expect("write");
-        let e = entry("gamma", "net-a", Some("us-east/us-east-1c"));
-        let edited = upsert_cluster(MESH, &e).expect("edit");
-        write_mesh_file(dir.path(), MESH, &edited.text, &e).expect("write");
-        let written = std::fs::read_to_string(dir.path().join("mesh.yaml")).expect("read");
-        assert_eq!(written, edited.text);
-        assert!(crate::load_mesh_file(dir.path()).is_ok());
-        let leftovers: Vec<_> = std::fs::read_dir(dir.path())
-            .expect("ls")
-            .flatten()
-            .map(|e| e.file_name())
-            .collect();
-        assert_eq!(leftovers, [std::ffi::OsString::from("mesh.yaml")]);
-
-        // A network the Mesh does not declare, a result that does not load, and a file that
-        // changed meanwhile all leave mesh.yaml as it was.
-        let undeclared = entry("delta", "net-z", Some("us-east/us-east-1c"));
-        let edited2 = upsert_cluster(&written, &undeclared).expect("edit");
-        let err = write_mesh_file(dir.path(), &written, &edited2.text, &undeclared)
-            .expect_err("undeclared network");
-        assert!(err.to_string().contains("net-z"), "{err}");
-        let broken = written.replace("trustDomain: causeway.local", "trustDomain: [1]");
-        let err = write_mesh_file(dir.path(), &written, &broken, &e).expect_err("broken");
-        assert!(err.to_string().contains("would not load"), "{err}");
-        let err = write_mesh_file(dir.path(), MESH, &edited.text, &e).expect_err("changed");
-        assert!(err.to_string().contains("changed while"), "{err}");
-        let after = std::fs::read_to_string(dir.path().join("mesh.yaml")).expect("read");
-        assert_eq!(after, written);
-    }
-
 }
