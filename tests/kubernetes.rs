@@ -378,11 +378,68 @@ fn certificates_through_token_review(w: &World) {
         "a west token claimed for east was not refused:\n{}",
         std::fs::read_to_string(&log).unwrap_or_default()
     );
+    let log = w.mesh.log("control-plane");
     assert!(
-        w.mesh
-            .log("control-plane")
-            .contains("ServiceAccount token refused by TokenReview"),
+        log.contains("ServiceAccount token refused") && log.contains("by TokenReview"),
         "the refusal names TokenReview"
+    );
+    // A token east's API server does accept, for a pod that does not run there: refused too.
+    let ghost =
+        w.east
+            .server
+            .issue_service_account_token("demo", "client", "ghost-0", &["causeway-ca"]);
+    std::fs::write(&token_file, ghost).expect("token");
+    let before = metric(
+        debug,
+        "causeway_ca_rejections_total{reason=\"bad_credential\"}",
+    );
+    let agent = Process::start(
+        &[
+            "agent",
+            "--ca",
+            &format!("127.0.0.1:{}", PORT_BASE + 12),
+            "--ca-root",
+            run_dir
+                .join("ca/root/root-cert.pem")
+                .to_str()
+                .expect("utf-8"),
+            "--token-file",
+            token_file.to_str().expect("utf-8"),
+            "--trust-domain",
+            "causeway.local",
+            "--namespace",
+            "demo",
+            "--service-account",
+            "client",
+            "--sds-socket",
+            w.mesh
+                .dir
+                .path()
+                .join("ghost.sock")
+                .to_str()
+                .expect("utf-8"),
+            "--cluster",
+            "east",
+        ],
+        &w.mesh.dir.path().join("ghost-agent.log"),
+    );
+    let refused = wait_for(Duration::from_secs(15), || {
+        (metric(
+            debug,
+            "causeway_ca_rejections_total{reason=\"bad_credential\"}",
+        ) > before)
+            .then_some(())
+    });
+    drop(agent);
+    assert!(
+        refused.is_some(),
+        "a token of a pod that does not run in east was not refused"
+    );
+    assert!(
+        w.mesh.log("control-plane").contains(
+            "pod demo/ghost-0 with service account client is not running in cluster east"
+        ),
+        "the refusal says why"
     );
 }
 

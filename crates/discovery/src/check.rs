@@ -5,10 +5,11 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::path::PathBuf;
 
-use causeway_model::{ClusterId, ClusterObjects, MeshConfig, ObjectSource};
+use causeway_model::{ClusterId, ClusterObjects, EndpointSlice, MeshConfig, ObjectSource};
 use serde::Serialize;
 
-use crate::{ConditionKind, MeshIndex};
+use crate::cluster_index::ResolvedEndpoint;
+use crate::{ClusterService, ConditionKind, MeshIndex};
 
 /// How bad a finding is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -83,7 +84,7 @@ impl fmt::Display for Diagnostic {
 
 /// Mesh-wide rules: unknown networks and clusters, networks without a gateway in a
 /// multi-network mesh, export conflicts, exports without a service, selectors that match
-/// nothing.
+/// nothing, service ports with endpoints of no known identity.
 pub fn check_mesh(
     mesh: &MeshConfig,
     clusters: &BTreeMap<ClusterId, ClusterObjects>,
@@ -186,6 +187,14 @@ pub fn check_mesh(
             }
         }
     }
+    for (id, objects) in clusters {
+        let Some(resolved) = index.cluster(id) else {
+            continue;
+        };
+        for entry in resolved.services.values() {
+            out.extend(endpoints_without_identity(id, objects, entry));
+        }
+    }
     for service in index.services().values() {
         for condition in service
             .conditions
@@ -212,6 +221,85 @@ pub fn check_mesh(
         }
     }
     out.sort_by(|a, b| (&a.file, a.line).cmp(&(&b.file, b.line)));
+    out
+}
+
+const SERVICE_ACCOUNT_FIELD: &str = "metadata.annotations[causeway.io/service-account]";
+
+/// One warning per Service port that has endpoints without a known identity (EndpointSlice
+/// endpoints with neither a Pod service account nor the `causeway.io/service-account`
+/// annotation): views leave them out, so they never receive mesh traffic. Points at the first
+/// EndpointSlice that holds them and names every one.
+fn endpoints_without_identity(
+    cluster: &ClusterId,
+    objects: &ClusterObjects,
+    entry: &ClusterService,
+) -> Vec<Diagnostic> {
+    let key = &entry.service.key;
+    let mut out = Vec::new();
+    for port_eps in &entry.ports {
+        let missing: Vec<&ResolvedEndpoint> = port_eps
+            .endpoints
+            .iter()
+            .filter(|e| e.service_account.is_none())
+            .collect();
+        if missing.is_empty() {
+            continue;
+        }
+        let port = &port_eps.port;
+        let slices: Vec<&EndpointSlice> = objects
+            .endpoint_slices
+            .values()
+            .filter(|s| s.namespace == key.namespace && s.service_name == key.name)
+            .filter(|s| s.service_account.is_none())
+            .filter(|s| {
+                let Some(slice_port) = s.ports.iter().find(|p| p.name == port.name) else {
+                    return false;
+                };
+                s.endpoints.iter().any(|ep| {
+                    ep.service_account.is_none()
+                        && missing.iter().any(|m| {
+                            m.port == slice_port.port && ep.addresses.first() == Some(&m.address)
+                        })
+                })
+            })
+            .collect();
+        let addresses = join(missing.iter().map(|m| format!("{}:{}", m.address, m.port)));
+        let port_name = port
+            .name
+            .as_deref()
+            .map(|n| format!(" ({n})"))
+            .unwrap_or_default();
+        let message = format!(
+            "Service {key} port {}{port_name} in cluster {cluster}: {} endpoint(s) have no known identity ({addresses}){}: they are never reached over mesh mTLS (a client accepts only the exact SPIFFE IDs of a port's endpoints, and there is none to check for them); name their service account with the annotation causeway.io/service-account on the EndpointSlice",
+            port.port,
+            missing.len(),
+            if slices.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    " in EndpointSlice {}",
+                    join(slices.iter().map(|s| format!("{}/{}", s.namespace, s.name)))
+                )
+            },
+        );
+        out.push(match slices.first() {
+            Some(slice) => Diagnostic::at(
+                Severity::Warning,
+                &slice.source,
+                format!("EndpointSlice {}/{}", slice.namespace, slice.name),
+                Some(SERVICE_ACCOUNT_FIELD),
+                message,
+            ),
+            None => Diagnostic::at(
+                Severity::Warning,
+                &entry.service.source,
+                format!("Service {key}"),
+                None,
+                message,
+            ),
+        });
+    }
     out
 }
 

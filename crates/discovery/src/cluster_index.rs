@@ -299,6 +299,8 @@ fn resolve_service(
                 not_ready,
             });
         }
+        // Endpoints that are terminating but still serving: used only if nothing is ready.
+        let mut serving_terminating: Vec<usize> = Vec::new();
         for slice in slices {
             let Some(slice_port) = slice.ports.iter().find(|p| p.name == port.name) else {
                 continue;
@@ -309,6 +311,9 @@ fn resolve_service(
                 };
                 if !seen.insert((address, slice_port.port)) {
                     continue;
+                }
+                if ep.terminating && ep.serving {
+                    serving_terminating.push(endpoints.len());
                 }
                 endpoints.push(ResolvedEndpoint {
                     address,
@@ -323,6 +328,13 @@ fn resolve_service(
                     weight: 1,
                     not_ready: slice_endpoint_not_ready(ep),
                 });
+            }
+        }
+        if !endpoints.iter().any(ResolvedEndpoint::is_ready) {
+            // A rolling update of the last replicas: better the old pods, still serving, than
+            // nothing (Kubernetes' ProxyTerminatingEndpoints).
+            for i in serving_terminating {
+                endpoints[i].not_ready = None;
             }
         }
         ports.push(PortEndpoints {

@@ -21,5 +21,5 @@ pub use index::{
 };
 pub use view::{
     EndpointKind, HiddenEndpoint, HiddenService, LocalityGroup, ProxyContext, ProxyView,
-    ViewEndpoint, ViewError, ViewPort, ViewService,
+    ViewEndpoint, ViewError, ViewPort, ViewService, NO_IDENTITY_REASON,
 };

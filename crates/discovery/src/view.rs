@@ -6,6 +6,11 @@
 //! network. A network with no gateway is unreachable from the others and the view says so.
 //! Each port's endpoints are grouped by locality with Istio's priority numbering relative to
 //! the proxy, renumbered without gaps.
+//!
+//! Only endpoints with a known identity (a WorkloadEntry's service account, a Pod's, or an
+//! EndpointSlice's `causeway.io/service-account` annotation) are included: the client checks
+//! the server's certificate against exactly those SPIFFE IDs, never a wildcard. The others are
+//! hidden with [`NO_IDENTITY_REASON`].
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -132,6 +137,11 @@ pub struct LocalityGroup {
     pub endpoints: Vec<ViewEndpoint>,
 }
 
+/// Why an endpoint without a known identity is left out: mesh mTLS checks the server's SPIFFE
+/// ID exactly, and there is none to check, so accepting it would mean accepting any workload
+/// of the trust domain.
+pub const NO_IDENTITY_REASON: &str = "no known identity (no Pod service account, no causeway.io/service-account annotation): never reached over mesh mTLS";
+
 /// An endpoint the proxy must not use, and why.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -144,6 +154,8 @@ pub struct HiddenEndpoint {
     pub cluster: ClusterId,
     /// Its network.
     pub network: NetworkId,
+    /// Workload (WorkloadEntry or pod) name, when known.
+    pub workload: Option<String>,
     /// Why it is left out.
     pub reason: String,
 }
@@ -160,9 +172,10 @@ pub struct ViewPort {
     pub groups: Vec<LocalityGroup>,
     /// Real remote endpoints behind gateways.
     pub remote: Vec<ViewEndpoint>,
-    /// Endpoints left out (not ready, unreachable network).
+    /// Endpoints left out (not ready, no known identity, unreachable network).
     pub hidden: Vec<HiddenEndpoint>,
-    /// Identities the port's endpoints may present (for SAN verification).
+    /// Exactly the identities of the endpoints included (direct and behind gateways): what the
+    /// client accepts from the server's certificate. Empty only when no endpoint is included.
     pub identities: BTreeSet<SpiffeId>,
 }
 
@@ -248,6 +261,7 @@ pub fn view(index: &MeshIndex, ctx: &ProxyContext) -> ProxyView {
 struct PendingRemote<'a> {
     cluster: &'a ClusterId,
     endpoint: &'a ResolvedEndpoint,
+    identity: SpiffeId,
     gateways: Vec<Gateway>,
 }
 
@@ -327,15 +341,19 @@ fn view_port(
                 port: ep.port,
                 cluster: cluster.clone(),
                 network: ep.network.clone(),
+                workload: ep.workload.clone(),
                 reason,
             };
             if let Some(why) = &ep.not_ready {
                 hidden.push(hide(format!("not ready: {why}")));
                 continue;
             }
-            let identity = identity_of(mesh, key, ep);
+            let Some(identity) = identity_of(mesh, key, ep) else {
+                hidden.push(hide(NO_IDENTITY_REASON.to_owned()));
+                continue;
+            };
             if ep.network == ctx.network {
-                identities.extend(identity.clone());
+                identities.insert(identity.clone());
                 let reason = if cluster == me {
                     "same cluster".to_owned()
                 } else {
@@ -352,7 +370,7 @@ fn view_port(
                     weight: ep.weight,
                     via: None,
                     workload: ep.workload.clone(),
-                    identity,
+                    identity: Some(identity),
                     reason,
                 });
                 continue;
@@ -365,10 +383,11 @@ fn view_port(
                 )));
                 continue;
             }
-            identities.extend(identity);
+            identities.insert(identity.clone());
             pending.push(PendingRemote {
                 cluster,
                 endpoint: ep,
+                identity,
                 gateways,
             });
         }
@@ -418,7 +437,7 @@ fn view_port(
             weight: p.endpoint.weight,
             via: Some(gateway),
             workload: p.endpoint.workload.clone(),
-            identity: identity_of(mesh, key, p.endpoint),
+            identity: Some(p.identity.clone()),
             reason: format!(
                 "network {} is not the proxy's {}; via east-west gateway {gateway} of cluster {owner}",
                 p.endpoint.network, ctx.network
@@ -529,12 +548,14 @@ pub struct GatewayRoute {
     pub port: ServicePort,
     /// The SNI callers use, `outbound_.<port>_._.<fqdn>`.
     pub sni: String,
-    /// Ready endpoints of the gateway's own cluster.
+    /// Ready endpoints of the gateway's own cluster with a known identity (no caller is sent
+    /// to the others, see [`NO_IDENTITY_REASON`]).
     pub endpoints: Vec<ViewEndpoint>,
 }
 
 /// What the east-west gateway of `cluster` forwards: every service port exported (and not
-/// cluster-local) from that cluster, to that cluster's ready endpoints. Anything else has no
+/// cluster-local) from that cluster, to that cluster's ready endpoints with a known identity
+/// (what callers' aggregate gateway weights count). Anything else has no
 /// route, so a connection with any other SNI is closed.
 pub fn gateway_routes(index: &MeshIndex, cluster: &ClusterId) -> Vec<GatewayRoute> {
     let Some(spec) = index.mesh().cluster(cluster) else {
@@ -557,7 +578,8 @@ pub fn gateway_routes(index: &MeshIndex, cluster: &ClusterId) -> Vec<GatewayRout
                 .endpoints
                 .iter()
                 .filter(|e| e.is_ready())
-                .map(|e| ViewEndpoint {
+                .filter_map(|e| Some((e, identity_of(index.mesh(), key, e)?)))
+                .map(|(e, identity)| ViewEndpoint {
                     kind: EndpointKind::Direct,
                     address: e.address,
                     port: e.port,
@@ -568,7 +590,7 @@ pub fn gateway_routes(index: &MeshIndex, cluster: &ClusterId) -> Vec<GatewayRout
                     weight: e.weight,
                     via: None,
                     workload: e.workload.clone(),
-                    identity: identity_of(index.mesh(), key, e),
+                    identity: Some(identity),
                     reason: "local endpoint behind the gateway".to_owned(),
                 })
                 .collect();

@@ -2,7 +2,7 @@
 
 mod common;
 
-use causeway_discovery::{ConditionKind, EndpointKind};
+use causeway_discovery::{view, ConditionKind, EndpointKind, NO_IDENTITY_REASON};
 use causeway_model::{Health, ServiceKey};
 use common::*;
 
@@ -569,4 +569,141 @@ fn incremental_update_reports_only_changed_services() {
     assert!(index
         .set_cluster(&cid("zz"), &m.objects[&cid("a")])
         .is_err());
+}
+
+#[test]
+fn endpoints_without_identity_are_left_out_with_the_reason() {
+    let m = mesh()
+        .cluster("a", "net1", "r1/z1", &["192.0.2.1:15443"])
+        .cluster("b", "net2", "r1/z1", &["192.0.2.2:15443"])
+        .service("a", "shop", "echo", &[80])
+        .service("b", "shop", "echo", &[80])
+        .workload("a", "shop", "e-a", "10.0.0.1", "echo")
+        // a: one pod with a service account, one without any identity.
+        .slice(
+            "a",
+            "shop",
+            "echo",
+            "echo-a",
+            80,
+            None,
+            &[
+                ("10.0.1.1", "pod-a1", Some("worker")),
+                ("10.0.1.2", "pod-a2", None),
+            ],
+        )
+        // b: an annotated slice (its endpoints take the annotation's identity) and one
+        // without the annotation whose pod has no known service account.
+        .slice(
+            "b",
+            "shop",
+            "echo",
+            "echo-b-annotated",
+            80,
+            Some("legacy"),
+            &[("10.1.0.1", "pod-b1", None)],
+        )
+        .slice(
+            "b",
+            "shop",
+            "echo",
+            "echo-b-bare",
+            80,
+            None,
+            &[
+                ("10.1.0.2", "pod-b2", Some("echo")),
+                ("10.1.0.3", "pod-b3", None),
+            ],
+        )
+        .export("b", "shop", "echo", None, None);
+    let index = m.index();
+    let p = port(&view_of(&index, "a"), "shop", "echo", 80)
+        .cloned()
+        .expect("visible");
+    // Included: a's WorkloadEntry and its pod with a service account directly; b's two
+    // endpoints with an identity behind b's gateway, whose weight counts only those two.
+    assert_eq!(
+        addrs(&p),
+        vec![
+            ("10.0.0.1:8080".into(), EndpointKind::Direct, 0, 1),
+            ("10.0.1.1:8080".into(), EndpointKind::Direct, 0, 1),
+            ("192.0.2.2:15443".into(), EndpointKind::Gateway, 0, 2),
+        ]
+    );
+    let remote: Vec<String> = p.remote.iter().map(|r| r.address.to_string()).collect();
+    assert_eq!(remote, vec!["10.1.0.1", "10.1.0.2"]);
+    assert!(p
+        .endpoints()
+        .chain(p.remote.iter())
+        .filter(|e| e.kind != EndpointKind::Gateway)
+        .all(|e| e.identity.is_some()));
+    // Left out, each once, with the reason and the pod.
+    let hidden: Vec<(String, &str, Option<&str>, &str)> = p
+        .hidden
+        .iter()
+        .map(|h| {
+            (
+                h.address.to_string(),
+                h.cluster.as_str(),
+                h.workload.as_deref(),
+                h.reason.as_str(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        hidden,
+        vec![
+            ("10.0.1.2".into(), "a", Some("pod-a2"), NO_IDENTITY_REASON),
+            ("10.1.0.3".into(), "b", Some("pod-b3"), NO_IDENTITY_REASON),
+        ]
+    );
+    assert!(NO_IDENTITY_REASON.contains("causeway.io/service-account"));
+    assert!(NO_IDENTITY_REASON.contains("never reached over mesh mTLS"));
+    // The identities to accept are exactly those of the included endpoints.
+    let ids: Vec<String> = p.identities.iter().map(|i| i.to_string()).collect();
+    assert_eq!(
+        ids,
+        vec![
+            "spiffe://td.local/ns/shop/sa/echo",
+            "spiffe://td.local/ns/shop/sa/legacy",
+            "spiffe://td.local/ns/shop/sa/worker",
+        ]
+    );
+    // b's gateway routes only to b's endpoints with an identity.
+    let routes = view::gateway_routes(&index, &cid("b"));
+    let route = routes
+        .iter()
+        .find(|r| r.key == ServiceKey::new("shop", "echo"))
+        .expect("echo route");
+    let behind: Vec<String> = route
+        .endpoints
+        .iter()
+        .map(|e| e.address.to_string())
+        .collect();
+    assert_eq!(behind, vec!["10.1.0.1", "10.1.0.2"]);
+}
+
+#[test]
+fn a_port_whose_endpoints_all_lack_identity_has_no_endpoints() {
+    let m = mesh()
+        .cluster("a", "net1", "r1/z1", &[])
+        .service("a", "shop", "legacy", &[80])
+        .slice(
+            "a",
+            "shop",
+            "legacy",
+            "legacy-1",
+            80,
+            None,
+            &[("10.0.1.1", "l-1", None), ("10.0.1.2", "l-2", None)],
+        );
+    let index = m.index();
+    let p = port(&view_of(&index, "a"), "shop", "legacy", 80)
+        .cloned()
+        .expect("the service stays visible");
+    assert_eq!(p.endpoints().count(), 0);
+    assert!(p.remote.is_empty());
+    assert!(p.identities.is_empty());
+    assert_eq!(p.hidden.len(), 2);
+    assert!(p.hidden.iter().all(|h| h.reason == NO_IDENTITY_REASON));
 }

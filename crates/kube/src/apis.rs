@@ -62,6 +62,54 @@ fn resource(group: &str, version: &str, kind: &str, plural: &str) -> ApiResource
     }
 }
 
+/// Whether `group/version` serves every one of `resources` (a group version may hold other
+/// APIs: `multicluster.x-k8s.io/v1alpha1` also has ClusterProfile, without MCS).
+async fn serves(
+    cluster: &ClusterId,
+    client: &kube::Client,
+    group_version: &str,
+    resources: &[&str],
+    limit: Duration,
+) -> Result<bool, KubeError> {
+    let action = format!("listing {group_version} resources");
+    let list = bounded(
+        cluster,
+        &action,
+        limit,
+        client.list_api_group_resources(group_version),
+    )
+    .await?;
+    Ok(resources
+        .iter()
+        .all(|r| list.resources.iter().any(|have| have.name == *r)))
+}
+
+/// The first of `preferred` versions of `group` (among `versions`) serving all `resources`.
+async fn pick(
+    cluster: &ClusterId,
+    client: &kube::Client,
+    group: &str,
+    versions: &[&str],
+    preferred: &[&str],
+    resources: &[&str],
+    limit: Duration,
+) -> Result<Option<String>, KubeError> {
+    for version in preferred.iter().filter(|p| versions.contains(p)) {
+        if serves(
+            cluster,
+            client,
+            &format!("{group}/{version}"),
+            resources,
+            limit,
+        )
+        .await?
+        {
+            return Ok(Some((*version).to_owned()));
+        }
+    }
+    Ok(None)
+}
+
 /// Asks the cluster which of the optional APIs it serves.
 pub async fn discover(
     cluster: &ClusterId,
@@ -76,29 +124,49 @@ pub async fn discover(
     )
     .await?;
     let mut served = ServedApis::default();
+    let newest_first = ["v1beta1", "v1alpha1"];
     for group in &groups.groups {
         let versions: Vec<&str> = group.versions.iter().map(|v| v.version.as_str()).collect();
-        let pick = |preferred: &[&'static str]| {
-            preferred
-                .iter()
-                .find(|p| versions.contains(p))
-                .map(|p| (*p).to_owned())
-        };
         match group.name.as_str() {
-            MCS_GROUP => served.mcs_version = pick(&["v1beta1", "v1alpha1"]),
-            ABOUT_GROUP => served.about_version = pick(&["v1beta1", "v1alpha1"]),
-            CAUSEWAY_GROUP if versions.contains(&"v1alpha1") => {
-                let list = bounded(
+            MCS_GROUP => {
+                let kinds = ["serviceexports", "serviceimports"];
+                served.mcs_version = pick(
                     cluster,
-                    "listing causeway.io/v1alpha1 resources",
+                    client,
+                    MCS_GROUP,
+                    &versions,
+                    &newest_first,
+                    &kinds,
                     limit,
-                    client.list_api_group_resources("causeway.io/v1alpha1"),
                 )
                 .await?;
-                served.authorization_policies = list
-                    .resources
-                    .iter()
-                    .any(|r| r.name == "authorizationpolicies");
+            }
+            ABOUT_GROUP => {
+                let kinds = ["clusterproperties"];
+                served.about_version = pick(
+                    cluster,
+                    client,
+                    ABOUT_GROUP,
+                    &versions,
+                    &newest_first,
+                    &kinds,
+                    limit,
+                )
+                .await?;
+            }
+            CAUSEWAY_GROUP => {
+                let kinds = ["authorizationpolicies"];
+                served.authorization_policies = pick(
+                    cluster,
+                    client,
+                    CAUSEWAY_GROUP,
+                    &versions,
+                    &["v1alpha1"],
+                    &kinds,
+                    limit,
+                )
+                .await?
+                .is_some();
             }
             _ => {}
         }

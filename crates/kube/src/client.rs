@@ -109,12 +109,15 @@ pub trait ClientFactory: Send + Sync {
 pub struct KubeconfigClientFactory {
     /// Time allowed to open a connection to the API server.
     pub connect_timeout: Duration,
+    /// Longest silence on a connection before the request fails.
+    pub read_timeout: Duration,
 }
 
 impl Default for KubeconfigClientFactory {
     fn default() -> Self {
         Self {
             connect_timeout: Duration::from_secs(5),
+            read_timeout: Duration::from_secs(320),
         }
     }
 }
@@ -149,6 +152,10 @@ impl ClientFactory for KubeconfigClientFactory {
             let mut config = client_config(cluster, kubeconfig).await?;
             config.connect_timeout = Some(self.connect_timeout);
             config.write_timeout = Some(Duration::from_secs(30));
+            // No request may hang forever (kube leaves reads unbounded): a LIST that stalls
+            // fails and is retried. Longer than a watch's server-side timeout (290 s), which
+            // ends watches before this can.
+            config.read_timeout = Some(self.read_timeout);
             kube::Client::try_from(config).map_err(|e| KubeError::InvalidKubeconfig {
                 cluster: cluster.clone(),
                 path: kubeconfig.path.clone(),

@@ -92,6 +92,15 @@ struct Runtime {
     sent_status: Option<ClusterSyncStatus>,
     dirty: bool,
     probe_failing: bool,
+    /// Probes and re-discoveries report here, tagged with the session they asked with.
+    checks: mpsc::UnboundedSender<Check>,
+    probing: bool,
+    /// The resync was started because the optional APIs changed (not after an outage).
+    resync_for_apis: bool,
+    /// After a re-list for changed APIs failed, none is tried again before this.
+    api_relist_after: Option<tokio::time::Instant>,
+    /// Monotonic twin of `status.stale_since` (the TTL must not follow clock steps).
+    stale_at: Option<tokio::time::Instant>,
     writeback_again: bool,
     retry_writeback_at: Option<tokio::time::Instant>,
 }
@@ -99,6 +108,7 @@ struct Runtime {
 /// Runs one cluster until the task is aborted.
 pub(crate) async fn run(cfg: RuntimeConfig) {
     let (signals_tx, mut signals) = mpsc::unbounded_channel();
+    let (checks_tx, mut checks) = mpsc::unbounded_channel();
     let span = tracing::info_span!("kubernetes", cluster = %cfg.cluster);
     let mut rt = Runtime {
         cfg,
@@ -115,19 +125,21 @@ pub(crate) async fn run(cfg: RuntimeConfig) {
         sent_status: None,
         dirty: true,
         probe_failing: false,
+        checks: checks_tx,
+        probing: false,
+        resync_for_apis: false,
+        api_relist_after: None,
+        stale_at: None,
         writeback_again: false,
         retry_writeback_at: None,
     };
     let mut tick = tokio::time::interval(rt.cfg.options.poll_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let (probe_tx, mut probes) = mpsc::unbounded_channel::<Result<(), KubeError>>();
-    let mut probing = false;
     let mut desired = rt.cfg.desired.clone();
     let mut spec = rt.cfg.spec.clone();
     let mut writeback: Option<tokio::task::JoinHandle<WriteBackOutcome>> = None;
     let mut rediscover = tokio::time::interval(rt.cfg.options.rediscover_interval);
     rediscover.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let (served_tx, mut served_rx) = mpsc::unbounded_channel::<(u64, crate::apis::ServedApis)>();
     loop {
         tokio::select! {
             Some(first) = signals.recv() => {
@@ -137,42 +149,9 @@ pub(crate) async fn run(cfg: RuntimeConfig) {
                     rt.on_signal(more);
                 }
             }
-            _ = tick.tick() => {
-                rt.check_kubeconfig().await;
-                rt.check_ttl();
-                if rt.retry_writeback_at.is_some_and(|t| t <= tokio::time::Instant::now()) {
-                    rt.retry_writeback_at = None;
-                    rt.writeback_again = true;
-                }
-                if !probing {
-                    if let Some(active) = &rt.active {
-                        probing = true;
-                        let client = active.client.clone();
-                        let cluster = rt.cfg.cluster.clone();
-                        let limit = rt.cfg.options.probe_timeout;
-                        let tx = probe_tx.clone();
-                        tokio::spawn(async move {
-                            let result = crate::error::bounded(&cluster, "probing the API server (/version)", limit, client.apiserver_version()).await.map(|_| ());
-                            let _ = tx.send(result);
-                        });
-                    }
-                }
-            }
-            _ = rediscover.tick() => {
-                if let Some(active) = rt.active.as_ref().filter(|_| rt.resync.is_none()) {
-                    let (id, client, cluster, tx) = (active.id, active.client.clone(), rt.cfg.cluster.clone(), served_tx.clone());
-                    tokio::spawn(async move {
-                        if let Ok(served) = crate::apis::discover(&cluster, &client, Duration::from_secs(10)).await {
-                            let _ = tx.send((id, served));
-                        }
-                    });
-                }
-            }
-            Some((id, served)) = served_rx.recv() => rt.on_rediscovered(id, served),
-            Some(result) = probes.recv() => {
-                probing = false;
-                rt.on_probe(result);
-            }
+            _ = tick.tick() => rt.on_tick().await,
+            _ = rediscover.tick() => rt.rediscover(),
+            Some(check) = checks.recv() => rt.on_check(check),
             Ok(()) = desired.changed() => rt.writeback_again = true,
             Ok(()) = spec.changed() => rt.dirty = true,
             result = finished(&mut writeback) => {
@@ -187,6 +166,20 @@ pub(crate) async fn run(cfg: RuntimeConfig) {
     }
 }
 
+/// What a background probe or re-discovery found, with the session it asked with.
+enum Check {
+    /// `GET /version`.
+    Probe(u64, Result<(), KubeError>),
+    /// The optional APIs the cluster serves now.
+    Served(u64, crate::apis::ServedApis),
+}
+
+/// A re-list that has not synced after this long is restarted (after an outage) or given up
+/// (after an API change).
+const RESYNC_DEADLINE: Duration = Duration::from_secs(60);
+/// How long a failed re-list for changed APIs keeps another from being tried.
+const API_RELIST_BACKOFF: Duration = Duration::from_secs(600);
+
 /// Waits for a running write-back, or forever when none runs.
 async fn finished(
     task: &mut Option<tokio::task::JoinHandle<WriteBackOutcome>>,
@@ -198,6 +191,100 @@ async fn finished(
 }
 
 impl Runtime {
+    async fn on_tick(&mut self) {
+        self.check_kubeconfig().await;
+        self.check_ttl();
+        self.check_resync_deadline();
+        if self
+            .retry_writeback_at
+            .is_some_and(|t| t <= tokio::time::Instant::now())
+        {
+            self.retry_writeback_at = None;
+            self.writeback_again = true;
+        }
+        self.start_probe();
+    }
+
+    /// The session whose connection the probe checks: the active one, else the first one
+    /// while it lists (so a server that hangs during the first list is noticed too).
+    fn probed(&self) -> Option<&Session> {
+        self.active
+            .as_ref()
+            .or_else(|| self.pending.as_ref().map(|(s, _)| s))
+    }
+
+    fn start_probe(&mut self) {
+        if self.probing {
+            return;
+        }
+        let Some((id, client)) = self.probed().map(|s| (s.id, s.client.clone())) else {
+            return;
+        };
+        self.probing = true;
+        let (cluster, limit, tx) = (
+            self.cfg.cluster.clone(),
+            self.cfg.options.probe_timeout,
+            self.checks.clone(),
+        );
+        tokio::spawn(async move {
+            let what = "probing the API server (/version)";
+            let result = crate::error::bounded(&cluster, what, limit, client.apiserver_version())
+                .await
+                .map(|_| ());
+            let _ = tx.send(Check::Probe(id, result));
+        });
+    }
+
+    fn rediscover(&mut self) {
+        let Some(active) = self.active.as_ref().filter(|_| self.resync.is_none()) else {
+            return;
+        };
+        let (id, client) = (active.id, active.client.clone());
+        let (cluster, tx) = (self.cfg.cluster.clone(), self.checks.clone());
+        tokio::spawn(async move {
+            let limit = Duration::from_secs(10);
+            if let Ok(served) = crate::apis::discover(&cluster, &client, limit).await {
+                let _ = tx.send(Check::Served(id, served));
+            }
+        });
+    }
+
+    fn on_check(&mut self, check: Check) {
+        match check {
+            Check::Probe(session, result) => {
+                self.probing = false;
+                // A probe made with credentials that have since been replaced says nothing.
+                if self.probed().is_some_and(|s| s.id == session) {
+                    self.on_probe(result);
+                }
+            }
+            Check::Served(session, served) => self.on_rediscovered(session, served),
+        }
+    }
+
+    /// A re-list that cannot complete must not hold the cluster stale forever.
+    fn check_resync_deadline(&mut self) {
+        let Some(resync) = &self.resync else { return };
+        if resync.synced() || resync.started.elapsed() < RESYNC_DEADLINE || self.probe_failing {
+            return;
+        }
+        let client = resync.client.clone();
+        if self.resync_for_apis {
+            tracing::warn!(cluster = %self.cfg.cluster, "the cluster's new optional APIs could not be listed; keeping the current watches");
+            self.problems.set(
+                "resync deadline",
+                format!("cluster {}: its optional APIs changed but could not be listed within {} s; keeping the current watches (tried again in {} min)", self.cfg.cluster, RESYNC_DEADLINE.as_secs(), API_RELIST_BACKOFF.as_secs() / 60),
+            );
+            self.resync = None;
+            self.resync_for_apis = false;
+            self.api_relist_after = Some(tokio::time::Instant::now() + API_RELIST_BACKOFF);
+        } else {
+            tracing::warn!(cluster = %self.cfg.cluster, "re-list after an outage has not completed; starting it again");
+            self.start_session(client, Purpose::Resync);
+        }
+        self.dirty = true;
+    }
+
     fn start_session(&mut self, client: kube::Client, purpose: Purpose) {
         self.next_id += 1;
         tracing::info!(cluster = %self.cfg.cluster, session = self.next_id, ?purpose, "starting watches");
@@ -286,8 +373,10 @@ impl Runtime {
                 let source = if is_resync { "resync" } else { "session" };
                 self.problems.set(source, format!("{e} (retrying)"));
             }
-            Signal::Changed => {
-                if is_active {
+            Signal::Changed { kind } => {
+                // Only what write-back compares against: MCS objects (desired changes come
+                // on their own channel).
+                if is_active && matches!(kind, "ServiceExport" | "ServiceImport") {
                     self.writeback_again = true;
                 }
             }
@@ -326,8 +415,11 @@ impl Runtime {
         }
         if self.status.stale_since.is_none() {
             self.status.stale_since = Some(SystemTime::now());
+            self.stale_at = Some(tokio::time::Instant::now());
         }
         // Re-list with the credentials that serve now; a pending rotation goes on beside it.
+        // A re-list for changed APIs becomes the re-list after the outage.
+        self.resync_for_apis = false;
         if self.resync.is_none() {
             if let Some(client) = self.active.as_ref().map(|s| s.client.clone()) {
                 self.start_session(client, Purpose::Resync);
@@ -360,8 +452,14 @@ impl Runtime {
             }
             Err(e) => {
                 self.probe_failing = true;
-                tracing::warn!(cluster = %self.cfg.cluster, error = %e, "API server unreachable; serving the last good state");
-                self.problems.set("probe", e.to_string());
+                let refused = matches!(&e, KubeError::Api { source: kube::Error::Api(s), .. } if s.code == 401 || s.code == 403);
+                let message = if refused {
+                    format!("{e} (the API server refuses the current credentials)")
+                } else {
+                    e.to_string()
+                };
+                tracing::warn!(cluster = %self.cfg.cluster, error = %message, "API server not usable; serving the last good state");
+                self.problems.set("probe", message);
                 self.mark_stale();
                 self.dirty = true;
             }
@@ -394,14 +492,10 @@ impl Runtime {
 
     fn serve(&mut self, session: Session, purpose: Purpose) {
         tracing::info!(cluster = %self.cfg.cluster, session = session.id, ?purpose, "watches synced; serving them");
-        *self
-            .cfg
-            .client_slot
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(session.client.clone());
         self.status.apis = session.served.clone();
         self.active = Some(session);
         self.status.stale_since = None;
+        self.stale_at = None;
         self.status.withdrawn = false;
         self.status.last_synced = Some(SystemTime::now());
         self.problems.clear_prefix("watch");
@@ -417,18 +511,22 @@ impl Runtime {
         let Some(active) = self.active.as_ref().filter(|a| a.id == session) else {
             return;
         };
-        if active.served.as_ref() == Some(&served) || self.resync.is_some() {
+        let backing_off = self
+            .api_relist_after
+            .is_some_and(|t| tokio::time::Instant::now() < t);
+        if active.served.as_ref() == Some(&served) || self.resync.is_some() || backing_off {
             return;
         }
         tracing::info!(cluster = %self.cfg.cluster, ?served, "the cluster's optional APIs changed; re-listing with them");
         let client = active.client.clone();
         self.start_session(client, Purpose::Resync);
+        self.resync_for_apis = true;
     }
 
     fn check_ttl(&mut self) {
         let ttl = self.cfg.spec.borrow().stale_endpoint_ttl;
-        if let (Some(ttl), Some(stale)) = (ttl, self.status.stale_for()) {
-            if stale >= ttl && !self.status.withdrawn {
+        if let (Some(ttl), Some(stale)) = (ttl, self.stale_at) {
+            if stale.elapsed() >= ttl && !self.status.withdrawn {
                 tracing::warn!(cluster = %self.cfg.cluster, ttl_s = ttl.as_secs(), "stale for longer than staleEndpointTtl; withdrawing its endpoints");
                 self.status.withdrawn = true;
                 self.dirty = true;
@@ -480,10 +578,21 @@ impl Runtime {
         }
         self.dirty = false;
         let objects = self.assemble().map(Arc::new);
-        self.status.state = match (&self.active, self.status.stale_since) {
-            (None, _) => SyncState::Syncing,
-            (Some(_), None) => SyncState::Synced,
-            (Some(_), Some(_)) => SyncState::Stale,
+        // TokenReview goes to this cluster only once it proved to be the cluster mesh.yaml
+        // names (its ClusterProperty, when it has one), and never to one that does not.
+        let verified = objects
+            .as_ref()
+            .and(self.active.as_ref())
+            .map(|a| a.client.clone());
+        *self
+            .cfg
+            .client_slot
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = verified;
+        self.status.state = match (&self.active, &objects, self.status.stale_since) {
+            (None, _, _) | (Some(_), None, _) => SyncState::Syncing,
+            (Some(_), Some(_), None) => SyncState::Synced,
+            (Some(_), Some(_), Some(_)) => SyncState::Stale,
         };
         self.status.errors = self.problems.list();
         let objects_changed = objects.as_deref() != self.published.as_deref();

@@ -17,8 +17,11 @@ use kube::runtime::watcher::{self, Event};
 use kube::runtime::WatchStreamExt;
 use kube::Resource;
 use serde::de::DeserializeOwned;
+use std::future::Future;
+use std::pin::Pin;
 use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
+
+use tokio::task::{JoinHandle, JoinSet};
 
 use crate::apis::{self, ServedApis};
 use crate::store::{Change, KindStore, ObjectKey};
@@ -95,7 +98,10 @@ pub enum Signal {
     /// Discovery failed (retried).
     StartFailed(String),
     /// A store changed, or completed a list.
-    Changed,
+    Changed {
+        /// The kind whose store changed.
+        kind: &'static str,
+    },
     /// A watch failed (kube-rs retries it with backoff). `gone` is a 410: the watch re-lists by
     /// itself and nothing is lost.
     WatchError {
@@ -127,14 +133,15 @@ pub struct Session {
     pub stores: Arc<Mutex<Stores>>,
     /// Optional APIs, once discovered.
     pub served: Option<ServedApis>,
-    tasks: Arc<Mutex<Vec<JoinHandle<()>>>>,
+    /// Discovery, then the watches (owned by it in a `JoinSet`, so aborting it stops them all).
+    task: JoinHandle<()>,
+    /// When it started (a session that never syncs is restarted or given up).
+    pub started: tokio::time::Instant,
 }
 
 impl Drop for Session {
     fn drop(&mut self) {
-        for task in lock(&self.tasks).drain(..) {
-            task.abort();
-        }
+        self.task.abort();
     }
 }
 
@@ -153,7 +160,6 @@ impl Session {
         signals: mpsc::UnboundedSender<Tagged>,
     ) -> Self {
         let stores = Arc::new(Mutex::new(Stores::default()));
-        let tasks = Arc::new(Mutex::new(Vec::new()));
         let ctx = WatchContext {
             session: id,
             cluster,
@@ -161,9 +167,8 @@ impl Session {
             signals,
             initial_list,
         };
-        let child_tasks = Arc::clone(&tasks);
         let c = client.clone();
-        let starter = tokio::spawn(async move {
+        let task = tokio::spawn(async move {
             let served = loop {
                 match apis::discover(&ctx.cluster, &c, Duration::from_secs(10)).await {
                     Ok(served) => break served,
@@ -173,17 +178,23 @@ impl Session {
                     }
                 }
             };
-            let handles = spawn_watches(&ctx, &c, &served);
-            lock(&child_tasks).extend(handles);
+            let mut watches = JoinSet::new();
+            for watch in core_watches(&ctx, &c)
+                .into_iter()
+                .chain(optional_watches(&ctx, &c, &served))
+            {
+                watches.spawn(watch);
+            }
             ctx.send(Signal::Started(served));
+            while watches.join_next().await.is_some() {}
         });
-        lock(&tasks).push(starter);
         Self {
             id,
             client,
             stores,
             served: None,
-            tasks,
+            task,
+            started: tokio::time::Instant::now(),
         }
     }
 
@@ -220,11 +231,11 @@ impl WatchContext {
     }
 }
 
-fn spawn_watches(
-    ctx: &WatchContext,
-    client: &kube::Client,
-    served: &ServedApis,
-) -> Vec<JoinHandle<()>> {
+/// One watch, as a future the session's `JoinSet` runs.
+type Watch = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// Services, EndpointSlices, Pods and Nodes: every cluster serves them.
+fn core_watches(ctx: &WatchContext, client: &kube::Client) -> Vec<Watch> {
     let mut tasks = Vec::new();
     let cfg = ctx.config();
     let cluster = ctx.cluster.clone();
@@ -263,6 +274,14 @@ fn spawn_watches(
         |o| Ok(Some(translate::node(o))),
         |s| &mut s.nodes,
     ));
+    tasks
+}
+
+/// The kinds of optional APIs the cluster serves; those it does not serve are empty and synced.
+fn optional_watches(ctx: &WatchContext, client: &kube::Client, served: &ServedApis) -> Vec<Watch> {
+    let mut tasks = Vec::new();
+    let cfg = ctx.config();
+    let cluster = ctx.cluster.clone();
     let mut stores = lock(&ctx.stores);
     match (served.service_export(), served.service_import()) {
         (Some(export), Some(import)) => {
@@ -330,6 +349,19 @@ fn spawn_watches(
     tasks
 }
 
+/// A 410 Gone / Expired anywhere (in the stream, on the initial list, on opening a watch): the
+/// watcher re-lists by itself and nothing is lost.
+fn is_gone(e: &watcher::Error) -> bool {
+    let api_gone = |e: &kube::Error| matches!(e, kube::Error::Api(s) if s.code == 410);
+    match e {
+        watcher::Error::WatchError(s) => s.code == 410,
+        watcher::Error::InitialListFailed(e)
+        | watcher::Error::WatchStartFailed(e)
+        | watcher::Error::WatchFailed(e) => api_gone(e),
+        _ => false,
+    }
+}
+
 fn policy_error(
     cluster: &ClusterId,
     policy: &crate::crd::AuthorizationPolicy,
@@ -343,7 +375,7 @@ fn policy_error(
             policy.metadata.namespace.as_deref().unwrap_or("default"),
             policy.metadata.name.as_deref().unwrap_or("")
         ),
-        field: e.field.clone().unwrap_or_default(),
+        field: e.field.clone().unwrap_or_else(|| "spec".to_owned()),
         reason: e.reason.clone(),
     }
 }
@@ -364,7 +396,7 @@ fn watch<K, R, T, S>(
     config: watcher::Config,
     translate: T,
     store: S,
-) -> JoinHandle<()>
+) -> Watch
 where
     K: Resource + Clone + DeserializeOwned + Debug + Send + 'static,
     R: PartialEq + Clone + Send + 'static,
@@ -383,7 +415,7 @@ where
                 Ok(Event::Apply(o)) => Change::Apply(key_of(&o), translate(&o)),
                 Ok(Event::Delete(o)) => Change::Delete(key_of(&o)),
                 Err(e) => {
-                    let gone = matches!(&e, watcher::Error::WatchError(s) if s.code == 410);
+                    let gone = is_gone(&e);
                     ctx.send(Signal::WatchError {
                         kind,
                         error: e.to_string(),
@@ -395,9 +427,9 @@ where
             let done = matches!(change, Change::InitDone);
             let changed = store(&mut lock(&ctx.stores)).apply(change);
             if changed || done {
-                ctx.send(Signal::Changed);
+                ctx.send(Signal::Changed { kind });
             }
         }
     };
-    tokio::spawn(tracing::Instrument::instrument(task, span))
+    Box::pin(tracing::Instrument::instrument(task, span))
 }

@@ -213,6 +213,21 @@ async fn a_cluster_whose_about_api_names_another_id_contributes_nothing() {
         h.seen.iter().all(|u| u.objects.is_none()),
         "objects of the wrong cluster published"
     );
+    assert_eq!(
+        u.status.state,
+        causeway_kube::SyncState::Syncing,
+        "not reported as synced"
+    );
+    // Nor does it review tokens: a token its API server accepts must not become an identity
+    // of the cluster mesh.yaml calls east.
+    let token = server.issue_service_account_token("shop", "default", "pod-0", &["causeway-ca"]);
+    assert_eq!(
+        h.registry
+            .token_reviewer()
+            .review(&cid("east"), &token)
+            .await,
+        Err(causeway_kube::ReviewError::NotConnected(cid("east")))
+    );
 
     // Correcting the property lets the cluster in.
     server.apply_json(property("east")).expect("fix property");
@@ -305,6 +320,37 @@ async fn a_cluster_without_optional_apis_syncs() {
             apis.authorization_policies
         ),
         (None, None, false)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_multicluster_group_without_mcs_kinds_is_not_taken_for_mcs() {
+    // The Cluster Inventory API (ClusterProfile) lives in multicluster.x-k8s.io/v1alpha1 too.
+    let server = fake(ServerOptions {
+        mcs_versions: Vec::new(),
+        ..ServerOptions::default()
+    })
+    .await;
+    server.serve(causeway_kube_fake::ResourceSpec::new(
+        "multicluster.x-k8s.io",
+        "v1alpha1",
+        "ClusterProfile",
+        "clusterprofiles",
+    ));
+    load_shop(&server, 2);
+    let mut h = Harness::new(fast());
+    h.add_cluster("east", &server, &server.admin_token());
+    h.reconcile();
+    let objects = h.synced("east").await;
+    assert_eq!(objects.services.len(), 2, "the cluster syncs");
+    let apis = h
+        .seen
+        .last()
+        .and_then(|u| u.status.apis.clone())
+        .expect("apis");
+    assert_eq!(
+        apis.mcs_version, None,
+        "no ServiceExport/ServiceImport served"
     );
 }
 

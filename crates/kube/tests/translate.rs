@@ -134,6 +134,66 @@ fn not_ready_and_terminating_endpoints_are_kept_with_their_reasons() {
 }
 
 #[test]
+fn terminating_but_serving_endpoints_take_traffic_only_when_nothing_is_ready() {
+    let cluster = |with_ready_pod: bool| {
+        let mut c = Cluster::default()
+            .service(cart_service())
+            .node(node_manifest("n-1b", json!({
+                "topology.kubernetes.io/region": "us-east", "topology.kubernetes.io/zone": "us-east-1b"})))
+            .pod(pod_manifest("cart-old", "10.1.0.1", "n-1b", Some("cart-sa"), true))
+            .pod(pod_manifest("cart-gone", "10.1.0.2", "n-1b", Some("cart-sa"), true));
+        let mut eps = vec![
+            // The last replica of a rolling update: shutting down, still answering.
+            slice_endpoint(
+                "10.1.0.1",
+                "cart-old",
+                "n-1b",
+                json!({"ready": false, "serving": true, "terminating": true}),
+            ),
+            // Shutting down and no longer answering.
+            slice_endpoint(
+                "10.1.0.2",
+                "cart-gone",
+                "n-1b",
+                json!({"ready": false, "serving": false, "terminating": true}),
+            ),
+        ];
+        if with_ready_pod {
+            c = c.pod(pod_manifest(
+                "cart-new",
+                "10.1.0.3",
+                "n-1b",
+                Some("cart-sa"),
+                true,
+            ));
+            eps.push(slice_endpoint(
+                "10.1.0.3",
+                "cart-new",
+                "n-1b",
+                json!({"ready": true, "serving": true, "terminating": false}),
+            ));
+        }
+        c.slice(cart_slice("cart-1", serde_json::Value::Array(eps)))
+            .index()
+    };
+    let only_terminating = endpoints(&cluster(false), "shop", "cart", 80);
+    assert!(
+        only_terminating[&ip("10.1.0.1")].is_ready(),
+        "with nothing ready, a serving terminating endpoint takes traffic (as kube-proxy does)"
+    );
+    assert!(
+        !only_terminating[&ip("10.1.0.2")].is_ready(),
+        "one that no longer serves never does"
+    );
+    let with_ready = endpoints(&cluster(true), "shop", "cart", 80);
+    assert!(with_ready[&ip("10.1.0.3")].is_ready());
+    assert!(
+        !with_ready[&ip("10.1.0.1")].is_ready(),
+        "once a ready endpoint exists, terminating ones get no new traffic"
+    );
+}
+
+#[test]
 fn a_service_without_selector_gets_its_endpoints_from_hand_made_slices() {
     let index = Cluster::default()
         .service(json!({

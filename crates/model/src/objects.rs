@@ -137,7 +137,10 @@ pub struct SliceEndpoint {
     pub addresses: Vec<IpAddr>,
     /// `conditions.ready` (absent means ready, as in Kubernetes).
     pub ready: bool,
-    /// `conditions.terminating`: the pod is shutting down; never sent new traffic.
+    /// `conditions.serving` (absent means `ready`): able to answer, even while terminating.
+    pub serving: bool,
+    /// `conditions.terminating`: the pod is shutting down; new traffic goes to it only when no
+    /// endpoint of the port is ready (as kube-proxy does).
     pub terminating: bool,
     /// Zone inside the cluster's region.
     pub zone: Option<String>,
@@ -155,6 +158,7 @@ impl SliceEndpoint {
         Self {
             addresses,
             ready: true,
+            serving: true,
             terminating: false,
             zone: None,
             target_name: None,

@@ -746,6 +746,10 @@ fn parse_endpoint_slice(doc: &Doc<'_>) -> Result<EndpointSlice, LoadError> {
         endpoints.push(SliceEndpoint {
             addresses,
             ready: ep.conditions.ready.unwrap_or(true),
+            serving: ep
+                .conditions
+                .serving
+                .unwrap_or(ep.conditions.ready.unwrap_or(true)),
             terminating: ep.conditions.terminating.unwrap_or(false),
             zone: ep.zone,
             target_name: ep.target_ref.and_then(|t| t.name),

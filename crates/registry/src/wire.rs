@@ -161,6 +161,7 @@ pub struct SliceEndpoint {
 #[serde(rename_all = "camelCase")]
 pub struct Conditions {
     pub ready: Option<bool>,
+    pub serving: Option<bool>,
     pub terminating: Option<bool>,
 }
 

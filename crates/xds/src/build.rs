@@ -117,6 +117,18 @@ fn string_match(pattern: &str) -> matcher::StringMatcher {
     }
 }
 
+/// A URI SAN matched exactly, whatever characters it holds.
+fn uri_san_exact(uri: &str) -> tls::SubjectAltNameMatcher {
+    tls::SubjectAltNameMatcher {
+        san_type: tls::subject_alt_name_matcher::SanType::Uri as i32,
+        matcher: Some(matcher::StringMatcher {
+            match_pattern: Some(matcher::string_matcher::MatchPattern::Exact(uri.to_owned())),
+            ignore_case: false,
+        }),
+        oid: String::new(),
+    }
+}
+
 fn uri_san(pattern: &str) -> tls::SubjectAltNameMatcher {
     tls::SubjectAltNameMatcher {
         san_type: tls::subject_alt_name_matcher::SanType::Uri as i32,
@@ -375,19 +387,24 @@ fn tcp_proxy(stat_prefix: &str, cluster_name: &str) -> Any {
     })
 }
 
-/// Expected SANs of a service port's endpoints: their SPIFFE IDs, or any identity of the trust
-/// domain when some endpoint's identity is unknown.
-fn expected_sans(
-    port: &ViewPort,
-    trust_domain: &str,
-    endpoints_without_identity: bool,
-) -> Vec<tls::SubjectAltNameMatcher> {
-    if endpoints_without_identity || port.identities.is_empty() {
-        return vec![uri_san(&format!("spiffe://{trust_domain}/*"))];
+/// A URI SAN that no certificate of the mesh carries: the CA issues only
+/// `spiffe://<td>/ns/<namespace>/sa/<account>`. Stands for "accept nobody" on a port with no
+/// endpoint (an empty SAN list would accept every certificate the trust bundle validates).
+fn no_peer_san(trust_domain: &str) -> String {
+    format!("spiffe://{trust_domain}/causeway/no-endpoint-with-a-known-identity")
+}
+
+/// Expected SANs of a service port's endpoints: exactly the SPIFFE IDs of the endpoints the view
+/// includes, each an exact match (never a prefix, so an identity is never widened). Views leave
+/// out endpoints without a known identity, so there is nothing to widen for; a port with no
+/// endpoint gets a SAN no certificate carries.
+fn expected_sans(port: &ViewPort, trust_domain: &str) -> Vec<tls::SubjectAltNameMatcher> {
+    if port.identities.is_empty() {
+        return vec![uri_san_exact(&no_peer_san(trust_domain))];
     }
     port.identities
         .iter()
-        .map(|id| uri_san(&id.to_string()))
+        .map(|id| uri_san_exact(&id.to_string()))
         .collect()
 }
 
@@ -437,12 +454,9 @@ pub fn sidecar_service_resources(
     {
         for port in &service.ports {
             let name = outbound_cluster_name(&service.key, port.port.port);
-            let unknown_identity = port.endpoints().chain(port.remote.iter()).any(|e| {
-                e.kind != causeway_discovery::EndpointKind::Gateway && e.identity.is_none()
-            });
             let upstream_tls = tls::UpstreamTlsContext {
                 common_tls_context: Some(common_tls(
-                    expected_sans(port, &trust_domain, unknown_identity),
+                    expected_sans(port, &trust_domain),
                     if is_http(&port.port) {
                         &["istio-peer-exchange", "istio"]
                     } else {
@@ -462,7 +476,6 @@ pub fn sidecar_service_resources(
                 &port.port,
                 &port.sni,
                 &port.identities,
-                unknown_identity,
                 &trust_domain,
                 &ctx.identity.cluster,
             );

@@ -124,11 +124,23 @@ impl Resources {
 
     /// A version for the whole set of one type (state-of-the-world `version_info`).
     pub fn type_version(&self, type_url: TypeUrl) -> String {
-        let mut bytes = Vec::new();
-        for (name, r) in self.of(type_url).into_iter().flatten() {
-            bytes.extend_from_slice(name.as_bytes());
-            bytes.extend_from_slice(r.version.as_bytes());
-        }
-        format!("{:016x}", content_hash(&bytes))
+        set_version(
+            self.of(type_url)
+                .into_iter()
+                .flatten()
+                .map(|(name, r)| (name.as_str(), r.version.as_str())),
+        )
     }
+}
+
+/// A version for a set of resources given as `(name, version)` in name order: what a proxy
+/// holds of one type, as the server reports it (`/debug/proxies`) and sends it as SotW
+/// `version_info`.
+pub fn set_version<'a>(entries: impl IntoIterator<Item = (&'a str, &'a str)>) -> String {
+    let mut bytes = Vec::new();
+    for (name, version) in entries {
+        bytes.extend_from_slice(name.as_bytes());
+        bytes.extend_from_slice(version.as_bytes());
+    }
+    format!("{:016x}", content_hash(&bytes))
 }

@@ -31,6 +31,9 @@ pub struct Nack {
     pub version: String,
     /// Envoy's error message.
     pub message: String,
+    /// The resources the refused response updated (delta: exactly that response's; SotW: those
+    /// the proxy had not acknowledged yet).
+    pub resources: Vec<String>,
     /// When (Unix seconds).
     pub at: u64,
 }
@@ -47,7 +50,8 @@ pub struct TypeStatus {
     pub resources: usize,
     /// Responses sent.
     pub pushes: u64,
-    /// The last NACK, kept until a later version is acknowledged.
+    /// The last NACK, kept until a later version is acknowledged (delta: until every resource
+    /// it refused is acknowledged at a later version or no longer wanted).
     pub last_nack: Option<Nack>,
 }
 
@@ -252,6 +256,18 @@ impl ProxyRegistry {
         });
     }
 
+    /// A delta ACK: `version` is what the proxy now confirms holding; the last NACK stands
+    /// while resources it refused are `outstanding`.
+    pub(crate) fn delta_acked(&self, conn: u64, t: TypeUrl, version: &str, outstanding: bool) {
+        self.update(conn, |s| {
+            let ts = s.types.entry(t.short()).or_default();
+            ts.acked_version = version.to_owned();
+            if !outstanding {
+                ts.last_nack = None;
+            }
+        });
+    }
+
     /// The proxy runs exactly what it should: nothing in flight, no rejection outstanding.
     pub(crate) fn settled(&self, conn: u64, t: TypeUrl, version: &str) {
         self.update(conn, |s| {
@@ -264,7 +280,14 @@ impl ProxyRegistry {
         });
     }
 
-    pub(crate) fn nacked(&self, conn: u64, t: TypeUrl, version: &str, message: &str) {
+    pub(crate) fn nacked(
+        &self,
+        conn: u64,
+        t: TypeUrl,
+        version: &str,
+        message: &str,
+        resources: Vec<String>,
+    ) {
         self.metrics
             .nacks
             .get_or_create(&TypeLabels {
@@ -275,6 +298,7 @@ impl ProxyRegistry {
             s.types.entry(t.short()).or_default().last_nack = Some(Nack {
                 version: version.to_owned(),
                 message: message.to_owned(),
+                resources,
                 at: now_unix(),
             });
         });

@@ -372,7 +372,7 @@ fn port_row(p: &causeway_discovery::ViewPort) -> PortRow {
         priority: None,
         weight: 0,
         via: None,
-        workload: None,
+        workload: h.workload.clone(),
         identity: None,
         reason: h.reason.clone(),
     }));
@@ -484,4 +484,78 @@ async fn poison(
     Ok(Json(
         serde_json::json!({ "cluster": q.cluster, "workload": q.workload, "poisoned": q.on }),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MESH: &str = "apiVersion: causeway.io/v1alpha1\nkind: Mesh\nmetadata: {name: m}\nspec: {trustDomain: td}\n---\napiVersion: causeway.io/v1alpha1\nkind: Cluster\nmetadata: {name: a}\nspec: {network: n, locality: r/z}\n";
+
+    const LEGACY: &str = "apiVersion: v1
+kind: Service
+metadata: {name: legacy, namespace: demo}
+spec:
+  ports:
+  - {name: http, port: 80, targetPort: 8080}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: legacy-1
+  namespace: demo
+  labels: {kubernetes.io/service-name: legacy}
+addressType: IPv4
+ports:
+- {name: http, port: 8080}
+endpoints:
+- addresses: [10.0.0.7]
+  targetRef: {kind: Pod, name: legacy-pod}
+";
+
+    /// An endpoint without a known identity shows in `/debug/view` as hidden, with its pod and
+    /// the reason, and `causeway proxy-config endpoints` prints that reason.
+    #[test]
+    fn endpoint_without_identity_is_shown_hidden_with_the_reason() {
+        let scratch = crate::check::tests::Scratch::new("debug-view-identity");
+        let mesh = scratch.0.join("mesh");
+        std::fs::create_dir_all(mesh.join("clusters/a")).expect("mkdir");
+        std::fs::write(mesh.join("mesh.yaml"), MESH).expect("write");
+        std::fs::write(mesh.join("clusters/a/legacy.yaml"), LEGACY).expect("write");
+        let dir = causeway_registry::MeshDirectory::open(&mesh);
+        assert!(dir.errors().is_empty(), "{:?}", dir.errors());
+        let index = crate::check::index_of(&dir).expect("index");
+        let ctx = ProxyContext::resolve(
+            &index,
+            ProxyIdentity {
+                cluster: ClusterId::new("a").expect("id"),
+                namespace: "demo".into(),
+                workload: "client".into(),
+                role: ProxyRole::Sidecar,
+            },
+        )
+        .expect("context");
+        let service = view::view_service(&index, &ctx, &ServiceKey::new("demo", "legacy"))
+            .expect("legacy visible");
+        let row = serde_json::to_value(port_row(&service.ports[0])).expect("json");
+        let endpoints = row["endpoints"].as_array().cloned().unwrap_or_default();
+        assert_eq!(endpoints.len(), 1, "{row}");
+        let e = &endpoints[0];
+        assert_eq!(e["kind"], "hidden");
+        assert_eq!(e["address"], "10.0.0.7");
+        assert_eq!(e["workload"], "legacy-pod");
+        assert_eq!(e["identity"], serde_json::Value::Null);
+        assert_eq!(e["reason"], causeway_discovery::NO_IDENTITY_REASON);
+
+        let view = serde_json::json!({
+            "proxy": serde_json::to_value(&ctx).expect("json"),
+            "services": [{"service": "demo/legacy", "ports": [row]}],
+        });
+        let text = crate::proxy_config::render_endpoints(&view);
+        assert!(
+            text.contains(causeway_discovery::NO_IDENTITY_REASON),
+            "{text}"
+        );
+        assert!(text.contains("hidden"), "{text}");
+    }
 }

@@ -95,10 +95,30 @@ fn authenticator(mesh_dir: &Path, index: &causeway_discovery::MeshIndex) -> Toke
 }
 
 /// Projected ServiceAccount tokens of one Kubernetes member, checked with TokenReview against
-/// that member's API server only.
+/// that member's API server only, and bound to a pod that runs in that cluster with that
+/// service account (so a token the API server accepts for other reasons grants nothing).
 struct KubernetesTokens {
     cluster: ClusterId,
     reviewer: TokenReviewer,
+    state: StateHandle,
+}
+
+impl KubernetesTokens {
+    /// Whether the cluster's current state has pod `pod` of `namespace` running as
+    /// `service_account`.
+    fn pod_runs_as(&self, namespace: &str, pod: &str, service_account: &str) -> bool {
+        let snapshot = self.state.borrow().clone();
+        snapshot
+            .index
+            .as_ref()
+            .and_then(|i| i.cluster(&self.cluster).cloned())
+            .and_then(|c| {
+                c.workloads
+                    .get(&(namespace.to_owned(), pod.to_owned()))
+                    .map(|w| w.service_account == service_account)
+            })
+            .unwrap_or(false)
+    }
 }
 
 impl Authenticator for KubernetesTokens {
@@ -108,23 +128,39 @@ impl Authenticator for KubernetesTokens {
         _claimed_cluster: Option<&'a ClusterId>,
     ) -> AuthFuture<'a> {
         Box::pin(async move {
-            match self.reviewer.review(&self.cluster, token).await {
-                Ok(reviewed) => Ok(Grant {
-                    cluster: reviewed.cluster,
-                    namespace: reviewed.namespace,
-                    service_account: reviewed.service_account,
-                    workload: reviewed
-                        .pod
-                        .unwrap_or_else(|| "(pod not named by the token)".into()),
-                }),
+            let refuse = |reason: String| {
+                tracing::warn!(cluster = %self.cluster, %reason, "ServiceAccount token refused");
+                AuthError::Unknown
+            };
+            let reviewed = match self.reviewer.review(&self.cluster, token).await {
+                Ok(reviewed) => reviewed,
                 Err(e @ (ReviewError::Unavailable { .. } | ReviewError::NotConnected(_))) => {
-                    Err(AuthError::Unavailable(e.to_string()))
+                    tracing::warn!(cluster = %self.cluster, error = %e, "cannot review a ServiceAccount token");
+                    return Err(AuthError::Unavailable(format!(
+                        "cluster {}: its API server cannot review tokens now",
+                        self.cluster
+                    )));
                 }
-                Err(e) => {
-                    tracing::warn!(cluster = %self.cluster, reason = %e, "ServiceAccount token refused by TokenReview");
-                    Err(AuthError::Unknown)
-                }
+                Err(e) => return Err(refuse(format!("by TokenReview: {e}"))),
+            };
+            let Some(pod) = reviewed.pod.clone() else {
+                return Err(refuse(format!(
+                    "not bound to a pod (system:serviceaccount:{}:{}); use a projected token",
+                    reviewed.namespace, reviewed.service_account
+                )));
+            };
+            if !self.pod_runs_as(&reviewed.namespace, &pod, &reviewed.service_account) {
+                return Err(refuse(format!(
+                    "pod {}/{pod} with service account {} is not running in cluster {}",
+                    reviewed.namespace, reviewed.service_account, self.cluster
+                )));
             }
+            Ok(Grant {
+                cluster: reviewed.cluster,
+                namespace: reviewed.namespace,
+                service_account: reviewed.service_account,
+                workload: pod,
+            })
         })
     }
 }
@@ -134,6 +170,7 @@ fn routed(
     mesh_dir: &Path,
     index: &causeway_discovery::MeshIndex,
     reviewer: &TokenReviewer,
+    state: &StateHandle,
 ) -> RoutedAuthenticator {
     let mut router = RoutedAuthenticator::new(Arc::new(authenticator(mesh_dir, index)));
     for spec in &index.mesh().clusters {
@@ -143,6 +180,7 @@ fn routed(
                 Arc::new(KubernetesTokens {
                     cluster: spec.id.clone(),
                     reviewer: reviewer.clone(),
+                    state: state.clone(),
                 }),
             );
         }
@@ -163,7 +201,7 @@ pub fn start(
     let trust_domain = index.mesh().mesh.trust_domain.clone();
     let clusters: Vec<ClusterId> = index.mesh().clusters.iter().map(|c| c.id.clone()).collect();
     let cas = load_cas(ca_dir, &trust_domain, &clusters)?;
-    let auth = routed(mesh_dir, &index, &reviewer);
+    let auth = routed(mesh_dir, &index, &reviewer, &snapshots);
     tracing::info!(clusters = cas.len(), kubernetes = auth.clusters().count(), dir = %ca_dir.display(), "mesh CA ready");
     let service = Arc::new(CaService::new(&trust_domain, cas, Arc::new(auth), ttl));
     let svc = Arc::clone(&service);
@@ -186,7 +224,7 @@ pub fn start(
                 }
                 known = now;
             }
-            svc.set_authenticator(Arc::new(routed(&mesh_dir, &index, &reviewer)));
+            svc.set_authenticator(Arc::new(routed(&mesh_dir, &index, &reviewer, &snapshots)));
         }
     });
     Ok(MeshCa { service })

@@ -155,6 +155,49 @@ impl MeshBuilder {
         self
     }
 
+    /// An EndpointSlice `slice` of Service `service` (port `p<port>` on `port + 8000`, as
+    /// [`Self::service`]'s target ports): per endpoint (address, pod name, Pod service account);
+    /// `annotation` is the slice's `causeway.io/service-account`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn slice(
+        mut self,
+        cluster: &str,
+        ns: &str,
+        service: &str,
+        slice: &str,
+        port: u16,
+        annotation: Option<&str>,
+        endpoints: &[(&str, &str, Option<&str>)],
+    ) -> Self {
+        let es = EndpointSlice {
+            namespace: ns.into(),
+            name: slice.into(),
+            service_name: service.into(),
+            ports: vec![SlicePort {
+                name: Some(format!("p{port}")),
+                port: port + 8000,
+            }],
+            endpoints: endpoints
+                .iter()
+                .map(|(address, pod, sa)| SliceEndpoint {
+                    target_name: Some((*pod).to_owned()),
+                    service_account: sa.map(str::to_owned),
+                    ..SliceEndpoint::ready(vec![address.parse().expect("ip")])
+                })
+                .collect(),
+            service_account: annotation.map(str::to_owned),
+            source: ObjectSource {
+                file: format!("clusters/{cluster}/{slice}.yaml").into(),
+                document: 0,
+                line: 3,
+            },
+        };
+        self.objs(cluster)
+            .endpoint_slices
+            .insert((ns.into(), slice.into()), es);
+        self
+    }
+
     pub fn export(
         mut self,
         cluster: &str,

@@ -164,6 +164,9 @@ pub fn endpoint_slice(
             addresses,
             // Kubernetes: an unknown `ready` is to be read as ready.
             ready: conditions.and_then(|c| c.ready).unwrap_or(true),
+            serving: conditions
+                .and_then(|c| c.serving.or(c.ready))
+                .unwrap_or(true),
             terminating: conditions.and_then(|c| c.terminating).unwrap_or(false),
             zone: ep.zone.clone(),
             target_name: pod,

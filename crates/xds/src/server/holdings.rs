@@ -1,0 +1,267 @@
+//! What a delta proxy holds of one resource type, with every response still in flight.
+//!
+//! Delta xDS answers each response on its own: Envoy ACKs or NACKs every nonce, in order, and
+//! the server may send the next response before the previous one is answered. So the server
+//! keeps each unanswered response with the changes it carried: an ACK moves exactly those
+//! changes into what the proxy has confirmed, a NACK takes them back out of what the next
+//! response is diffed against (so the refused resources are sent again with the next push, once
+//! fixed) and records them as rejected until a later version of each is acknowledged.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use super::sotw::version_of;
+
+/// A response the proxy has not answered yet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Pending {
+    /// Its nonce.
+    pub(super) nonce: String,
+    /// The `system_version_info` it carried (what a NACK of it refused).
+    pub(super) version: String,
+    /// Name → version sent; `None` for a removal.
+    pub(super) changes: BTreeMap<String, Option<String>>,
+}
+
+/// Responses kept per type while unanswered. Envoy answers every response, so this is only
+/// reached by a client that stops answering; the oldest are then forgotten (their changes stay
+/// in `known`, never confirmed).
+const MAX_IN_FLIGHT: usize = 64;
+
+/// One type's resources as a delta proxy holds them.
+#[derive(Debug, Default)]
+pub(super) struct Holdings {
+    /// What the proxy holds once every response in flight is accepted: what the next response
+    /// is diffed against.
+    pub(super) known: BTreeMap<String, String>,
+    /// What the proxy has confirmed holding (its initial versions, then ACKs).
+    pub(super) acked: BTreeMap<String, String>,
+    /// Unanswered responses, oldest first.
+    in_flight: VecDeque<Pending>,
+    /// Resources of NACKed responses at the version refused, until a later version of each is
+    /// acknowledged or it is no longer wanted.
+    pub(super) rejected: BTreeMap<String, String>,
+}
+
+impl Holdings {
+    /// What a reconnecting proxy says it already has.
+    pub(super) fn initial(versions: BTreeMap<String, String>) -> Self {
+        Self {
+            known: versions.clone(),
+            acked: versions,
+            ..Self::default()
+        }
+    }
+
+    /// Whether the proxy runs exactly what it was sent: nothing in flight, nothing refused.
+    pub(super) fn settled(&self) -> bool {
+        self.in_flight.is_empty() && self.rejected.is_empty()
+    }
+
+    /// A response goes out with `changes`: returns its `system_version_info`, the version of
+    /// what the proxy holds once it is accepted.
+    pub(super) fn sent(
+        &mut self,
+        nonce: String,
+        changes: BTreeMap<String, Option<String>>,
+    ) -> String {
+        for (name, v) in &changes {
+            match v {
+                Some(v) => self.known.insert(name.clone(), v.clone()),
+                None => self.known.remove(name),
+            };
+        }
+        let version = version_of(&self.known);
+        self.in_flight.push_back(Pending {
+            nonce,
+            version: version.clone(),
+            changes,
+        });
+        while self.in_flight.len() > MAX_IN_FLIGHT {
+            if let Some(dropped) = self.in_flight.pop_front() {
+                tracing::debug!(nonce = %dropped.nonce, "unanswered delta response forgotten");
+            }
+        }
+        version
+    }
+
+    fn take(&mut self, nonce: &str) -> Option<(usize, Pending)> {
+        let at = self.in_flight.iter().position(|p| p.nonce == nonce)?;
+        self.in_flight.remove(at).map(|p| (at, p))
+    }
+
+    /// The proxy accepted `nonce`: exactly its changes are confirmed. `None` when no response
+    /// with that nonce is in flight.
+    pub(super) fn ack(&mut self, nonce: &str) -> Option<Pending> {
+        let (at, p) = self.take(nonce)?;
+        for (name, v) in &p.changes {
+            match v {
+                Some(v) => self.acked.insert(name.clone(), v.clone()),
+                None => self.acked.remove(name),
+            };
+            self.rejected.remove(name);
+            // What the proxy holds of `name` is now this response's; an answer to an older one
+            // must not overwrite it.
+            for older in self.in_flight.iter_mut().take(at) {
+                older.changes.remove(name);
+            }
+        }
+        Some(p)
+    }
+
+    /// The proxy refused `nonce`: its changes are taken back (the proxy keeps what it had) and
+    /// its updates are recorded as rejected. `None` when no response with that nonce is in
+    /// flight.
+    pub(super) fn nack(&mut self, nonce: &str) -> Option<Pending> {
+        let (at, p) = self.take(nonce)?;
+        for (name, v) in &p.changes {
+            if let Some(v) = v {
+                self.rejected.insert(name.clone(), v.clone());
+            }
+            if self
+                .in_flight
+                .iter()
+                .skip(at)
+                .any(|q| q.changes.contains_key(name))
+            {
+                continue; // a newer response in flight decides what the proxy will hold
+            }
+            let older = self
+                .in_flight
+                .iter()
+                .take(at)
+                .rev()
+                .find_map(|q| q.changes.get(name))
+                .cloned();
+            match older.unwrap_or_else(|| self.acked.get(name).cloned()) {
+                Some(v) => self.known.insert(name.clone(), v),
+                None => self.known.remove(name),
+            };
+        }
+        Some(p)
+    }
+
+    /// The proxy unsubscribed from `name`: it drops it.
+    pub(super) fn forget(&mut self, name: &str) {
+        self.known.remove(name);
+        self.acked.remove(name);
+        self.rejected.remove(name);
+        for p in &mut self.in_flight {
+            p.changes.remove(name);
+        }
+    }
+
+    /// Drops rejections that no longer matter: the resource is not wanted any more (`wanted`
+    /// gives its desired version, `None` when not wanted), or what the proxy holds already is
+    /// what it should (nothing will be sent to fix it).
+    pub(super) fn prune_rejected(&mut self, wanted: impl Fn(&str) -> Option<String>) {
+        let known = &self.known;
+        self.rejected.retain(|name, refused| match wanted(name) {
+            None => false,
+            Some(v) => v == *refused || known.get(name) != Some(&v),
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn changes(items: &[(&str, Option<&str>)]) -> BTreeMap<String, Option<String>> {
+        items
+            .iter()
+            .map(|(n, v)| ((*n).to_owned(), v.map(str::to_owned)))
+            .collect()
+    }
+
+    fn map(items: &[(&str, &str)]) -> BTreeMap<String, String> {
+        items
+            .iter()
+            .map(|(n, v)| ((*n).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    fn two_in_flight() -> Holdings {
+        let mut h = Holdings::initial(map(&[("a", "a0"), ("b", "b0")]));
+        h.sent("n1".into(), changes(&[("a", Some("a1"))]));
+        h.sent("n2".into(), changes(&[("b", Some("b1"))]));
+        h
+    }
+
+    #[test]
+    fn nack_of_an_earlier_response_takes_back_only_its_changes() {
+        let mut h = two_in_flight();
+        let refused = h.nack("n1").map(|p| p.version);
+        assert_eq!(refused, Some(version_of(&map(&[("a", "a1"), ("b", "b0")]))));
+        assert!(h.ack("n2").is_some());
+        assert_eq!(h.known, map(&[("a", "a0"), ("b", "b1")]));
+        assert_eq!(h.acked, map(&[("a", "a0"), ("b", "b1")]));
+        assert_eq!(h.rejected, map(&[("a", "a1")]));
+        assert!(!h.settled());
+        // a1 is still wanted and still refused: the rejection stands.
+        h.prune_rejected(|n| (n == "a").then(|| "a1".to_owned()));
+        assert_eq!(h.rejected.len(), 1);
+        // Fixed: a2 goes out and is accepted.
+        h.prune_rejected(|n| (n == "a").then(|| "a2".to_owned()));
+        h.sent("n3".into(), changes(&[("a", Some("a2"))]));
+        assert!(h.ack("n3").is_some());
+        assert!(h.settled());
+        assert_eq!(h.acked, map(&[("a", "a2"), ("b", "b1")]));
+    }
+
+    #[test]
+    fn ack_of_an_earlier_response_confirms_exactly_its_changes() {
+        let mut h = two_in_flight();
+        assert!(h.ack("n1").is_some());
+        assert_eq!(h.acked, map(&[("a", "a1"), ("b", "b0")]));
+        assert!(h.nack("n2").is_some());
+        assert_eq!(h.known, map(&[("a", "a1"), ("b", "b0")]));
+        assert_eq!(h.rejected, map(&[("b", "b1")]));
+        assert!(h.ack("n2").is_none(), "answered once");
+        assert!(h.ack("unknown").is_none());
+    }
+
+    #[test]
+    fn the_newest_answer_for_a_name_wins() {
+        let mut h = Holdings::initial(map(&[("a", "a0")]));
+        h.sent("n1".into(), changes(&[("a", Some("a1"))]));
+        h.sent("n2".into(), changes(&[("a", Some("a2"))]));
+        // Refusing the older one leaves the newer one in charge of what is expected.
+        assert!(h.nack("n1").is_some());
+        assert_eq!(h.known, map(&[("a", "a2")]));
+        // Refusing the newer one falls back to the older one still in flight.
+        let mut h2 = Holdings::initial(map(&[("a", "a0")]));
+        h2.sent("n1".into(), changes(&[("a", Some("a1"))]));
+        h2.sent("n2".into(), changes(&[("a", None)]));
+        assert!(h2.nack("n2").is_some());
+        assert_eq!(h2.known, map(&[("a", "a1")]));
+        // An ACK of the newer one is not overwritten by a late ACK of the older one.
+        assert!(h.ack("n2").is_some());
+        let mut h3 = Holdings::initial(map(&[("a", "a0")]));
+        h3.sent("n1".into(), changes(&[("a", Some("a1"))]));
+        h3.sent("n2".into(), changes(&[("a", Some("a2"))]));
+        assert!(h3.ack("n2").is_some());
+        assert!(h3.ack("n1").is_some());
+        assert_eq!(h3.acked, map(&[("a", "a2")]));
+    }
+
+    #[test]
+    fn unsubscribing_and_unwanted_rejections_are_forgotten() {
+        let mut h = two_in_flight();
+        assert!(h.nack("n1").is_some());
+        h.forget("b");
+        assert!(h.ack("n2").is_some());
+        assert!(!h.acked.contains_key("b"));
+        h.prune_rejected(|_| None);
+        assert!(h.settled());
+    }
+
+    #[test]
+    fn in_flight_is_bounded() {
+        let mut h = Holdings::default();
+        for i in 0..(MAX_IN_FLIGHT + 10) {
+            h.sent(format!("n{i}"), changes(&[("a", Some("x"))]));
+        }
+        assert_eq!(h.in_flight.len(), MAX_IN_FLIGHT);
+        assert!(h.ack("n0").is_none(), "the oldest was forgotten");
+    }
+}
