@@ -21,6 +21,9 @@ pub struct KubeconfigFile {
     pub context: Option<String>,
     /// The file's contents: credentials, never logged.
     pub contents: String,
+    /// The files it names (CA, client certificate and key, token file) with their contents
+    /// (`None`: unreadable), so their rotation counts as a change too.
+    pub referenced: Vec<(PathBuf, Option<Vec<u8>>)>,
 }
 
 impl std::fmt::Debug for KubeconfigFile {
@@ -29,6 +32,10 @@ impl std::fmt::Debug for KubeconfigFile {
             .field("path", &self.path)
             .field("context", &self.context)
             .field("contents", &"[elided]")
+            .field(
+                "referenced",
+                &self.referenced.iter().map(|(p, _)| p).collect::<Vec<_>>(),
+            )
             .finish()
     }
 }
@@ -46,12 +53,44 @@ impl KubeconfigFile {
                 path: path.to_path_buf(),
                 source,
             })?;
+        let referenced = referenced_files(path, &contents)
+            .into_iter()
+            .map(|p| {
+                let bytes = std::fs::read(&p).ok();
+                (p, bytes)
+            })
+            .collect();
         Ok(Self {
             path: path.to_path_buf(),
             context,
             contents,
+            referenced,
         })
     }
+}
+
+/// The files a kubeconfig names, resolved against its own directory (as kubectl does).
+fn referenced_files(path: &Path, contents: &str) -> Vec<PathBuf> {
+    let Ok(parsed) = Kubeconfig::from_yaml(contents) else {
+        return Vec::new();
+    };
+    let base = path.parent().unwrap_or_else(|| Path::new("."));
+    let mut files: Vec<String> = Vec::new();
+    for c in parsed.clusters.iter().filter_map(|c| c.cluster.as_ref()) {
+        files.extend(c.certificate_authority.clone());
+    }
+    for u in parsed
+        .auth_infos
+        .iter()
+        .filter_map(|a| a.auth_info.as_ref())
+    {
+        files.extend(u.client_certificate.clone());
+        files.extend(u.client_key.clone());
+        files.extend(u.token_file.clone());
+    }
+    files.sort();
+    files.dedup();
+    files.into_iter().map(|f| base.join(f)).collect()
 }
 
 /// Checks, without contacting it, that a kubeconfig names an API server for its context

@@ -153,10 +153,67 @@ pub async fn review(
 pub(crate) type ClientSlot = Arc<RwLock<Option<kube::Client>>>;
 
 /// Reviews tokens against the cluster they claim, with that cluster's current client.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct TokenReviewer {
     clients: Arc<RwLock<BTreeMap<ClusterId, ClientSlot>>>,
     limit: Option<Duration>,
+    /// Reviews in flight, so unauthenticated callers cannot turn the CA into a flood of
+    /// TokenReviews against members' API servers.
+    in_flight: Arc<tokio::sync::Semaphore>,
+}
+
+impl Default for TokenReviewer {
+    fn default() -> Self {
+        Self {
+            clients: Arc::default(),
+            limit: None,
+            in_flight: Arc::new(tokio::sync::Semaphore::new(MAX_REVIEWS_IN_FLIGHT)),
+        }
+    }
+}
+
+/// TokenReviews in flight at once, over all members.
+const MAX_REVIEWS_IN_FLIGHT: usize = 32;
+
+/// What can be checked without asking anyone: the token is a JWT whose claims name the CA's
+/// audience and have not expired. Anything else is refused here and never sent to an API
+/// server (a mesh-directory token sent with a Kubernetes member's name, garbage, a token for
+/// another audience). The signature is the API server's to check.
+fn screen(cluster: &ClusterId, token: &str) -> Result<(), ReviewError> {
+    use base64::Engine as _;
+    let refuse = |reason: &str| ReviewError::NotAuthenticated {
+        cluster: cluster.clone(),
+        reason: Some(format!(
+            "{reason} (checked locally; not sent to the API server)"
+        )),
+    };
+    let mut parts = token.split('.');
+    let (Some(_), Some(claims), Some(_), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(refuse("not a JSON Web Token"));
+    };
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(claims.trim_end_matches('='))
+        .map_err(|_| refuse("not a JSON Web Token"))?;
+    let claims: serde_json::Value =
+        serde_json::from_slice(&bytes).map_err(|_| refuse("not a JSON Web Token"))?;
+    let audience_ok = match &claims["aud"] {
+        serde_json::Value::String(a) => a == CA_AUDIENCE,
+        serde_json::Value::Array(list) => list.iter().any(|a| a == CA_AUDIENCE),
+        _ => false,
+    };
+    if !audience_ok {
+        return Err(ReviewError::WrongAudience(cluster.clone()));
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    match claims["exp"].as_u64() {
+        Some(exp) if exp + 60 >= now => Ok(()),
+        Some(_) => Err(refuse("expired")),
+        None => Err(refuse("has no expiry")),
+    }
 }
 
 impl std::fmt::Debug for TokenReviewer {
@@ -198,6 +255,7 @@ impl TokenReviewer {
         cluster: &ClusterId,
         token: &str,
     ) -> Result<ReviewedToken, ReviewError> {
+        screen(cluster, token)?;
         let slot = self
             .clients
             .read()
@@ -210,6 +268,15 @@ impl TokenReviewer {
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
             .ok_or_else(|| ReviewError::NotConnected(cluster.clone()))?;
+        let _permit = self
+            .in_flight
+            .try_acquire()
+            .map_err(|_| ReviewError::Unavailable {
+                cluster: cluster.clone(),
+                reason: format!(
+                    "{MAX_REVIEWS_IN_FLIGHT} token reviews already in flight; try again"
+                ),
+            })?;
         review(
             cluster,
             &client,
@@ -217,5 +284,69 @@ impl TokenReviewer {
             self.limit.unwrap_or(Duration::from_secs(5)),
         )
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use base64::Engine as _;
+
+    use super::*;
+
+    fn jwt(claims: serde_json::Value) -> String {
+        let b64 = |v: &serde_json::Value| {
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string())
+        };
+        format!(
+            "{}.{}.c2ln",
+            b64(&serde_json::json!({"alg": "RS256"})),
+            b64(&claims)
+        )
+    }
+
+    fn now() -> u64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs())
+    }
+
+    #[test]
+    fn only_unexpired_jwts_for_the_ca_audience_are_sent_for_review() {
+        let c = ClusterId::new("east").expect("id");
+        let good = jwt(serde_json::json!({"aud": ["causeway-ca"], "exp": now() + 600}));
+        assert_eq!(screen(&c, &good), Ok(()));
+        let single = jwt(serde_json::json!({"aud": "causeway-ca", "exp": now() + 600}));
+        assert_eq!(screen(&c, &single), Ok(()));
+        for (token, why) in [
+            (
+                "vm-echo-token-3b7f".to_owned(),
+                "a mesh-directory file token",
+            ),
+            ("a.b.c".to_owned(), "garbage in JWT shape"),
+            (
+                jwt(serde_json::json!({"aud": ["causeway-ca"], "exp": now() - 3600})),
+                "expired",
+            ),
+            (
+                jwt(serde_json::json!({"aud": ["causeway-ca"]})),
+                "no expiry",
+            ),
+        ] {
+            let refused = screen(&c, &token);
+            assert!(
+                matches!(&refused, Err(ReviewError::NotAuthenticated { reason: Some(r), .. }) if r.contains("not sent to the API server")),
+                "{why}: {refused:?}"
+            );
+            assert!(
+                !format!("{refused:?}").contains(&token),
+                "{why}: the token is never echoed"
+            );
+        }
+        let other =
+            jwt(serde_json::json!({"aud": ["https://kubernetes.default.svc"], "exp": now() + 600}));
+        assert_eq!(
+            screen(&c, &other),
+            Err(ReviewError::WrongAudience(c.clone()))
+        );
     }
 }
