@@ -85,12 +85,16 @@ struct Runtime {
     /// stale, and a rotation started during an outage does not cancel the re-list.
     resync: Option<Session>,
     kubeconfig: Option<KubeconfigFile>,
-    latest_client: Option<kube::Client>,
+    /// A kubeconfig that failed to make a client is tried again at this time.
+    kubeconfig_retry_at: Option<tokio::time::Instant>,
     status: ClusterSyncStatus,
     problems: Problems,
     published: Option<Arc<ClusterObjects>>,
     sent_status: Option<ClusterSyncStatus>,
+    /// The objects must be assembled again.
     dirty: bool,
+    /// Only the status may have changed.
+    status_dirty: bool,
     probe_failing: bool,
     /// Probes and re-discoveries report here, tagged with the session they asked with.
     checks: mpsc::UnboundedSender<Check>,
@@ -103,6 +107,7 @@ struct Runtime {
     stale_at: Option<tokio::time::Instant>,
     writeback_again: bool,
     retry_writeback_at: Option<tokio::time::Instant>,
+    writeback_backoff: writeback::Backoff,
 }
 
 /// Runs one cluster until the task is aborted.
@@ -118,12 +123,13 @@ pub(crate) async fn run(cfg: RuntimeConfig) {
         pending: None,
         resync: None,
         kubeconfig: None,
-        latest_client: None,
+        kubeconfig_retry_at: None,
         status: ClusterSyncStatus::syncing(),
         problems: Problems::default(),
         published: None,
         sent_status: None,
         dirty: true,
+        status_dirty: true,
         probe_failing: false,
         checks: checks_tx,
         probing: false,
@@ -132,12 +138,14 @@ pub(crate) async fn run(cfg: RuntimeConfig) {
         stale_at: None,
         writeback_again: false,
         retry_writeback_at: None,
+        writeback_backoff: writeback::Backoff::default(),
     };
     let mut tick = tokio::time::interval(rt.cfg.options.poll_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut desired = rt.cfg.desired.clone();
     let mut spec = rt.cfg.spec.clone();
-    let mut writeback: Option<tokio::task::JoinHandle<WriteBackOutcome>> = None;
+    // Aborted when dropped: with this task (the member left the mesh) or below.
+    let mut writeback: Option<writeback::Running> = None;
     let mut rediscover = tokio::time::interval(rt.cfg.options.rediscover_interval);
     rediscover.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -160,6 +168,15 @@ pub(crate) async fn run(cfg: RuntimeConfig) {
             }
         }
         rt.publish();
+        // A pass of a session that no longer serves writes from a superseded view: stop it,
+        // and pass again with the serving session.
+        if writeback
+            .as_ref()
+            .is_some_and(|w| rt.active.as_ref().map(|s| s.id) != Some(w.session))
+        {
+            writeback = None;
+            rt.writeback_again = true;
+        }
         if writeback.is_none() {
             writeback = rt.maybe_write_back();
         }
@@ -181,11 +198,9 @@ const RESYNC_DEADLINE: Duration = Duration::from_secs(60);
 const API_RELIST_BACKOFF: Duration = Duration::from_secs(600);
 
 /// Waits for a running write-back, or forever when none runs.
-async fn finished(
-    task: &mut Option<tokio::task::JoinHandle<WriteBackOutcome>>,
-) -> WriteBackOutcome {
+async fn finished(task: &mut Option<writeback::Running>) -> WriteBackOutcome {
     match task.as_mut() {
-        Some(handle) => handle.await.unwrap_or_default(),
+        Some(running) => running.finished().await,
         None => std::future::pending().await,
     }
 }
@@ -282,7 +297,7 @@ impl Runtime {
             tracing::warn!(cluster = %self.cfg.cluster, "re-list after an outage has not completed; starting it again");
             self.start_session(client, Purpose::Resync);
         }
-        self.dirty = true;
+        self.status_dirty = true;
     }
 
     fn start_session(&mut self, client: kube::Client, purpose: Purpose) {
@@ -312,23 +327,26 @@ impl Runtime {
                     "kubeconfig read",
                     format!("{e}; keeping the current credentials"),
                 );
-                self.dirty = true;
+                self.status_dirty = true;
                 return;
             }
         };
         // Readable again (a secret volume between two versions, a restored file).
         if self.problems.clear("kubeconfig read") {
-            self.dirty = true;
+            self.status_dirty = true;
         }
-        if self.kubeconfig.as_ref() == Some(&file) {
+        let retry_due = self
+            .kubeconfig_retry_at
+            .is_some_and(|t| tokio::time::Instant::now() >= t);
+        if self.kubeconfig.as_ref() == Some(&file) && !retry_due {
             return;
         }
         self.kubeconfig = Some(file.clone());
+        self.kubeconfig_retry_at = None;
         let first = self.active.is_none();
         match self.cfg.factory.client(&self.cfg.cluster, &file).await {
             Ok(client) => {
                 self.problems.clear("kubeconfig");
-                self.latest_client = Some(client.clone());
                 let purpose = if first {
                     Purpose::Initial
                 } else {
@@ -340,6 +358,9 @@ impl Runtime {
                 self.start_session(client, purpose);
             }
             Err(e) => {
+                // Tried again when it (or a file it names) changes, and every 30 s anyway.
+                self.kubeconfig_retry_at =
+                    Some(tokio::time::Instant::now() + Duration::from_secs(30));
                 tracing::error!(cluster = %self.cfg.cluster, error = %e, "kubeconfig not usable; keeping the current credentials");
                 self.problems.set(
                     "kubeconfig",
@@ -347,7 +368,7 @@ impl Runtime {
                 );
             }
         }
-        self.dirty = true;
+        self.status_dirty = true;
     }
 
     fn on_signal(&mut self, tagged: Tagged) {
@@ -360,7 +381,7 @@ impl Runtime {
         if !is_pending && !is_resync && !is_active {
             return;
         }
-        self.dirty = true;
+        self.status_dirty = true;
         match tagged.signal {
             Signal::Started(served) => {
                 if let Some((s, _)) = self.pending.as_mut().filter(|_| is_pending) {
@@ -374,6 +395,9 @@ impl Runtime {
                 self.problems.set(source, format!("{e} (retrying)"));
             }
             Signal::Changed { kind } => {
+                if is_active {
+                    self.dirty = true;
+                }
                 // Only what write-back compares against: MCS objects (desired changes come
                 // on their own channel).
                 if is_active && matches!(kind, "ServiceExport" | "ServiceImport") {
@@ -431,10 +455,10 @@ impl Runtime {
         match result {
             Ok(()) => {
                 if self.problems.clear("probe") {
-                    self.dirty = true;
+                    self.status_dirty = true;
                 }
                 if self.probe_failing {
-                    self.dirty = true;
+                    self.status_dirty = true;
                     self.probe_failing = false;
                     // Requests of a session started while the server hung may never return.
                     if let Some((s, purpose)) = &self.pending {
@@ -461,7 +485,7 @@ impl Runtime {
                 tracing::warn!(cluster = %self.cfg.cluster, error = %message, "API server not usable; serving the last good state");
                 self.problems.set("probe", message);
                 self.mark_stale();
-                self.dirty = true;
+                self.status_dirty = true;
             }
         }
     }
@@ -573,11 +597,16 @@ impl Runtime {
     }
 
     fn publish(&mut self) {
-        if !self.dirty {
+        if !self.dirty && !self.status_dirty {
             return;
         }
+        let objects = if self.dirty {
+            self.assemble().map(Arc::new)
+        } else {
+            self.published.clone()
+        };
         self.dirty = false;
-        let objects = self.assemble().map(Arc::new);
+        self.status_dirty = false;
         // TokenReview goes to this cluster only once it proved to be the cluster mesh.yaml
         // names (its ClusterProperty, when it has one), and never to one that does not.
         let verified = objects
@@ -613,7 +642,7 @@ impl Runtime {
         let _ = self.cfg.updates.send(update);
     }
 
-    fn maybe_write_back(&mut self) -> Option<tokio::task::JoinHandle<WriteBackOutcome>> {
+    fn maybe_write_back(&mut self) -> Option<writeback::Running> {
         if !self.writeback_again || self.cfg.options.read_only || self.published.is_none() {
             return None;
         }
@@ -628,23 +657,50 @@ impl Runtime {
             exports: stores.exports.items().clone(),
         };
         drop(stores);
-        let client = active.client.clone();
-        let cluster = self.cfg.cluster.clone();
-        Some(tokio::spawn(async move {
-            writeback::write_back(&cluster, &client, &exports, &imports, &desired, &current).await
+        let target = writeback::Target {
+            cluster: self.cfg.cluster.clone(),
+            client: active.client.clone(),
+            export_resource: exports,
+            import_resource: imports,
+            timeout: writeback::REQUEST_TIMEOUT,
+        };
+        Some(writeback::Running::spawn(active.id, async move {
+            writeback::write_back(&target, &desired, &current).await
         }))
     }
 
     fn on_writeback(&mut self, outcome: WriteBackOutcome) {
+        let (applied, deleted, exports) = (
+            outcome.imports_applied,
+            outcome.imports_deleted,
+            outcome.exports_updated,
+        );
         if outcome.errors.is_empty() {
-            self.problems.clear("writeBack");
+            self.writeback_backoff.succeeded();
+            self.retry_writeback_at = None;
+            if self.problems.clear("writeBack") {
+                self.dirty = true;
+            }
         } else {
-            self.problems.set("writeBack", outcome.errors.join("; "));
-            self.retry_writeback_at = Some(tokio::time::Instant::now() + Duration::from_secs(5));
+            let delay = self.writeback_backoff.failed();
+            let mut message = outcome.errors.join("; ");
+            if outcome.skipped > 0 {
+                message.push_str(&format!(
+                    "; {} more writes not tried after the timeout",
+                    outcome.skipped
+                ));
+            }
+            // One warning per pass, however many objects failed.
+            tracing::warn!(cluster = %self.cfg.cluster, errors = outcome.errors.len(), skipped = outcome.skipped, retry_in_s = delay.as_secs(), "MCS write-back failed: {message}; retrying in {} s", delay.as_secs());
+            self.problems.set(
+                "writeBack",
+                format!("{message}; retrying in {} s", delay.as_secs()),
+            );
+            self.retry_writeback_at = Some(tokio::time::Instant::now() + delay);
             self.dirty = true;
         }
-        if outcome != WriteBackOutcome::default() {
-            tracing::info!(cluster = %self.cfg.cluster, applied = outcome.imports_applied, deleted = outcome.imports_deleted, exports = outcome.exports_updated, errors = outcome.errors.len(), "MCS write-back");
+        if applied + deleted + exports > 0 {
+            tracing::info!(cluster = %self.cfg.cluster, applied, deleted, exports, "MCS write-back");
         }
     }
 }

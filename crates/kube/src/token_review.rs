@@ -255,7 +255,6 @@ impl TokenReviewer {
         cluster: &ClusterId,
         token: &str,
     ) -> Result<ReviewedToken, ReviewError> {
-        screen(cluster, token)?;
         let slot = self
             .clients
             .read()
@@ -263,6 +262,7 @@ impl TokenReviewer {
             .get(cluster)
             .cloned()
             .ok_or_else(|| ReviewError::UnknownCluster(cluster.clone()))?;
+        screen(cluster, token)?;
         let client = slot
             .read()
             .unwrap_or_else(PoisonError::into_inner)
