@@ -69,6 +69,16 @@ impl KubeconfigFile {
     }
 }
 
+/// A kubeconfig parse error without the file's content: YAML errors may quote the offending
+/// value, which can be a token or a key.
+fn parse_error(e: &dyn std::fmt::Display) -> String {
+    let text = e.to_string();
+    match text.find(" at line ") {
+        Some(i) => format!("not valid kubeconfig YAML ({})", &text[i + 1..]),
+        None => "not valid kubeconfig YAML".to_owned(),
+    }
+}
+
 /// The files a kubeconfig names, resolved against its own directory (as kubectl does).
 fn referenced_files(path: &Path, contents: &str) -> Vec<PathBuf> {
     let Ok(parsed) = Kubeconfig::from_yaml(contents) else {
@@ -101,7 +111,8 @@ pub fn validate(cluster: &ClusterId, kubeconfig: &KubeconfigFile) -> Result<(), 
         path: kubeconfig.path.clone(),
         reason,
     };
-    let parsed = Kubeconfig::from_yaml(&kubeconfig.contents).map_err(|e| invalid(e.to_string()))?;
+    let parsed =
+        Kubeconfig::from_yaml(&kubeconfig.contents).map_err(|e| invalid(parse_error(&e)))?;
     let context_name = kubeconfig
         .context
         .clone()
@@ -171,7 +182,8 @@ pub async fn client_config(
         path: kubeconfig.path.clone(),
         reason,
     };
-    let parsed = Kubeconfig::from_yaml(&kubeconfig.contents).map_err(|e| invalid(e.to_string()))?;
+    let parsed =
+        Kubeconfig::from_yaml(&kubeconfig.contents).map_err(|e| invalid(parse_error(&e)))?;
     let options = KubeConfigOptions {
         context: kubeconfig.context.clone(),
         ..KubeConfigOptions::default()
@@ -201,5 +213,31 @@ impl ClientFactory for KubeconfigClientFactory {
                 reason: e.to_string(),
             })
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parse_errors_never_quote_the_file() {
+        let secret = "s3cr3t-token-value";
+        let file = KubeconfigFile {
+            path: "/k".into(),
+            context: None,
+            contents: format!(
+                "apiVersion: v1\nkind: Config\nusers:\n- name: u\n  user: {secret}\n"
+            ),
+            referenced: Vec::new(),
+        };
+        let cluster = ClusterId::new("east").expect("id");
+        let e = validate(&cluster, &file).expect_err("not a kubeconfig");
+        let text = e.to_string();
+        assert!(!text.contains(secret), "{text}");
+        assert!(
+            text.contains("cluster east") && text.contains("/k"),
+            "{text}"
+        );
     }
 }

@@ -1,14 +1,18 @@
 //! MCS write-back: the ServiceImports a member cluster should have, and the conditions on its
-//! ServiceExports, applied with server-side apply (field manager `causeway`). Only what differs
-//! from what the cluster holds is written, so a steady mesh writes nothing.
+//! ServiceExports, applied with server-side apply (field manager `causeway`, never forced: a
+//! field another manager owns is reported, not taken over). Only what differs from what the
+//! cluster holds is written, so a steady mesh writes nothing, and only the fields Causeway sets
+//! are compared, so other controllers' conditions or entries do not cause writes.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
 use std::time::Duration;
 
 use causeway_model::{ClusterId, ServiceKey, ServicePort};
-use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams};
+use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, Preconditions};
 use kube::discovery::ApiResource;
 use serde_json::{json, Value};
+use tokio::task::JoinHandle;
 
 use crate::error::bounded;
 use crate::session::{MANAGED_BY, MANAGED_BY_LABEL};
@@ -52,6 +56,117 @@ pub struct McsDesired {
     pub imports: Vec<DesiredImport>,
     /// Conditions per exported service of this cluster.
     pub export_conditions: BTreeMap<ServiceKey, Vec<DesiredCondition>>,
+    /// Every cluster of the mesh. A ServiceImport's `status.clusters` entry naming another
+    /// cluster was written by another controller and does not count as a difference.
+    pub mesh_clusters: BTreeSet<ClusterId>,
+}
+
+/// The condition types Causeway sets on ServiceExports; others belong to other controllers.
+pub const CONDITION_TYPES: [&str; 2] = ["Valid", "Conflict"];
+
+/// How long one write-back request may take by default.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Where a pass writes: one member cluster's API server.
+#[derive(Clone)]
+pub struct Target {
+    /// The cluster (named in every error).
+    pub cluster: ClusterId,
+    /// Its client.
+    pub client: kube::Client,
+    /// The ServiceExport resource the cluster serves.
+    pub export_resource: ApiResource,
+    /// The ServiceImport resource the cluster serves.
+    pub import_resource: ApiResource,
+    /// How long one request may take; the first that does not answer in time ends the pass
+    /// (a hung API server costs one timeout, not one per object).
+    pub timeout: Duration,
+}
+
+/// A write refused for a reason the operator must resolve.
+#[derive(Debug, thiserror::Error)]
+pub enum WriteBackError {
+    /// Server-side apply without force found fields owned by another field manager.
+    #[error("cluster {cluster}: {kind} {key} is managed by {manager}, which owns fields Causeway would set ({message}); Causeway does not take over another controller's fields: remove that controller's {kind} or let Causeway own it")]
+    Conflict {
+        /// The cluster.
+        cluster: ClusterId,
+        /// `ServiceImport` or `ServiceExport`.
+        kind: &'static str,
+        /// The object.
+        key: ServiceKey,
+        /// `field manager "name"` when the Status names it, else `another field manager`.
+        manager: String,
+        /// The API server's message.
+        message: String,
+    },
+}
+
+/// Delays between retries of a failing write-back: 5 s, doubling up to 5 min; a pass without
+/// errors resets it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Backoff {
+    next: Duration,
+}
+
+impl Backoff {
+    const FIRST: Duration = Duration::from_secs(5);
+    const MAX: Duration = Duration::from_secs(300);
+
+    /// A pass failed: how long to wait before the retry.
+    pub(crate) fn failed(&mut self) -> Duration {
+        let delay = self.next;
+        self.next = (self.next * 2).min(Self::MAX);
+        delay
+    }
+
+    /// A pass succeeded.
+    pub(crate) fn succeeded(&mut self) {
+        self.next = Self::FIRST;
+    }
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Self { next: Self::FIRST }
+    }
+}
+
+/// A running write-back pass of one session, aborted when dropped: when the cluster's runtime
+/// stops (the member left the mesh) or another session takes over.
+pub(crate) struct Running {
+    /// The session whose client and stores the pass uses.
+    pub(crate) session: u64,
+    handle: JoinHandle<WriteBackOutcome>,
+}
+
+impl Running {
+    pub(crate) fn spawn(
+        session: u64,
+        pass: impl Future<Output = WriteBackOutcome> + Send + 'static,
+    ) -> Self {
+        Self {
+            session,
+            handle: tokio::spawn(pass),
+        }
+    }
+
+    /// Waits for the pass to end (not to be called again once it has returned).
+    pub(crate) async fn finished(&mut self) -> WriteBackOutcome {
+        match (&mut self.handle).await {
+            Ok(outcome) => outcome,
+            Err(e) => WriteBackOutcome {
+                errors: vec![format!("the MCS write-back task failed: {e}")],
+                ..WriteBackOutcome::default()
+            },
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.handle.abort();
+    }
 }
 
 /// What one write-back pass did.
@@ -63,7 +178,9 @@ pub struct WriteBackOutcome {
     pub imports_deleted: usize,
     /// ServiceExport statuses updated.
     pub exports_updated: usize,
-    /// Writes that failed (each also logged).
+    /// Writes not attempted because an earlier request of the pass timed out.
+    pub skipped: usize,
+    /// Writes that failed, each naming the cluster and object.
     pub errors: Vec<String>,
 }
 
@@ -98,7 +215,8 @@ fn import_status(import: &DesiredImport) -> Value {
 }
 
 /// Whether every field of `want` is in `have` with the same value (the API server may add
-/// defaults and metadata of its own).
+/// defaults and metadata of its own). Arrays compare element by element with equal lengths:
+/// `spec.ports` is atomic, a port added or removed is a change.
 fn contains(have: &Value, want: &Value) -> bool {
     match (have, want) {
         (Value::Object(h), Value::Object(w)) => w
@@ -109,6 +227,24 @@ fn contains(have: &Value, want: &Value) -> bool {
         }
         _ => have == want,
     }
+}
+
+/// Whether a ServiceImport's `status.clusters` says what Causeway wants: every wanted cluster
+/// is listed, and no cluster of the mesh is listed that is not wanted. Entries naming clusters
+/// outside the mesh are another controller's and ignored; order does not matter.
+fn clusters_match(status: &Value, import: &DesiredImport, mesh: &BTreeSet<ClusterId>) -> bool {
+    let present: BTreeSet<&str> = status
+        .get("clusters")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.get("cluster").and_then(Value::as_str))
+        .collect();
+    let wanted: BTreeSet<&str> = import.clusters.iter().map(ClusterId::as_str).collect();
+    wanted.is_subset(&present)
+        && present
+            .iter()
+            .all(|c| wanted.contains(c) || !mesh.iter().any(|m| m.as_str() == *c))
 }
 
 fn condition_values(existing: &[Value], desired: &[DesiredCondition], now: &str) -> Vec<Value> {
@@ -143,20 +279,62 @@ fn rfc3339_now() -> String {
         .to_string()
 }
 
+/// Whether the conditions Causeway sets are as desired: for each of its types (and any other
+/// desired one), present with the same status, reason and message, or absent from both.
+/// Conditions of other types belong to other controllers and are ignored.
 fn conditions_match(existing: &[Value], desired: &[DesiredCondition]) -> bool {
-    existing.len() == desired.len()
-        && desired.iter().all(|c| {
-            existing.iter().any(|e| {
-                e.get("type").and_then(Value::as_str) == Some(c.kind.as_str())
-                    && e.get("status").and_then(Value::as_str)
-                        == Some(if c.status { "True" } else { "False" })
-                    && e.get("reason").and_then(Value::as_str) == Some(c.reason.as_str())
-                    && e.get("message").and_then(Value::as_str) == Some(c.message.as_str())
-            })
+    let kinds: BTreeSet<&str> = CONDITION_TYPES
+        .into_iter()
+        .chain(desired.iter().map(|c| c.kind.as_str()))
+        .collect();
+    kinds.into_iter().all(|kind| {
+        let have = existing
+            .iter()
+            .find(|e| e.get("type").and_then(Value::as_str) == Some(kind));
+        match (have, desired.iter().find(|c| c.kind == kind)) {
+            (None, None) => true,
+            (Some(e), Some(c)) => {
+                let field = |name: &str| e.get(name).and_then(Value::as_str);
+                field("status") == Some(if c.status { "True" } else { "False" })
+                    && field("reason") == Some(c.reason.as_str())
+                    && field("message") == Some(c.message.as_str())
+            }
+            _ => false,
+        }
+    })
+}
+
+/// Whether Causeway may delete this ServiceImport: it carries the managed-by label and
+/// Causeway is one of its field managers (a label alone can be copied by anyone).
+fn ours(obj: &DynamicObject) -> bool {
+    let labelled = obj
+        .metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(MANAGED_BY_LABEL))
+        .is_some_and(|v| v == MANAGED_BY);
+    let managed = obj
+        .metadata
+        .managed_fields
+        .iter()
+        .flatten()
+        .any(|m| m.manager.as_deref() == Some(FIELD_MANAGER));
+    labelled && managed
+}
+
+/// The field manager a server-side apply conflict names (`conflict with "name" ...`).
+fn conflicting_manager(status: &kube::core::Status) -> Option<String> {
+    let causes = status.details.iter().flat_map(|d| d.causes.iter());
+    causes
+        .map(|c| c.message.as_str())
+        .chain(std::iter::once(status.message.as_str()))
+        .find_map(|m| {
+            let rest = m.split_once("conflict with \"")?.1;
+            Some(rest.split_once('"')?.0.to_owned())
         })
 }
 
-/// What a cluster holds now, as the session's stores saw it.
+/// What the cluster holds now, as the session's stores saw it.
 pub struct Current {
     /// Owned ServiceImports.
     pub imports: BTreeMap<ObjectKey, ImportRecord>,
@@ -164,133 +342,216 @@ pub struct Current {
     pub exports: BTreeMap<ObjectKey, ExportRecord>,
 }
 
-/// Writes what differs between `desired` and `current` into the cluster.
-pub async fn write_back(
-    cluster: &ClusterId,
-    client: &kube::Client,
-    export_resource: &ApiResource,
-    import_resource: &ApiResource,
-    desired: &McsDesired,
-    current: &Current,
-) -> WriteBackOutcome {
-    let limit = Duration::from_secs(10);
-    let mut outcome = WriteBackOutcome::default();
-    let params = PatchParams::apply(FIELD_MANAGER).force();
-    let now = rfc3339_now();
-    let report = |outcome: &mut WriteBackOutcome, e: KubeError| {
-        tracing::warn!(cluster = %cluster, error = %e, "MCS write-back failed; retried on the next change");
-        outcome.errors.push(e.to_string());
-    };
-    for import in &desired.imports {
-        let key = (import.key.namespace.clone(), import.key.name.clone());
+/// One pass's requests: stops at the first timeout, collects errors.
+struct Pass<'a> {
+    target: &'a Target,
+    outcome: WriteBackOutcome,
+    /// An earlier request timed out: the rest of the pass is skipped.
+    halted: bool,
+}
+
+impl Pass<'_> {
+    fn api(&self, namespace: &str, resource: &ApiResource) -> Api<DynamicObject> {
+        Api::namespaced_with(self.target.client.clone(), namespace, resource)
+    }
+
+    /// Runs one request within the time limit; `None` when skipped after a timeout.
+    async fn send<T>(
+        &mut self,
+        what: &str,
+        request: impl Future<Output = Result<T, kube::Error>>,
+    ) -> Option<Result<T, KubeError>> {
+        if self.halted {
+            self.outcome.skipped += 1;
+            return None;
+        }
+        let result = bounded(&self.target.cluster, what, self.target.timeout, request).await;
+        if matches!(result, Err(KubeError::Timeout { .. })) {
+            self.halted = true;
+        }
+        Some(result)
+    }
+
+    /// Records a failed write of `kind` `key`, naming the other field manager on a conflict.
+    fn failed(&mut self, e: KubeError, kind: &'static str, key: &ServiceKey) {
+        let message = match &e {
+            KubeError::Api {
+                source: kube::Error::Api(status),
+                ..
+            } if status.is_conflict() => WriteBackError::Conflict {
+                cluster: self.target.cluster.clone(),
+                kind,
+                key: key.clone(),
+                manager: conflicting_manager(status).map_or_else(
+                    || "another field manager".to_owned(),
+                    |m| format!("field manager {m:?}"),
+                ),
+                message: status.message.clone(),
+            }
+            .to_string(),
+            _ => e.to_string(),
+        };
+        self.outcome.errors.push(message);
+    }
+
+    /// Applies `body` to `kind` `key` (its status subresource when `status`); whether it was
+    /// written.
+    async fn apply(
+        &mut self,
+        kind: &'static str,
+        key: &ServiceKey,
+        body: Value,
+        status: bool,
+    ) -> bool {
+        let resource = if kind == "ServiceImport" {
+            &self.target.import_resource
+        } else {
+            &self.target.export_resource
+        };
+        let api = self.api(&key.namespace, resource);
+        let params = PatchParams::apply(FIELD_MANAGER);
+        let patch = Patch::Apply(&body);
+        let result = if status {
+            let what = format!("applying the status of {kind} {key}");
+            self.send(&what, api.patch_status(&key.name, &params, &patch))
+                .await
+        } else {
+            let what = format!("applying {kind} {key}");
+            self.send(&what, api.patch(&key.name, &params, &patch))
+                .await
+        };
+        match result {
+            Some(Ok(_)) => true,
+            Some(Err(e)) => {
+                self.failed(e, kind, key);
+                false
+            }
+            None => false,
+        }
+    }
+
+    /// Applies what differs of one desired ServiceImport: its spec, then its status.
+    async fn import(
+        &mut self,
+        import: &DesiredImport,
+        have: Option<&ImportRecord>,
+        mesh: &BTreeSet<ClusterId>,
+    ) {
+        let api_version = &self.target.import_resource.api_version;
+        let (name, namespace) = (&import.key.name, &import.key.namespace);
         let spec = import_spec(import);
-        let status = import_status(import);
-        let have = current.imports.get(&key);
-        let api: Api<DynamicObject> =
-            Api::namespaced_with(client.clone(), &import.key.namespace, import_resource);
-        let what = format!("applying ServiceImport {}", import.key);
         if have.is_none_or(|h| !contains(&h.spec, &spec)) {
             let body = json!({
-                "apiVersion": import_resource.api_version,
+                "apiVersion": api_version,
                 "kind": "ServiceImport",
                 "metadata": {
-                    "name": import.key.name,
-                    "namespace": import.key.namespace,
+                    "name": name,
+                    "namespace": namespace,
                     "labels": {MANAGED_BY_LABEL: MANAGED_BY},
                 },
                 "spec": spec,
             });
-            match bounded(
-                cluster,
-                &what,
-                limit,
-                api.patch(&import.key.name, &params, &Patch::Apply(&body)),
-            )
-            .await
-            {
-                Ok(_) => outcome.imports_applied += 1,
-                Err(e) => {
-                    report(&mut outcome, e);
-                    continue;
-                }
+            if !self.apply("ServiceImport", &import.key, body, false).await {
+                return;
             }
+            self.outcome.imports_applied += 1;
         }
-        if have.is_none_or(|h| !contains(&h.status, &status)) {
+        if have.is_none_or(|h| !clusters_match(&h.status, import, mesh)) {
             let body = json!({
-                "apiVersion": import_resource.api_version,
+                "apiVersion": api_version,
                 "kind": "ServiceImport",
-                "metadata": {"name": import.key.name, "namespace": import.key.namespace},
-                "status": status,
+                "metadata": {"name": name, "namespace": namespace},
+                "status": import_status(import),
             });
-            let what = format!("applying the status of ServiceImport {}", import.key);
-            if let Err(e) = bounded(
-                cluster,
-                &what,
-                limit,
-                api.patch_status(&import.key.name, &params, &Patch::Apply(&body)),
-            )
-            .await
-            {
-                report(&mut outcome, e);
-            }
+            self.apply("ServiceImport", &import.key, body, true).await;
         }
     }
-    for (namespace, name) in current.imports.keys() {
-        let wanted = desired
-            .imports
-            .iter()
-            .any(|i| &i.key.namespace == namespace && &i.key.name == name);
-        if wanted {
-            continue;
+
+    /// Deletes a ServiceImport no longer desired, if it is Causeway's: read first (label and
+    /// field manager), then deleted with its uid as precondition, so an object replaced in
+    /// between is left alone.
+    async fn delete(&mut self, key: &ServiceKey) {
+        let api = self.api(&key.namespace, &self.target.import_resource);
+        let what = format!("reading ServiceImport {key} before deleting it");
+        let obj = match self.send(&what, api.get_opt(&key.name)).await {
+            Some(Ok(Some(obj))) => obj,
+            Some(Ok(None)) | None => return,
+            Some(Err(e)) => return self.failed(e, "ServiceImport", key),
+        };
+        if !ours(&obj) {
+            tracing::info!(cluster = %self.target.cluster, import = %key, "not deleting ServiceImport {key}: it carries Causeway's label but Causeway is not among its field managers");
+            return;
         }
-        let api: Api<DynamicObject> =
-            Api::namespaced_with(client.clone(), namespace, import_resource);
-        let what = format!("deleting ServiceImport {namespace}/{name} (its export went away)");
-        match bounded(
-            cluster,
-            &what,
-            limit,
-            api.delete(name, &DeleteParams::default()),
-        )
-        .await
-        {
-            Ok(_) => outcome.imports_deleted += 1,
-            Err(KubeError::Api {
+        let params = DeleteParams {
+            preconditions: Some(Preconditions {
+                uid: obj.metadata.uid.clone(),
+                resource_version: None,
+            }),
+            ..DeleteParams::default()
+        };
+        let what = format!("deleting ServiceImport {key} (no cluster exports it here any more)");
+        match self.send(&what, api.delete(&key.name, &params)).await {
+            Some(Ok(_)) => self.outcome.imports_deleted += 1,
+            // Gone already, or replaced since it was read: the watch brings the new state.
+            Some(Err(KubeError::Api {
                 source: kube::Error::Api(s),
                 ..
-            }) if s.code == 404 => {}
-            Err(e) => report(&mut outcome, e),
+            })) if s.is_not_found() || s.is_conflict() => {}
+            Some(Err(e)) => self.failed(e, "ServiceImport", key),
+            None => {}
         }
     }
-    for ((namespace, name), record) in &current.exports {
-        let Some(wanted) = desired.export_conditions.get(&record.export.key) else {
-            continue;
-        };
+
+    /// Sets the conditions Causeway owns on one ServiceExport, if they differ.
+    async fn export(&mut self, record: &ExportRecord, wanted: &[DesiredCondition], now: &str) {
         if conditions_match(&record.conditions, wanted) {
-            continue;
+            return;
         }
-        let api: Api<DynamicObject> =
-            Api::namespaced_with(client.clone(), namespace, export_resource);
+        let key = &record.export.key;
         let body = json!({
-            "apiVersion": export_resource.api_version,
+            "apiVersion": self.target.export_resource.api_version,
             "kind": "ServiceExport",
-            "metadata": {"name": name, "namespace": namespace},
-            "status": {"conditions": condition_values(&record.conditions, wanted, &now)},
+            "metadata": {"name": key.name, "namespace": key.namespace},
+            "status": {"conditions": condition_values(&record.conditions, wanted, now)},
         });
-        let what = format!("applying the status of ServiceExport {namespace}/{name}");
-        match bounded(
-            cluster,
-            &what,
-            limit,
-            api.patch_status(name, &params, &Patch::Apply(&body)),
-        )
-        .await
-        {
-            Ok(_) => outcome.exports_updated += 1,
-            Err(e) => report(&mut outcome, e),
+        if self.apply("ServiceExport", key, body, true).await {
+            self.outcome.exports_updated += 1;
         }
     }
-    outcome
+}
+
+/// Writes what differs between `desired` and `current` into the cluster. Errors are collected
+/// in the outcome (the caller logs once per pass); the first request that times out ends the
+/// pass.
+pub async fn write_back(
+    target: &Target,
+    desired: &McsDesired,
+    current: &Current,
+) -> WriteBackOutcome {
+    let mut pass = Pass {
+        target,
+        outcome: WriteBackOutcome::default(),
+        halted: false,
+    };
+    for import in &desired.imports {
+        let key = (import.key.namespace.clone(), import.key.name.clone());
+        pass.import(import, current.imports.get(&key), &desired.mesh_clusters)
+            .await;
+    }
+    let wanted: BTreeSet<&ServiceKey> = desired.imports.iter().map(|i| &i.key).collect();
+    for (namespace, name) in current.imports.keys() {
+        let key = ServiceKey::new(namespace.as_str(), name.as_str());
+        if !wanted.contains(&key) {
+            pass.delete(&key).await;
+        }
+    }
+    let now = rfc3339_now();
+    for record in current.exports.values() {
+        if let Some(wanted) = desired.export_conditions.get(&record.export.key) {
+            pass.export(record, wanted, &now).await;
+        }
+    }
+    pass.outcome
 }
 
 #[cfg(test)]
@@ -345,5 +606,122 @@ mod tests {
                 cond("Conflict", true, "PortConflict")
             ]
         ));
+    }
+
+    #[test]
+    fn foreign_conditions_are_not_a_difference() {
+        let ours = vec![
+            json!({"type": "Valid", "status": "True", "reason": "Exported", "message": "m"}),
+            json!({"type": "Conflict", "status": "False", "reason": "NoConflict", "message": "m"}),
+        ];
+        let desired = [
+            cond("Valid", true, "Exported"),
+            cond("Conflict", false, "NoConflict"),
+        ];
+        assert!(conditions_match(&ours, &desired));
+        let mut with_foreign = ours.clone();
+        with_foreign
+            .push(json!({"type": "Ready", "status": "True", "reason": "Other", "message": "x"}));
+        assert!(
+            conditions_match(&with_foreign, &desired),
+            "another controller's Ready condition"
+        );
+        assert!(
+            !conditions_match(&with_foreign, &desired[..1]),
+            "Causeway's own Conflict condition no longer desired must be removed"
+        );
+    }
+
+    fn import_of(clusters: &[&str]) -> DesiredImport {
+        DesiredImport {
+            key: ServiceKey::new("demo", "echo"),
+            headless: false,
+            ports: Vec::new(),
+            clusters: clusters
+                .iter()
+                .map(|c| ClusterId::new(*c).expect("id"))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn import_clusters_compare_as_the_set_causeway_wants() {
+        let mesh: BTreeSet<ClusterId> = ["east", "west"]
+            .iter()
+            .map(|c| ClusterId::new(*c).expect("id"))
+            .collect();
+        let status = |names: &[&str]| {
+            let entries: Vec<Value> = names.iter().map(|n| json!({"cluster": n})).collect();
+            json!({"clusters": entries})
+        };
+        let want = import_of(&["east", "west"]);
+        assert!(
+            clusters_match(&status(&["west", "east"]), &want, &mesh),
+            "order"
+        );
+        assert!(
+            clusters_match(&status(&["east", "other-mcs", "west"]), &want, &mesh),
+            "an entry of a cluster outside the mesh is another controller's"
+        );
+        assert!(
+            !clusters_match(&status(&["east"]), &want, &mesh),
+            "west missing"
+        );
+        assert!(
+            !clusters_match(&status(&["east", "west"]), &import_of(&["east"]), &mesh),
+            "west no longer exports: its entry must go"
+        );
+        assert!(!clusters_match(&Value::Null, &want, &mesh), "no status yet");
+    }
+
+    #[test]
+    fn retries_back_off_from_5_s_to_5_min_and_reset_on_success() {
+        let mut backoff = Backoff::default();
+        let delays: Vec<u64> = (0..9).map(|_| backoff.failed().as_secs()).collect();
+        assert_eq!(delays, [5, 10, 20, 40, 80, 160, 300, 300, 300]);
+        backoff.succeeded();
+        assert_eq!(backoff.failed(), Duration::from_secs(5));
+    }
+
+    #[tokio::test]
+    async fn a_dropped_pass_is_aborted() {
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let running = Running::spawn(1, async move {
+            // Holds the sender until aborted.
+            let _tx = tx;
+            std::future::pending::<()>().await;
+            WriteBackOutcome::default()
+        });
+        drop(running);
+        assert!(
+            rx.await.is_err(),
+            "the task was aborted, dropping the sender"
+        );
+    }
+
+    #[test]
+    fn a_conflict_names_the_other_manager() {
+        let status = kube::core::Status::failure(
+            "Apply failed with 1 conflict: conflict with \"other-mcs\" using multicluster.x-k8s.io/v1alpha1: .spec.ports",
+            "Conflict",
+        )
+        .with_code(409);
+        assert_eq!(conflicting_manager(&status).as_deref(), Some("other-mcs"));
+        let e = WriteBackError::Conflict {
+            cluster: ClusterId::new("east").expect("id"),
+            kind: "ServiceImport",
+            key: ServiceKey::new("demo", "echo"),
+            manager: "field manager \"other-mcs\"".into(),
+            message: status.message.clone(),
+        };
+        let text = e.to_string();
+        assert!(
+            text.starts_with(
+                "cluster east: ServiceImport demo/echo is managed by field manager \"other-mcs\""
+            ),
+            "{text}"
+        );
+        let bare = kube::core::Status::failure("conflict", "Conflict").with_code(409);
+        assert_eq!(conflicting_manager(&bare), None);
     }
 }

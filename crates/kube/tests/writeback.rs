@@ -59,6 +59,7 @@ fn desired(valid_message: &str, with_cart: bool) -> McsDesired {
                 condition("Conflict", false, "NoConflict", "no conflict"),
             ],
         )]),
+        mesh_clusters: [cid("east"), cid("west")].into(),
     }
 }
 
@@ -309,4 +310,190 @@ async fn read_only_clusters_are_never_written() {
     }
     assert!(import(&server, &api, "svc-0").is_none());
     assert!(conditions(&server, &api).is_empty());
+}
+
+/// Writes Causeway did not make, done while no control plane runs: another controller's
+/// `Ready` condition on the ServiceExport and its entry in the ServiceImport's clusters.
+fn add_foreign_entries(server: &FakeApiServer, api: &str) {
+    let mut conds = conditions(server, api);
+    conds.push(
+        json!({"type": "Ready", "status": "True", "reason": "OtherController",
+        "message": "ready", "lastTransitionTime": "2026-01-01T00:00:00Z"}),
+    );
+    server
+        .merge_patch_json(
+            api,
+            "ServiceExport",
+            Some("shop"),
+            "svc-0",
+            json!({"status": {"conditions": conds}}),
+        )
+        .expect("foreign condition");
+    server
+        .merge_patch_json(
+            api,
+            "ServiceImport",
+            Some("shop"),
+            "svc-0",
+            json!({"status": {"clusters": [{"cluster": "east"}, {"cluster": "west"}, {"cluster": "other-mcs"}]}}),
+        )
+        .expect("foreign clusters entry");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn other_controllers_entries_cause_no_writes() {
+    let (server, api) = mcs_fake(McsVersion::V1beta1).await;
+    let mut h = Harness::new(fast());
+    h.add_cluster("east", &server, &server.admin_token());
+    h.reconcile();
+    h.registry
+        .set_desired(&cid("east"), desired("exported", true));
+    h.synced("east").await;
+    eventually("imports and export conditions written", || {
+        let s = server.clone();
+        let api = api.clone();
+        async move {
+            import(&s, &api, "svc-0").is_some_and(|i| i.pointer("/status/clusters").is_some())
+                && conditions(&s, &api).len() == 2
+        }
+    })
+    .await;
+    drop(h);
+    add_foreign_entries(&server, &api);
+    server.reset_requests();
+
+    // A new control plane lists them; then one more import is desired, so a pass that is
+    // known to run after the first one (which saw the foreign entries) writes it.
+    let mut h = Harness::new(fast());
+    h.add_cluster("east", &server, &server.admin_token());
+    h.reconcile();
+    h.registry
+        .set_desired(&cid("east"), desired("exported", true));
+    h.synced("east").await;
+    let mut more = desired("exported", true);
+    let mut extra = more.imports[0].clone();
+    extra.key = ServiceKey::new("shop", "extra");
+    more.imports.push(extra);
+    h.registry.set_desired(&cid("east"), more);
+    eventually("the extra import written", || {
+        let s = server.clone();
+        let api = api.clone();
+        async move { import(&s, &api, "extra").is_some_and(|i| i.pointer("/status").is_some()) }
+    })
+    .await;
+    assert_eq!(
+        writes(&server, "serviceexports/status"),
+        0,
+        "a foreign condition is no difference: {:?}",
+        server.requests()
+    );
+    assert_eq!(
+        (
+            writes(&server, "serviceimports"),
+            writes(&server, "serviceimports/status")
+        ),
+        (1, 1),
+        "only the extra import is written, not svc-0 for its foreign entry: {:?}",
+        server.requests()
+    );
+    let conds = conditions(&server, &api);
+    assert_eq!(find(&conds, "Ready")["reason"], "OtherController");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn labelled_imports_of_other_managers_are_never_deleted() {
+    let (server, api) = mcs_fake(McsVersion::V1beta1).await;
+    let labels = json!({"app.kubernetes.io/managed-by": "causeway"});
+    let spec = json!({"type": "ClusterSetIP", "ports": [{"port": 2, "protocol": "TCP"}]});
+    // Causeway's label, but another field manager, or none recorded (created with a copied
+    // manifest): not Causeway's to delete.
+    server
+        .create_json(json!({"apiVersion": api, "kind": "ServiceImport",
+            "metadata": {"name": "impostor", "namespace": "shop", "labels": labels,
+                "managedFields": [{"manager": "other-mcs", "operation": "Apply", "apiVersion": api,
+                    "fieldsType": "FieldsV1", "fieldsV1": {"f:spec": {}}}]},
+            "spec": spec}))
+        .expect("impostor");
+    server
+        .create_json(json!({"apiVersion": api, "kind": "ServiceImport",
+            "metadata": {"name": "copied", "namespace": "shop", "labels": labels},
+            "spec": spec}))
+        .expect("copied");
+    let mut h = Harness::new(fast());
+    h.add_cluster("east", &server, &server.admin_token());
+    h.reconcile();
+    h.registry
+        .set_desired(&cid("east"), desired("exported", true));
+    h.synced("east").await;
+    eventually("svc-0 written", || {
+        let s = server.clone();
+        let api = api.clone();
+        async move { import(&s, &api, "svc-0").is_some() }
+    })
+    .await;
+    // svc-0 sorts after both: once it is deleted, the pass has considered them.
+    h.registry
+        .set_desired(&cid("east"), desired("exported", false));
+    eventually("Causeway's own import deleted", || {
+        let s = server.clone();
+        let api = api.clone();
+        async move { import(&s, &api, "svc-0").is_none() }
+    })
+    .await;
+    for name in ["impostor", "copied"] {
+        assert!(
+            import(&server, &api, name).is_some(),
+            "{name} was deleted: {:?}",
+            server.requests()
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_api_server_costs_one_timeout_per_pass() {
+    use causeway_kube::apis::ServedApis;
+    use causeway_kube::writeback::{write_back, Current, Target};
+    use causeway_kube::{ClientFactory, KubeconfigClientFactory, KubeconfigFile};
+
+    let (server, _api) = mcs_fake(McsVersion::V1beta1).await;
+    let h = Harness::new(fast());
+    h.write_kubeconfig("east", &server, &server.admin_token());
+    let file =
+        KubeconfigFile::read(&cid("east"), &h.kubeconfig_path("east"), None).expect("kubeconfig");
+    let client = KubeconfigClientFactory::default()
+        .client(&cid("east"), &file)
+        .await
+        .expect("client");
+    let served = ServedApis {
+        mcs_version: Some("v1beta1".into()),
+        ..ServedApis::default()
+    };
+    let target = Target {
+        cluster: cid("east"),
+        client,
+        export_resource: served.service_export().expect("export resource"),
+        import_resource: served.service_import().expect("import resource"),
+        timeout: std::time::Duration::from_secs(1),
+    };
+    server.set_fault(causeway_kube_fake::Fault::Hang);
+    server.reset_requests();
+    let current = Current {
+        imports: BTreeMap::new(),
+        exports: BTreeMap::new(),
+    };
+    let outcome = write_back(&target, &desired("exported", true), &current).await;
+    server.set_fault(causeway_kube_fake::Fault::None);
+    assert_eq!(
+        writes(&server, "serviceimports"),
+        1,
+        "the pass stops at the first timeout: {:?}",
+        server.requests()
+    );
+    assert_eq!(outcome.errors.len(), 1, "{:?}", outcome.errors);
+    assert!(
+        outcome.errors[0].contains("cluster east: applying ServiceImport shop/db: no answer"),
+        "{:?}",
+        outcome.errors
+    );
+    assert_eq!(outcome.skipped, 1, "svc-0 left for the retry");
 }

@@ -37,6 +37,8 @@ pub struct Metrics {
     reloads: Family<ResultLabels, Counter>,
     reload_seconds: Histogram,
     cluster_stale_seconds: Family<ClusterLabels, Gauge<f64, AtomicU64>>,
+    /// Kubernetes members with series, to remove those of members that left.
+    kube_clusters: Mutex<std::collections::BTreeSet<String>>,
     cluster_credentials_rotations: Family<ClusterLabels, Gauge>,
 }
 
@@ -95,6 +97,7 @@ impl Metrics {
         Self {
             registry: Mutex::new(registry),
             cluster_stale_seconds,
+            kube_clusters: Mutex::default(),
             cluster_credentials_rotations,
             load_errors,
             cluster_synced,
@@ -154,6 +157,27 @@ impl Metrics {
 
     /// Records the Kubernetes members' registry state.
     pub fn observe_kubernetes(&self, clusters: &BTreeMap<String, ClusterStatus>) {
+        // Series of members that left the mesh go away with them.
+        let now: std::collections::BTreeSet<String> = clusters
+            .iter()
+            .filter(|(_, s)| s.kubernetes.is_some())
+            .map(|(n, _)| n.clone())
+            .collect();
+        let mut known = self
+            .kube_clusters
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for gone in known.difference(&now) {
+            let labels = ClusterLabels {
+                cluster: gone.clone(),
+            };
+            self.cluster_synced.remove(&labels);
+            self.cluster_stale_seconds.remove(&labels);
+            self.cluster_credentials_rotations.remove(&labels);
+            self.cluster_endpoints.remove(&labels);
+        }
+        *known = now;
+        drop(known);
         for (name, status) in clusters {
             let Some(kube) = &status.kubernetes else {
                 continue;

@@ -119,6 +119,7 @@ pub async fn start(
     tokio::spawn(async move {
         let mut sources = sources;
         let mut version = 1;
+        let mut gate = mcs::WriteBackGate::default();
         while let Some(input) = next_input(&mut watcher, &mut kube_updates).await {
             let started = Instant::now();
             let (changes, changed) = match input {
@@ -152,7 +153,7 @@ pub async fn start(
                 continue;
             }
             if let Some(index) = index.as_ref().filter(|_| write_back) {
-                mcs::update_all(index, &registry);
+                mcs::update_all(index, &registry, &mut gate, sources.not_contributed());
             }
             version += 1;
             tracing::info!(
@@ -163,11 +164,13 @@ pub async fn start(
                 elapsed_ms = started.elapsed().as_millis() as u64,
                 "mesh state published"
             );
+            let mut clusters = sources.status();
+            gate.annotate(&mut clusters);
             let snapshot = Snapshot {
                 version,
                 index: index.clone(),
                 errors: sources.dir.errors(),
-                clusters: sources.status(),
+                clusters,
                 changes,
             };
             if tx.send(Arc::new(snapshot)).is_err() {
