@@ -13,21 +13,9 @@ const GATEWAY: &str = "127.3.255.1:15443";
 fn gateway_forwards_only_exported_services_by_sni() {
     let cp = ControlPlane::start("three-clusters", &[]);
     let admin = format!("127.0.0.1:{}", free_port());
-    let mut gw = cp.proxy(
-        "gateway-gamma",
-        &[
-            "--role",
-            "gateway",
-            "--cluster",
-            "gamma",
-            "--workload",
-            "eastwest",
-            "--admin",
-            &admin,
-        ],
-    );
+    let mut gw = cp.gateway("gateway-gamma", "gamma", "eastwest", &admin);
     cp.wait_in_sync(1, Duration::from_secs(30));
-    assert!(gw.is_running(), "{}", gw.log_text());
+    assert!(gw[1].is_running(), "{}", gw[1].log_text());
     // Stand-ins for gamma's workloads: greeter (exported) and ledger (not exported).
     let greeter = Recorder::start("127.3.0.12:8080".parse().expect("addr"));
     let ledger = Recorder::start("127.3.0.13:8080".parse().expect("addr"));
@@ -64,7 +52,7 @@ fn gateway_forwards_only_exported_services_by_sni() {
     .unwrap_or_else(|| {
         panic!(
             "nothing reached greeter through the gateway:\n{}",
-            gw.log_text()
+            gw[1].log_text()
         )
     });
     assert_eq!(arrived[0], 0x16, "a TLS handshake record, not plaintext");

@@ -37,6 +37,7 @@ spec:
   network: net-a
   locality: us-east/us-east-1a
   gateways: [{{address: 127.41.255.1, port: 15443}}]
+  gatewayIdentity: {{serviceAccount: eastwest-gateway, credential: {{tokenFile: tokens/east-gateway.token}}}}
   kubernetes: {{kubeconfig: {}}}
 ---
 apiVersion: causeway.io/v1alpha1
@@ -46,6 +47,7 @@ spec:
   network: net-b
   locality: eu-west/eu-west-1a
   gateways: [{{address: 127.42.255.1, port: 15443}}]
+  gatewayIdentity: {{serviceAccount: eastwest-gateway, credential: {{tokenFile: tokens/west-gateway.token}}}}
   kubernetes: {{kubeconfig: {}}}
 ---
 apiVersion: causeway.io/v1alpha1
@@ -55,6 +57,7 @@ spec:
   network: net-a
   locality: us-east/us-east-1b
   gateways: [{{address: 127.43.255.1, port: 15443}}]
+  gatewayIdentity: {{serviceAccount: eastwest-gateway, credential: {{tokenFile: tokens/vm-gateway.token}}}}
 ",
         east.display(),
         west.display()
@@ -237,6 +240,13 @@ fn start_world() -> World {
     let mesh_dir = dir.path().join("mesh");
     std::fs::create_dir_all(mesh_dir.join("clusters/vm")).expect("mesh dir");
     std::fs::create_dir_all(mesh_dir.join("tokens")).expect("tokens dir");
+    for cluster in ["east", "west", "vm"] {
+        std::fs::write(
+            mesh_dir.join(format!("tokens/{cluster}-gateway.token")),
+            format!("{cluster}-gateway-token-9c41"),
+        )
+        .expect("gateway token");
+    }
     std::fs::write(
         mesh_dir.join("mesh.yaml"),
         mesh_yaml(&east.kubeconfig, &west.kubeconfig),

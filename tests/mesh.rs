@@ -1,7 +1,8 @@
 //! A whole mesh with real Envoy sidecars and gateways (the example's three clusters on two
 //! networks): cross-network calls with mTLS, split horizon as Envoy itself reports it,
-//! authorization by identity and cluster, NACK handling, and an unexported service that stays
-//! unreachable through a gateway even with a valid mesh certificate.
+//! authorization by identity and cluster, path rules failing closed on a TCP port, NACK
+//! handling, and an unexported service that stays unreachable through a gateway even with a
+//! valid mesh certificate.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -179,6 +180,106 @@ fn authorization_by_identity_and_cluster() {
         call(from_client).err().filter(|e| e.starts_with("403"))
     });
     assert!(refused.is_some(), "the cluster condition is enforced");
+}
+
+/// greeter's one port, declared TCP: its sidecar enforces network RBAC (no HTTP request).
+const GREETER_HTTP_PORT: &str = "  - name: http
+    port: 80
+    targetPort: 8080
+    appProtocol: http
+---
+apiVersion: multicluster.x-k8s.io/v1alpha1
+kind: ServiceExport
+metadata:
+  name: greeter";
+const GREETER_TCP_PORT: &str = "  - name: tcp-greeter
+    port: 80
+    targetPort: 8080
+    appProtocol: tcp
+---
+apiVersion: multicluster.x-k8s.io/v1alpha1
+kind: ServiceExport
+metadata:
+  name: greeter";
+
+/// A policy on greeter with `action` and one rule `to: [TO]`.
+fn greeter_policy(action: &str, to: &str) -> String {
+    format!(
+        "apiVersion: causeway.io/v1alpha1
+kind: AuthorizationPolicy
+metadata: {{name: greeter-paths, namespace: demo}}
+spec:
+  selector: {{app: greeter}}
+  action: {action}
+  rules:
+  - to: [{to}]
+"
+    )
+}
+
+#[test]
+fn paths_cannot_be_checked_on_a_tcp_port_so_they_fail_closed() {
+    let _guard = mesh_lock();
+    let mesh = MeshRun::start(
+        "three-clusters",
+        33000,
+        |dir| {
+            let file = dir.join("clusters/gamma/workloads.yaml");
+            let text = std::fs::read_to_string(&file).expect("read");
+            assert!(text.contains(GREETER_HTTP_PORT), "greeter's port moved");
+            std::fs::write(&file, text.replace(GREETER_HTTP_PORT, GREETER_TCP_PORT))
+                .expect("write");
+        },
+        &[],
+    );
+    let policy = mesh.mesh_dir.join("clusters/gamma/policy.yaml");
+    let greeter = mesh.outbound(CLIENT, "demo/greeter").expect("listener");
+    // HTTP bytes through the TCP port reach the app while no policy applies.
+    assert_eq!(call(greeter).expect("greeter answers")["cluster"], "gamma");
+    let served = |want: bool| {
+        wait_for(Duration::from_secs(10), || {
+            (call(greeter).is_ok() == want).then_some(())
+        })
+        .is_some()
+    };
+    // A DENY rule whose paths cannot be checked denies the whole port: the connection is closed.
+    std::fs::write(&policy, greeter_policy("DENY", "{paths: [/admin]}")).expect("write");
+    assert!(served(false), "DENY with paths closes the TCP port");
+    let admin = mesh.admin("gamma-greeter-gamma-1-sidecar");
+    assert!(
+        rbac_denied(admin, "causeway_deny_"),
+        "network RBAC denied it"
+    );
+    // ...unless the rule's ports leave this one out.
+    std::fs::write(
+        &policy,
+        greeter_policy("DENY", "{ports: [9999], paths: [/admin]}"),
+    )
+    .expect("write");
+    assert!(
+        served(true),
+        "a DENY rule for another port leaves this one alone"
+    );
+    // An ALLOW rule that needs paths allows nothing on a TCP port.
+    std::fs::write(&policy, greeter_policy("ALLOW", "{paths: ['/*']}")).expect("write");
+    assert!(served(false), "ALLOW with paths allows nothing on TCP");
+    assert!(
+        rbac_denied(admin, "causeway_allow_"),
+        "network RBAC denied it"
+    );
+}
+
+/// Whether the sidecar's RBAC filter with `stat_prefix` has denied anything.
+fn rbac_denied(admin: SocketAddr, stat_prefix: &str) -> bool {
+    let Ok((_, stats)) = http_get(admin, "/stats?filter=rbac") else {
+        return false;
+    };
+    stats.lines().any(|l| {
+        l.contains(stat_prefix)
+            && l.contains("denied")
+            && !l.contains("shadow")
+            && l.rsplit(": ").next().and_then(|n| n.parse::<u64>().ok()) > Some(0)
+    })
 }
 
 #[test]

@@ -85,12 +85,14 @@ spec: {trustDomain: causeway.local}
 apiVersion: causeway.io/v1alpha1
 kind: Cluster
 metadata: {name: a}
-spec: {network: net-a, locality: r1/z1, gateways: [{address: 172.30.0.1, port: 15443}]}
+spec: {network: net-a, locality: r1/z1, gateways: [{address: 172.30.0.1, port: 15443}],
+  gatewayIdentity: {serviceAccount: eastwest-gateway, credential: {tokenFile: tokens/gw-a.token}}}
 ---
 apiVersion: causeway.io/v1alpha1
 kind: Cluster
 metadata: {name: b}
-spec: {network: net-b, locality: r2/z1, gateways: [{address: 172.30.0.2, port: 15443}]}
+spec: {network: net-b, locality: r2/z1, gateways: [{address: 172.30.0.2, port: 15443}],
+  gatewayIdentity: {serviceAccount: eastwest-gateway, credential: {tokenFile: tokens/gw-b.token}}}
 ";
 
 fn workload(name: &str, app: &str, ip: &str, token: &str) -> String {
@@ -120,7 +122,7 @@ fn overlapping_pod_ips_only_gateways_between_namespaces() {
     std::fs::create_dir_all(mesh.join("clusters/a")).expect("mkdir");
     std::fs::create_dir_all(mesh.join("clusters/b")).expect("mkdir");
     std::fs::create_dir_all(mesh.join("tokens")).expect("mkdir");
-    for t in ["web-a", "client", "echo-b"] {
+    for t in ["web-a", "client", "echo-b", "gw-a", "gw-b"] {
         std::fs::write(
             mesh.join(format!("tokens/{t}.token")),
             format!("token-of-{t}-{pid}\n"),
@@ -192,6 +194,29 @@ fn overlapping_pod_ips_only_gateways_between_namespaces() {
     let xds_b = "172.30.0.1:15011";
     let ca_a = "127.0.0.1:15012";
     let ca_b = "172.30.0.1:15012";
+    let gw_sock = p("gw-a.sock");
+    let gw_token = mesh.join("tokens/gw-a.token").display().to_string();
+    procs.push(start_in(
+        &a,
+        &[
+            "agent",
+            "--ca",
+            ca_a,
+            "--ca-root",
+            &root,
+            "--token-file",
+            &gw_token,
+            "--namespace",
+            "causeway-system",
+            "--service-account",
+            "eastwest-gateway",
+            "--sds-socket",
+            &gw_sock,
+            "--cluster",
+            "a",
+        ],
+        &log("gw-a-agent"),
+    ));
     procs.push(start_in(
         &a,
         &[
@@ -200,8 +225,12 @@ fn overlapping_pod_ips_only_gateways_between_namespaces() {
             "gateway",
             "--cluster",
             "a",
+            "--namespace",
+            "causeway-system",
             "--workload",
             "gw",
+            "--sds-socket",
+            &gw_sock,
             "--xds",
             xds_a,
             "--admin",
@@ -213,6 +242,29 @@ fn overlapping_pod_ips_only_gateways_between_namespaces() {
         ],
         &log("gw-a"),
     ));
+    let gw_sock = p("gw-b.sock");
+    let gw_token = mesh.join("tokens/gw-b.token").display().to_string();
+    procs.push(start_in(
+        &b,
+        &[
+            "agent",
+            "--ca",
+            ca_b,
+            "--ca-root",
+            &root,
+            "--token-file",
+            &gw_token,
+            "--namespace",
+            "causeway-system",
+            "--service-account",
+            "eastwest-gateway",
+            "--sds-socket",
+            &gw_sock,
+            "--cluster",
+            "b",
+        ],
+        &log("gw-b-agent"),
+    ));
     procs.push(start_in(
         &b,
         &[
@@ -221,8 +273,12 @@ fn overlapping_pod_ips_only_gateways_between_namespaces() {
             "gateway",
             "--cluster",
             "b",
+            "--namespace",
+            "causeway-system",
             "--workload",
             "gw",
+            "--sds-socket",
+            &gw_sock,
             "--xds",
             xds_b,
             "--admin",

@@ -66,6 +66,7 @@ fn mesh_config(size: &Size) -> anyhow::Result<MeshConfig> {
                 address: IpAddr::V4(Ipv4Addr::new(127, 200, c as u8, 1)),
                 port: 15443,
             }],
+            gateway_identity: None,
             kubernetes: None,
             stale_endpoint_ttl: None,
             source: ObjectSource::default(),

@@ -17,7 +17,11 @@ pub fn workspace() -> PathBuf {
         .to_path_buf()
 }
 
-/// The `causeway` binary: `$CAUSEWAY_BIN`, else the workspace's debug build.
+/// The `causeway` binary the suites run: `$CAUSEWAY_BIN`; else the debug build with the
+/// `test-hooks` feature, `target/debug/causeway-test-hooks` (made by `make test` and
+/// `make test-bin`; the NACK test needs its `--enable-test-hooks`), unless
+/// `target/debug/causeway` was linked after it (a rebuild since: it would be stale); else
+/// `target/debug/causeway`.
 pub fn causeway_bin() -> PathBuf {
     if let Ok(p) = std::env::var("CAUSEWAY_BIN") {
         return PathBuf::from(p);
@@ -26,9 +30,16 @@ pub fn causeway_bin() -> PathBuf {
         .map(PathBuf::from)
         .unwrap_or_else(|_| workspace().join("target"));
     let bin = target.join("debug").join("causeway");
+    let hooks = target.join("debug").join("causeway-test-hooks");
+    let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    if let Some(hooks_built) = modified(&hooks) {
+        if modified(&bin).is_none_or(|plain_built| plain_built <= hooks_built) {
+            return hooks;
+        }
+    }
     assert!(
         bin.exists(),
-        "{} is missing: build it first (`cargo build -p causeway`) or set CAUSEWAY_BIN",
+        "{} is missing: build it first (`make test-bin`, or `cargo build -p causeway` for suites without test hooks) or set CAUSEWAY_BIN",
         bin.display()
     );
     bin
@@ -207,6 +218,8 @@ pub struct ControlPlane {
     pub debug: SocketAddr,
     /// xDS.
     pub xds: SocketAddr,
+    /// The CA service.
+    pub ca: SocketAddr,
     /// The process.
     pub process: Process,
 }
@@ -249,8 +262,60 @@ impl ControlPlane {
             mesh_dir,
             debug,
             xds,
+            ca,
             process,
         }
+    }
+
+    /// Starts an agent for cluster `cluster`'s gateway identity (the example's
+    /// `tokens/<cluster>/eastwest-gateway.token`) and `causeway proxy --role gateway` using it.
+    pub fn gateway(&self, name: &str, cluster: &str, workload: &str, admin: &str) -> Vec<Process> {
+        let sds = self.dir.path().join(format!("{name}.sock"));
+        let sds = sds.display().to_string();
+        let token = self
+            .mesh_dir
+            .join(format!("tokens/{cluster}/eastwest-gateway.token"));
+        let root = self.dir.path().join("ca/root/root-cert.pem");
+        let agent = Process::start(
+            &[
+                "agent",
+                "--ca",
+                &self.ca.to_string(),
+                "--ca-root",
+                &root.display().to_string(),
+                "--token-file",
+                &token.display().to_string(),
+                "--trust-domain",
+                "causeway.local",
+                "--namespace",
+                "causeway-system",
+                "--service-account",
+                "eastwest-gateway",
+                "--sds-socket",
+                &sds,
+                "--cluster",
+                cluster,
+            ],
+            &self.dir.path().join(format!("{name}-agent.log")),
+        );
+        let proxy = self.proxy(
+            name,
+            &[
+                "--role",
+                "gateway",
+                "--cluster",
+                cluster,
+                "--namespace",
+                "causeway-system",
+                "--workload",
+                workload,
+                "--sds-socket",
+                &sds,
+                "--admin",
+                admin,
+            ],
+        );
+        vec![agent, proxy]
     }
 
     /// Starts `causeway proxy ARGS` against this control plane, logging to the scratch dir.

@@ -22,7 +22,8 @@ pub enum Command {
         #[arg(long, default_value_t = 3650)]
         days: u64,
     },
-    /// Issue a cluster's intermediate CA from an (offline) root, in Istio's cacerts layout.
+    /// Issue a cluster's intermediate CA from an (offline) root, in Istio's cacerts layout,
+    /// name-constrained to the cluster's DNS SAN (`<cluster>.cluster.<trust-domain>`).
     IssueIntermediate {
         /// The cluster.
         #[arg(long)]
@@ -80,8 +81,9 @@ pub fn run(cmd: Command) -> anyhow::Result<ExitCode> {
             root.issue_intermediate(&cluster, &trust_domain, Duration::from_secs(days * 86_400))?
                 .write(&out)?;
             println!(
-                "intermediate CA of cluster {cluster} written to {}",
-                out.display()
+                "intermediate CA of cluster {cluster} written to {} (DNS names constrained to {})",
+                out.display(),
+                cluster.certificate_san(&trust_domain)
             );
         }
     }

@@ -1,13 +1,14 @@
-//! `causeway proxy`: writes an Envoy bootstrap that points at the control plane (ADS) and at
-//! the local agent (SDS), then runs Envoy as a supervised child.
+//! `causeway proxy`: writes an Envoy bootstrap that points at the control plane (ADS over
+//! mTLS, with the certificate the local agent serves) and at the agent (SDS), then execs Envoy.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
-use causeway_xds::node::keys;
-use serde_json::{json, Value};
+use causeway_model::ProxyRole;
+use causeway_xds::bootstrap::BootstrapConfig;
+use serde_json::Value;
 
 /// Flags of `causeway proxy`.
 #[derive(clap::Args, Debug, Clone)]
@@ -30,9 +31,14 @@ pub struct Args {
     /// Use delta xDS instead of state-of-the-world.
     #[arg(long)]
     pub delta: bool,
-    /// Unix socket of `causeway agent`'s SDS server (sidecars: certificates and trust bundle).
+    /// Unix socket of `causeway agent`'s SDS server: the proxy's certificate (also used to
+    /// connect to the control plane over mTLS) and the trust bundle. Required.
     #[arg(long)]
     pub sds_socket: Option<PathBuf>,
+    /// Trust domain of the mesh: the control plane must present exactly its SPIFFE ID in it
+    /// (without it, its SPIFFE path in any trust domain under the mesh root is accepted).
+    #[arg(long)]
+    pub trust_domain: Option<String>,
     /// Envoy admin address.
     #[arg(long, default_value = "127.0.0.1:15000")]
     pub admin: SocketAddr,
@@ -59,102 +65,31 @@ pub struct Args {
     pub print_bootstrap: bool,
 }
 
-/// The Envoy bootstrap for `args`.
+/// The Envoy bootstrap for `args` (built by `causeway_xds::bootstrap`).
 pub fn bootstrap(args: &Args) -> anyhow::Result<Value> {
-    let sidecar = match args.role.as_str() {
-        "sidecar" => true,
-        "gateway" => false,
+    let role = match args.role.as_str() {
+        "sidecar" => ProxyRole::Sidecar,
+        "gateway" => ProxyRole::Gateway,
         other => anyhow::bail!("--role {other:?}: expected sidecar or gateway"),
     };
-    let mut metadata = json!({
-        keys::CLUSTER: args.cluster,
-        keys::NAMESPACE: args.namespace,
-        keys::WORKLOAD: args.workload,
-        keys::ROLE: args.role,
-    });
-    if let Some(net) = &args.network {
-        metadata[keys::NETWORK] = json!(net);
-    }
-    let mut clusters = vec![json!({
-        "name": "xds-grpc",
-        "type": "STATIC",
-        "connect_timeout": "1s",
-        "typed_extension_protocol_options": {
-            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
-                "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
-                "explicit_http_config": { "http2_protocol_options": {
-                    "connection_keepalive": { "interval": "30s", "timeout": "10s" }
-                } }
-            }
-        },
-        "load_assignment": {
-            "cluster_name": "xds-grpc",
-            "endpoints": [{ "lb_endpoints": [{ "endpoint": { "address": { "socket_address": {
-                "address": args.xds.ip().to_string(), "port_value": args.xds.port()
-            } } } }] }]
-        }
-    })];
-    if sidecar {
-        let sds = args.sds_socket.as_ref().context(
-            "--sds-socket is required for a sidecar (the agent serves its certificates)",
-        )?;
-        let cidr = args
-            .outbound_cidr
-            .as_ref()
-            .context("--outbound-cidr is required for a sidecar")?;
-        metadata[keys::OUTBOUND_CIDR] = json!(cidr);
-        if let Some(app) = args.app_address {
-            metadata[keys::APP_ADDRESS] = json!(app.to_string());
-        }
-        clusters.push(json!({
-            "name": causeway_xds::build::SDS_CLUSTER,
-            "type": "STATIC",
-            "connect_timeout": "1s",
-            "typed_extension_protocol_options": {
-                "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
-                    "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
-                    "explicit_http_config": { "http2_protocol_options": {} }
-                }
-            },
-            "load_assignment": {
-                "cluster_name": causeway_xds::build::SDS_CLUSTER,
-                "endpoints": [{ "lb_endpoints": [{ "endpoint": { "address": { "pipe": {
-                    "path": sds.display().to_string()
-                } } } }] }]
-            }
-        }));
-    }
-    let api_type = if args.delta { "DELTA_GRPC" } else { "GRPC" };
-    Ok(json!({
-        "node": {
-            "id": format!("{}~{}~{}~{}", args.role, args.cluster, args.namespace, args.workload),
-            "cluster": args.cluster,
-            "metadata": metadata,
-        },
-        "admin": { "address": { "socket_address": {
-            "address": args.admin.ip().to_string(), "port_value": args.admin.port()
-        } } },
-        "dynamic_resources": {
-            "ads_config": {
-                "api_type": api_type,
-                "transport_api_version": "V3",
-                "grpc_services": [{ "envoy_grpc": { "cluster_name": "xds-grpc" } }],
-                "set_node_on_first_message_only": true
-            },
-            "cds_config": { "ads": {}, "resource_api_version": "V3" },
-            "lds_config": { "ads": {}, "resource_api_version": "V3" }
-        },
-        "static_resources": { "clusters": clusters },
-        "overload_manager": {
-            "resource_monitors": [{
-                "name": "envoy.resource_monitors.global_downstream_max_connections",
-                "typed_config": {
-                    "@type": "type.googleapis.com/envoy.extensions.resource_monitors.downstream_connections.v3.DownstreamConnectionsConfig",
-                    "max_active_downstream_connections": 50000
-                }
-            }]
-        }
-    }))
+    let sds_socket = args.sds_socket.clone().context(
+        "--sds-socket is required: the agent serves the proxy's certificates, including the one it connects to the control plane with",
+    )?;
+    let config = BootstrapConfig {
+        role,
+        cluster: args.cluster.clone(),
+        namespace: args.namespace.clone(),
+        workload: args.workload.clone(),
+        xds: args.xds,
+        delta: args.delta,
+        sds_socket,
+        admin: args.admin,
+        app_address: args.app_address,
+        outbound_cidr: args.outbound_cidr.clone(),
+        network: args.network.clone(),
+        trust_domain: args.trust_domain.clone(),
+    };
+    Ok(causeway_xds::bootstrap::bootstrap(&config)?)
 }
 
 /// Finds the Envoy binary.

@@ -81,9 +81,10 @@ pub fn render(v: &Value) -> String {
     for r in v["rejected"].as_array().into_iter().flatten() {
         let _ = writeln!(
             out,
-            "\nrefused node {}: {}",
+            "\nrefused node {} ({}): {}",
             r["node"].as_str().unwrap_or("?"),
-            r["reason"].as_str().unwrap_or("")
+            r["reason"].as_str().unwrap_or(""),
+            r["message"].as_str().unwrap_or("")
         );
     }
     out

@@ -1,7 +1,9 @@
 //! Authorization evaluated in views: which policies apply to a proxy's workload, and what they
 //! decide for a caller. The data plane enforces the same rules (Envoy RBAC, built by the xDS
 //! crate from [`inbound_policies`]); [`authorize`] is the reference semantics, used by tests
-//! and by operators' "why was this denied" queries.
+//! and by operators' "why was this denied" queries. A property test in the xDS crate
+//! (`tests/rbac/`) evaluates the emitted RBAC with a model of Envoy and checks that it agrees
+//! with [`authorize`] on generated policies and requests.
 
 use causeway_model::{
     AuthorizationPolicy, ClusterId, PolicyAction, PolicyRule, PolicySource, PolicyTarget, SpiffeId,
@@ -19,7 +21,8 @@ pub struct AuthzRequest<'a> {
     pub cluster: Option<&'a ClusterId>,
     /// Destination port on the workload.
     pub port: u16,
-    /// HTTP path, for HTTP ports.
+    /// The request's `:path` on an HTTP port (its query and fragment are ignored, as Envoy's
+    /// `url_path` does); `None` for a connection to a TCP port, where no path can be checked.
     pub path: Option<&'a str>,
 }
 
@@ -74,26 +77,48 @@ fn source_matches(src: &PolicySource, req: &AuthzRequest<'_>) -> bool {
         && (src.clusters.is_empty() || req.cluster.is_some_and(|c| src.clusters.contains(c)))
 }
 
-fn target_matches(t: &PolicyTarget, req: &AuthzRequest<'_>) -> bool {
-    (t.ports.is_empty() || t.ports.contains(&req.port))
-        && (t.paths.is_empty()
-            || req
-                .path
-                .is_some_and(|p| t.paths.iter().any(|pat| matches_pattern(pat, p))))
+/// The path part of a `:path`: without its query and fragment.
+fn url_path(path: &str) -> &str {
+    path.split(['?', '#']).next().unwrap_or(path)
 }
 
-fn rule_matches(rule: &PolicyRule, req: &AuthzRequest<'_>) -> bool {
+/// Whether a target matches. Paths cannot be checked on a TCP port, so they fail closed: a DENY
+/// rule's paths are ignored there (it applies to the whole port), and an ALLOW rule's paths
+/// never match.
+fn target_matches(t: &PolicyTarget, action: PolicyAction, req: &AuthzRequest<'_>) -> bool {
+    let paths = t.paths.is_empty()
+        || match req.path {
+            Some(path) => t
+                .paths
+                .iter()
+                .any(|pat| matches_pattern(pat, url_path(path))),
+            None => action == PolicyAction::Deny,
+        };
+    (t.ports.is_empty() || t.ports.contains(&req.port)) && paths
+}
+
+fn rule_matches(rule: &PolicyRule, action: PolicyAction, req: &AuthzRequest<'_>) -> bool {
     (rule.from.is_empty() && req.principal.is_some()
         || rule.from.iter().any(|s| source_matches(s, req)))
-        && (rule.to.is_empty() || rule.to.iter().any(|t| target_matches(t, req)))
+        && (rule.to.is_empty() || rule.to.iter().any(|t| target_matches(t, action, req)))
 }
 
-/// Istio's semantics: any matching DENY denies; with no ALLOW policy everything authenticated
-/// is allowed; otherwise a request must match some ALLOW rule.
+/// Istio's semantics: a caller without a mesh certificate is refused (inbound listeners
+/// require one); any matching DENY denies; with no ALLOW policy everything authenticated is
+/// allowed; otherwise a request must match some ALLOW rule. On a TCP port (`path: None`), path
+/// conditions fail closed: a DENY rule with paths denies the whole port, an ALLOW rule's
+/// targets with paths allow nothing.
 pub fn authorize(policies: &[AuthorizationPolicy], req: &AuthzRequest<'_>) -> AuthzDecision {
     let name = |p: &AuthorizationPolicy| format!("{}/{}", p.namespace, p.name);
+    if req.principal.is_none() {
+        return AuthzDecision {
+            allowed: false,
+            policy: None,
+            reason: "not authenticated: inbound listeners require a mesh certificate".to_owned(),
+        };
+    }
     for p in policies.iter().filter(|p| p.action == PolicyAction::Deny) {
-        if p.rules.iter().any(|r| rule_matches(r, req)) {
+        if p.rules.iter().any(|r| rule_matches(r, p.action, req)) {
             return AuthzDecision {
                 allowed: false,
                 policy: Some(name(p)),
@@ -113,7 +138,7 @@ pub fn authorize(policies: &[AuthorizationPolicy], req: &AuthzRequest<'_>) -> Au
         };
     }
     for p in allows {
-        if p.rules.iter().any(|r| rule_matches(r, req)) {
+        if p.rules.iter().any(|r| rule_matches(r, p.action, req)) {
             return AuthzDecision {
                 allowed: true,
                 policy: Some(name(p)),
@@ -219,6 +244,93 @@ mod tests {
             .allowed
         );
         assert!(authorize(&[], &ok).allowed, "no policy: allowed");
+    }
+
+    #[test]
+    fn paths_fail_closed_on_tcp_ports() {
+        let client = SpiffeId::new("td", "demo", "client");
+        let admin = PolicyTarget {
+            ports: vec![],
+            paths: vec!["/admin*".into()],
+        };
+        let deny = policy(PolicyAction::Deny, PolicySource::default(), admin.clone());
+        let allow = policy(PolicyAction::Allow, PolicySource::default(), admin);
+        let tcp = AuthzRequest {
+            principal: Some(&client),
+            cluster: None,
+            port: 5432,
+            path: None,
+        };
+        let http = AuthzRequest {
+            port: 8080,
+            path: Some("/"),
+            ..tcp
+        };
+        let d = authorize(std::slice::from_ref(&deny), &tcp);
+        assert!(
+            !d.allowed,
+            "a DENY rule with paths denies the whole TCP port"
+        );
+        assert_eq!(d.policy.as_deref(), Some("demo/deny"));
+        assert!(authorize(std::slice::from_ref(&deny), &http).allowed);
+        assert!(!authorize(std::slice::from_ref(&allow), &tcp).allowed);
+        assert!(
+            authorize(
+                &[allow],
+                &AuthzRequest {
+                    path: Some("/admin/x"),
+                    ..http
+                }
+            )
+            .allowed,
+            "on an HTTP port the ALLOW rule's paths are checked"
+        );
+    }
+
+    #[test]
+    fn paths_match_without_query_or_fragment() {
+        let client = SpiffeId::new("td", "demo", "client");
+        let deny = policy(
+            PolicyAction::Deny,
+            PolicySource::default(),
+            PolicyTarget {
+                ports: vec![],
+                paths: vec!["/admin".into()],
+            },
+        );
+        let req = |path| AuthzRequest {
+            principal: Some(&client),
+            cluster: None,
+            port: 8080,
+            path: Some(path),
+        };
+        for path in ["/admin", "/admin?x=1", "/admin#top", "/admin?a#b"] {
+            assert!(
+                !authorize(std::slice::from_ref(&deny), &req(path)).allowed,
+                "{path}"
+            );
+        }
+        for path in ["/admins", "/x?/admin", "/"] {
+            assert!(
+                authorize(std::slice::from_ref(&deny), &req(path)).allowed,
+                "{path}"
+            );
+        }
+    }
+
+    #[test]
+    fn unauthenticated_callers_are_refused_even_without_policies() {
+        let d = authorize(
+            &[],
+            &AuthzRequest {
+                principal: None,
+                cluster: None,
+                port: 8080,
+                path: Some("/"),
+            },
+        );
+        assert!(!d.allowed);
+        assert!(d.reason.contains("not authenticated"), "{}", d.reason);
     }
 
     #[test]

@@ -15,7 +15,8 @@ mod proxy;
 pub use ids::{ClusterId, IdError, NetworkId, ServiceKey};
 pub use locality::{Locality, LocalityError};
 pub use mesh::{
-    ClusterLocalRule, ClusterSpec, DiscoveryMode, Gateway, KubernetesSource, MeshConfig, MeshSpec,
+    ClusterLocalRule, ClusterSpec, DiscoveryMode, Gateway, GatewayIdentity, KubernetesSource,
+    MeshConfig, MeshSpec,
 };
 pub use objects::{
     ClusterObjects, EndpointSlice, Health, ObjectSource, Service, ServiceExport, ServicePort,

@@ -44,6 +44,25 @@ impl fmt::Display for Gateway {
     }
 }
 
+/// The identity a cluster's east-west gateways run as: their certificate's SPIFFE ID is
+/// `spiffe://<td>/ns/<namespace>/sa/<service_account>`, issued like a workload's.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GatewayIdentity {
+    /// Namespace of the gateways (`causeway-system` unless given).
+    pub namespace: String,
+    /// Service account the gateways run as.
+    pub service_account: String,
+    /// Bootstrap credential (`spec.gatewayIdentity.credential.tokenFile`, relative to the mesh
+    /// directory); Kubernetes members may instead run gateways as pods with this service account.
+    pub credential_file: Option<PathBuf>,
+}
+
+impl GatewayIdentity {
+    /// The default namespace of gateways.
+    pub const DEFAULT_NAMESPACE: &'static str = "causeway-system";
+}
+
 /// One member cluster of the mesh.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -56,6 +75,8 @@ pub struct ClusterSpec {
     pub locality: Locality,
     /// Its east-west gateways (may be empty on a single-network mesh).
     pub gateways: Vec<Gateway>,
+    /// The identity its gateways run as; without one, its gateways cannot connect to xDS.
+    pub gateway_identity: Option<GatewayIdentity>,
     /// Where its objects come from: a Kubernetes API server, or (when `None`) the mesh
     /// directory's `clusters/<id>/`.
     pub kubernetes: Option<KubernetesSource>,
@@ -80,6 +101,7 @@ impl ClusterSpec {
             network,
             locality,
             gateways,
+            gateway_identity: None,
             kubernetes: None,
             stale_endpoint_ttl: None,
             source,

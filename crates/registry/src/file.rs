@@ -9,9 +9,10 @@ use std::path::{Path, PathBuf};
 
 use causeway_model::{
     AuthorizationPolicy, ClusterId, ClusterLocalRule, ClusterObjects, ClusterSpec, DiscoveryMode,
-    EndpointSlice, Gateway, Health, KubernetesSource, Locality, MeshConfig, MeshSpec, NetworkId,
-    ObjectSource, PolicyAction, PolicyRule, PolicySource, PolicyTarget, Service, ServiceExport,
-    ServiceKey, ServicePort, SliceEndpoint, SlicePort, SpiffeId, TargetPort, WorkloadEntry,
+    EndpointSlice, Gateway, GatewayIdentity, Health, KubernetesSource, Locality, MeshConfig,
+    MeshSpec, NetworkId, ObjectSource, PolicyAction, PolicyRule, PolicySource, PolicyTarget,
+    Service, ServiceExport, ServiceKey, ServicePort, SliceEndpoint, SlicePort, SpiffeId,
+    TargetPort, WorkloadEntry,
 };
 use serde::de::DeserializeOwned;
 
@@ -406,11 +407,18 @@ fn parse_cluster(doc: &Doc<'_>) -> Result<ClusterSpec, LoadError> {
             )
         })?),
     };
+    let gateway_identity = obj
+        .spec
+        .gateway_identity
+        .as_ref()
+        .map(|g| parse_gateway_identity(doc, &object, g))
+        .transpose()?;
     Ok(ClusterSpec {
         id,
         network,
         locality,
         gateways,
+        gateway_identity,
         kubernetes,
         stale_endpoint_ttl,
         source: doc.source(),
@@ -669,11 +677,62 @@ fn parse_workload_entry(doc: &Doc<'_>) -> Result<WorkloadEntry, LoadError> {
     })
 }
 
+/// `spec.gatewayIdentity` of a `Cluster`: names that are valid Kubernetes names, and a token
+/// file inside the mesh directory.
+fn parse_gateway_identity(
+    doc: &Doc<'_>,
+    object: &str,
+    spec: &wire::GatewayIdentitySpec,
+) -> Result<GatewayIdentity, LoadError> {
+    let namespace = spec
+        .namespace
+        .clone()
+        .unwrap_or_else(|| GatewayIdentity::DEFAULT_NAMESPACE.to_owned());
+    for (field, value) in [
+        ("spec.gatewayIdentity.namespace", &namespace),
+        ("spec.gatewayIdentity.serviceAccount", &spec.service_account),
+    ] {
+        if causeway_model::ClusterId::new(value).is_err() {
+            return Err(doc.error(
+                Some(object),
+                Some(field),
+                format!("{value:?} is not a valid name (lowercase letters, digits and '-')"),
+            ));
+        }
+    }
+    let credential_file = spec
+        .credential
+        .as_ref()
+        .map(|c| {
+            credential_path_at(
+                doc,
+                object,
+                "spec.gatewayIdentity.credential.tokenFile",
+                &c.token_file,
+            )
+        })
+        .transpose()?;
+    Ok(GatewayIdentity {
+        namespace,
+        service_account: spec.service_account.clone(),
+        credential_file,
+    })
+}
+
 /// Checks a bootstrap credential path lexically: it must name a file inside the mesh directory,
 /// so it is relative and has no `..` component. (Symbolic links are resolved and checked where
 /// the file is read.)
 fn credential_path(doc: &Doc<'_>, object: &str, value: &str) -> Result<PathBuf, LoadError> {
-    const FIELD: &str = "spec.credential.tokenFile";
+    credential_path_at(doc, object, "spec.credential.tokenFile", value)
+}
+
+/// [`credential_path`] for the field `field`.
+fn credential_path_at(
+    doc: &Doc<'_>,
+    object: &str,
+    field: &str,
+    value: &str,
+) -> Result<PathBuf, LoadError> {
     let path = Path::new(value);
     let reason = if value.trim().is_empty() {
         Some("must name a token file inside the mesh directory".to_owned())
@@ -692,7 +751,7 @@ fn credential_path(doc: &Doc<'_>, object: &str, value: &str) -> Result<PathBuf, 
         None
     };
     match reason {
-        Some(reason) => Err(doc.error(Some(object), Some(FIELD), reason)),
+        Some(reason) => Err(doc.error(Some(object), Some(field), reason)),
         None => Ok(path.to_path_buf()),
     }
 }

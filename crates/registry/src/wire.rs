@@ -60,6 +60,16 @@ pub struct ClusterSpec {
     pub gateways: Vec<GatewaySpec>,
     pub kubernetes: Option<KubernetesSpec>,
     pub stale_endpoint_ttl: Option<String>,
+    pub gateway_identity: Option<GatewayIdentitySpec>,
+}
+
+/// `Cluster.spec.gatewayIdentity`: what the cluster's east-west gateways run as.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct GatewayIdentitySpec {
+    pub namespace: Option<String>,
+    pub service_account: String,
+    pub credential: Option<Credential>,
 }
 
 /// `Cluster.spec.kubernetes`: the member's API server, by kubeconfig.

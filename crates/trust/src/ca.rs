@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use causeway_model::{ClusterId, SpiffeId};
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, GeneralSubtree, IsCa, Issuer,
+    KeyPair, KeyUsagePurpose, NameConstraints,
 };
 use time::OffsetDateTime;
 
@@ -160,6 +160,14 @@ fn create_private_dir(dir: &Path) -> Result<(), CaError> {
         .map_err(io(dir))
 }
 
+/// 16 random hex digits for temporary names (`path` names the failure).
+fn random_suffix(path: &Path) -> Result<String, CaError> {
+    let mut suffix = [0u8; 8];
+    crate::random_bytes(&mut suffix)
+        .map_err(|_| invalid(path, "the system random number generator failed"))?;
+    Ok(suffix.iter().map(|b| format!("{b:02x}")).collect())
+}
+
 /// Writes `contents` to `dir/name` without ever replacing an existing file: the data goes to a
 /// temporary file (mode 0600 for keys, 0644 otherwise) that is then hard-linked into place,
 /// which fails atomically if the name exists. Concurrent writers cannot interleave.
@@ -167,16 +175,7 @@ fn write_new(dir: &Path, name: &str, contents: &str, private: bool) -> Result<()
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let target = dir.join(name);
-    let mut suffix = [0u8; 8];
-    crate::random_bytes(&mut suffix)
-        .map_err(|_| invalid(&target, "the system random number generator failed"))?;
-    let tmp = dir.join(format!(
-        ".{name}.{}.tmp",
-        suffix
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect::<String>()
-    ));
+    let tmp = dir.join(format!(".{name}.{}.tmp", random_suffix(&target)?));
     let result = (|| {
         let mut f = std::fs::OpenOptions::new()
             .write(true)
@@ -458,8 +457,27 @@ impl RootCa {
         &self.bundle_pem
     }
 
+    /// Whether this root (its key) signed the first certificate of `cert_pem`.
+    fn signed(&self, cert_pem: &str) -> bool {
+        let (Some(root_der), Some(der)) = (
+            crate::pem_certs(&self.cert_pem).first().cloned(),
+            crate::pem_certs(cert_pem).first().cloned(),
+        ) else {
+            return false;
+        };
+        let (Ok((_, root)), Ok((_, cert))) = (
+            x509_parser::parse_x509_certificate(root_der.as_ref()),
+            x509_parser::parse_x509_certificate(der.as_ref()),
+        ) else {
+            return false;
+        };
+        cert.verify_signature(Some(root.public_key())).is_ok()
+    }
+
     /// Issues the intermediate CA of `cluster`, valid for `validity` (capped at the root's
-    /// expiry). Path length 0: it signs workloads only.
+    /// expiry). Path length 0: it signs workloads only. Name constraints (critical) limit the
+    /// DNS names of everything it signs to the cluster's SAN ([`cluster_name_constraints`]), so
+    /// it cannot mint another cluster's `<cluster>.cluster.<trust-domain>`.
     pub fn issue_intermediate(
         &self,
         cluster: &ClusterId,
@@ -480,6 +498,7 @@ impl RootCa {
         );
         let mut params = ca_params(dn, 0, validity, Some(self.not_after))?;
         params.use_authority_key_identifier_extension = true;
+        params.name_constraints = Some(cluster_name_constraints(cluster, trust_domain));
         let cert = params.signed_by(&key, &issuer).map_err(cert_err(format!(
             "signing the intermediate of cluster {cluster}"
         )))?;
@@ -560,6 +579,90 @@ pub fn cluster_san(cluster: &ClusterId, trust_domain: &str) -> String {
     cluster.certificate_san(trust_domain)
 }
 
+/// DNS names of the mesh's own servers, which every cluster's intermediate certifies (whichever
+/// cluster serves them) and its name constraints therefore permit besides the cluster's SAN.
+/// None has the form `<cluster>.cluster.<trust-domain>`, so none passes a caller-cluster check.
+pub const SERVER_DNS_NAMES: [&str; 2] = [
+    crate::service::CA_SERVER_NAME,
+    crate::service::CONTROL_PLANE_SERVER_NAME,
+];
+
+/// The name constraints of `cluster`'s intermediate: DNS names only within the cluster's SAN
+/// ([`cluster_san`]: that name and names below it) or [`SERVER_DNS_NAMES`]. Chain verifiers
+/// (webpki in [`crate::verify`], BoringSSL in Envoy) then refuse any certificate it signs with
+/// another cluster's SAN, even if the intermediate's key is stolen.
+///
+/// URI SANs (SPIFFE IDs) are not constrained: an ID names no cluster, so no URI subtree could
+/// tell clusters apart; rcgen cannot write URI subtrees; and webpki refuses every certificate
+/// below a URI constraint (it does not implement them), so even a trust-domain-wide one would
+/// break verification.
+pub fn cluster_name_constraints(cluster: &ClusterId, trust_domain: &str) -> NameConstraints {
+    let mut permitted = vec![GeneralSubtree::DnsName(cluster_san(cluster, trust_domain))];
+    permitted.extend(
+        SERVER_DNS_NAMES
+            .iter()
+            .map(|n| GeneralSubtree::DnsName((*n).to_owned())),
+    );
+    NameConstraints {
+        permitted_subtrees: permitted,
+        excluded_subtrees: Vec::new(),
+    }
+}
+
+/// Whether `dns` is a name [`cluster_name_constraints`] permit for the cluster SAN `san`.
+fn permitted_dns(dns: &str, san: &str) -> bool {
+    dns_within(dns, san) || SERVER_DNS_NAMES.iter().any(|n| dns.eq_ignore_ascii_case(n))
+}
+
+/// Whether `dns` lies within the DNS subtree `base` (RFC 5280: the name itself or below it).
+fn dns_within(dns: &str, base: &str) -> bool {
+    let (dns, base) = (dns.as_bytes(), base.trim_start_matches('.').as_bytes());
+    match dns.len().checked_sub(base.len()) {
+        Some(0) => dns.eq_ignore_ascii_case(base),
+        Some(prefix) if prefix >= 2 => {
+            dns[prefix - 1] == b'.' && dns[prefix..].eq_ignore_ascii_case(base)
+        }
+        _ => false,
+    }
+}
+
+/// Whether a certificate's name constraints confine DNS names to `san`'s subtree (and
+/// [`SERVER_DNS_NAMES`]): it permits DNS subtrees, and each lies within `san` or is one of
+/// those names.
+fn confines_dns_to(der: &[u8], san: &str) -> bool {
+    let Ok((_, cert)) = x509_parser::parse_x509_certificate(der) else {
+        return false;
+    };
+    let Ok(Some(ext)) = cert.name_constraints() else {
+        return false;
+    };
+    let Some(permitted) = &ext.value.permitted_subtrees else {
+        return false;
+    };
+    let dns: Vec<&str> = permitted
+        .iter()
+        .filter_map(|t| match t.base {
+            x509_parser::extensions::GeneralName::DNSName(d) => Some(d),
+            _ => None,
+        })
+        .collect();
+    dns.iter().any(|d| dns_within(d, san)) && dns.iter().all(|d| permitted_dns(d, san))
+}
+
+/// Whether some CA of `chain_pem` (any certificate that every leaf's path passes through)
+/// confines DNS names to `cluster`'s SAN: then no leaf of the chain can carry another cluster's
+/// SAN and verify.
+pub fn chain_is_cluster_constrained(
+    chain_pem: &str,
+    cluster: &ClusterId,
+    trust_domain: &str,
+) -> bool {
+    let san = cluster_san(cluster, trust_domain);
+    crate::pem_certs(chain_pem)
+        .iter()
+        .any(|der| confines_dns_to(der.as_ref(), &san))
+}
+
 /// A cluster's issuing CA: its intermediate (and key), the chain up to the root, and the trust
 /// bundle. Needs nothing from the root but its certificate.
 pub struct ClusterCa {
@@ -570,6 +673,9 @@ pub struct ClusterCa {
     chain_pem: String,
     trust_bundle_pem: String,
     not_after: OffsetDateTime,
+    /// Whether the chain confines DNS names to the cluster's SAN
+    /// ([`chain_is_cluster_constrained`]).
+    name_constrained: bool,
 }
 
 impl std::fmt::Debug for ClusterCa {
@@ -578,6 +684,7 @@ impl std::fmt::Debug for ClusterCa {
             .field("cluster", &self.cluster)
             .field("trust_domain", &self.trust_domain)
             .field("not_after", &self.not_after)
+            .field("name_constrained", &self.name_constrained)
             .finish_non_exhaustive()
     }
 }
@@ -592,7 +699,11 @@ struct CaSource {
 impl ClusterCa {
     /// Loads a `cacerts` directory (`ca-cert.pem`, `ca-key.pem`, `root-cert.pem`, and
     /// `cert-chain.pem` if present) and checks it: the key matches, the certificate is an
-    /// unexpired CA, and a test leaf it signs verifies against the root bundle.
+    /// unexpired CA, and a test leaf it signs verifies against the root bundle (so an
+    /// intermediate constrained to another cluster is refused). An intermediate without the
+    /// cluster's name constraints ([`cluster_name_constraints`], missing in intermediates
+    /// issued before they existed) loads with a warning: its key could mint other clusters'
+    /// SANs; [`ensure_ca_dir`] replaces it when it holds the root.
     pub fn load(dir: &Path, cluster: ClusterId, trust_domain: &str) -> Result<Self, CaError> {
         let chain_path = dir.join(files::CERT_CHAIN);
         let chain = match std::fs::read_to_string(&chain_path) {
@@ -664,6 +775,7 @@ impl ClusterCa {
                 "holds no intermediate certificate",
             ));
         }
+        let name_constrained = chain_is_cluster_constrained(&chain_pem, &cluster, trust_domain);
         let ca = Self {
             cluster,
             trust_domain: trust_domain.to_owned(),
@@ -671,8 +783,12 @@ impl ClusterCa {
             chain_pem,
             trust_bundle_pem: src.root_cert_pem,
             not_after: info.not_after,
+            name_constrained,
         };
         ca.self_check(dir)?;
+        if !name_constrained {
+            tracing::warn!(cluster = %ca.cluster, dir = %dir.display(), permitted = %cluster_san(&ca.cluster, trust_domain), "the cluster's intermediate has no DNS name constraints: its key can mint certificates with other clusters' SANs; re-issue it (`causeway ca issue-intermediate`, or restart the control plane where it holds the root key)");
+        }
         Ok(ca)
     }
 
@@ -730,6 +846,11 @@ impl ClusterCa {
         self.not_after.unix_timestamp()
     }
 
+    /// Whether the intermediate's name constraints confine DNS names to the cluster's SAN.
+    pub fn is_name_constrained(&self) -> bool {
+        self.name_constrained
+    }
+
     /// Replaces the trust bundle (root rotation: old and new roots during the overlap).
     pub fn set_trust_bundle(&mut self, bundle_pem: String) -> Result<(), CaError> {
         if crate::pem_certs(&bundle_pem).is_empty() {
@@ -771,7 +892,21 @@ impl ClusterCa {
         ttl: Duration,
         extra_dns: &[&str],
     ) -> Result<IssuedCert, CaError> {
-        let mut dns_names = vec![cluster_san(&self.cluster, &self.trust_domain)];
+        let san = cluster_san(&self.cluster, &self.trust_domain);
+        if self.name_constrained {
+            if let Some(outside) = extra_dns.iter().find(|d| !permitted_dns(d, &san)) {
+                return Err(CaError::Issue {
+                    cluster: self.cluster.clone(),
+                    source: IssueError::Signing {
+                        identity: identity.to_string(),
+                        reason: format!(
+                            "DNS SAN {outside:?} is outside the intermediate's name constraints ({san})"
+                        ),
+                    },
+                });
+            }
+        }
+        let mut dns_names = vec![san];
         dns_names.extend(extra_dns.iter().map(|s| (*s).to_owned()));
         let profile = LeafProfile {
             identity: identity.clone(),
@@ -799,6 +934,9 @@ impl ClusterCa {
 /// intermediate for each cluster that lacks one. Layout: see [`layout`] (`<dir>/root/` and
 /// `<dir>/clusters/<cluster>/`). Operators who bring their own CA fill these directories first;
 /// several control planes may share the directory and start at once.
+///
+/// An intermediate this root signed without the cluster's name constraints (issued before they
+/// existed) is replaced by a constrained one; see [`reissue_unconstrained`].
 pub fn ensure_ca_dir(
     dir: &Path,
     trust_domain: &str,
@@ -821,7 +959,8 @@ pub fn ensure_ca_dir(
         }
     };
     for cluster in clusters {
-        if find_cluster_dir(dir, cluster).is_some() {
+        if let Some(existing) = find_cluster_dir(dir, cluster) {
+            reissue_unconstrained(dir, &existing, &root, cluster, trust_domain)?;
             continue;
         }
         let cdir = cluster_dir(dir, cluster);
@@ -835,6 +974,114 @@ pub fn ensure_ca_dir(
             Err(e) => return Err(e),
         }
     }
+    Ok(())
+}
+
+/// The certificates of a cluster directory that every leaf's chain carries: `ca-cert.pem` and
+/// `cert-chain.pem` (when present).
+fn read_ca_chain(cdir: &Path) -> Result<String, CaError> {
+    let mut pem = read_file(&cdir.join(files::CA_CERT))?;
+    let chain_path = cdir.join(files::CERT_CHAIN);
+    match std::fs::read_to_string(&chain_path) {
+        Ok(chain) => pem.push_str(&chain),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io(&chain_path)(e)),
+    }
+    Ok(pem)
+}
+
+/// Held while one control plane re-issues a cluster's intermediate:
+/// `clusters/.<cluster>.reissue.lock`, created exclusively, removed on drop.
+struct ReissueLock(PathBuf);
+
+impl ReissueLock {
+    /// `None` when another holder has it (or a crashed one left it behind).
+    fn acquire(clusters_dir: &Path, cluster: &ClusterId) -> Result<Option<Self>, CaError> {
+        let path = clusters_dir.join(format!(".{cluster}.reissue.lock"));
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+        {
+            Ok(_) => Ok(Some(Self(path))),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                tracing::warn!(cluster = %cluster, lock = %path.display(), "another control plane is re-issuing the cluster's intermediate (remove the lock file if none is)");
+                Ok(None)
+            }
+            Err(e) => Err(io(&path)(e)),
+        }
+    }
+}
+
+impl Drop for ReissueLock {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Replaces `cluster`'s intermediate in `existing` (either layout) with a name-constrained one
+/// ([`cluster_name_constraints`]) when it lacks the constraints and `root` signed it; an
+/// operator's own chain is left alone (with [`ClusterCa::load`]'s warning).
+///
+/// The new intermediate is written aside, then swapped in: the old directory moves to
+/// `clusters/.<cluster>.retired-<unix time>-<random>/` and loses its key, so it signs nothing
+/// more, while the leaves it signed keep verifying until they expire (they carry the old
+/// intermediate and chain to the same root). The old intermediate itself stays valid until its
+/// own expiry: only a root rotation retires it sooner.
+fn reissue_unconstrained(
+    ca_dir: &Path,
+    existing: &Path,
+    root: &RootCa,
+    cluster: &ClusterId,
+    trust_domain: &str,
+) -> Result<(), CaError> {
+    let chain = read_ca_chain(existing)?;
+    if chain_is_cluster_constrained(&chain, cluster, trust_domain) {
+        return Ok(());
+    }
+    if !root.signed(&chain) {
+        tracing::warn!(cluster = %cluster, dir = %existing.display(), "the cluster's intermediate has no name constraints and was not issued by this root; not re-issuing it");
+        return Ok(());
+    }
+    let clusters_dir = ca_dir.join(layout::CLUSTERS_DIR);
+    create_private_dir(&clusters_dir)?;
+    let Some(_lock) = ReissueLock::acquire(&clusters_dir, cluster)? else {
+        return Ok(());
+    };
+    // Under the lock: another control plane may have finished a re-issue meanwhile.
+    let Some(existing) = find_cluster_dir(ca_dir, cluster) else {
+        return Ok(());
+    };
+    if chain_is_cluster_constrained(&read_ca_chain(&existing)?, cluster, trust_domain) {
+        return Ok(());
+    }
+    let issued = root.issue_intermediate(cluster, trust_domain, DEFAULT_INTERMEDIATE_VALIDITY)?;
+    let suffix = random_suffix(&clusters_dir)?;
+    let staging = clusters_dir.join(format!(".{cluster}.new-{suffix}"));
+    if let Err(e) = issued.write(&staging) {
+        let _ = std::fs::remove_dir_all(&staging);
+        return Err(e);
+    }
+    let retired = clusters_dir.join(format!(".{cluster}.retired-{}-{suffix}", crate::now_unix()));
+    if let Err(e) = std::fs::rename(&existing, &retired) {
+        let _ = std::fs::remove_dir_all(&staging);
+        return Err(io(&existing)(e));
+    }
+    let current = cluster_dir(ca_dir, cluster);
+    if let Err(e) = std::fs::rename(&staging, &current) {
+        let _ = std::fs::remove_dir_all(&staging);
+        if current.join(files::CA_CERT).exists() {
+            // A control plane without the lock issued one into the gap: it is constrained.
+            tracing::info!(cluster = %cluster, dir = %current.display(), "another control plane wrote the cluster's new intermediate; using it");
+        } else {
+            let _ = std::fs::rename(&retired, &existing);
+            return Err(io(&current)(e));
+        }
+    }
+    if let Err(e) = std::fs::remove_file(retired.join(files::CA_KEY)) {
+        tracing::warn!(cluster = %cluster, key = %retired.join(files::CA_KEY).display(), error = %e, "could not delete the retired intermediate's key; delete it by hand");
+    }
+    tracing::warn!(cluster = %cluster, dir = %current.display(), retired = %retired.display(), "re-issued the cluster's intermediate with name constraints (DNS names within {}); leaves of the old one stay valid until they expire", cluster_san(cluster, trust_domain));
     Ok(())
 }
 
@@ -998,6 +1245,49 @@ mod tests {
             "both roots go to the cluster's bundle"
         );
         ClusterCa::from_files(&files, c, TD).expect("verifies against the two-root bundle");
+    }
+
+    #[test]
+    fn constrained_intermediates_certify_the_mesh_server_names_but_nothing_else_extra() {
+        let root = RootCa::generate(TD, DEFAULT_ROOT_VALIDITY).expect("root");
+        let c = ClusterId::new("east").expect("id");
+        let files = root
+            .issue_intermediate(&c, TD, DEFAULT_INTERMEDIATE_VALIDITY)
+            .expect("intermediate");
+        let ca = ClusterCa::from_files(&files, c, TD).expect("ca");
+        assert!(ca.is_name_constrained());
+        let key = KeyPair::generate().expect("key");
+        let id = SpiffeId::new(TD, "causeway-system", "causeway-ca");
+        for name in SERVER_DNS_NAMES {
+            let issued = ca
+                .sign_key(&key, &id, Duration::from_secs(600), &[name])
+                .expect("server name");
+            crate::verify::verify_chain(
+                &crate::pem_certs(&issued.chain_pem),
+                ca.trust_bundle_pem(),
+                TD,
+                rustls_pki_types::UnixTime::now(),
+            )
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        }
+        for name in ["west.cluster.mesh.test", "example.com", "x.causeway-ca"] {
+            let e = ca
+                .sign_key(&key, &id, Duration::from_secs(600), &[name])
+                .expect_err(name);
+            assert!(e.to_string().contains("name constraints"), "{e}");
+        }
+    }
+
+    #[test]
+    fn dns_subtree_matching_follows_label_boundaries() {
+        assert!(dns_within("a.cluster.td", "a.cluster.td"));
+        assert!(dns_within("A.Cluster.TD", "a.cluster.td"));
+        assert!(dns_within("x.a.cluster.td", "a.cluster.td"));
+        assert!(dns_within("x.a.cluster.td", ".a.cluster.td"));
+        assert!(!dns_within("ba.cluster.td", "a.cluster.td"));
+        assert!(!dns_within("cluster.td", "a.cluster.td"));
+        assert!(!dns_within(".a.cluster.td", "a.cluster.td"));
+        assert!(!dns_within("éa.cluster.td", "a.cluster.td"));
     }
 
     #[test]

@@ -33,7 +33,7 @@ use prometheus_client::registry::Registry;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Semaphore};
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::codegen::{http, Body, BoxFuture, Context, Poll, Service, StdError};
 use tonic::{Code, Status};
@@ -53,11 +53,26 @@ pub const CA_SERVER_NAME: &str = "causeway-ca";
 pub const REASON_METADATA: &str = "x-causeway-reason";
 /// Largest request accepted (bytes).
 pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
+/// Concurrent requests (HTTP/2 streams) on one connection, at most.
+pub const MAX_STREAMS_PER_CONNECTION: u32 = 32;
+/// Largest header list of a request (bytes).
+pub const MAX_HEADER_LIST_BYTES: u32 = 16 * 1024;
+/// Age after which a connection is closed gracefully (then given `request_timeout` to finish).
+pub const MAX_CONNECTION_AGE: Duration = Duration::from_secs(300);
 
 /// The SPIFFE ID the CA service presents. Reserved: no workload can obtain it.
 pub fn ca_identity(trust_domain: &str) -> SpiffeId {
     SpiffeId::new(trust_domain, "causeway-system", "causeway-ca")
 }
+
+/// The SPIFFE ID the control plane's xDS server presents (DNS name
+/// [`CONTROL_PLANE_SERVER_NAME`]). Reserved like [`ca_identity`].
+pub fn control_plane_identity(trust_domain: &str) -> SpiffeId {
+    SpiffeId::new(trust_domain, "causeway-system", "causeway-control-plane")
+}
+
+/// DNS name in the xDS server's certificate.
+pub const CONTROL_PLANE_SERVER_NAME: &str = "causeway-control-plane";
 
 /// A signing request: the CSR, the bootstrap token, an optional lifetime, and the cluster the
 /// requester claims to run in.
@@ -160,7 +175,7 @@ pub enum SignError {
         cluster: ClusterId,
     },
     /// The identity is reserved for the mesh's own components.
-    #[error("{0} is reserved for the mesh CA and is never issued to workloads")]
+    #[error("{0} is reserved for the mesh CA and control plane and is never issued to workloads")]
     ReservedIdentity(String),
     /// This CA holds no intermediate for the workload's cluster.
     #[error("no intermediate CA for cluster {0} on this control plane (run `causeway ca issue-intermediate --cluster {0}`)")]
@@ -169,6 +184,10 @@ pub enum SignError {
     #[error("signing failed: {0}")]
     Internal(String),
 }
+
+/// Why a connection to the CA was closed before it carried a request (the label of
+/// `causeway_ca_handshake_failures_total{reason}`, pre-registered at 0).
+pub const HANDSHAKE_FAILURE_REASONS: &[&str] = &["timeout", "tls", "overloaded"];
 
 /// Every value [`SignError::reason`] can take (pre-registered at 0 so dashboards see them).
 pub const REJECTION_REASONS: &[&str] = &[
@@ -276,10 +295,19 @@ pub struct CaServiceConfig {
     pub serving_cluster: Option<ClusterId>,
     /// Lifetime of the service's own certificate; renewed at half of it.
     pub serving_ttl: Duration,
-    /// Limit on a TLS handshake.
+    /// Limit on a TLS handshake, from the accepted TCP connection to the finished handshake
+    /// (a connection that sends nothing, or too little, is closed when it passes).
     pub handshake_timeout: Duration,
     /// Limit on one request.
     pub request_timeout: Duration,
+    /// Connections accepted but not yet through their TLS handshake, at most; beyond it new
+    /// connections are closed at once (`causeway_ca_handshake_failures_total{reason="overloaded"}`).
+    /// Reading a ClientHello costs a task and a small buffer, so this bound is generous.
+    pub max_pending_handshakes: usize,
+    /// TLS handshakes past their ClientHello (the key exchange and signature, the costly part)
+    /// at once, at most; further ones wait for a slot within their `handshake_timeout`.
+    /// Connections that never complete a ClientHello never take a slot.
+    pub max_concurrent_handshakes: usize,
 }
 
 impl CaServiceConfig {
@@ -293,6 +321,8 @@ impl CaServiceConfig {
             serving_ttl: Duration::from_secs(24 * 3600),
             handshake_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(10),
+            max_pending_handshakes: 1024,
+            max_concurrent_handshakes: 64,
         }
     }
 }
@@ -314,6 +344,7 @@ pub struct CaService {
     auth: RwLock<Arc<dyn Authenticator>>,
     rejections: Family<ReasonLabels, Counter>,
     issued: Family<ClusterLabels, Counter>,
+    handshake_failures: Family<ReasonLabels, Counter>,
 }
 
 impl std::fmt::Debug for CaService {
@@ -365,12 +396,19 @@ impl CaService {
                 reason: (*reason).to_owned(),
             });
         }
+        let handshake_failures = Family::<ReasonLabels, Counter>::default();
+        for reason in HANDSHAKE_FAILURE_REASONS {
+            let _ = handshake_failures.get_or_create(&ReasonLabels {
+                reason: (*reason).to_owned(),
+            });
+        }
         let service = Self {
             config,
             cas: RwLock::new(BTreeMap::new()),
             auth: RwLock::new(auth),
             rejections,
             issued: Family::default(),
+            handshake_failures,
         };
         service.set_cluster_cas(cas);
         service
@@ -418,6 +456,29 @@ impl CaService {
             "Workload certificates issued, by cluster",
             self.issued.clone(),
         );
+        registry.register(
+            "ca_handshake_failures",
+            "Connections to the CA closed before a TLS session was established, by reason",
+            self.handshake_failures.clone(),
+        );
+    }
+
+    /// Connections closed before their TLS session for `reason` (one of
+    /// [`HANDSHAKE_FAILURE_REASONS`]) so far.
+    pub fn handshake_failure_count(&self, reason: &str) -> u64 {
+        self.handshake_failures
+            .get_or_create(&ReasonLabels {
+                reason: reason.into(),
+            })
+            .get()
+    }
+
+    fn handshake_failed(&self, reason: &'static str) {
+        self.handshake_failures
+            .get_or_create(&ReasonLabels {
+                reason: reason.into(),
+            })
+            .inc();
     }
 
     /// Rejections so far for `reason` (for tests and status pages).
@@ -481,7 +542,7 @@ impl CaService {
                 expected: td.clone(),
             });
         }
-        if csr.identity == ca_identity(td) {
+        if csr.identity == ca_identity(td) || csr.identity == control_plane_identity(td) {
             return Err(SignError::ReservedIdentity(csr.identity.to_string()));
         }
         let granted = grant.spiffe(td);
@@ -514,9 +575,14 @@ impl CaService {
         Ok(issued)
     }
 
-    /// A certificate and key for the service itself: the CA's SPIFFE ID and DNS name, issued
-    /// by the serving cluster's intermediate. The key is generated here and stays in memory.
-    fn serving_cert(&self) -> Result<(Arc<CertifiedKey>, i64), ServiceError> {
+    /// A certificate and key for one of the mesh's own servers (`identity`, DNS name `dns`),
+    /// issued by the serving cluster's intermediate. The key is generated here and stays in
+    /// memory.
+    fn serving_cert(
+        &self,
+        identity: &SpiffeId,
+        dns: &str,
+    ) -> Result<(Arc<CertifiedKey>, i64), ServiceError> {
         let cas = read(&self.cas);
         let ca = match &self.config.serving_cluster {
             Some(c) => cas.get(c),
@@ -525,12 +591,7 @@ impl CaService {
         .ok_or(ServiceError::NoCa)?;
         let key = rcgen::KeyPair::generate().map_err(|e| ServiceError::Cert(e.to_string()))?;
         let issued = ca
-            .sign_key(
-                &key,
-                &ca_identity(&self.config.trust_domain),
-                self.config.serving_ttl,
-                &[CA_SERVER_NAME],
-            )
+            .sign_key(&key, identity, self.config.serving_ttl, &[dns])
             .map_err(|e| ServiceError::Cert(e.to_string()))?;
         let key_der = crate::verify::key_der(&key.serialize_pem())?;
         let signing_key = crate::provider()
@@ -539,7 +600,7 @@ impl CaService {
             .map_err(|e| ServiceError::Cert(e.to_string()))?;
         let certified = CertifiedKey::new(crate::pem_certs(&issued.chain_pem), signing_key);
         let renew_at = issued.not_before + (issued.not_after - issued.not_before) / 2;
-        tracing::info!(cluster = %ca.cluster(), not_after = issued.not_after, "CA serving certificate issued");
+        tracing::info!(cluster = %ca.cluster(), %identity, not_after = issued.not_after, "serving certificate issued");
         Ok((Arc::new(certified), renew_at))
     }
 
@@ -549,26 +610,35 @@ impl CaService {
         listener: TcpListener,
         shutdown: impl std::future::Future<Output = ()>,
     ) -> Result<(), ServiceError> {
-        let resolver = ServingCertResolver::new(Arc::clone(&self))?;
+        let resolver = ServingCertResolver::new(
+            Arc::clone(&self),
+            ca_identity(&self.config.trust_domain),
+            CA_SERVER_NAME,
+        )?;
         let mut tls = rustls::ServerConfig::builder_with_provider(crate::provider())
             .with_protocol_versions(&[&rustls::version::TLS13])
             .map_err(|e| ServiceError::Cert(e.to_string()))?
             .with_no_client_auth()
             .with_cert_resolver(Arc::new(resolver));
         tls.alpn_protocols = vec![b"h2".to_vec()];
-        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
         let local = listener.local_addr()?;
         tracing::info!(addr = %local, trust_domain = %self.config.trust_domain, clusters = ?self.clusters(), "CA service listening");
         let (tx, rx) = mpsc::channel(64);
-        let accept = tokio::spawn(accept_loop(
-            listener,
-            acceptor,
-            tx,
-            self.config.handshake_timeout,
-        ));
+        let accept = tokio::spawn(accept_loop(listener, Arc::new(tls), tx, Arc::clone(&self)));
         let result = tonic::transport::Server::builder()
             .timeout(self.config.request_timeout)
-            .concurrency_limit_per_connection(32)
+            .concurrency_limit_per_connection(MAX_STREAMS_PER_CONNECTION as usize)
+            .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
+            .http2_max_header_list_size(MAX_HEADER_LIST_BYTES)
+            .http2_max_pending_accept_reset_streams(Some(MAX_STREAMS_PER_CONNECTION as usize))
+            // Each stream may buffer at most one request (and its frame header) unread.
+            .initial_stream_window_size(MAX_REQUEST_BYTES as u32 + 1024)
+            .initial_connection_window_size(
+                (MAX_REQUEST_BYTES as u32 + 1024) * MAX_STREAMS_PER_CONNECTION,
+            )
+            // Agents open a connection per request; nothing legitimate stays for long.
+            .max_connection_age(MAX_CONNECTION_AGE)
+            .max_connection_age_grace(self.config.request_timeout)
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
             .http2_keepalive_timeout(Some(Duration::from_secs(10)))
             .add_service(CaGrpcServer {
@@ -595,14 +665,24 @@ fn parse_claim(claim: &str) -> Result<Option<ClusterId>, SignError> {
 
 type TlsConn = tokio_rustls::server::TlsStream<TcpStream>;
 
-/// Accepts TCP connections and completes TLS handshakes concurrently (each bounded by
-/// `timeout`), handing finished connections to the gRPC server.
+/// Accepts TCP connections and completes TLS handshakes concurrently, handing finished
+/// connections to the gRPC server. Each handshake is bounded by `handshake_timeout` (from the
+/// accept); at most `max_pending_handshakes` connections may be in one (further connections
+/// are closed at once), and at most `max_concurrent_handshakes` past their ClientHello (further
+/// ones wait for a slot within their deadline). A connection that sends garbage, or nothing, is
+/// closed when rustls refuses it or its time is up; no other connection waits for it.
 async fn accept_loop(
     listener: TcpListener,
-    acceptor: tokio_rustls::TlsAcceptor,
+    tls: Arc<rustls::ServerConfig>,
     tx: mpsc::Sender<Result<TlsConn, std::io::Error>>,
-    timeout: Duration,
+    service: Arc<CaService>,
 ) {
+    let timeout = service.config.handshake_timeout;
+    let pending = Arc::new(Semaphore::new(service.config.max_pending_handshakes.max(1)));
+    let crypto = Arc::new(Semaphore::new(
+        service.config.max_concurrent_handshakes.max(1),
+    ));
+    let mut overloaded_logged: Option<Instant> = None;
     loop {
         let (tcp, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
@@ -616,24 +696,87 @@ async fn accept_loop(
         if tx.is_closed() {
             return;
         }
+        let Ok(slot) = Arc::clone(&pending).try_acquire_owned() else {
+            service.handshake_failed("overloaded");
+            if overloaded_logged.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
+                overloaded_logged = Some(Instant::now());
+                tracing::warn!(%peer, limit = service.config.max_pending_handshakes, "CA: too many connections in a TLS handshake; closing new ones (logged every 10 s at most)");
+            }
+            drop(tcp);
+            continue;
+        };
         let _ = tcp.set_nodelay(true);
-        let acceptor = acceptor.clone();
-        let conn_tx = tx.clone();
+        let (tls, crypto, conn_tx, service) = (
+            Arc::clone(&tls),
+            Arc::clone(&crypto),
+            tx.clone(),
+            Arc::clone(&service),
+        );
         tokio::spawn(async move {
-            match tokio::time::timeout(timeout, acceptor.accept(tcp)).await {
+            let handshake = async {
+                // Reading the ClientHello costs nothing worth bounding; the key exchange and
+                // signature after it wait for a slot.
+                let start =
+                    tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), tcp)
+                        .await?;
+                let _permit = crypto
+                    .acquire_owned()
+                    .await
+                    .map_err(std::io::Error::other)?;
+                start.into_stream(tls).await
+            };
+            let result = tokio::time::timeout(timeout, handshake).await;
+            drop(slot);
+            match result {
                 Ok(Ok(tls)) => {
                     let _ = conn_tx.send(Ok(tls)).await;
                 }
-                Ok(Err(e)) => tracing::debug!(%peer, error = %e, "CA TLS handshake failed"),
-                Err(_) => tracing::debug!(%peer, "CA TLS handshake timed out"),
+                Ok(Err(e)) => {
+                    service.handshake_failed("tls");
+                    tracing::debug!(%peer, error = %e, "CA TLS handshake failed");
+                }
+                Err(_) => {
+                    service.handshake_failed("timeout");
+                    tracing::debug!(%peer, "CA TLS handshake timed out");
+                }
             }
         });
     }
 }
 
-/// Hands out the service's certificate, re-issuing it at half its lifetime.
+impl CaService {
+    /// A TLS certificate resolver presenting `identity` (DNS `dns`) from this CA, re-issued at
+    /// half its lifetime: the control plane's other servers (xDS) use it.
+    pub fn serving_resolver(
+        self: &Arc<Self>,
+        identity: SpiffeId,
+        dns: &'static str,
+    ) -> Result<Arc<dyn ResolvesServerCert>, ServiceError> {
+        Ok(Arc::new(ServingCertResolver::new(
+            Arc::clone(self),
+            identity,
+            dns,
+        )?))
+    }
+
+    /// The roots every cluster intermediate trusts (each distinct bundle once): what mesh
+    /// clients' certificates are verified against.
+    pub fn trust_bundle_pem(&self) -> String {
+        let mut bundles: Vec<String> = read(&self.cas)
+            .values()
+            .map(|ca| ca.trust_bundle_pem().to_owned())
+            .collect();
+        bundles.sort();
+        bundles.dedup();
+        bundles.concat()
+    }
+}
+
+/// Hands out a server's certificate, re-issuing it at half its lifetime.
 struct ServingCertResolver {
     service: Arc<CaService>,
+    identity: SpiffeId,
+    dns: &'static str,
     current: Mutex<(Arc<CertifiedKey>, i64)>,
 }
 
@@ -645,10 +788,16 @@ impl std::fmt::Debug for ServingCertResolver {
 }
 
 impl ServingCertResolver {
-    fn new(service: Arc<CaService>) -> Result<Self, ServiceError> {
-        let first = service.serving_cert()?;
+    fn new(
+        service: Arc<CaService>,
+        identity: SpiffeId,
+        dns: &'static str,
+    ) -> Result<Self, ServiceError> {
+        let first = service.serving_cert(&identity, dns)?;
         Ok(Self {
             service,
+            identity,
+            dns,
             current: Mutex::new(first),
         })
     }
@@ -661,10 +810,12 @@ impl ResolvesServerCert for ServingCertResolver {
             Err(p) => p.into_inner(),
         };
         if crate::now_unix() >= current.1 {
-            match self.service.serving_cert() {
+            match self.service.serving_cert(&self.identity, self.dns) {
                 Ok(fresh) => *current = fresh,
                 // Keep the old one: still valid for the second half of its life.
-                Err(e) => tracing::error!(error = %e, "cannot renew the CA serving certificate"),
+                Err(e) => {
+                    tracing::error!(identity = %self.identity, error = %e, "cannot renew a serving certificate")
+                }
             }
         }
         Some(Arc::clone(&current.0))

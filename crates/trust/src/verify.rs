@@ -1,7 +1,9 @@
 //! Verifying workload certificates: the chain leads to a root of the trust bundle (several roots
 //! during a rotation), the leaf is valid now, and it carries exactly one SPIFFE ID of our trust
 //! domain. Chain checks are webpki's (through rustls' `WebPkiClientVerifier` and its server-side
-//! trust-anchor check); identities are read with x509-parser. Host names play no part.
+//! trust-anchor check); identities are read with x509-parser. Host names play no part. webpki
+//! enforces the intermediates' name constraints ([`crate::ca::cluster_name_constraints`]): a
+//! leaf with another cluster's SAN is refused ([`VerifyError::NameConstraint`]).
 
 use std::sync::Arc;
 
@@ -30,6 +32,11 @@ pub enum VerifyError {
     /// The leaf is not valid yet (clock skew, or a certificate from the future).
     #[error("certificate not valid yet")]
     NotYetValid,
+    /// The leaf carries a name its intermediate's name constraints forbid: a certificate naming
+    /// another cluster (`<cluster>.cluster.<trust-domain>`) than the one whose intermediate
+    /// signed it, i.e. forged with that intermediate's key.
+    #[error("certificate names a DNS name outside its issuing intermediate's name constraints (another cluster's SAN?)")]
+    NameConstraint,
     /// Any other chain problem (bad encoding, wrong key usage, ...).
     #[error("invalid certificate chain: {0}")]
     BadChain(String),
@@ -79,6 +86,7 @@ impl VerifyError {
             VerifyError::UnknownRoot => "unknown_root",
             VerifyError::Expired => "expired",
             VerifyError::NotYetValid => "not_yet_valid",
+            VerifyError::NameConstraint => "name_constraint",
             VerifyError::BadChain(_) => "bad_chain",
             VerifyError::NotSpiffe(_) => "not_spiffe",
             VerifyError::WrongTrustDomain { .. } => "wrong_trust_domain",
@@ -128,6 +136,14 @@ fn map_chain_error(e: &rustls::Error) -> VerifyError {
         rustls::Error::InvalidCertificate(
             CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. },
         ) => VerifyError::NotYetValid,
+        rustls::Error::InvalidCertificate(CertificateError::Other(other))
+            if matches!(
+                other.0.downcast_ref::<webpki::Error>(),
+                Some(webpki::Error::NameConstraintViolation)
+            ) =>
+        {
+            VerifyError::NameConstraint
+        }
         other => VerifyError::BadChain(other.to_string()),
     }
 }
@@ -456,4 +472,22 @@ pub fn client_config(
         .with_custom_certificate_verifier(Arc::new(verifier))
         .with_client_auth_cert(crate::pem_certs(chain_pem), key_der(key_pem)?)
         .map_err(|e| VerifyError::Config(e.to_string()))
+}
+
+/// A TLS 1.3 server config for a mesh server whose certificate comes from `resolver` (e.g.
+/// [`crate::service::CaService::serving_resolver`]) and that requires a client certificate
+/// chained to the bundle carrying a SPIFFE ID of `trust_domain` (the xDS listener). ALPN `h2`.
+pub fn mtls_server_config(
+    resolver: Arc<dyn rustls::server::ResolvesServerCert>,
+    bundle_pem: &str,
+    trust_domain: &str,
+) -> Result<rustls::ServerConfig, VerifyError> {
+    let verifier = SpiffeClientVerifier::new(bundle_pem, trust_domain, Vec::new())?;
+    let mut config = rustls::ServerConfig::builder_with_provider(crate::provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| VerifyError::Config(e.to_string()))?
+        .with_client_cert_verifier(Arc::new(verifier))
+        .with_cert_resolver(resolver);
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(config)
 }

@@ -169,8 +169,10 @@ impl ProxyNode {
         let workload = get(keys::WORKLOAD)?;
         let namespace = match role {
             ProxyRole::Sidecar => get(keys::NAMESPACE)?,
+            // Optional for gateways; empty counts as absent, as for every other key.
             ProxyRole::Gateway => md
                 .get(keys::NAMESPACE)
+                .filter(|v| !v.is_empty())
                 .cloned()
                 .unwrap_or_else(|| "causeway-system".into()),
         };
@@ -313,5 +315,31 @@ mod tests {
         .expect_err("not a network address");
         assert!(e.to_string().contains("first address"), "{e}");
         assert_eq!(ProxyNode::from_node(None), Err(NodeError::Missing));
+    }
+
+    /// Found by the `node_metadata` fuzz target: a gateway with `CAUSEWAY_NAMESPACE=""` was
+    /// accepted with an empty namespace (a sidecar's empty value already counted as missing).
+    #[test]
+    fn a_gateways_empty_namespace_counts_as_absent() {
+        let g = node(&[
+            (keys::CLUSTER, "alpha"),
+            (keys::WORKLOAD, "gw"),
+            (keys::ROLE, "gateway"),
+            (keys::NAMESPACE, ""),
+        ]);
+        let p = ProxyNode::from_node(Some(&g)).expect("valid");
+        assert_eq!(p.identity.namespace, "causeway-system");
+        let s = node(&[
+            (keys::CLUSTER, "alpha"),
+            (keys::WORKLOAD, "w"),
+            (keys::NAMESPACE, ""),
+            (keys::OUTBOUND_CIDR, "127.101.0.0/16"),
+        ]);
+        assert_eq!(
+            ProxyNode::from_node(Some(&s))
+                .expect_err("empty namespace")
+                .to_string(),
+            "node n1: metadata CAUSEWAY_NAMESPACE is missing"
+        );
     }
 }

@@ -92,10 +92,12 @@ impl ProxyStatus {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Rejection {
-    /// Node id, when given.
+    /// Node id, when given (the peer's address when the TLS handshake failed).
     pub node: String,
-    /// Why.
+    /// Why, as a short label (the `reason` of `causeway_xds_rejected_nodes_total`).
     pub reason: String,
+    /// What happened, for operators.
+    pub message: String,
     /// When (Unix seconds).
     pub at: u64,
 }
@@ -103,6 +105,11 @@ pub struct Rejection {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct TypeLabels {
     r#type: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -116,7 +123,7 @@ struct Metrics {
     pushes: Family<TypeLabels, Counter>,
     nacks: Family<TypeLabels, Counter>,
     connected: Family<ClusterLabels, Gauge>,
-    rejected: Counter,
+    rejected: Family<ReasonLabels, Counter>,
 }
 
 /// Shared registry of connections and test hooks.
@@ -140,14 +147,20 @@ impl ProxyRegistry {
     /// A registry; `test_hooks` enables [`Self::poison`].
     pub fn new(test_hooks: bool) -> Self {
         let (poison_tx, _) = watch::channel(0);
-        Self {
+        let registry = Self {
             proxies: Mutex::new(BTreeMap::new()),
             rejections: Mutex::new(VecDeque::new()),
             poisoned: Mutex::new(BTreeSet::new()),
             poison_tx,
             test_hooks,
             metrics: Metrics::default(),
+        };
+        for reason in crate::auth::REFUSAL_REASONS.iter().chain(&["tls"]) {
+            let _ = registry.metrics.rejected.get_or_create(&ReasonLabels {
+                reason: (*reason).to_owned(),
+            });
         }
+        registry
     }
 
     /// Registers the xDS metrics.
@@ -169,7 +182,7 @@ impl ProxyRegistry {
         );
         registry.register(
             "xds_rejected_nodes",
-            "Proxies refused for unknown or inconsistent node metadata",
+            "xDS clients refused, by reason (no or failed mTLS, a node whose claims are not its certificate's, an unknown or not yet loaded cluster, bad metadata)",
             self.metrics.rejected.clone(),
         );
     }
@@ -204,12 +217,18 @@ impl ProxyRegistry {
         }
     }
 
-    pub(crate) fn reject(&self, node: &str, reason: &str) {
-        self.metrics.rejected.inc();
+    pub(crate) fn reject(&self, node: &str, reason: &str, message: &str) {
+        self.metrics
+            .rejected
+            .get_or_create(&ReasonLabels {
+                reason: reason.to_owned(),
+            })
+            .inc();
         let mut r = lock(&self.rejections);
         r.push_back(Rejection {
             node: node.to_owned(),
             reason: reason.to_owned(),
+            message: message.to_owned(),
             at: now_unix(),
         });
         while r.len() > 50 {

@@ -196,14 +196,15 @@ async fn unknown_workload_is_refused_with_the_reason() {
         },
         Err(e) => e,
     };
-    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert_eq!(err.code(), tonic::Code::PermissionDenied);
     assert!(
         err.message()
-            .contains("no WorkloadEntry demo/nobody in cluster alpha"),
+            .contains("no workload demo/nobody in cluster alpha"),
         "{}",
         err.message()
     );
     assert_eq!(h.registry.rejections().len(), 1);
+    assert_eq!(h.registry.rejections()[0].reason, "unknown_workload");
 }
 
 #[tokio::test]

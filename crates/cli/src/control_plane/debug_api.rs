@@ -27,11 +27,11 @@ struct AppState {
     proxies: Arc<ProxyRegistry>,
 }
 
-/// Builds the router.
+/// Builds the router. `POST /debug/test/poison` exists only in builds with the `test-hooks`
+/// feature (the end-to-end tests' binary), never in a default or release build.
 pub fn router(state: StateHandle, metrics: Arc<Metrics>, proxies: Arc<ProxyRegistry>) -> Router {
-    Router::new()
+    let router = Router::new()
         .route("/debug/proxies", get(proxy_list))
-        .route("/debug/test/poison", axum::routing::post(poison))
         .route("/healthz", get(|| async { "ok" }))
         .route("/metrics", get(metrics_text))
         .route("/debug/mesh", get(mesh))
@@ -39,12 +39,17 @@ pub fn router(state: StateHandle, metrics: Arc<Metrics>, proxies: Arc<ProxyRegis
         .route("/debug/services", get(services))
         .route("/debug/errors", get(errors))
         .route("/debug/imports", get(imports))
-        .route("/debug/view", get(proxy_view))
-        .with_state(AppState {
-            state,
-            metrics,
-            proxies,
-        })
+        .route("/debug/view", get(proxy_view));
+    #[cfg(feature = "test-hooks")]
+    let router = router.route(
+        "/debug/test/poison",
+        axum::routing::post(test_hooks::poison),
+    );
+    router.with_state(AppState {
+        state,
+        metrics,
+        proxies,
+    })
 }
 
 /// An API error with its status.
@@ -462,33 +467,76 @@ async fn proxy_list(State(app): State<AppState>) -> Json<serde_json::Value> {
     }))
 }
 
-#[derive(Deserialize)]
-struct PoisonQuery {
-    cluster: String,
-    workload: String,
-    #[serde(default = "default_on")]
-    on: bool,
-}
+/// Test-only endpoints: compiled only with the `test-hooks` feature.
+#[cfg(feature = "test-hooks")]
+mod test_hooks {
+    use super::*;
 
-fn default_on() -> bool {
-    true
-}
+    #[derive(Deserialize)]
+    pub(super) struct PoisonQuery {
+        cluster: String,
+        workload: String,
+        #[serde(default = "default_on")]
+        on: bool,
+    }
 
-async fn poison(
-    State(app): State<AppState>,
-    Query(q): Query<PoisonQuery>,
-) -> Result<Json<serde_json::Value>, ApiError> {
-    app.proxies
-        .poison(&q.cluster, &q.workload, q.on)
-        .map_err(|e| ApiError(StatusCode::FORBIDDEN, e.to_owned()))?;
-    Ok(Json(
-        serde_json::json!({ "cluster": q.cluster, "workload": q.workload, "poisoned": q.on }),
-    ))
+    fn default_on() -> bool {
+        true
+    }
+
+    pub(super) async fn poison(
+        State(app): State<AppState>,
+        Query(q): Query<PoisonQuery>,
+    ) -> Result<Json<serde_json::Value>, ApiError> {
+        app.proxies
+            .poison(&q.cluster, &q.workload, q.on)
+            .map_err(|e| ApiError(StatusCode::FORBIDDEN, e.to_owned()))?;
+        Ok(Json(
+            serde_json::json!({ "cluster": q.cluster, "workload": q.workload, "poisoned": q.on }),
+        ))
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The router over an empty state, with the registry's hooks on: only the build decides.
+    fn app() -> Router {
+        let (_publish, state) = tokio::sync::watch::channel(Arc::new(Snapshot {
+            version: 0,
+            index: None,
+            errors: Vec::new(),
+            clusters: std::collections::BTreeMap::new(),
+            changes: Default::default(),
+        }));
+        router(
+            state,
+            Arc::new(Metrics::new()),
+            Arc::new(ProxyRegistry::new(true)),
+        )
+    }
+
+    async fn post_poison() -> StatusCode {
+        use tower::ServiceExt;
+        let request = axum::http::Request::post("/debug/test/poison?cluster=a&workload=w")
+            .body(axum::body::Body::empty())
+            .expect("request");
+        app().oneshot(request).await.expect("infallible").status()
+    }
+
+    /// A default (and release) build has no poison route at all: 404, whatever the registry.
+    #[cfg(not(feature = "test-hooks"))]
+    #[tokio::test]
+    async fn the_poison_route_is_absent_without_the_test_hooks_feature() {
+        assert_eq!(post_poison().await, StatusCode::NOT_FOUND);
+    }
+
+    #[cfg(feature = "test-hooks")]
+    #[tokio::test]
+    async fn the_poison_route_exists_with_the_test_hooks_feature() {
+        assert_eq!(post_poison().await, StatusCode::OK);
+    }
 
     const MESH: &str = "apiVersion: causeway.io/v1alpha1\nkind: Mesh\nmetadata: {name: m}\nspec: {trustDomain: td}\n---\napiVersion: causeway.io/v1alpha1\nkind: Cluster\nmetadata: {name: a}\nspec: {network: n, locality: r/z}\n";
 

@@ -2,6 +2,7 @@
 //! API (and, with the xDS crate, the proxies).
 
 mod debug_api;
+mod debug_server;
 mod mcs;
 mod metrics;
 mod sources;
@@ -21,10 +22,16 @@ pub struct Args {
     /// The mesh directory (mesh.yaml and clusters/<id>/*.yaml).
     #[arg(long, env = "CAUSEWAY_MESH_DIR")]
     pub mesh_dir: PathBuf,
-    /// Address of the debug API and /metrics.
+    /// Address of the debug API and /metrics: a loopback address unless
+    /// `--debug-addr-public` is given (the API has no authentication).
     #[arg(long, default_value = "127.0.0.1:15010")]
     pub debug_addr: SocketAddr,
-    /// Address of the xDS (ADS) server proxies connect to.
+    /// Allow a non-loopback `--debug-addr` (logged as a warning): whoever reaches it reads
+    /// the whole mesh. Only on a trusted network.
+    #[arg(long)]
+    pub debug_addr_public: bool,
+    /// Address of the xDS (ADS) server proxies connect to (mTLS: proxies present their
+    /// agent's mesh certificate).
     #[arg(long, default_value = "127.0.0.1:15011")]
     pub xds_addr: SocketAddr,
     /// How long to wait after a file change for the rest of a burst (milliseconds).
@@ -56,8 +63,21 @@ pub struct Args {
     #[arg(long)]
     pub kube_streaming_lists: bool,
     /// Enable test-only debug endpoints (e.g. making a proxy's config invalid to test NACKs).
+    /// Exists only in builds with the `test-hooks` feature (`make test`).
+    #[cfg(feature = "test-hooks")]
     #[arg(long, hide = true)]
     pub enable_test_hooks: bool,
+}
+
+/// Whether the test-only hooks are on: never in a build without the `test-hooks` feature.
+fn test_hooks_enabled(args: &Args) -> bool {
+    #[cfg(feature = "test-hooks")]
+    if args.enable_test_hooks {
+        tracing::warn!("test hooks enabled (--enable-test-hooks): POST /debug/test/poison breaks proxies' config on request");
+        return true;
+    }
+    let _ = args;
+    false
 }
 
 /// Keeps time-based cluster gauges (how long a cluster has been stale) current between changes.
@@ -70,8 +90,34 @@ async fn refresh_cluster_metrics(state: state::StateHandle, metrics: Arc<metrics
     }
 }
 
+/// The xDS listener's mTLS: it presents the control plane's SPIFFE ID (issued by the mesh CA,
+/// renewed like the CA's own certificate) and accepts only clients with a mesh certificate.
+fn xds_tls(ca: &trust::MeshCa) -> anyhow::Result<causeway_xds::XdsTls> {
+    use causeway_trust::service::{control_plane_identity, CONTROL_PLANE_SERVER_NAME};
+    let trust_domain = ca.service.config().trust_domain.clone();
+    let resolver = ca
+        .service
+        .serving_resolver(
+            control_plane_identity(&trust_domain),
+            CONTROL_PLANE_SERVER_NAME,
+        )
+        .context("issuing the xDS server's certificate")?;
+    let config = causeway_trust::verify::mtls_server_config(
+        resolver,
+        &ca.service.trust_bundle_pem(),
+        &trust_domain,
+    )
+    .context("the xDS server's TLS configuration")?;
+    Ok(causeway_xds::XdsTls {
+        config: Arc::new(config),
+        trust_domain,
+        handshake_timeout: Duration::from_secs(10),
+    })
+}
+
 /// Runs until Ctrl-C or SIGTERM.
 pub async fn run(args: Args) -> anyhow::Result<()> {
+    debug_server::check_addr(args.debug_addr, args.debug_addr_public)?;
     let root = args
         .mesh_dir
         .canonicalize()
@@ -115,7 +161,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         .with_context(|| format!("binding the CA service on {}", args.ca_addr))?;
     let ca_task =
         tokio::spawn(Arc::clone(&ca.service).serve(ca_listener, crate::shutdown_signal()));
-    let proxies = Arc::new(causeway_xds::ProxyRegistry::new(args.enable_test_hooks));
+    let proxies = Arc::new(causeway_xds::ProxyRegistry::new(test_hooks_enabled(&args)));
     metrics.register(|registry| proxies.register_metrics(registry));
     let mesh_state = state::forward_to_xds(state.clone());
     let ads = causeway_xds::AdsServer::new(
@@ -129,21 +175,19 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding the xDS server on {}", args.xds_addr))?;
     let xds_local = xds_listener.local_addr()?;
-    let xds = tonic::transport::Server::builder()
-        .http2_keepalive_interval(Some(Duration::from_secs(30)))
-        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
-        .add_service(ads.into_service())
-        .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(xds_listener),
-            crate::shutdown_signal(),
-        );
+    let xds = causeway_xds::serve_tls(ads, xds_listener, xds_tls(&ca)?, crate::shutdown_signal());
     let listener = tokio::net::TcpListener::bind(args.debug_addr)
         .await
         .with_context(|| format!("binding the debug API on {}", args.debug_addr))?;
     let local = listener.local_addr()?;
     tracing::info!(mesh_dir = %root.display(), debug_api = %local, xds = %xds_local, ca = %args.ca_addr, "control plane running");
     let app = debug_api::router(state, metrics, proxies);
-    let debug = axum::serve(listener, app).with_graceful_shutdown(crate::shutdown_signal());
+    let debug = debug_server::serve(
+        listener,
+        app,
+        debug_server::Limits::default(),
+        crate::shutdown_signal(),
+    );
     // Proxy streams never end on their own: after the signal, give in-flight work a moment,
     // then stop regardless so a restart is never blocked by a lingering process.
     let servers = async { tokio::join!(xds, debug) };

@@ -67,7 +67,8 @@ fn load_cas(
     Ok(cas)
 }
 
-/// Credentials of every WorkloadEntry that names a token file.
+/// Credentials of every WorkloadEntry, and every cluster's gateway identity, that names a token
+/// file.
 fn authenticator(mesh_dir: &Path, index: &causeway_discovery::MeshIndex) -> TokenAuthenticator {
     let mut auth = TokenAuthenticator::new();
     for (cluster, ci) in index.clusters() {
@@ -88,6 +89,28 @@ fn authenticator(mesh_dir: &Path, index: &causeway_discovery::MeshIndex) -> Toke
                 Err(e) => {
                     tracing::error!(cluster = %cluster, workload = %format!("{namespace}/{name}"), field = "spec.credential.tokenFile", error = %e, "credential file refused; the workload cannot get certificates")
                 }
+            }
+        }
+    }
+    for spec in &index.mesh().clusters {
+        let Some(gi) = &spec.gateway_identity else {
+            continue;
+        };
+        let Some(file) = &gi.credential_file else {
+            continue;
+        };
+        match crate::check::read_credential_file(mesh_dir, file) {
+            Ok(token) => auth.add(
+                &token,
+                Grant {
+                    cluster: spec.id.clone(),
+                    namespace: gi.namespace.clone(),
+                    service_account: gi.service_account.clone(),
+                    workload: format!("gateways of cluster {}", spec.id),
+                },
+            ),
+            Err(e) => {
+                tracing::error!(cluster = %spec.id, field = "spec.gatewayIdentity.credential.tokenFile", error = %e, "gateway credential file refused; the cluster's gateways cannot get certificates")
             }
         }
     }

@@ -235,7 +235,7 @@ async fn drive(plan: &Plan, sup: &mut Supervisor, tour: bool) -> anyhow::Result<
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    for kind in [Kind::Gateway, Kind::App, Kind::Agent, Kind::Sidecar] {
+    for kind in [Kind::Agent, Kind::Gateway, Kind::App, Kind::Sidecar] {
         for p in plan.processes.iter().filter(|p| p.kind == kind) {
             sup.start(p)?;
         }

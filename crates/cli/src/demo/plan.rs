@@ -100,6 +100,82 @@ fn app_address(a: IpAddr) -> Option<IpAddr> {
 }
 
 /// Builds the plan for `mesh_dir`, ports counted from `port_base`.
+/// A gateway's agent (its certificate from the cluster's `spec.gatewayIdentity` credential)
+/// and its proxy (without the flags every proxy shares).
+fn gateway_processes(
+    mesh_dir: &Path,
+    run_dir: &Path,
+    mesh: &MeshConfig,
+    cluster: &causeway_model::ClusterSpec,
+    i: usize,
+    ca: SocketAddr,
+) -> anyhow::Result<[ProcessSpec; 2]> {
+    let identity = cluster.gateway_identity.as_ref().with_context(|| {
+        format!(
+            "cluster {} has gateways but no spec.gatewayIdentity: gateways need a certificate to connect to the control plane",
+            cluster.id
+        )
+    })?;
+    let token = identity.credential_file.as_ref().with_context(|| {
+        format!(
+            "cluster {}: spec.gatewayIdentity.credential.tokenFile is needed to run its gateways here",
+            cluster.id
+        )
+    })?;
+    let name = format!("eastwest-{i}");
+    let sds = run_dir
+        .join("sds")
+        .join(format!("{}-{name}.sock", cluster.id));
+    let sds = sds.display().to_string();
+    let mut agent = vec![
+        "agent".to_owned(),
+        "--ca".into(),
+        ca.to_string(),
+        "--ca-root".into(),
+        run_dir.join("ca/root/root-cert.pem").display().to_string(),
+        "--token-file".into(),
+        mesh_dir.join(token).display().to_string(),
+        "--trust-domain".into(),
+        mesh.mesh.trust_domain.clone(),
+        "--namespace".into(),
+        identity.namespace.clone(),
+        "--service-account".into(),
+        identity.service_account.clone(),
+        "--sds-socket".into(),
+        sds.clone(),
+    ];
+    if cluster.kubernetes.is_none() {
+        agent.extend(["--cluster".into(), cluster.id.to_string()]);
+    }
+    let proxy = vec![
+        "proxy".to_owned(),
+        "--role".into(),
+        "gateway".into(),
+        "--cluster".into(),
+        cluster.id.to_string(),
+        "--namespace".into(),
+        identity.namespace.clone(),
+        "--workload".into(),
+        name.clone(),
+        "--sds-socket".into(),
+        sds,
+        "--trust-domain".into(),
+        mesh.mesh.trust_domain.clone(),
+    ];
+    let spec = |suffix: &str, kind: Kind, args: Vec<String>| ProcessSpec {
+        name: format!("{}-{suffix}-{i}", cluster.id),
+        kind,
+        cluster: Some(cluster.id.clone()),
+        workload: None,
+        args,
+        admin: None,
+    };
+    Ok([
+        spec("gateway-agent", Kind::Agent, agent),
+        spec("gateway", Kind::Gateway, proxy),
+    ])
+}
+
 pub fn build(
     mesh_dir: &Path,
     run_dir: &Path,
@@ -155,27 +231,13 @@ pub fn build(
         ]
     };
     for cluster in &mesh.clusters {
-        for (i, _gw) in cluster.gateways.iter().enumerate() {
+        for i in 0..cluster.gateways.len() {
             let admin = local(next_admin);
             next_admin += 1;
-            let mut args = vec![
-                "proxy".to_owned(),
-                "--role".into(),
-                "gateway".into(),
-                "--cluster".into(),
-                cluster.id.to_string(),
-                "--workload".into(),
-                format!("eastwest-{i}"),
-            ];
-            args.extend(proxy_common(admin));
-            processes.push(ProcessSpec {
-                name: format!("{}-gateway-{i}", cluster.id),
-                kind: Kind::Gateway,
-                cluster: Some(cluster.id.clone()),
-                workload: None,
-                args,
-                admin: Some(admin),
-            });
+            let mut pair = gateway_processes(mesh_dir, run_dir, mesh, cluster, i, ca)?;
+            pair[1].args.extend(proxy_common(admin));
+            pair[1].admin = Some(admin);
+            processes.extend(pair);
         }
     }
     let trust_domain = mesh.mesh.trust_domain.clone();
@@ -263,6 +325,8 @@ pub fn build(
                 app.to_string(),
                 "--outbound-cidr".into(),
                 outbound_cidr.clone(),
+                "--trust-domain".into(),
+                trust_domain.clone(),
             ];
             if let Some(n) = &network {
                 args.extend(["--network".into(), n.clone()]);

@@ -58,6 +58,7 @@ impl MeshBuilder {
             network: NetworkId::new(network).expect("network"),
             locality: locality.parse().expect("locality"),
             gateways,
+            gateway_identity: None,
             kubernetes: None,
             stale_endpoint_ttl: None,
             source: ObjectSource::default(),

@@ -4,6 +4,8 @@
 //! resources, the pacer, the loop that drives a stream); `sotw` and `delta` are the two
 //! protocol state machines, and `holdings` is what a delta proxy holds of one type.
 //!
+//! Connections arrive over mTLS (`tls`): each carries its verified mesh certificate, and the
+//! first request's node must claim exactly what that certificate proves (`crate::auth`).
 //! Each connection validates its node, builds its resources from the latest mesh state, and
 //! sends only what the proxy does not already have: a changed ClusterLoadAssignment goes out
 //! alone, and a proxy whose resources did not change gets nothing. ACKs and NACKs are matched
@@ -16,6 +18,9 @@ mod delta;
 mod holdings;
 mod sotw;
 mod stream;
+mod tls;
+
+pub use tls::{serve_tls, AuthenticatedConn, PeerInfo, XdsTls};
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -34,6 +39,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::auth;
 use crate::status::ProxyRegistry;
 use delta::Delta;
 use sotw::Sotw;
@@ -95,6 +101,14 @@ impl AdsServer {
 
 type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
+/// The certificate the request's connection presented (`None` without mTLS).
+fn peer_of<T>(request: &Request<T>) -> Option<Arc<auth::PeerCert>> {
+    request
+        .extensions()
+        .get::<PeerInfo>()
+        .and_then(|p| p.cert.clone())
+}
+
 /// The first request of a stream: it carries the node.
 async fn first_request<T>(inbound: &mut Streaming<T>) -> Result<T, Status> {
     match inbound.next().await {
@@ -105,14 +119,16 @@ async fn first_request<T>(inbound: &mut Streaming<T>) -> Result<T, Status> {
 }
 
 impl AdsServer {
-    /// A connection's session, validated from its first request's node.
+    /// A connection's session, validated from its first request's node and the connection's
+    /// certificate.
     fn session(
         &self,
         node: Option<&envoy_types::pb::envoy::config::core::v3::Node>,
+        peer: Option<&auth::PeerCert>,
         stream: &'static str,
     ) -> Result<Session, Status> {
         let conn = self.next_conn.fetch_add(1, Ordering::Relaxed);
-        open_session(&self.registry, &self.state, conn, node, stream)
+        open_session(&self.registry, &self.state, conn, node, peer, stream)
     }
 
     /// A pacer that ignores changes from before the connection.
@@ -139,9 +155,10 @@ impl AggregatedDiscoveryService for AdsServer {
         &self,
         request: Request<Streaming<DiscoveryRequest>>,
     ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
+        let peer = peer_of(&request);
         let mut inbound = request.into_inner();
         let first = first_request(&mut inbound).await?;
-        let session = self.session(first.node.as_ref(), "sotw")?;
+        let session = self.session(first.node.as_ref(), peer.as_deref(), "sotw")?;
         let (tx, rx) = mpsc::channel(16);
         let mut pacer = self.pacer();
         let state = self.state.clone();
@@ -160,9 +177,10 @@ impl AggregatedDiscoveryService for AdsServer {
         &self,
         request: Request<Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
+        let peer = peer_of(&request);
         let mut inbound = request.into_inner();
         let first = first_request(&mut inbound).await?;
-        let session = self.session(first.node.as_ref(), "delta")?;
+        let session = self.session(first.node.as_ref(), peer.as_deref(), "delta")?;
         let (tx, rx) = mpsc::channel(16);
         let mut pacer = self.pacer();
         let state = self.state.clone();

@@ -13,6 +13,7 @@ use tokio::time::Instant;
 use tonic::Status;
 
 use super::MeshState;
+use crate::auth::{self, PeerCert, Refusal};
 use crate::build;
 use crate::node::ProxyNode;
 use crate::resources::{Resources, TypeUrl};
@@ -96,26 +97,30 @@ impl Session {
     }
 }
 
-/// Validates the first request's node and resolves it against the current mesh.
+/// Validates the first request's node, checks it against the connection's certificate and the
+/// current mesh, and refuses it with the reason otherwise.
 pub(super) fn open_session(
     registry: &Arc<ProxyRegistry>,
     state: &watch::Receiver<Arc<MeshState>>,
     conn: u64,
     node: Option<&envoy_types::pb::envoy::config::core::v3::Node>,
+    peer: Option<&PeerCert>,
     stream: &'static str,
 ) -> Result<Session, Status> {
-    let parsed = ProxyNode::from_node(node).map_err(|e| {
-        registry.reject(node.map(|n| n.id.as_str()).unwrap_or(""), &e.to_string());
-        tracing::warn!(error = %e, "proxy refused");
-        Status::invalid_argument(e.to_string())
-    })?;
-    let current = state.borrow().clone();
-    if let Some(index) = &current.index {
-        if let Err(e) = parsed.resolve(index) {
-            registry.reject(&parsed.id, &e.to_string());
-            tracing::warn!(error = %e, "proxy refused");
-            return Err(Status::invalid_argument(e.to_string()));
+    let refuse = |id: &str, refusal: Refusal| {
+        registry.reject(id, refusal.reason, &refusal.message);
+        tracing::warn!(node = id, reason = refusal.reason, error = %refusal.message, "proxy refused");
+        match refusal.reason {
+            "no_certificate" => Status::unauthenticated(refusal.message),
+            "bad_node" => Status::invalid_argument(refusal.message),
+            _ => Status::permission_denied(refusal.message),
         }
+    };
+    let parsed = ProxyNode::from_node(node)
+        .map_err(|e| refuse(node.map_or("", |n| n.id.as_str()), Refusal::from(e)))?;
+    let current = state.borrow().clone();
+    if let Err(refusal) = auth::authorize(&parsed, peer, current.index.as_deref()) {
+        return Err(refuse(&parsed.id, refusal));
     }
     registry.connect(conn, &parsed, stream);
     tracing::info!(

@@ -1,16 +1,23 @@
 //! The scripted-client harness shared by the ADS tests: the example mesh served by a real
-//! ADS server over gRPC, and the means to change it.
+//! ADS server over gRPC with mTLS (a test mesh root, an intermediate per cluster, client
+//! certificates for any identity), and the means to change it.
 #![allow(dead_code)]
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use causeway_discovery::MeshIndex;
-use causeway_model::ClusterId;
+use causeway_model::{ClusterId, SpiffeId};
 use causeway_registry::MeshDirectory;
+use causeway_trust::ca::{ClusterCa, ClusterCaFiles, RootCa};
+use causeway_trust::credential::CredentialStore;
+use causeway_trust::issue::{parse_csr, WorkloadKey};
+use causeway_trust::service::{control_plane_identity, CaService, CONTROL_PLANE_SERVER_NAME};
+use causeway_trust::verify::mtls_server_config;
 use causeway_xds::node::keys;
-use causeway_xds::{AdsServer, MeshState, ProxyRegistry, ServerConfig};
+use causeway_xds::{serve_tls, AdsServer, MeshState, ProxyRegistry, ServerConfig, XdsTls};
 use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
 use envoy_types::pb::google::protobuf::{value::Kind, Struct, Value};
@@ -47,14 +54,19 @@ pub fn index_of(dir: &MeshDirectory) -> MeshIndex {
 }
 
 pub fn node(workload: &str) -> Node {
+    node_in("alpha", "demo", workload)
+}
+
+/// A sidecar node claiming `cluster`/`namespace`/`workload`.
+pub fn node_in(cluster: &str, namespace: &str, workload: &str) -> Node {
     let md = [
-        (keys::CLUSTER, "alpha"),
-        (keys::NAMESPACE, "demo"),
+        (keys::CLUSTER, cluster),
+        (keys::NAMESPACE, namespace),
         (keys::WORKLOAD, workload),
         (keys::OUTBOUND_CIDR, "127.101.0.0/16"),
     ];
     Node {
-        id: format!("sidecar~alpha~demo~{workload}"),
+        id: format!("sidecar~{cluster}~{namespace}~{workload}"),
         metadata: Some(Struct {
             fields: md
                 .iter()
@@ -72,8 +84,110 @@ pub fn node(workload: &str) -> Node {
     }
 }
 
+pub const TD: &str = "causeway.local";
+
+/// A test mesh PKI: a root and one intermediate per example cluster.
+pub struct Pki {
+    pub bundle_pem: String,
+    pub cas: BTreeMap<String, ClusterCa>,
+    files: Vec<(ClusterId, ClusterCaFiles)>,
+}
+
+impl Pki {
+    pub fn new() -> Self {
+        let year = Duration::from_secs(365 * 24 * 3600);
+        let root = RootCa::generate(TD, year).expect("root");
+        let files: Vec<(ClusterId, ClusterCaFiles)> = ["alpha", "beta", "gamma"]
+            .iter()
+            .map(|c| {
+                let id = ClusterId::new(*c).expect("id");
+                let files = root
+                    .issue_intermediate(&id, TD, year)
+                    .expect("intermediate");
+                (id, files)
+            })
+            .collect();
+        let cas = files
+            .iter()
+            .map(|(id, f)| {
+                let ca = ClusterCa::from_files(f, id.clone(), TD).expect("cluster CA");
+                (id.to_string(), ca)
+            })
+            .collect();
+        Self {
+            bundle_pem: root.bundle_pem().to_owned(),
+            cas,
+            files,
+        }
+    }
+
+    /// A certificate chain and key for `namespace`/`sa`, issued by `cluster`'s intermediate.
+    pub fn leaf(&self, cluster: &str, namespace: &str, sa: &str) -> (String, String) {
+        let key = WorkloadKey::generate().expect("key");
+        let csr = key.csr_pem(&SpiffeId::new(TD, namespace, sa)).expect("csr");
+        let issued = self.cas[cluster]
+            .sign(&parse_csr(&csr).expect("parse"), Duration::from_secs(3600))
+            .expect("sign");
+        (issued.chain_pem, key.private_key_pem())
+    }
+
+    /// The ADS server's TLS: the control plane's identity, mesh client certificates required.
+    pub fn server_tls(&self) -> XdsTls {
+        let service = Arc::new(CaService::new(
+            TD,
+            self.files
+                .iter()
+                .map(|(id, f)| ClusterCa::from_files(f, id.clone(), TD).expect("cluster CA"))
+                .collect(),
+            Arc::new(CredentialStore::new()),
+            Duration::from_secs(3600),
+        ));
+        let resolver = service
+            .serving_resolver(control_plane_identity(TD), CONTROL_PLANE_SERVER_NAME)
+            .expect("serving certificate");
+        let config = mtls_server_config(resolver, &self.bundle_pem, TD).expect("tls");
+        XdsTls {
+            config: Arc::new(config),
+            trust_domain: TD.into(),
+            handshake_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// A gRPC channel to `addr` over mTLS with `chain`/`key`, checking the control plane's SPIFFE ID.
+pub async fn mtls_channel(
+    addr: std::net::SocketAddr,
+    bundle: &str,
+    (chain, key): &(String, String),
+) -> Result<tonic::transport::Channel, tonic::transport::Error> {
+    let mut config = causeway_trust::verify::client_config(
+        chain,
+        key,
+        bundle,
+        TD,
+        vec![control_plane_identity(TD)],
+    )
+    .expect("client tls");
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .expect("endpoint")
+        .connect_with_connector(tower::service_fn(move |_| {
+            let connector = connector.clone();
+            async move {
+                let tcp = tokio::net::TcpStream::connect(addr).await?;
+                let name = rustls::pki_types::ServerName::try_from(CONTROL_PLANE_SERVER_NAME)
+                    .map_err(std::io::Error::other)?;
+                let tls = connector.connect(name, tcp).await?;
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tls))
+            }
+        }))
+        .await
+}
+
 pub struct Harness {
     pub addr: std::net::SocketAddr,
+    pub pki: Arc<Pki>,
     pub state: watch::Sender<Arc<MeshState>>,
     pub registry: Arc<ProxyRegistry>,
     pub index: MeshIndex,
@@ -94,11 +208,13 @@ impl Harness {
             .await
             .expect("bind");
         let addr = listener.local_addr().expect("addr");
-        tokio::spawn(
-            tonic::transport::Server::builder()
-                .add_service(server.into_service())
-                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
-        );
+        let pki = Arc::new(Pki::new());
+        tokio::spawn(serve_tls(
+            server,
+            listener,
+            pki.server_tls(),
+            std::future::pending(),
+        ));
         let gamma = (*example().clusters()["gamma"]
             .objects
             .clone()
@@ -106,6 +222,7 @@ impl Harness {
         .clone();
         Self {
             addr,
+            pki,
             state,
             registry,
             index,
@@ -152,9 +269,22 @@ impl Harness {
         }));
     }
 
+    /// A client presenting alpha/demo/client's certificate (what [`node`] claims for "client").
     pub async fn client(&self) -> AggregatedDiscoveryServiceClient<tonic::transport::Channel> {
-        AggregatedDiscoveryServiceClient::connect(format!("http://{}", self.addr))
+        self.client_as("alpha", "demo", "client").await
+    }
+
+    /// A client presenting a certificate for `namespace`/`sa` issued by `cluster`'s intermediate.
+    pub async fn client_as(
+        &self,
+        cluster: &str,
+        namespace: &str,
+        sa: &str,
+    ) -> AggregatedDiscoveryServiceClient<tonic::transport::Channel> {
+        let leaf = self.pki.leaf(cluster, namespace, sa);
+        let channel = mtls_channel(self.addr, &self.pki.bundle_pem, &leaf)
             .await
-            .expect("connect")
+            .expect("connect");
+        AggregatedDiscoveryServiceClient::new(channel)
     }
 }

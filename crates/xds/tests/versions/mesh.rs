@@ -225,6 +225,7 @@ pub fn index(i: &Input) -> MeshIndex {
         network: NetworkId::new(network).expect("network"),
         locality: "r1/z1".parse().expect("locality"),
         gateways,
+        gateway_identity: None,
         kubernetes: None,
         stale_endpoint_ttl: None,
         source: ObjectSource::default(),

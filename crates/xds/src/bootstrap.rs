@@ -1,0 +1,273 @@
+//! The Envoy bootstrap `causeway proxy` writes: the node and its metadata, ADS to the control
+//! plane over mTLS, and SDS to the local agent. As in Istio, the xDS connection's client
+//! certificate (`default`) and the mesh root (`ROOTCA`) come from the agent over SDS, and the
+//! control plane must present its own SPIFFE ID under that root.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+
+use causeway_model::ProxyRole;
+use serde_json::{json, Value};
+
+use crate::build::{SDS_CLUSTER, SECRET_CERT, SECRET_ROOT};
+use crate::node::keys;
+
+/// Name of the bootstrap's static cluster that reaches the control plane.
+pub const XDS_CLUSTER: &str = "xds-grpc";
+/// The SPIFFE path (after the trust domain) of the control plane's xDS certificate.
+pub const CONTROL_PLANE_PATH: &str = "/ns/causeway-system/sa/causeway-control-plane";
+/// The TLS server name Envoy sends to the control plane.
+pub const CONTROL_PLANE_SNI: &str = "causeway-control-plane";
+
+/// Why a bootstrap cannot be written.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BootstrapError {
+    /// A sidecar needs its outbound address block.
+    #[error("--outbound-cidr is required for a sidecar")]
+    NoOutboundCidr,
+}
+
+/// What the bootstrap describes.
+#[derive(Debug, Clone)]
+pub struct BootstrapConfig {
+    /// Sidecar or gateway.
+    pub role: ProxyRole,
+    /// Cluster the proxy runs in.
+    pub cluster: String,
+    /// Namespace of the workload (or of the gateway).
+    pub namespace: String,
+    /// Workload (or gateway) name.
+    pub workload: String,
+    /// The control plane's xDS address.
+    pub xds: SocketAddr,
+    /// Delta xDS instead of state-of-the-world.
+    pub delta: bool,
+    /// The agent's SDS socket: workload certificates and the xDS client certificate.
+    pub sds_socket: PathBuf,
+    /// Envoy's admin address.
+    pub admin: SocketAddr,
+    /// Sidecar: where the application listens.
+    pub app_address: Option<IpAddr>,
+    /// Sidecar: block of outbound listener addresses.
+    pub outbound_cidr: Option<String>,
+    /// Declared network.
+    pub network: Option<String>,
+    /// Trust domain: when given the control plane must present exactly its SPIFFE ID in it,
+    /// otherwise its SPIFFE path in any trust domain under the mesh root.
+    pub trust_domain: Option<String>,
+}
+
+fn role_name(role: ProxyRole) -> &'static str {
+    match role {
+        ProxyRole::Sidecar => "sidecar",
+        ProxyRole::Gateway => "gateway",
+    }
+}
+
+/// An SDS reference to secret `name` of the agent.
+fn sds_secret(name: &str) -> Value {
+    json!({
+        "name": name,
+        "sds_config": {
+            "resource_api_version": "V3",
+            "api_config_source": {
+                "api_type": "GRPC",
+                "transport_api_version": "V3",
+                "set_node_on_first_message_only": true,
+                "grpc_services": [{ "envoy_grpc": { "cluster_name": SDS_CLUSTER } }]
+            }
+        }
+    })
+}
+
+/// The xDS cluster's mTLS: our certificate from SDS, the control plane's checked against the
+/// mesh root from SDS and its SPIFFE ID.
+fn xds_transport_socket(trust_domain: Option<&str>) -> Value {
+    let san = match trust_domain {
+        Some(td) => json!({ "exact": format!("spiffe://{td}{CONTROL_PLANE_PATH}") }),
+        None => json!({ "safe_regex": {
+            "regex": format!("^spiffe://[^/]+{CONTROL_PLANE_PATH}$")
+        } }),
+    };
+    json!({
+        "name": "envoy.transport_sockets.tls",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+            "sni": CONTROL_PLANE_SNI,
+            "common_tls_context": {
+                "tls_params": {
+                    "tls_minimum_protocol_version": "TLSv1_3",
+                    "tls_maximum_protocol_version": "TLSv1_3"
+                },
+                "alpn_protocols": ["h2"],
+                "tls_certificate_sds_secret_configs": [sds_secret(SECRET_CERT)],
+                "combined_validation_context": {
+                    "default_validation_context": {
+                        "match_typed_subject_alt_names": [{ "san_type": "URI", "matcher": san }]
+                    },
+                    "validation_context_sds_secret_config": sds_secret(SECRET_ROOT)
+                }
+            }
+        }
+    })
+}
+
+fn http2_options(keepalive: bool) -> Value {
+    let h2 = if keepalive {
+        json!({ "connection_keepalive": { "interval": "30s", "timeout": "10s" } })
+    } else {
+        json!({})
+    };
+    json!({
+        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+            "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+            "explicit_http_config": { "http2_protocol_options": h2 }
+        }
+    })
+}
+
+fn static_clusters(c: &BootstrapConfig) -> Vec<Value> {
+    vec![
+        json!({
+            "name": XDS_CLUSTER,
+            "type": "STATIC",
+            "connect_timeout": "1s",
+            "typed_extension_protocol_options": http2_options(true),
+            "transport_socket": xds_transport_socket(c.trust_domain.as_deref()),
+            "load_assignment": {
+                "cluster_name": XDS_CLUSTER,
+                "endpoints": [{ "lb_endpoints": [{ "endpoint": { "address": { "socket_address": {
+                    "address": c.xds.ip().to_string(), "port_value": c.xds.port()
+                } } } }] }]
+            }
+        }),
+        json!({
+            "name": SDS_CLUSTER,
+            "type": "STATIC",
+            "connect_timeout": "1s",
+            "typed_extension_protocol_options": http2_options(false),
+            "load_assignment": {
+                "cluster_name": SDS_CLUSTER,
+                "endpoints": [{ "lb_endpoints": [{ "endpoint": { "address": { "pipe": {
+                    "path": c.sds_socket.display().to_string()
+                } } } }] }]
+            }
+        }),
+    ]
+}
+
+/// The Envoy bootstrap (JSON) for `c`.
+pub fn bootstrap(c: &BootstrapConfig) -> Result<Value, BootstrapError> {
+    let role = role_name(c.role);
+    let mut metadata = json!({
+        keys::CLUSTER: c.cluster,
+        keys::NAMESPACE: c.namespace,
+        keys::WORKLOAD: c.workload,
+        keys::ROLE: role,
+    });
+    if let Some(net) = &c.network {
+        metadata[keys::NETWORK] = json!(net);
+    }
+    if c.role == ProxyRole::Sidecar {
+        let cidr = c
+            .outbound_cidr
+            .as_ref()
+            .ok_or(BootstrapError::NoOutboundCidr)?;
+        metadata[keys::OUTBOUND_CIDR] = json!(cidr);
+        if let Some(app) = c.app_address {
+            metadata[keys::APP_ADDRESS] = json!(app.to_string());
+        }
+    }
+    let api_type = if c.delta { "DELTA_GRPC" } else { "GRPC" };
+    Ok(json!({
+        "node": {
+            "id": format!("{role}~{}~{}~{}", c.cluster, c.namespace, c.workload),
+            "cluster": c.cluster,
+            "metadata": metadata,
+        },
+        "admin": { "address": { "socket_address": {
+            "address": c.admin.ip().to_string(), "port_value": c.admin.port()
+        } } },
+        "dynamic_resources": {
+            "ads_config": {
+                "api_type": api_type,
+                "transport_api_version": "V3",
+                "grpc_services": [{ "envoy_grpc": {
+                    "cluster_name": XDS_CLUSTER,
+                    // A refused stream (say, the proxy's cluster has not loaded yet) is retried
+                    // soon, not after Envoy's default backoff of up to 30 s.
+                    "retry_policy": { "retry_back_off": { "base_interval": "0.25s", "max_interval": "2s" } }
+                } }],
+                "set_node_on_first_message_only": true
+            },
+            "cds_config": { "ads": {}, "resource_api_version": "V3" },
+            "lds_config": { "ads": {}, "resource_api_version": "V3" }
+        },
+        "static_resources": { "clusters": static_clusters(c) },
+        "overload_manager": {
+            "resource_monitors": [{
+                "name": "envoy.resource_monitors.global_downstream_max_connections",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.resource_monitors.downstream_connections.v3.DownstreamConnectionsConfig",
+                    "max_active_downstream_connections": 50000
+                }
+            }]
+        }
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(role: ProxyRole) -> BootstrapConfig {
+        BootstrapConfig {
+            role,
+            cluster: "alpha".into(),
+            namespace: "demo".into(),
+            workload: "client".into(),
+            xds: "127.0.0.1:15011".parse().expect("addr"),
+            delta: false,
+            sds_socket: "/run/sds.sock".into(),
+            admin: "127.0.0.1:15000".parse().expect("addr"),
+            app_address: None,
+            outbound_cidr: Some("127.200.0.0/16".into()),
+            network: None,
+            trust_domain: Some("causeway.local".into()),
+        }
+    }
+
+    #[test]
+    fn the_xds_cluster_uses_the_agents_certificate_and_checks_the_control_planes() {
+        for role in [ProxyRole::Sidecar, ProxyRole::Gateway] {
+            let b = bootstrap(&config(role)).expect("bootstrap");
+            let xds = &b["static_resources"]["clusters"][0];
+            assert_eq!(xds["name"], XDS_CLUSTER);
+            let ctx = &xds["transport_socket"]["typed_config"]["common_tls_context"];
+            assert_eq!(
+                ctx["tls_certificate_sds_secret_configs"][0]["name"],
+                SECRET_CERT
+            );
+            let validation = &ctx["combined_validation_context"];
+            assert_eq!(
+                validation["validation_context_sds_secret_config"]["name"],
+                SECRET_ROOT
+            );
+            assert_eq!(
+                validation["default_validation_context"]["match_typed_subject_alt_names"][0]
+                    ["matcher"]["exact"],
+                "spiffe://causeway.local/ns/causeway-system/sa/causeway-control-plane"
+            );
+            assert_eq!(b["static_resources"]["clusters"][1]["name"], SDS_CLUSTER);
+        }
+    }
+
+    #[test]
+    fn a_sidecar_needs_its_outbound_block() {
+        let mut c = config(ProxyRole::Sidecar);
+        c.outbound_cidr = None;
+        assert_eq!(bootstrap(&c), Err(BootstrapError::NoOutboundCidr));
+        c.role = ProxyRole::Gateway;
+        assert!(bootstrap(&c).is_ok());
+    }
+}

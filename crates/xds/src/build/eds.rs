@@ -1,0 +1,118 @@
+//! EDS clusters and their load assignments: outlier detection, locality groups and priorities.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use causeway_discovery::{LocalityGroup, ViewEndpoint};
+use envoy_types::pb::envoy::config::cluster::v3 as cluster;
+use envoy_types::pb::envoy::config::core::v3 as core;
+use envoy_types::pb::envoy::config::endpoint::v3 as endpoint;
+use envoy_types::pb::envoy::r#type::v3::Percent;
+
+use super::envoy::{ads_source, causeway_metadata, duration_ms, socket_address, u32v};
+
+/// Outlier detection on by default: without it Envoy never fails over between priorities.
+fn outlier_detection() -> cluster::OutlierDetection {
+    cluster::OutlierDetection {
+        consecutive_5xx: u32v(3),
+        consecutive_gateway_failure: u32v(2),
+        enforcing_consecutive_gateway_failure: u32v(100),
+        interval: Some(duration_ms(1000)),
+        base_ejection_time: Some(duration_ms(5000)),
+        max_ejection_percent: u32v(100),
+        ..Default::default()
+    }
+}
+
+pub(super) fn eds_cluster(
+    name: &str,
+    transport: Option<core::TransportSocket>,
+    metadata: core::Metadata,
+) -> cluster::Cluster {
+    cluster::Cluster {
+        name: name.to_owned(),
+        cluster_discovery_type: Some(cluster::cluster::ClusterDiscoveryType::Type(
+            cluster::cluster::DiscoveryType::Eds as i32,
+        )),
+        eds_cluster_config: Some(cluster::cluster::EdsClusterConfig {
+            eds_config: Some(ads_source()),
+            service_name: String::new(),
+        }),
+        connect_timeout: Some(duration_ms(1000)),
+        lb_policy: cluster::cluster::LbPolicy::RoundRobin as i32,
+        common_lb_config: Some(cluster::cluster::CommonLbConfig {
+            // Never spray traffic at ejected endpoints: fail over to the next priority instead.
+            healthy_panic_threshold: Some(Percent { value: 0.0 }),
+            ..Default::default()
+        }),
+        outlier_detection: Some(outlier_detection()),
+        transport_socket: transport,
+        metadata: Some(metadata),
+        ..Default::default()
+    }
+}
+
+fn lb_endpoint(e: &ViewEndpoint) -> endpoint::LbEndpoint {
+    endpoint::LbEndpoint {
+        host_identifier: Some(endpoint::lb_endpoint::HostIdentifier::Endpoint(
+            endpoint::Endpoint {
+                address: Some(socket_address(e.address, e.port)),
+                ..Default::default()
+            },
+        )),
+        load_balancing_weight: u32v(e.weight.max(1)),
+        metadata: Some(causeway_metadata(&[
+            ("cluster", e.cluster.to_string()),
+            ("network", e.network.to_string()),
+            ("kind", format!("{:?}", e.kind).to_lowercase()),
+        ])),
+        ..Default::default()
+    }
+}
+
+fn locality(l: &causeway_model::Locality) -> core::Locality {
+    core::Locality {
+        region: l.region.clone(),
+        zone: l.zone.clone(),
+        sub_zone: l.subzone.clone().unwrap_or_default(),
+    }
+}
+
+pub(super) fn load_assignment(
+    name: &str,
+    groups: &[LocalityGroup],
+) -> endpoint::ClusterLoadAssignment {
+    endpoint::ClusterLoadAssignment {
+        cluster_name: name.to_owned(),
+        endpoints: groups
+            .iter()
+            .map(|g| endpoint::LocalityLbEndpoints {
+                locality: Some(locality(&g.locality)),
+                lb_endpoints: g.endpoints.iter().map(lb_endpoint).collect(),
+                priority: g.priority,
+                ..Default::default()
+            })
+            .collect(),
+        ..Default::default()
+    }
+}
+
+/// Endpoints grouped by (priority, locality), priorities renumbered without gaps.
+pub(super) fn group_by_locality(endpoints: &[ViewEndpoint]) -> Vec<LocalityGroup> {
+    let mut groups: BTreeMap<(u32, causeway_model::Locality), Vec<ViewEndpoint>> = BTreeMap::new();
+    for e in endpoints {
+        groups
+            .entry((e.priority, e.locality.clone()))
+            .or_default()
+            .push(e.clone());
+    }
+    let raw: BTreeSet<u32> = groups.keys().map(|(p, _)| *p).collect();
+    let renumber: BTreeMap<u32, u32> = raw.into_iter().zip(0u32..).collect();
+    groups
+        .into_iter()
+        .map(|((p, locality), endpoints)| LocalityGroup {
+            locality,
+            priority: renumber.get(&p).copied().unwrap_or(0),
+            endpoints,
+        })
+        .collect()
+}

@@ -1,0 +1,190 @@
+//! Small Envoy message constructors shared by the builders: addresses, config sources, string
+//! matchers, filters, metadata, the HTTP connection manager, routes and the TCP proxy.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+
+use envoy_types::pb::envoy::config::core::v3 as core;
+use envoy_types::pb::envoy::config::listener::v3 as listener;
+use envoy_types::pb::envoy::config::route::v3 as route;
+use envoy_types::pb::envoy::extensions::filters::http::router::v3 as router;
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3 as hcm;
+use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3 as tcp;
+use envoy_types::pb::envoy::extensions::retry::host::previous_hosts::v3 as previous_hosts;
+use envoy_types::pb::envoy::r#type::matcher::v3 as matcher;
+use envoy_types::pb::google::protobuf::{Any, Duration, Struct, UInt32Value, Value};
+use envoy_types::util::pack_any;
+
+pub(super) fn duration_ms(ms: u64) -> Duration {
+    Duration {
+        seconds: (ms / 1000) as i64,
+        nanos: ((ms % 1000) * 1_000_000) as i32,
+    }
+}
+
+pub(super) fn u32v(value: u32) -> Option<UInt32Value> {
+    Some(UInt32Value { value })
+}
+
+pub(super) fn socket_address(ip: IpAddr, port: u16) -> core::Address {
+    core::Address {
+        address: Some(core::address::Address::SocketAddress(core::SocketAddress {
+            address: ip.to_string(),
+            port_specifier: Some(core::socket_address::PortSpecifier::PortValue(u32::from(
+                port,
+            ))),
+            ..Default::default()
+        })),
+    }
+}
+
+pub(super) fn ads_source() -> core::ConfigSource {
+    core::ConfigSource {
+        resource_api_version: core::ApiVersion::V3 as i32,
+        config_source_specifier: Some(core::config_source::ConfigSourceSpecifier::Ads(
+            core::AggregatedConfigSource {},
+        )),
+        ..Default::default()
+    }
+}
+
+/// Exact, or a prefix when the pattern ends in `*` (the policies' and SAN checks' form).
+pub(super) fn string_match(pattern: &str) -> matcher::StringMatcher {
+    let match_pattern = match pattern.strip_suffix('*') {
+        Some(prefix) => matcher::string_matcher::MatchPattern::Prefix(prefix.to_owned()),
+        None => matcher::string_matcher::MatchPattern::Exact(pattern.to_owned()),
+    };
+    matcher::StringMatcher {
+        match_pattern: Some(match_pattern),
+        ignore_case: false,
+    }
+}
+
+pub(super) fn transport_socket(any: Any) -> core::TransportSocket {
+    core::TransportSocket {
+        name: "envoy.transport_sockets.tls".to_owned(),
+        config_type: Some(core::transport_socket::ConfigType::TypedConfig(any)),
+    }
+}
+
+pub(super) fn network_filter(name: &str, any: Any) -> listener::Filter {
+    listener::Filter {
+        name: name.to_owned(),
+        config_type: Some(listener::filter::ConfigType::TypedConfig(any)),
+    }
+}
+
+pub(super) fn http_filter(name: &str, any: Any) -> hcm::HttpFilter {
+    hcm::HttpFilter {
+        name: name.to_owned(),
+        config_type: Some(hcm::http_filter::ConfigType::TypedConfig(any)),
+        ..Default::default()
+    }
+}
+
+pub(super) fn causeway_metadata(pairs: &[(&str, String)]) -> core::Metadata {
+    let fields = pairs
+        .iter()
+        .map(|(k, v)| {
+            (
+                (*k).to_owned(),
+                Value {
+                    kind: Some(envoy_types::pb::google::protobuf::value::Kind::StringValue(
+                        v.clone(),
+                    )),
+                },
+            )
+        })
+        .collect();
+    core::Metadata {
+        filter_metadata: HashMap::from([("causeway".to_owned(), Struct { fields })]),
+        ..Default::default()
+    }
+}
+
+pub(super) fn route_to(cluster_name: &str, retries: bool) -> route::RouteConfiguration {
+    let retry_policy = retries.then(|| route::RetryPolicy {
+        retry_on: "connect-failure,refused-stream,reset,unavailable,gateway-error".to_owned(),
+        num_retries: u32v(2),
+        retry_host_predicate: vec![route::retry_policy::RetryHostPredicate {
+            name: "envoy.retry_host_predicates.previous_hosts".to_owned(),
+            config_type: Some(
+                route::retry_policy::retry_host_predicate::ConfigType::TypedConfig(pack_any(
+                    previous_hosts::PreviousHostsPredicate {},
+                )),
+            ),
+        }],
+        host_selection_retry_max_attempts: 3,
+        ..Default::default()
+    });
+    route::RouteConfiguration {
+        name: cluster_name.to_owned(),
+        virtual_hosts: vec![route::VirtualHost {
+            name: cluster_name.to_owned(),
+            domains: vec!["*".to_owned()],
+            routes: vec![route::Route {
+                r#match: Some(route::RouteMatch {
+                    path_specifier: Some(route::route_match::PathSpecifier::Prefix("/".to_owned())),
+                    ..Default::default()
+                }),
+                action: Some(route::route::Action::Route(route::RouteAction {
+                    cluster_specifier: Some(route::route_action::ClusterSpecifier::Cluster(
+                        cluster_name.to_owned(),
+                    )),
+                    timeout: Some(duration_ms(15_000)),
+                    retry_policy,
+                    ..Default::default()
+                })),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
+pub(super) fn http_manager(
+    stat_prefix: &str,
+    routes: route::RouteConfiguration,
+    mut filters: Vec<hcm::HttpFilter>,
+    inbound: bool,
+) -> Any {
+    filters.push(http_filter(
+        "envoy.filters.http.router",
+        pack_any(router::Router::default()),
+    ));
+    let mut manager = hcm::HttpConnectionManager {
+        stat_prefix: stat_prefix.to_owned(),
+        codec_type: hcm::http_connection_manager::CodecType::Auto as i32,
+        route_specifier: Some(hcm::http_connection_manager::RouteSpecifier::RouteConfig(
+            routes,
+        )),
+        http_filters: filters,
+        stream_idle_timeout: Some(duration_ms(300_000)),
+        request_headers_timeout: Some(duration_ms(10_000)),
+        ..Default::default()
+    };
+    if inbound {
+        // Tell the application who called: the caller's verified SPIFFE ID, never a header the
+        // caller could forge.
+        manager.forward_client_cert_details =
+            hcm::http_connection_manager::ForwardClientCertDetails::SanitizeSet as i32;
+        manager.set_current_client_cert_details =
+            Some(hcm::http_connection_manager::SetCurrentClientCertDetails {
+                uri: true,
+                ..Default::default()
+            });
+    }
+    pack_any(manager)
+}
+
+pub(super) fn tcp_proxy(stat_prefix: &str, cluster_name: &str) -> Any {
+    pack_any(tcp::TcpProxy {
+        stat_prefix: stat_prefix.to_owned(),
+        cluster_specifier: Some(tcp::tcp_proxy::ClusterSpecifier::Cluster(
+            cluster_name.to_owned(),
+        )),
+        idle_timeout: Some(duration_ms(3_600_000)),
+        ..Default::default()
+    })
+}

@@ -1,0 +1,189 @@
+//! A sidecar's inbound side: one listener per port of its own workload that terminates mesh
+//! mTLS (a client certificate of the trust domain required), enforces the workload's
+//! authorization policies as RBAC, and forwards to the app through a static cluster.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use causeway_discovery::{policy, MeshIndex, ProxyContext};
+use causeway_model::{AuthorizationPolicy, ServicePort};
+use envoy_types::pb::envoy::config::cluster::v3 as cluster;
+use envoy_types::pb::envoy::config::core::v3 as core;
+use envoy_types::pb::envoy::config::endpoint::v3 as endpoint;
+use envoy_types::pb::envoy::config::listener::v3 as listener;
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3 as tls;
+use envoy_types::pb::google::protobuf::BoolValue;
+use envoy_types::util::pack_any;
+
+use super::envoy::{
+    duration_ms, http_filter, http_manager, network_filter, route_to, socket_address, tcp_proxy,
+    transport_socket,
+};
+use super::is_http;
+use super::rbac::rbac_filters;
+use super::tls::{common_tls, uri_san};
+use crate::node::ProxyNode;
+use crate::resources::{Resources, TypeUrl};
+
+/// A sidecar's inbound listeners and clusters (its own workload's ports and policies).
+pub fn sidecar_inbound_resources(
+    index: &MeshIndex,
+    node: &ProxyNode,
+    ctx: &ProxyContext,
+) -> Resources {
+    let mut out = Resources::default();
+    inbound(index, node, ctx, &index.mesh().mesh.trust_domain, &mut out);
+    out
+}
+
+/// The proxy's own workload ports: every target port of a Service of its cluster that selects
+/// it, with that port's protocol.
+fn inbound_ports(index: &MeshIndex, ctx: &ProxyContext) -> BTreeMap<u16, ServicePort> {
+    let mut ports = BTreeMap::new();
+    let Some(cluster) = index.cluster(&ctx.identity.cluster) else {
+        return ports;
+    };
+    for (key, entry) in &cluster.services {
+        if key.namespace != ctx.identity.namespace {
+            continue;
+        }
+        for pe in &entry.ports {
+            for e in &pe.endpoints {
+                if e.workload.as_deref() == Some(ctx.identity.workload.as_str()) {
+                    ports.entry(e.port).or_insert_with(|| pe.port.clone());
+                }
+            }
+        }
+    }
+    ports
+}
+
+fn inbound(
+    index: &MeshIndex,
+    node: &ProxyNode,
+    ctx: &ProxyContext,
+    trust_domain: &str,
+    out: &mut Resources,
+) {
+    let Some(cluster) = index.cluster(&ctx.identity.cluster) else {
+        return;
+    };
+    let Some(placement) = cluster.workloads.get(&(
+        ctx.identity.namespace.clone(),
+        ctx.identity.workload.clone(),
+    )) else {
+        return;
+    };
+    let app = node.app_address.unwrap_or(IpAddr::from([127, 0, 0, 1]));
+    let policies = policy::inbound_policies(index, ctx);
+    for (target_port, port) in inbound_ports(index, ctx) {
+        let cluster_name = format!("inbound|{target_port}||");
+        out.insert(
+            TypeUrl::Cluster,
+            &cluster_name,
+            pack_any(app_cluster(&cluster_name, app, target_port)),
+            &("inbound-cluster", app, target_port),
+        );
+        let name = format!("inbound|{}:{target_port}", placement.address);
+        let listener = listener::Listener {
+            name: name.clone(),
+            address: Some(socket_address(placement.address, target_port)),
+            filter_chains: vec![listener::FilterChain {
+                filters: inbound_filters(&policies, trust_domain, target_port, &port),
+                transport_socket: Some(transport_socket(pack_any(downstream_tls(
+                    trust_domain,
+                    is_http(&port),
+                )))),
+                transport_socket_connect_timeout: Some(duration_ms(10_000)),
+                ..Default::default()
+            }],
+            traffic_direction: core::TrafficDirection::Inbound as i32,
+            ..Default::default()
+        };
+        let inputs = (
+            "inbound-listener",
+            placement.address,
+            target_port,
+            &port,
+            &policies,
+            trust_domain,
+        );
+        out.insert(TypeUrl::Listener, &name, pack_any(listener), &inputs);
+    }
+}
+
+/// The static cluster that reaches the app on `target_port`.
+fn app_cluster(name: &str, app: IpAddr, target_port: u16) -> cluster::Cluster {
+    cluster::Cluster {
+        name: name.to_owned(),
+        cluster_discovery_type: Some(cluster::cluster::ClusterDiscoveryType::Type(
+            cluster::cluster::DiscoveryType::Static as i32,
+        )),
+        connect_timeout: Some(duration_ms(1000)),
+        load_assignment: Some(endpoint::ClusterLoadAssignment {
+            cluster_name: name.to_owned(),
+            endpoints: vec![endpoint::LocalityLbEndpoints {
+                lb_endpoints: vec![endpoint::LbEndpoint {
+                    host_identifier: Some(endpoint::lb_endpoint::HostIdentifier::Endpoint(
+                        endpoint::Endpoint {
+                            address: Some(socket_address(app, target_port)),
+                            ..Default::default()
+                        },
+                    )),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// Mesh mTLS terminated: a client certificate of the trust domain is required.
+fn downstream_tls(trust_domain: &str, http: bool) -> tls::DownstreamTlsContext {
+    tls::DownstreamTlsContext {
+        common_tls_context: Some(common_tls(
+            vec![uri_san(&format!("spiffe://{trust_domain}/*"))],
+            if http {
+                &["istio-peer-exchange", "istio", "h2", "http/1.1"]
+            } else {
+                &[]
+            },
+        )),
+        require_client_certificate: Some(BoolValue { value: true }),
+        ..Default::default()
+    }
+}
+
+/// The filters of an inbound port: RBAC in an HTTP connection manager for HTTP ports, or RBAC
+/// network filters before the TCP proxy.
+fn inbound_filters(
+    policies: &[AuthorizationPolicy],
+    trust_domain: &str,
+    target_port: u16,
+    port: &ServicePort,
+) -> Vec<listener::Filter> {
+    let cluster_name = format!("inbound|{target_port}||");
+    let stat = format!("inbound_{target_port}");
+    let mut filters = Vec::new();
+    if is_http(port) {
+        let http_filters = rbac_filters(policies, trust_domain, true)
+            .into_iter()
+            .map(|(name, any)| http_filter(&name, any))
+            .collect();
+        filters.push(network_filter(
+            "envoy.filters.network.http_connection_manager",
+            http_manager(&stat, route_to(&cluster_name, false), http_filters, true),
+        ));
+    } else {
+        for (name, any) in rbac_filters(policies, trust_domain, false) {
+            filters.push(network_filter(&name, any));
+        }
+        filters.push(network_filter(
+            "envoy.filters.network.tcp_proxy",
+            tcp_proxy(&stat, &cluster_name),
+        ));
+    }
+    filters
+}

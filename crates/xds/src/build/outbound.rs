@@ -1,0 +1,137 @@
+//! A sidecar's resources for one service: per visible port, an EDS cluster with upstream mTLS
+//! (Istio SNI, exact SAN check), its endpoints, and an outbound listener at the service's slot.
+
+use causeway_discovery::view::{self, ViewService};
+use causeway_discovery::{MeshIndex, ProxyContext, ViewPort};
+use causeway_model::ServiceKey;
+use envoy_types::pb::envoy::config::core::v3 as core;
+use envoy_types::pb::envoy::config::listener::v3 as listener;
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3 as tls;
+use envoy_types::util::pack_any;
+
+use super::eds::{eds_cluster, load_assignment};
+use super::envoy::{
+    causeway_metadata, http_manager, network_filter, route_to, socket_address, tcp_proxy,
+    transport_socket,
+};
+use super::tls::{common_tls, expected_sans};
+use super::{is_http, outbound_cluster_name};
+use crate::node::ProxyNode;
+use crate::resources::{Resources, TypeUrl};
+
+/// A sidecar's resources for one service (cluster, endpoints and outbound listener per port),
+/// nothing when the service is not visible to it. A pure function of the merged service, its
+/// per-cluster entries, the mesh settings, the proxy and the slot: what the xDS server caches.
+pub fn sidecar_service_resources(
+    index: &MeshIndex,
+    node: &ProxyNode,
+    ctx: &ProxyContext,
+    key: &ServiceKey,
+    slot: Option<u32>,
+    out: &mut Resources,
+) {
+    let trust_domain = index.mesh().mesh.trust_domain.clone();
+    let Some(service) = view::view_service(index, ctx, key) else {
+        return;
+    };
+    for port in &service.ports {
+        outbound_cluster(&service, port, ctx, &trust_domain, out);
+        if let (Some(_), Some(slot)) = (node.outbound, slot) {
+            outbound_listener(&service, port, node, slot, out);
+        }
+    }
+}
+
+/// The EDS cluster of one service port and its load assignment.
+fn outbound_cluster(
+    service: &ViewService,
+    port: &ViewPort,
+    ctx: &ProxyContext,
+    trust_domain: &str,
+    out: &mut Resources,
+) {
+    let name = outbound_cluster_name(&service.key, port.port.port);
+    let upstream_tls = tls::UpstreamTlsContext {
+        common_tls_context: Some(common_tls(
+            expected_sans(port, trust_domain),
+            if is_http(&port.port) {
+                &["istio-peer-exchange", "istio"]
+            } else {
+                &[]
+            },
+        )),
+        sni: port.sni.clone(),
+        ..Default::default()
+    };
+    let metadata = causeway_metadata(&[
+        ("service", service.key.to_string()),
+        ("sourceCluster", ctx.identity.cluster.to_string()),
+    ]);
+    let inputs = (
+        "outbound-cluster",
+        &service.key,
+        &port.port,
+        &port.sni,
+        &port.identities,
+        trust_domain,
+        &ctx.identity.cluster,
+    );
+    out.insert(
+        TypeUrl::Cluster,
+        &name,
+        pack_any(eds_cluster(
+            &name,
+            Some(transport_socket(pack_any(upstream_tls))),
+            metadata,
+        )),
+        &inputs,
+    );
+    out.insert(
+        TypeUrl::ClusterLoadAssignment,
+        &name,
+        pack_any(load_assignment(&name, &port.groups)),
+        &port.groups,
+    );
+}
+
+/// The outbound listener of one service port at the service's slot in the proxy's block.
+fn outbound_listener(
+    service: &ViewService,
+    port: &ViewPort,
+    node: &ProxyNode,
+    slot: u32,
+    out: &mut Resources,
+) {
+    let Some(block) = node.outbound else {
+        return;
+    };
+    let name = outbound_cluster_name(&service.key, port.port.port);
+    let address = block.address(slot);
+    let listener_name = format!("outbound|{address}:{}|{}", port.port.port, service.key);
+    let filter = if is_http(&port.port) {
+        network_filter(
+            "envoy.filters.network.http_connection_manager",
+            http_manager(&name, route_to(&name, true), Vec::new(), false),
+        )
+    } else {
+        network_filter("envoy.filters.network.tcp_proxy", tcp_proxy(&name, &name))
+    };
+    let listener = listener::Listener {
+        name: listener_name.clone(),
+        address: Some(socket_address(address, port.port.port)),
+        filter_chains: vec![listener::FilterChain {
+            filters: vec![filter],
+            ..Default::default()
+        }],
+        traffic_direction: core::TrafficDirection::Outbound as i32,
+        metadata: Some(causeway_metadata(&[("service", service.key.to_string())])),
+        ..Default::default()
+    };
+    let inputs = ("outbound-listener", &service.key, &port.port, address);
+    out.insert(
+        TypeUrl::Listener,
+        &listener_name,
+        pack_any(listener),
+        &inputs,
+    );
+}
