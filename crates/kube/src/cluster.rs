@@ -106,6 +106,8 @@ struct Runtime {
     /// Monotonic twin of `status.stale_since` (the TTL must not follow clock steps).
     stale_at: Option<tokio::time::Instant>,
     writeback_again: bool,
+    /// Objects written by write-back, with their resourceVersion after the write.
+    written: std::collections::BTreeMap<(&'static str, crate::store::ObjectKey), u64>,
     retry_writeback_at: Option<tokio::time::Instant>,
     writeback_backoff: writeback::Backoff,
 }
@@ -137,6 +139,7 @@ pub(crate) async fn run(cfg: RuntimeConfig) {
         api_relist_after: None,
         stale_at: None,
         writeback_again: false,
+        written: std::collections::BTreeMap::new(),
         retry_writeback_at: None,
         writeback_backoff: writeback::Backoff::default(),
     };
@@ -652,9 +655,27 @@ impl Runtime {
         let (exports, imports) = (served.service_export()?, served.service_import()?);
         self.writeback_again = false;
         let stores = lock(&active.stores);
+        // Forget writes the watch has shown since.
+        self.written.retain(|(kind, key), rv| {
+            let seen = if *kind == "ServiceImport" {
+                stores
+                    .imports
+                    .items()
+                    .get(key)
+                    .and_then(|r| r.resource_version)
+            } else {
+                stores
+                    .exports
+                    .items()
+                    .get(key)
+                    .and_then(|r| r.resource_version)
+            };
+            seen.is_none_or(|seen| seen < *rv)
+        });
         let current = Current {
             imports: stores.imports.items().clone(),
             exports: stores.exports.items().clone(),
+            written: self.written.clone(),
         };
         drop(stores);
         let target = writeback::Target {
@@ -670,6 +691,10 @@ impl Runtime {
     }
 
     fn on_writeback(&mut self, outcome: WriteBackOutcome) {
+        self.written
+            .extend(outcome.written.iter().map(|(k, v)| (k.clone(), *v)));
+        // Objects left because the watch lagged are written once it shows them (their
+        // ServiceImport/ServiceExport event triggers the next pass).
         let (applied, deleted, exports) = (
             outcome.imports_applied,
             outcome.imports_deleted,

@@ -182,6 +182,11 @@ pub struct WriteBackOutcome {
     pub skipped: usize,
     /// Writes that failed, each naming the cluster and object.
     pub errors: Vec<String>,
+    /// The resourceVersion each written object had after this pass's writes, so the next pass
+    /// does not write again what the watch has not shown yet.
+    pub written: BTreeMap<(&'static str, ObjectKey), u64>,
+    /// Some objects were left for later: the watch had not shown an earlier write yet.
+    pub behind: bool,
 }
 
 fn import_spec(import: &DesiredImport) -> Value {
@@ -340,6 +345,19 @@ pub struct Current {
     pub imports: BTreeMap<ObjectKey, ImportRecord>,
     /// ServiceExports.
     pub exports: BTreeMap<ObjectKey, ExportRecord>,
+    /// What earlier passes wrote (kind, object → resourceVersion after the write): an object
+    /// the watch shows at an older version is left for a later pass.
+    pub written: BTreeMap<(&'static str, ObjectKey), u64>,
+}
+
+impl Current {
+    /// Whether the watch already shows our last write of `kind` `key` (or we never wrote it).
+    fn caught_up(&self, kind: &'static str, key: &ObjectKey, seen: Option<u64>) -> bool {
+        match self.written.get(&(kind, key.clone())) {
+            None => true,
+            Some(written) => seen.is_some_and(|seen| seen >= *written),
+        }
+    }
 }
 
 /// One pass's requests: stops at the first timeout, collects errors.
@@ -421,7 +439,13 @@ impl Pass<'_> {
                 .await
         };
         match result {
-            Some(Ok(_)) => true,
+            Some(Ok(obj)) => {
+                if let Some(rv) = crate::translate::resource_version(&obj) {
+                    let k = (key.namespace.clone(), key.name.clone());
+                    self.outcome.written.insert((kind, k), rv);
+                }
+                true
+            }
             Some(Err(e)) => {
                 self.failed(e, kind, key);
                 false
@@ -535,8 +559,12 @@ pub async fn write_back(
     };
     for import in &desired.imports {
         let key = (import.key.namespace.clone(), import.key.name.clone());
-        pass.import(import, current.imports.get(&key), &desired.mesh_clusters)
-            .await;
+        let have = current.imports.get(&key);
+        if !current.caught_up("ServiceImport", &key, have.and_then(|h| h.resource_version)) {
+            pass.outcome.behind = true;
+            continue;
+        }
+        pass.import(import, have, &desired.mesh_clusters).await;
     }
     let wanted: BTreeSet<&ServiceKey> = desired.imports.iter().map(|i| &i.key).collect();
     for (namespace, name) in current.imports.keys() {
@@ -546,7 +574,11 @@ pub async fn write_back(
         }
     }
     let now = rfc3339_now();
-    for record in current.exports.values() {
+    for (key, record) in &current.exports {
+        if !current.caught_up("ServiceExport", key, record.resource_version) {
+            pass.outcome.behind = true;
+            continue;
+        }
         if let Some(wanted) = desired.export_conditions.get(&record.export.key) {
             pass.export(record, wanted, &now).await;
         }

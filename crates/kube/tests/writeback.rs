@@ -480,6 +480,7 @@ async fn a_hung_api_server_costs_one_timeout_per_pass() {
     let current = Current {
         imports: BTreeMap::new(),
         exports: BTreeMap::new(),
+        written: BTreeMap::new(),
     };
     let outcome = write_back(&target, &desired("exported", true), &current).await;
     server.set_fault(causeway_kube_fake::Fault::None);

@@ -21,6 +21,8 @@ pub struct ExportRecord {
     pub export: ServiceExport,
     /// `status.conditions` as the API server holds them.
     pub conditions: Vec<Value>,
+    /// `metadata.resourceVersion`: tells whether the watch has caught up with a write.
+    pub resource_version: Option<u64>,
 }
 
 /// A ServiceExport (either MCS version: their spec is empty and status has conditions).
@@ -76,7 +78,16 @@ pub fn service_export(
             source: origin.source(),
         },
         conditions,
+        resource_version: resource_version(obj),
     })
+}
+
+/// An object's resourceVersion as a number (Kubernetes' are; anything else counts as unknown).
+pub fn resource_version(obj: &DynamicObject) -> Option<u64> {
+    obj.metadata
+        .resource_version
+        .as_deref()
+        .and_then(|v| v.parse().ok())
 }
 
 /// A ServiceImport this control plane wrote (selected by its managed-by label): what it
@@ -87,6 +98,8 @@ pub struct ImportRecord {
     pub spec: Value,
     /// `status` as stored.
     pub status: Value,
+    /// `metadata.resourceVersion`: tells whether the watch has caught up with a write.
+    pub resource_version: Option<u64>,
 }
 
 /// An owned ServiceImport's record.
@@ -94,6 +107,7 @@ pub fn service_import(obj: &DynamicObject) -> ImportRecord {
     ImportRecord {
         spec: obj.data.get("spec").cloned().unwrap_or(Value::Null),
         status: obj.data.get("status").cloned().unwrap_or(Value::Null),
+        resource_version: resource_version(obj),
     }
 }
 

@@ -18,7 +18,7 @@ use causeway_model::{ClusterId, ObjectSource};
 
 pub use assemble::{assemble, assemble_borrowed, Records, RecordsRef};
 pub use mcs::{
-    cluster_property, service_export, service_import, ExportRecord, ImportRecord,
+    cluster_property, resource_version, service_export, service_import, ExportRecord, ImportRecord,
     CLUSTER_ID_PROPERTY,
 };
 pub use services::{endpoint_slice, service, SliceRecord};

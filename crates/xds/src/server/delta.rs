@@ -15,10 +15,18 @@ use super::sotw::version_of;
 use super::stream::Session;
 use crate::resources::TypeUrl;
 
+/// Bytes of resource names one delta stream may be subscribed to per type. Subscriptions add up
+/// over requests (unlike state-of-the-world's, which each request replaces), so without a bound
+/// a stream could grow without end; this is the size of one request message, far beyond what a
+/// real mesh needs. Beyond it the stream ends with `RESOURCE_EXHAUSTED`.
+pub(super) const MAX_SUBSCRIBED_BYTES: usize = super::MAX_REQUEST_BYTES;
+
 #[derive(Default)]
 struct DeltaType {
     subscribed: BTreeSet<String>,
     wildcard: bool,
+    /// Bytes of the names in `subscribed`, at most [`MAX_SUBSCRIBED_BYTES`].
+    subscribed_bytes: usize,
     started: bool,
     holdings: Holdings,
 }
@@ -27,7 +35,7 @@ pub(super) struct Delta {
     pub(super) session: Session,
     types: BTreeMap<TypeUrl, DeltaType>,
     nonce: u64,
-    out: mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>,
+    pub(super) out: mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>,
 }
 
 impl Delta {
@@ -175,17 +183,29 @@ impl Delta {
         for name in &req.resource_names_subscribe {
             if name == "*" {
                 st.wildcard = true;
-            } else {
-                st.subscribed.insert(name.clone());
+            } else if st.subscribed.insert(name.clone()) {
+                st.subscribed_bytes += name.len();
             }
         }
         for name in &req.resource_names_unsubscribe {
             if name == "*" {
                 st.wildcard = false;
             } else {
-                st.subscribed.remove(name);
+                if st.subscribed.remove(name) {
+                    st.subscribed_bytes -= name.len();
+                }
                 st.holdings.forget(name);
             }
+        }
+        if st.subscribed_bytes > MAX_SUBSCRIBED_BYTES {
+            let message = format!(
+                "{}: subscribed to {} bytes of resource names, more than the {MAX_SUBSCRIBED_BYTES} allowed",
+                t.short(),
+                st.subscribed_bytes
+            );
+            tracing::warn!(node = %self.session.node.id, error = %message, "delta stream closed");
+            let _ = self.out.try_send(Err(Status::resource_exhausted(message)));
+            return Err(());
         }
         let subscription_changed =
             !req.resource_names_subscribe.is_empty() || !req.resource_names_unsubscribe.is_empty();

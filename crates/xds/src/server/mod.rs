@@ -20,7 +20,10 @@ mod sotw;
 mod stream;
 mod tls;
 
-pub use tls::{serve_tls, AuthenticatedConn, PeerInfo, XdsTls};
+pub use tls::{
+    serve_tls, serve_tls_with_limits, AuthenticatedConn, PeerInfo, XdsLimits, XdsTls,
+    CONNECTION_WINDOW_BYTES, MAX_HEADER_LIST_BYTES, STREAM_WINDOW_BYTES,
+};
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -44,6 +47,15 @@ use crate::status::ProxyRegistry;
 use delta::Delta;
 use sotw::Sotw;
 use stream::{drive, open_session, Pacer, Session};
+
+/// Largest request message accepted (bytes): a longer one is refused with `OUT_OF_RANGE` as
+/// soon as its length prefix is read, before it is buffered.
+pub const MAX_REQUEST_BYTES: usize = 4 * 1024 * 1024;
+
+/// Responses queued for one stream, at most, before the stream's task waits for the proxy to
+/// read (HTTP/2 flow control): a proxy that stops reading stalls only its own stream, and each
+/// later push is computed from the mesh state of its time, so no backlog builds up.
+pub const MAX_QUEUED_RESPONSES: usize = 8;
 
 /// The mesh state the server serves from.
 #[derive(Debug, Clone, Default)]
@@ -95,7 +107,7 @@ impl AdsServer {
 
     /// The tonic service to mount.
     pub fn into_service(self) -> AggregatedDiscoveryServiceServer<Self> {
-        AggregatedDiscoveryServiceServer::new(self)
+        AggregatedDiscoveryServiceServer::new(self).max_decoding_message_size(MAX_REQUEST_BYTES)
     }
 }
 
@@ -107,6 +119,31 @@ fn peer_of<T>(request: &Request<T>) -> Option<Arc<auth::PeerCert>> {
         .extensions()
         .get::<PeerInfo>()
         .and_then(|p| p.cert.clone())
+}
+
+/// Takes one of the connection's stream slots, or refuses the stream (the connection's other
+/// streams are untouched).
+fn stream_slot<T>(
+    request: &Request<T>,
+    registry: &ProxyRegistry,
+) -> Result<Option<tokio::sync::OwnedSemaphorePermit>, Status> {
+    let Some(peer) = request.extensions().get::<PeerInfo>() else {
+        return Ok(None);
+    };
+    let Some(streams) = &peer.streams else {
+        return Ok(None);
+    };
+    match Arc::clone(streams).try_acquire_owned() {
+        Ok(permit) => Ok(Some(permit)),
+        Err(_) => {
+            let who = peer.addr.map(|a| a.to_string()).unwrap_or_default();
+            let message =
+                "too many ADS streams on one connection (an Envoy needs one); stream refused";
+            tracing::warn!(peer = %who, reason = "overloaded", message, "xDS stream refused");
+            registry.reject(&who, "overloaded", message);
+            Err(Status::resource_exhausted(message))
+        }
+    }
 }
 
 /// The first request of a stream: it carries the node.
@@ -155,14 +192,16 @@ impl AggregatedDiscoveryService for AdsServer {
         &self,
         request: Request<Streaming<DiscoveryRequest>>,
     ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
+        let slot = stream_slot(&request, &self.registry)?;
         let peer = peer_of(&request);
         let mut inbound = request.into_inner();
         let first = first_request(&mut inbound).await?;
         let session = self.session(first.node.as_ref(), peer.as_deref(), "sotw")?;
-        let (tx, rx) = mpsc::channel(16);
+        let (tx, rx) = mpsc::channel(MAX_QUEUED_RESPONSES);
         let mut pacer = self.pacer();
         let state = self.state.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             let mut proto = Sotw::new(session, tx);
             if proto.on_request(first).await.is_ok() {
                 drive!(proto, inbound, pacer, state);
@@ -177,14 +216,16 @@ impl AggregatedDiscoveryService for AdsServer {
         &self,
         request: Request<Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
+        let slot = stream_slot(&request, &self.registry)?;
         let peer = peer_of(&request);
         let mut inbound = request.into_inner();
         let first = first_request(&mut inbound).await?;
         let session = self.session(first.node.as_ref(), peer.as_deref(), "delta")?;
-        let (tx, rx) = mpsc::channel(16);
+        let (tx, rx) = mpsc::channel(MAX_QUEUED_RESPONSES);
         let mut pacer = self.pacer();
         let state = self.state.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             let mut proto = Delta::new(session, tx);
             if proto.on_request(first).await.is_ok() {
                 drive!(proto, inbound, pacer, state);

@@ -26,7 +26,7 @@ pub(super) struct Sotw {
     pub(super) session: Session,
     types: BTreeMap<TypeUrl, SotwType>,
     nonce: u64,
-    out: mpsc::Sender<Result<DiscoveryResponse, Status>>,
+    pub(super) out: mpsc::Sender<Result<DiscoveryResponse, Status>>,
 }
 
 /// The version of a set of `name → version`.

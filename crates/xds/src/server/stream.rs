@@ -185,6 +185,8 @@ macro_rules! drive {
                     }
                     Some(Err(e)) => {
                         tracing::debug!(node = %proto.session.node.id, error = %e, "stream error");
+                        // Tell the client why (an oversized message, say), if it still listens.
+                        let _ = proto.out.try_send(Err(e));
                         break;
                     }
                     None => break,

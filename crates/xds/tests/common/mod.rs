@@ -17,7 +17,8 @@ use causeway_trust::issue::{parse_csr, WorkloadKey};
 use causeway_trust::service::{control_plane_identity, CaService, CONTROL_PLANE_SERVER_NAME};
 use causeway_trust::verify::mtls_server_config;
 use causeway_xds::node::keys;
-use causeway_xds::{serve_tls, AdsServer, MeshState, ProxyRegistry, ServerConfig, XdsTls};
+use causeway_xds::server::{serve_tls_with_limits, XdsLimits};
+use causeway_xds::{AdsServer, MeshState, ProxyRegistry, ServerConfig, XdsTls};
 use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
 use envoy_types::pb::google::protobuf::{value::Kind, Struct, Value};
@@ -197,6 +198,15 @@ pub struct Harness {
 
 impl Harness {
     pub async fn start(coalesce: Duration) -> Self {
+        Self::start_with(coalesce, XdsLimits::default(), Duration::from_secs(5)).await
+    }
+
+    /// A harness whose listener has `limits` and `handshake_timeout`.
+    pub async fn start_with(
+        coalesce: Duration,
+        limits: XdsLimits,
+        handshake_timeout: Duration,
+    ) -> Self {
         let index = index_of(&example());
         let (state, rx) = watch::channel(Arc::new(MeshState {
             version: 1,
@@ -209,10 +219,13 @@ impl Harness {
             .expect("bind");
         let addr = listener.local_addr().expect("addr");
         let pki = Arc::new(Pki::new());
-        tokio::spawn(serve_tls(
+        let mut tls = pki.server_tls();
+        tls.handshake_timeout = handshake_timeout;
+        tokio::spawn(serve_tls_with_limits(
             server,
             listener,
-            pki.server_tls(),
+            tls,
+            limits,
             std::future::pending(),
         ));
         let gamma = (*example().clusters()["gamma"]
