@@ -25,7 +25,7 @@ fn from_load_error(e: LoadError) -> Diagnostic {
     }
 }
 
-/// Why a WorkloadEntry's bootstrap credential file cannot be used.
+/// Why a bootstrap credential file (a WorkloadEntry's or a gateway identity's) cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum CredentialFileError {
     /// The mesh directory itself cannot be resolved.
@@ -70,8 +70,8 @@ pub enum CredentialFileError {
     },
 }
 
-/// Reads a WorkloadEntry's bootstrap credential (`spec.credential.tokenFile`, relative to
-/// `mesh_dir`) after resolving every symbolic link of its path and checking that the result
+/// Reads a bootstrap credential (a WorkloadEntry's `spec.credential.tokenFile` or a Cluster's
+/// `spec.gatewayIdentity.credential.tokenFile`, relative to `mesh_dir`) after resolving every symbolic link of its path and checking that the result
 /// lies inside the (resolved) mesh directory. The registry already refuses absolute paths and
 /// `..`; this catches links that point out of the directory.
 pub fn read_credential_file(mesh_dir: &Path, file: &Path) -> Result<String, CredentialFileError> {
@@ -166,9 +166,39 @@ pub fn diagnose(dir: &Path) -> anyhow::Result<Vec<Diagnostic>> {
                 }
             }
         }
+        findings.extend(gateway_credential_findings(dir, mesh));
         findings.extend(kubeconfig_findings(dir, mesh));
     }
     Ok(findings)
+}
+
+/// Gateway identities: a Cluster's `spec.gatewayIdentity.credential.tokenFile` must resolve
+/// inside the mesh directory, exist and not be empty, like a WorkloadEntry's.
+fn gateway_credential_findings(dir: &Path, mesh: &causeway_model::MeshConfig) -> Vec<Diagnostic> {
+    let mut out = Vec::new();
+    for spec in &mesh.clusters {
+        let Some(file) = spec
+            .gateway_identity
+            .as_ref()
+            .and_then(|g| g.credential_file.as_ref())
+        else {
+            continue;
+        };
+        if let Err(e) = read_credential_file(dir, file) {
+            out.push(Diagnostic {
+                severity: Severity::Error,
+                file: Some(spec.source.file.clone()),
+                line: Some(spec.source.line),
+                object: Some(format!("Cluster {}", spec.id)),
+                field: Some("spec.gatewayIdentity.credential.tokenFile".into()),
+                message: format!(
+                    "{e}: the gateways of cluster {} cannot get certificates",
+                    spec.id
+                ),
+            });
+        }
+    }
+    out
 }
 
 /// Kubernetes members: their kubeconfig must be readable and name an API server (checked
@@ -339,5 +369,56 @@ pub(crate) mod tests {
             read_credential_file(&mesh, Path::new("tokens/missing.token")),
             Err(CredentialFileError::Unreadable { .. })
         ));
+    }
+
+    #[test]
+    fn check_reports_unusable_gateway_credential_files() {
+        let scratch = Scratch::new("check-gateway-credential");
+        let mesh = scratch.0.join("mesh");
+        let cluster = |name: &str, token: &str| {
+            format!("---\napiVersion: causeway.io/v1alpha1\nkind: Cluster\nmetadata: {{name: {name}}}\nspec: {{network: n, locality: r/z, gatewayIdentity: {{serviceAccount: gw, credential: {{tokenFile: {token}}}}}}}\n")
+        };
+        let text = format!(
+            "apiVersion: causeway.io/v1alpha1\nkind: Mesh\nmetadata: {{name: m}}\nspec: {{trustDomain: td}}\n{}{}{}{}",
+            cluster("good", "tokens/good.token"),
+            cluster("missing", "tokens/missing.token"),
+            cluster("empty", "tokens/empty.token"),
+            cluster("linked", "tokens/linked.token"),
+        );
+        write(&mesh, "mesh.yaml", &text);
+        write(&mesh, "tokens/good.token", "gateway-token\n");
+        write(&mesh, "tokens/empty.token", " \n");
+        write(&scratch.0, "secret.token", "outside-token\n");
+        std::os::unix::fs::symlink(
+            scratch.0.join("secret.token"),
+            mesh.join("tokens/linked.token"),
+        )
+        .expect("symlink");
+        let findings = diagnose(&mesh).expect("diagnose");
+        let errors: Vec<&Diagnostic> = findings
+            .iter()
+            .filter(|d| d.severity == Severity::Error)
+            .collect();
+        assert_eq!(errors.len(), 3, "{findings:?}");
+        for (d, (cluster, line, reason)) in errors.iter().zip([
+            ("missing", 11, "cannot be read"),
+            ("empty", 16, "is empty"),
+            ("linked", 21, "outside the mesh directory"),
+        ]) {
+            assert_eq!(d.file.as_deref(), Some(Path::new("mesh.yaml")), "{d}");
+            assert_eq!(d.line, Some(line), "{d}");
+            assert_eq!(d.object.as_deref(), Some(&*format!("Cluster {cluster}")));
+            assert_eq!(
+                d.field.as_deref(),
+                Some("spec.gatewayIdentity.credential.tokenFile")
+            );
+            assert!(d.message.contains(reason), "{cluster}: {}", d.message);
+            assert!(
+                d.message
+                    .contains(&format!("gateways of cluster {cluster}")),
+                "{}",
+                d.message
+            );
+        }
     }
 }

@@ -1,0 +1,90 @@
+//! Parsing and validating mesh directory files into model types.
+//!
+//! - [`documents`]: splitting a YAML stream into documents that remember their file and line,
+//!   and reading each one's type;
+//! - [`mesh`]: `mesh.yaml` (one `Mesh`, one `Cluster` per member);
+//! - [`cluster`]: one file of a cluster directory, dispatched by kind to [`objects`] (Service,
+//!   WorkloadEntry, EndpointSlice, ServiceExport, AuthorizationPolicy);
+//! - [`fields`]: parsers of fields several kinds share (names, addresses, localities,
+//!   credential paths);
+//! - this module: the annotation and label names, and reading the files from disk.
+// Parse errors are the cold path of reading configuration files, and carrying the full
+// location in the error keeps every call site simple; boxing would buy nothing measurable.
+#![allow(clippy::result_large_err)]
+
+mod cluster;
+mod documents;
+mod fields;
+mod mesh;
+mod objects;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use causeway_model::{ClusterObjects, MeshConfig};
+
+use crate::LoadError;
+
+pub use cluster::parse_cluster_documents;
+pub use mesh::parse_mesh_documents;
+pub use objects::policy_from_spec;
+
+/// Annotation on a Service: `"true"` keeps it in its cluster.
+pub const CLUSTER_LOCAL_ANNOTATION: &str = "causeway.io/cluster-local";
+/// Annotation on a ServiceExport: comma-separated cluster ids that alone may import it. An
+/// annotation, not a spec field, so the object stays valid under the upstream MCS CRD schema
+/// (which prunes unknown fields).
+pub const EXPORT_TO_ANNOTATION: &str = "causeway.io/export-to";
+/// Annotation on an EndpointSlice naming the service account of its endpoints.
+pub const SERVICE_ACCOUNT_ANNOTATION: &str = "causeway.io/service-account";
+/// Label tying an EndpointSlice to its Service.
+pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+
+const CAUSEWAY_API: &str = "causeway.io/v1alpha1";
+
+/// Reads and parses `<root>/mesh.yaml`.
+pub fn load_mesh_file(root: &Path) -> Result<MeshConfig, Vec<LoadError>> {
+    let rel = PathBuf::from("mesh.yaml");
+    let text = std::fs::read_to_string(root.join(&rel))
+        .map_err(|e| vec![LoadError::file(&rel, format!("cannot read: {e}"))])?;
+    parse_mesh_documents(&rel, &text)
+}
+
+/// Reads and parses every `*.yaml`/`*.yml` file of `<root>/clusters/<dir_name>/`, in name order.
+/// A missing directory is a cluster with no objects.
+pub fn load_cluster_dir(root: &Path, dir_name: &str) -> Result<ClusterObjects, Vec<LoadError>> {
+    let rel_dir = Path::new("clusters").join(dir_name);
+    let dir = root.join(&rel_dir);
+    let mut objects = ClusterObjects::default();
+    let mut errors = Vec::new();
+    let entries = match std::fs::read_dir(&dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(objects),
+        Err(e) => {
+            return Err(vec![LoadError::file(
+                &rel_dir,
+                format!("cannot read directory: {e}"),
+            )])
+        }
+    };
+    let mut files: BTreeMap<String, PathBuf> = BTreeMap::new();
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let is_yaml = name.ends_with(".yaml") || name.ends_with(".yml");
+        if is_yaml && !name.starts_with('.') && entry.path().is_file() {
+            files.insert(name, entry.path());
+        }
+    }
+    for (name, path) in files {
+        let rel = rel_dir.join(&name);
+        match std::fs::read_to_string(&path) {
+            Ok(text) => parse_cluster_documents(&rel, &text, &mut objects, &mut errors),
+            Err(e) => errors.push(LoadError::file(&rel, format!("cannot read: {e}"))),
+        }
+    }
+    if errors.is_empty() {
+        Ok(objects)
+    } else {
+        Err(errors)
+    }
+}
