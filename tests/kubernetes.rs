@@ -23,45 +23,44 @@ use serde_json::Value;
 const PORT_BASE: u16 = 31000;
 const CLIENT_ID: &str = "spiffe://causeway.local/ns/demo/sa/client";
 
-fn mesh_yaml(east: &Path, west: &Path) -> String {
+/// One `Cluster` document: its gateway on `127.<net>.255.1`, the gateway identity's token in
+/// `tokens/<name>-gateway.token`, and a kubeconfig for Kubernetes members.
+fn cluster_doc(
+    name: &str,
+    network: &str,
+    locality: &str,
+    net: u8,
+    kubeconfig: Option<&Path>,
+) -> String {
+    let kubernetes = kubeconfig
+        .map(|k| format!("  kubernetes: {{kubeconfig: {}}}\n", k.display()))
+        .unwrap_or_default();
     format!(
         "apiVersion: causeway.io/v1alpha1
-kind: Mesh
-metadata: {{name: kube}}
-spec: {{trustDomain: causeway.local, networks: [net-a, net-b]}}
----
-apiVersion: causeway.io/v1alpha1
 kind: Cluster
-metadata: {{name: east}}
+metadata: {{name: {name}}}
 spec:
-  network: net-a
-  locality: us-east/us-east-1a
-  gateways: [{{address: 127.41.255.1, port: 15443}}]
-  gatewayIdentity: {{serviceAccount: eastwest-gateway, credential: {{tokenFile: tokens/east-gateway.token}}}}
-  kubernetes: {{kubeconfig: {}}}
----
-apiVersion: causeway.io/v1alpha1
-kind: Cluster
-metadata: {{name: west}}
-spec:
-  network: net-b
-  locality: eu-west/eu-west-1a
-  gateways: [{{address: 127.42.255.1, port: 15443}}]
-  gatewayIdentity: {{serviceAccount: eastwest-gateway, credential: {{tokenFile: tokens/west-gateway.token}}}}
-  kubernetes: {{kubeconfig: {}}}
----
-apiVersion: causeway.io/v1alpha1
-kind: Cluster
-metadata: {{name: vm}}
-spec:
-  network: net-a
-  locality: us-east/us-east-1b
-  gateways: [{{address: 127.43.255.1, port: 15443}}]
-  gatewayIdentity: {{serviceAccount: eastwest-gateway, credential: {{tokenFile: tokens/vm-gateway.token}}}}
-",
-        east.display(),
-        west.display()
+  network: {network}
+  locality: {locality}
+  gateways: [{{address: 127.{net}.255.1, port: 15443}}]
+  gatewayIdentity: {{serviceAccount: eastwest-gateway, credential: {{tokenFile: tokens/{name}-gateway.token}}}}
+{kubernetes}"
     )
+}
+
+fn mesh_yaml(east: &Path, west: &Path) -> String {
+    [
+        "apiVersion: causeway.io/v1alpha1
+kind: Mesh
+metadata: {name: kube}
+spec: {trustDomain: causeway.local, networks: [net-a, net-b]}
+"
+        .to_owned(),
+        cluster_doc("east", "net-a", "us-east/us-east-1a", 41, Some(east)),
+        cluster_doc("west", "net-b", "eu-west/eu-west-1a", 42, Some(west)),
+        cluster_doc("vm", "net-a", "us-east/us-east-1b", 43, None),
+    ]
+    .join("---\n")
 }
 
 const VM_CLUSTER: &str = "apiVersion: v1

@@ -117,6 +117,64 @@ fn authenticator(mesh_dir: &Path, index: &causeway_discovery::MeshIndex) -> Toke
     auth
 }
 
+/// Everything the authenticator is built from: who has a credential file, which file, and
+/// when it last changed. Snapshots that leave this alone (an EndpointSlice scaled in a
+/// Kubernetes member, say) do not re-read every token file.
+#[derive(PartialEq)]
+struct CredentialInputs {
+    /// (who, service account, file, modified) of every file credential.
+    files: Vec<(String, String, std::path::PathBuf, Option<std::time::SystemTime>)>,
+    /// Members whose tokens go to TokenReview.
+    kubernetes: Vec<ClusterId>,
+}
+
+fn credential_inputs(mesh_dir: &Path, index: &causeway_discovery::MeshIndex) -> CredentialInputs {
+    let modified = |file: &Path| {
+        std::fs::metadata(mesh_dir.join(file))
+            .and_then(|m| m.modified())
+            .ok()
+    };
+    let mut inputs = Vec::new();
+    for (cluster, ci) in index.clusters() {
+        for ((namespace, name), placement) in &ci.workloads {
+            if let Some(file) = &placement.credential_file {
+                let who = format!("{cluster} {namespace}/{name}");
+                inputs.push((
+                    who,
+                    placement.service_account.clone(),
+                    file.clone(),
+                    modified(file),
+                ));
+            }
+        }
+    }
+    for spec in &index.mesh().clusters {
+        if let Some((gi, file)) = spec
+            .gateway_identity
+            .as_ref()
+            .and_then(|gi| Some((gi, gi.credential_file.as_ref()?)))
+        {
+            let who = format!("{} gateways {}", spec.id, gi.namespace);
+            inputs.push((
+                who,
+                gi.service_account.clone(),
+                file.clone(),
+                modified(file),
+            ));
+        }
+    }
+    CredentialInputs {
+        files: inputs,
+        kubernetes: index
+            .mesh()
+            .clusters
+            .iter()
+            .filter(|c| c.kubernetes.is_some())
+            .map(|c| c.id.clone())
+            .collect(),
+    }
+}
+
 /// Projected ServiceAccount tokens of one Kubernetes member, checked with TokenReview against
 /// that member's API server only, and bound to a pod that runs in that cluster with that
 /// service account (so a token the API server accepts for other reasons grants nothing).
@@ -232,6 +290,7 @@ pub fn start(
     let ca_dir = ca_dir.to_path_buf();
     tokio::spawn(async move {
         let mut known = clusters;
+        let mut inputs = credential_inputs(&mesh_dir, &index);
         while snapshots.changed().await.is_ok() {
             let snap = snapshots.borrow_and_update().clone();
             let Some(index) = snap.index.clone() else {
@@ -247,7 +306,11 @@ pub fn start(
                 }
                 known = now;
             }
-            svc.set_authenticator(Arc::new(routed(&mesh_dir, &index, &reviewer, &snapshots)));
+            let now_inputs = credential_inputs(&mesh_dir, &index);
+            if now_inputs != inputs {
+                svc.set_authenticator(Arc::new(routed(&mesh_dir, &index, &reviewer, &snapshots)));
+                inputs = now_inputs;
+            }
         }
     });
     Ok(MeshCa { service })
