@@ -123,7 +123,12 @@ fn authenticator(mesh_dir: &Path, index: &causeway_discovery::MeshIndex) -> Toke
 #[derive(PartialEq)]
 struct CredentialInputs {
     /// (who, service account, file, modified) of every file credential.
-    files: Vec<(String, String, std::path::PathBuf, Option<std::time::SystemTime>)>,
+    files: Vec<(
+        String,
+        String,
+        std::path::PathBuf,
+        Option<std::time::SystemTime>,
+    )>,
     /// Members whose tokens go to TokenReview.
     kubernetes: Vec<ClusterId>,
 }
