@@ -3,7 +3,7 @@ CARGO ?= cargo
 MESH_DIR ?= examples/three-clusters
 DEBUG_DIR := $(or $(CARGO_TARGET_DIR),target)/debug
 
-.PHONY: demo tour test test-bin lint bench build fuzz
+.PHONY: demo tour test test-bin lint bench soak build fuzz
 
 build:
 	$(CARGO) build -p causeway
@@ -48,6 +48,12 @@ bench:
 	./target/release/index-bench
 	CAUSEWAY_ENVOY="$$(./scripts/ensure-envoy)" ./target/release/mesh-path
 	./target/release/kube-sync
+
+## Soak: 1,000,000 requests across networks while the mesh directory changes every second and
+## the control plane restarts once; prints failures, p99 and every process's RSS start/end.
+soak:
+	$(CARGO) build --release -p causeway -p causeway-bench
+	CAUSEWAY_ENVOY="$$(./scripts/ensure-envoy)" ./target/release/soak $(SOAK_ARGS)
 
 ## libFuzzer targets (fuzz/, cargo-fuzz; installed from crates.io when missing), each for
 ## FUZZ_SECONDS (default 60): `FUZZ_SECONDS=3600 make fuzz` is the long run. One target:

@@ -265,6 +265,12 @@ impl ProxyRegistry {
         });
     }
 
+    /// The proxy's resources were rebuilt for `mesh_version` and whatever changed was sent: it
+    /// holds that version once every type is ACKed, even if the change did not touch it.
+    pub(crate) fn built(&self, conn: u64, mesh_version: u64) {
+        self.update(conn, |s| s.mesh_version = mesh_version);
+    }
+
     pub(crate) fn acked(&self, conn: u64, t: TypeUrl, version: &str) {
         self.update(conn, |s| {
             let ts = s.types.entry(t.short()).or_default();

@@ -67,6 +67,18 @@ impl Sotw {
             .and_then(Result::ok)
     }
 
+    /// Subscribes to `names` of `type_url` (empty: every resource of the type).
+    async fn subscribe(&self, type_url: &str, names: &[String]) {
+        self.tx
+            .send(DiscoveryRequest {
+                type_url: type_url.into(),
+                resource_names: names.to_vec(),
+                ..Default::default()
+            })
+            .await
+            .expect("send");
+    }
+
     async fn ack(&self, r: &DiscoveryResponse, names: &[String]) {
         self.tx
             .send(DiscoveryRequest {
@@ -118,23 +130,12 @@ async fn sotw_ack_incremental_eds_and_nack() {
         .filter(|c| c.starts_with("outbound"))
         .cloned()
         .collect();
-    s.tx.send(DiscoveryRequest {
-        type_url: EDS.into(),
-        resource_names: eds_names.clone(),
-        ..Default::default()
-    })
-    .await
-    .expect("send");
+    s.subscribe(EDS, &eds_names).await;
     let eds = s.next().await;
     assert_eq!(eds.type_url, EDS);
     assert_eq!(names(&eds, cla_name).len(), eds_names.len());
     s.ack(&eds, &eds_names).await;
-    s.tx.send(DiscoveryRequest {
-        type_url: LDS.into(),
-        ..Default::default()
-    })
-    .await
-    .expect("send");
+    s.subscribe(LDS, &[]).await;
     let lds = s.next().await;
     assert_eq!(lds.type_url, LDS);
     s.ack(&lds, &[]).await;
@@ -184,6 +185,37 @@ async fn sotw_ack_incremental_eds_and_nack() {
     h.add_gamma_echo(3);
     let push = s.next().await;
     assert_eq!(names(&push, cla_name), vec![ECHO.to_owned()]);
+}
+
+/// A mesh change that leaves a proxy's resources as they were (another cluster's private
+/// service, say) sends it nothing, and its status must still say it holds the new version:
+/// otherwise `/debug/proxies` shows it out of sync for ever.
+#[tokio::test]
+async fn a_change_that_does_not_touch_a_proxy_leaves_it_in_sync_at_the_new_version() {
+    let mut h = Harness::start(Duration::from_millis(20)).await;
+    let mut s = Sotw::open(&h, "client").await.expect("accepted");
+    let cds = s.next().await;
+    s.ack(&cds, &[]).await;
+    let eds_names: Vec<String> = names(&cds, cluster_name)
+        .into_iter()
+        .filter(|c| c.starts_with("outbound"))
+        .collect();
+    s.subscribe(EDS, &eds_names).await;
+    let eds = s.next().await;
+    s.ack(&eds, &eds_names).await;
+    s.subscribe(LDS, &[]).await;
+    let lds = s.next().await;
+    s.ack(&lds, &[]).await;
+    assert!(s.quiet(Duration::from_millis(200)).await.is_none());
+
+    h.publish();
+    assert!(
+        s.quiet(Duration::from_millis(300)).await.is_none(),
+        "an unchanged index sends nothing"
+    );
+    let status = h.registry.proxies();
+    assert_eq!(status[0].mesh_version, h.version, "{status:?}");
+    assert!(status[0].in_sync(), "{status:?}");
 }
 
 #[tokio::test]

@@ -209,6 +209,8 @@ macro_rules! drive {
                     proto.session.rebuild(&current);
                     pacer.pushed();
                     if proto.push_all().await.is_err() { break; }
+                    // After the pushes, so a proxy owing ACKs is not shown in sync meanwhile.
+                    proto.session.registry.built(proto.session.conn, proto.session.mesh_version);
                 }
             }
         }
