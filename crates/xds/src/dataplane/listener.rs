@@ -1,0 +1,319 @@
+//! `Listener` → [`ListenerConfig`]: addresses, the TLS inspector, filter chains and their
+//! matches, and the TCP proxy.
+
+// Deprecated fields are destructured too: set, they are refused like any other.
+#![allow(deprecated)]
+
+use std::time::Duration;
+
+use envoy_types::pb::envoy::config::listener::v3 as listener;
+use envoy_types::pb::envoy::extensions::filters::listener::tls_inspector::v3 as tls_inspector;
+use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3 as tcp;
+use envoy_types::pb::google::protobuf::Any;
+use prost::Message;
+
+use super::check::{duration, duration_or, socket_address, unsupported, At};
+use super::{
+    ChainAction, ChainMatch, ConfigError, FilterChainConfig, ListenerConfig, TcpProxyConfig,
+};
+
+const TLS_INSPECTOR: &str =
+    "type.googleapis.com/envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector";
+const TCP_PROXY: &str =
+    "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy";
+
+/// Envoy's default `listener_filters_timeout`.
+const DEFAULT_INSPECT_TIMEOUT: Duration = Duration::from_secs(15);
+/// Envoy's default TCP proxy idle timeout when the field is unset.
+const DEFAULT_TCP_IDLE: Duration = Duration::from_secs(3600);
+
+pub fn listener_config(l: &listener::Listener) -> Result<ListenerConfig, ConfigError> {
+    let resource = format!("Listener {}", l.name);
+    let at = At::resource(&resource);
+    #[rustfmt::skip]
+    let listener::Listener {
+        name, address, filter_chains, default_filter_chain, listener_filters,
+        listener_filters_timeout,
+        // Statistics naming, metadata and the direction hint change nothing on the path.
+        stat_prefix: _, metadata: _, traffic_direction: _,
+        // Sockets are the proxy's business: one listener socket per worker with SO_REUSEPORT.
+        reuse_port: _, enable_reuse_port: _,
+        additional_addresses, stats_matcher, fcds_config, filter_chain_matcher, use_original_dst,
+        per_connection_buffer_limit_bytes, per_connection_buffer_high_watermark_timeout,
+        deprecated_v1, drain_type, continue_on_listener_filters_timeout, transparent, freebind,
+        socket_options, tcp_fast_open_queue_length, udp_listener_config, api_listener,
+        connection_balance_config, access_log, tcp_backlog_size,
+        max_connections_to_accept_per_socket_event, bind_to_port, enable_mptcp,
+        ignore_global_conn_limit, bypass_overload_manager, tcp_keepalive, listener_specifier,
+    } = l;
+    unsupported!(
+        at,
+        additional_addresses,
+        stats_matcher,
+        fcds_config,
+        filter_chain_matcher,
+        use_original_dst,
+        per_connection_buffer_limit_bytes,
+        per_connection_buffer_high_watermark_timeout,
+        deprecated_v1,
+        drain_type,
+        continue_on_listener_filters_timeout,
+        transparent,
+        freebind,
+        socket_options,
+        tcp_fast_open_queue_length,
+        udp_listener_config,
+        api_listener,
+        connection_balance_config,
+        access_log,
+        tcp_backlog_size,
+        max_connections_to_accept_per_socket_event,
+        enable_mptcp,
+        ignore_global_conn_limit,
+        bypass_overload_manager,
+        tcp_keepalive,
+        listener_specifier,
+    );
+    if bind_to_port.as_ref().is_some_and(|b| !b.value) {
+        return Err(at
+            .field("bind_to_port")
+            .error("listeners that do not bind are not supported"));
+    }
+    let address = socket_address(&at.field("address"), address)?;
+    let mut inspect_tls = false;
+    for (i, f) in listener_filters.iter().enumerate() {
+        listener_filter(&at.item("listener_filters", i), f)?;
+        inspect_tls = true;
+    }
+    let inspect_timeout = duration_or(
+        &at.field("listener_filters_timeout"),
+        listener_filters_timeout,
+        DEFAULT_INSPECT_TIMEOUT,
+    )?;
+    let chains = filter_chains
+        .iter()
+        .enumerate()
+        .map(|(i, c)| filter_chain(&at.item("filter_chains", i), c))
+        .collect::<Result<Vec<_>, _>>()?;
+    let default_chain = default_filter_chain
+        .as_ref()
+        .map(|c| filter_chain(&at.field("default_filter_chain"), c))
+        .transpose()?;
+    if chains.is_empty() && default_chain.is_none() {
+        return Err(at
+            .field("filter_chains")
+            .error("a listener needs at least one filter chain"));
+    }
+    let needs_sni = chains.iter().any(|c| !c.matches.server_names.is_empty());
+    if needs_sni && !inspect_tls {
+        return Err(at.field("listener_filters").error(
+            "filter chains match server names, which needs the TLS inspector listener filter",
+        ));
+    }
+    Ok(ListenerConfig {
+        name: name.clone(),
+        address,
+        inspect_tls,
+        inspect_timeout,
+        filter_chains: chains,
+        default_chain,
+    })
+}
+
+fn typed<'a>(at: &At<'_>, any: Option<&'a Any>, want: &str) -> Result<&'a Any, ConfigError> {
+    match any {
+        Some(a) if a.type_url == want => Ok(a),
+        Some(a) => Err(at.field("typed_config").error(format!(
+            "{} is not supported (the Causeway proxy honours {want})",
+            a.type_url
+        ))),
+        None => Err(at.field("typed_config").error("missing")),
+    }
+}
+
+fn decode<M: Message + Default>(at: &At<'_>, any: &Any) -> Result<M, ConfigError> {
+    M::decode(any.value.as_slice())
+        .map_err(|e| at.field("typed_config").error(format!("undecodable: {e}")))
+}
+
+fn listener_filter(at: &At<'_>, f: &listener::ListenerFilter) -> Result<(), ConfigError> {
+    let listener::ListenerFilter {
+        name: _,
+        filter_disabled,
+        config_type,
+    } = f;
+    unsupported!(at, filter_disabled);
+    let any = match config_type {
+        Some(listener::listener_filter::ConfigType::TypedConfig(a)) => Some(a),
+        Some(_) => return Err(at.field("config_discovery").error("not supported")),
+        None => None,
+    };
+    let any = typed(at, any, TLS_INSPECTOR)?;
+    let tls_inspector::TlsInspector {
+        enable_ja3_fingerprinting,
+        enable_ja4_fingerprinting,
+        initial_read_buffer_size,
+        ..
+    } = decode(at, any)?;
+    // Fingerprints are for access logs; the read size only tunes Envoy's own buffer.
+    let _ = (
+        enable_ja3_fingerprinting,
+        enable_ja4_fingerprinting,
+        initial_read_buffer_size,
+    );
+    Ok(())
+}
+
+fn filter_chain(at: &At<'_>, c: &listener::FilterChain) -> Result<FilterChainConfig, ConfigError> {
+    #[rustfmt::skip]
+    let listener::FilterChain {
+        filter_chain_match, filters, name, metadata: _,
+        use_proxy_proto, transport_socket, transport_socket_connect_timeout,
+    } = c;
+    unsupported!(
+        at,
+        use_proxy_proto,
+        transport_socket,
+        transport_socket_connect_timeout
+    );
+    let matches = match filter_chain_match {
+        Some(m) => chain_match(&at.field("filter_chain_match"), m)?,
+        None => ChainMatch::default(),
+    };
+    let [only] = filters.as_slice() else {
+        return Err(at.field("filters").error(format!(
+            "{} network filters; the Causeway proxy supports exactly one (tcp_proxy)",
+            filters.len()
+        )));
+    };
+    let at_filter = at.item("filters", 0);
+    let any = match &only.config_type {
+        Some(listener::filter::ConfigType::TypedConfig(a)) => Some(a),
+        Some(_) => return Err(at_filter.field("config_discovery").error("not supported")),
+        None => None,
+    };
+    let any = typed(&at_filter, any, TCP_PROXY)?;
+    let proxy = tcp_proxy(&at_filter, &decode(&at_filter, any)?)?;
+    Ok(FilterChainConfig {
+        name: name.clone(),
+        matches,
+        action: ChainAction::TcpProxy(proxy),
+    })
+}
+
+fn chain_match(at: &At<'_>, m: &listener::FilterChainMatch) -> Result<ChainMatch, ConfigError> {
+    #[rustfmt::skip]
+    let listener::FilterChainMatch {
+        destination_port, server_names, transport_protocol, application_protocols,
+        prefix_ranges, address_suffix, suffix_len, direct_source_prefix_ranges, source_type,
+        source_prefix_ranges, source_ports,
+    } = m;
+    unsupported!(
+        at,
+        prefix_ranges,
+        address_suffix,
+        suffix_len,
+        direct_source_prefix_ranges,
+        source_type,
+        source_prefix_ranges,
+        source_ports,
+    );
+    let destination_port = destination_port
+        .as_ref()
+        .map(|p| {
+            u16::try_from(p.value).map_err(|_| {
+                at.field("destination_port")
+                    .error(format!("{} is not a port", p.value))
+            })
+        })
+        .transpose()?;
+    let mut names = Vec::with_capacity(server_names.len());
+    for (i, n) in server_names.iter().enumerate() {
+        let lower = n.to_ascii_lowercase();
+        let valid = !lower.is_empty()
+            && lower.len() <= 253
+            && lower
+                .strip_prefix("*.")
+                .unwrap_or(&lower)
+                .split('.')
+                .all(|l| {
+                    !l.is_empty()
+                        && l.bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                });
+        if !valid {
+            return Err(at
+                .item("server_names", i)
+                .error(format!("{n:?} is not a server name")));
+        }
+        names.push(lower);
+    }
+    let transport_protocol = match transport_protocol.as_str() {
+        "" => None,
+        p @ ("tls" | "raw_buffer") => Some(p.to_owned()),
+        other => {
+            return Err(at
+                .field("transport_protocol")
+                .error(format!("{other:?} is not supported (tls or raw_buffer)")))
+        }
+    };
+    Ok(ChainMatch {
+        server_names: names,
+        destination_port,
+        transport_protocol,
+        application_protocols: application_protocols.clone(),
+    })
+}
+
+fn tcp_proxy(at: &At<'_>, p: &tcp::TcpProxy) -> Result<TcpProxyConfig, ConfigError> {
+    #[rustfmt::skip]
+    let tcp::TcpProxy {
+        stat_prefix, idle_timeout, cluster_specifier,
+        on_demand, metadata_match, downstream_idle_timeout, upstream_idle_timeout, access_log,
+        max_connect_attempts, backoff_options, hash_policy, tunneling_config,
+        max_downstream_connection_duration, max_downstream_connection_duration_jitter_percentage,
+        access_log_flush_interval, flush_access_log_on_connected, access_log_options,
+        proxy_protocol_tlvs, proxy_protocol_tlv_merge_policy, upstream_connect_mode,
+        max_early_data_bytes, check_drain_close,
+    } = p;
+    unsupported!(
+        at,
+        on_demand,
+        metadata_match,
+        downstream_idle_timeout,
+        upstream_idle_timeout,
+        access_log,
+        max_connect_attempts,
+        backoff_options,
+        hash_policy,
+        tunneling_config,
+        max_downstream_connection_duration,
+        max_downstream_connection_duration_jitter_percentage,
+        access_log_flush_interval,
+        flush_access_log_on_connected,
+        access_log_options,
+        proxy_protocol_tlvs,
+        proxy_protocol_tlv_merge_policy,
+        upstream_connect_mode,
+        max_early_data_bytes,
+        check_drain_close,
+    );
+    let cluster = match cluster_specifier {
+        Some(tcp::tcp_proxy::ClusterSpecifier::Cluster(c)) if !c.is_empty() => c.clone(),
+        Some(tcp::tcp_proxy::ClusterSpecifier::WeightedClusters(_)) => {
+            return Err(at
+                .field("weighted_clusters")
+                .error("not supported by the Causeway proxy"))
+        }
+        _ => return Err(at.field("cluster").error("missing")),
+    };
+    let idle_timeout = match idle_timeout {
+        None => Some(DEFAULT_TCP_IDLE),
+        Some(d) => Some(duration(&at.field("idle_timeout"), d)?).filter(|d| !d.is_zero()),
+    };
+    Ok(TcpProxyConfig {
+        stat_prefix: stat_prefix.clone(),
+        cluster,
+        idle_timeout,
+    })
+}

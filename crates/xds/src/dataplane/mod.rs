@@ -1,0 +1,147 @@
+//! The data plane's side of the xDS boundary: Envoy v3 resources destructured into Causeway
+//! proxy configuration at one place (kmesh-net/orion's pattern). Every field of every message is
+//! named here: a field the proxy honours becomes a validated value, one it does not honour is a
+//! [`ConfigError`] (a NACK with the resource, the field's path and why), never silently ignored.
+//! Fields that only name statistics or carry metadata the proxy does not need are accepted and
+//! say so where they are destructured.
+
+mod check;
+mod cluster;
+mod endpoint;
+mod listener;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+pub use cluster::cluster_config;
+pub use endpoint::load_assignment;
+pub use listener::listener_config;
+
+/// Why a resource was refused: what the proxy NACKs with and logs.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{resource}: {field}: {reason}")]
+pub struct ConfigError {
+    /// `Listener gateway|127.1.255.1:15443`, `Cluster outbound|80||demo/echo`, …
+    pub resource: String,
+    /// Dotted path of the field inside the resource, e.g. `filter_chains[2].filters[0]`.
+    pub field: String,
+    pub reason: String,
+}
+
+/// A listener the proxy binds.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ListenerConfig {
+    pub name: String,
+    pub address: SocketAddr,
+    /// Read the TLS ClientHello (SNI, ALPN) before choosing a filter chain.
+    pub inspect_tls: bool,
+    /// How long to wait for the ClientHello before closing (Envoy's listener filter timeout).
+    pub inspect_timeout: Duration,
+    pub filter_chains: Vec<FilterChainConfig>,
+    /// Used when no chain matches; without it such a connection is closed.
+    pub default_chain: Option<FilterChainConfig>,
+}
+
+/// One way of handling a connection, chosen by what it matches.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FilterChainConfig {
+    pub name: String,
+    pub matches: ChainMatch,
+    pub action: ChainAction,
+}
+
+/// What a connection must look like for a chain (empty lists match anything).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ChainMatch {
+    /// Exact SNI names, lowercase; `*.example.com` matches one or more labels (Envoy's rule).
+    pub server_names: Vec<String>,
+    pub destination_port: Option<u16>,
+    /// `tls` or `raw_buffer`.
+    pub transport_protocol: Option<String>,
+    pub application_protocols: Vec<String>,
+}
+
+/// The terminal network filter of a chain.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ChainAction {
+    /// Copy bytes to an endpoint of `cluster` (TLS left untouched).
+    TcpProxy(TcpProxyConfig),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct TcpProxyConfig {
+    pub stat_prefix: String,
+    pub cluster: String,
+    /// Close a connection without bytes in either direction for this long (None: never).
+    pub idle_timeout: Option<Duration>,
+}
+
+/// An upstream cluster.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClusterConfig {
+    pub name: String,
+    pub endpoints: EndpointSource,
+    pub connect_timeout: Duration,
+    pub lb_policy: LbPolicy,
+    pub outlier_detection: Option<OutlierDetectionConfig>,
+    /// Below this share of healthy endpoints in a priority, Envoy spreads over all of them
+    /// ("panic"); 0 turns that off so traffic fails over to the next priority instead.
+    pub healthy_panic_threshold_percent: f64,
+    /// `namespace/name` of the mesh service (Causeway's cluster metadata), for metrics.
+    pub service: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum EndpointSource {
+    /// From EDS, under this resource name.
+    Eds { service_name: String },
+    /// Given inline (static bootstraps).
+    Static(LoadAssignmentConfig),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LbPolicy {
+    RoundRobin,
+    LeastRequest,
+    Random,
+}
+
+/// Envoy's consecutive-failure outlier detection (the subset the control plane emits).
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutlierDetectionConfig {
+    pub consecutive_5xx: u32,
+    pub enforcing_consecutive_5xx_percent: u32,
+    pub consecutive_gateway_failure: u32,
+    pub enforcing_consecutive_gateway_failure_percent: u32,
+    pub interval: Duration,
+    pub base_ejection_time: Duration,
+    pub max_ejection_percent: u32,
+}
+
+/// Endpoints of a cluster by locality and priority.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct LoadAssignmentConfig {
+    pub cluster_name: String,
+    pub localities: Vec<LocalityEndpoints>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct LocalityEndpoints {
+    pub region: String,
+    pub zone: String,
+    pub sub_zone: String,
+    /// 0 is tried first; higher priorities only when lower ones have no healthy endpoint.
+    pub priority: u32,
+    pub weight: Option<u32>,
+    pub endpoints: Vec<EndpointConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct EndpointConfig {
+    pub address: SocketAddr,
+    pub weight: u32,
+    /// False when EDS marks it unhealthy, draining or timed out.
+    pub healthy: bool,
+    /// The Causeway cluster it runs in (endpoint metadata), for metrics and debugging.
+    pub cluster: Option<String>,
+}

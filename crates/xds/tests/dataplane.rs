@@ -1,0 +1,173 @@
+//! The data plane's side of the boundary: what the control plane builds for a gateway converts
+//! into the Causeway proxy's configuration without loss, and anything the proxy does not honour
+//! is refused naming the resource and the field.
+
+mod common;
+
+use causeway_discovery::ProxyContext;
+use causeway_model::{ClusterId, ProxyIdentity, ProxyRole};
+use causeway_xds::build::gateway_resources;
+use causeway_xds::dataplane::{
+    cluster_config, listener_config, load_assignment, ChainAction, EndpointSource, LbPolicy,
+};
+use causeway_xds::resources::{Resources, TypeUrl};
+use common::{example, index_of};
+use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+use envoy_types::pb::envoy::config::core::v3 as core;
+use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
+use envoy_types::pb::envoy::config::listener::v3::Listener;
+use prost::Message;
+
+fn gamma_gateway() -> Resources {
+    let index = index_of(&example());
+    let ctx = ProxyContext::resolve(
+        &index,
+        ProxyIdentity {
+            cluster: ClusterId::new("gamma").expect("id"),
+            namespace: "causeway-system".into(),
+            workload: "eastwest-0".into(),
+            role: ProxyRole::Gateway,
+        },
+    )
+    .expect("context");
+    gateway_resources(&index, &ctx)
+}
+
+fn all<M: Message + Default>(r: &Resources, t: TypeUrl) -> Vec<M> {
+    r.of(t)
+        .map(|m| {
+            m.values()
+                .map(|res| M::decode(&*res.body.value).expect("decode"))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn the_gateway_listener_becomes_sni_routes_to_tcp_proxies() {
+    let r = gamma_gateway();
+    let listeners: Vec<Listener> = all(&r, TypeUrl::Listener);
+    assert_eq!(listeners.len(), 1);
+    let l = listener_config(&listeners[0]).expect("accepted");
+    assert_eq!(l.address, "127.3.255.1:15443".parse().expect("addr"));
+    assert!(l.inspect_tls, "SNI needs the ClientHello");
+    assert!(l.default_chain.is_none(), "an unknown SNI is closed");
+    let mut routes: Vec<(String, String)> = l
+        .filter_chains
+        .iter()
+        .map(|c| {
+            let ChainAction::TcpProxy(p) = &c.action;
+            assert_eq!(c.matches.server_names.len(), 1, "{c:?}");
+            (c.matches.server_names[0].clone(), p.cluster.clone())
+        })
+        .collect();
+    routes.sort();
+    // Exported services of gamma only (ledger is not exported); each SNI to its own cluster.
+    assert!(routes
+        .iter()
+        .all(|(sni, cluster)| sni.starts_with("outbound_.") && cluster.starts_with("outbound|")));
+    assert!(
+        routes.iter().any(|(sni, _)| sni.contains("greeter.demo")),
+        "{routes:?}"
+    );
+    assert!(
+        !routes.iter().any(|(sni, _)| sni.contains("ledger")),
+        "{routes:?}"
+    );
+}
+
+#[test]
+fn gateway_clusters_and_endpoints_convert_with_priorities_and_outlier_detection() {
+    let r = gamma_gateway();
+    let clusters: Vec<Cluster> = all(&r, TypeUrl::Cluster);
+    let assignments: Vec<ClusterLoadAssignment> = all(&r, TypeUrl::ClusterLoadAssignment);
+    assert!(!clusters.is_empty());
+    for c in &clusters {
+        let cfg = cluster_config(c).expect("accepted");
+        assert_eq!(
+            cfg.endpoints,
+            EndpointSource::Eds {
+                service_name: c.name.clone()
+            }
+        );
+        assert_eq!(cfg.lb_policy, LbPolicy::RoundRobin);
+        assert_eq!(cfg.healthy_panic_threshold_percent, 0.0);
+        let od = cfg.outlier_detection.expect("outlier detection");
+        assert_eq!(od.consecutive_gateway_failure, 2);
+        assert!(cfg.service.is_some_and(|s| s.starts_with("demo/")));
+    }
+    for la in &assignments {
+        let cfg = load_assignment(la).expect("accepted");
+        let endpoints: Vec<_> = cfg.localities.iter().flat_map(|l| &l.endpoints).collect();
+        assert!(!endpoints.is_empty(), "{cfg:?}");
+        // A gateway forwards to its own cluster's pods only.
+        assert!(endpoints
+            .iter()
+            .all(|e| e.cluster.as_deref() == Some("gamma") && e.healthy));
+    }
+}
+
+fn sni_listener() -> Listener {
+    all::<Listener>(&gamma_gateway(), TypeUrl::Listener).remove(0)
+}
+
+#[test]
+fn fields_the_proxy_does_not_honour_are_refused_naming_resource_and_field() {
+    let mut l = sni_listener();
+    l.filter_chains[1].transport_socket = Some(core::TransportSocket::default());
+    let e = listener_config(&l).expect_err("refused");
+    assert_eq!(e.resource, "Listener gateway|127.3.255.1:15443");
+    assert_eq!(e.field, "filter_chains[1].transport_socket");
+    assert!(e.to_string().contains("not supported"), "{e}");
+
+    let mut l = sni_listener();
+    l.freebind = Some(envoy_types::pb::google::protobuf::BoolValue { value: true });
+    assert_eq!(listener_config(&l).expect_err("refused").field, "freebind");
+
+    let mut l = sni_listener();
+    l.listener_filters.clear();
+    let e = listener_config(&l).expect_err("SNI without the inspector");
+    assert_eq!(e.field, "listener_filters");
+
+    let mut l = sni_listener();
+    l.filter_chains[0].filters[0].name = "envoy.filters.network.redis_proxy".into();
+    if let Some(envoy_types::pb::envoy::config::listener::v3::filter::ConfigType::TypedConfig(a)) =
+        &mut l.filter_chains[0].filters[0].config_type
+    {
+        a.type_url =
+            "type.googleapis.com/envoy.extensions.filters.network.redis_proxy.v3.RedisProxy".into();
+    }
+    let e = listener_config(&l).expect_err("unknown filter");
+    assert_eq!(e.field, "filter_chains[0].filters[0].typed_config");
+    assert!(e.reason.contains("RedisProxy"), "{e}");
+}
+
+#[test]
+fn bad_values_are_refused_with_the_value() {
+    let mut l = sni_listener();
+    if let Some(core::Address {
+        address: Some(core::address::Address::SocketAddress(sa)),
+    }) = &mut l.address
+    {
+        sa.address = "gateway.example".into();
+    }
+    let e = listener_config(&l).expect_err("a name, not an IP");
+    assert_eq!(e.field, "address.address");
+    assert!(e.reason.contains("gateway.example"), "{e}");
+
+    let mut la: ClusterLoadAssignment =
+        all(&gamma_gateway(), TypeUrl::ClusterLoadAssignment).remove(0);
+    la.endpoints[0].lb_endpoints[0].load_balancing_weight =
+        Some(envoy_types::pb::google::protobuf::UInt32Value { value: 0 });
+    let e = load_assignment(&la).expect_err("weight 0");
+    assert_eq!(
+        e.field,
+        "endpoints[0].lb_endpoints[0].load_balancing_weight"
+    );
+
+    let mut c: Cluster = all(&gamma_gateway(), TypeUrl::Cluster).remove(0);
+    c.lb_policy = 2; // RING_HASH
+    let e = cluster_config(&c).expect_err("ring hash");
+    assert_eq!(e.field, "lb_policy");
+    assert!(e.reason.contains("RING_HASH"), "{e}");
+}
