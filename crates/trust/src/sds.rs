@@ -40,6 +40,11 @@ pub const SECRET_ROOT: &str = "ROOTCA";
 /// Type URL of SDS resources.
 pub const SECRET_TYPE: &str =
     "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret";
+/// Largest request message accepted (bytes): a longer one is refused with `OUT_OF_RANGE` as
+/// soon as its length prefix is read, before it is buffered. The value is tonic's default, made
+/// explicit: an Envoy's first request carries its node, which lists every extension the build
+/// has (about 60 KiB with Envoy 1.40), so a limit near 64 KiB would refuse a real proxy.
+pub const MAX_REQUEST_BYTES: usize = 4 * 1024 * 1024;
 
 /// Why the SDS server failed.
 #[derive(Debug, thiserror::Error)]
@@ -241,7 +246,10 @@ impl SdsServer {
         let result = tonic::transport::Server::builder()
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
             .http2_keepalive_timeout(Some(Duration::from_secs(10)))
-            .add_service(SecretDiscoveryServiceServer::new(self))
+            .add_service(
+                SecretDiscoveryServiceServer::new(self)
+                    .max_decoding_message_size(MAX_REQUEST_BYTES),
+            )
             .serve_with_incoming_shutdown(
                 tokio_stream::wrappers::UnixListenerStream::new(listener),
                 shutdown,

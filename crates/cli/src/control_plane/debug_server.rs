@@ -183,6 +183,31 @@ mod tests {
                     "never"
                 }),
             );
+        start_app(limits, app).await
+    }
+
+    /// The debug API's own router over an empty state, served within `limits`.
+    async fn start_debug_api(limits: Limits) -> (SocketAddr, tokio::sync::oneshot::Sender<()>) {
+        let (_publish, state) =
+            tokio::sync::watch::channel(Arc::new(super::super::state::Snapshot {
+                version: 0,
+                index: None,
+                errors: Vec::new(),
+                clusters: std::collections::BTreeMap::new(),
+                changes: Default::default(),
+            }));
+        let app = super::super::debug_api::router(
+            state,
+            Arc::new(super::super::metrics::Metrics::new()),
+            Arc::new(causeway_xds::ProxyRegistry::new(false)),
+        );
+        start_app(limits, app).await
+    }
+
+    async fn start_app(
+        limits: Limits,
+        app: Router,
+    ) -> (SocketAddr, tokio::sync::oneshot::Sender<()>) {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -278,5 +303,47 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(20)).await;
         };
         assert!(served.starts_with("HTTP/1.1 200"), "{served}");
+    }
+
+    #[tokio::test]
+    async fn a_request_head_over_16_kib_gets_431_and_healthz_is_served_after() {
+        let limits = Limits::default();
+        assert_eq!(limits.max_header_bytes, 16 * 1024);
+        let (addr, _stop) = start_debug_api(limits).await;
+        const HEALTHZ: &[u8] = b"GET /healthz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n";
+        let with_pad = |bytes: usize| {
+            format!(
+                "GET /healthz HTTP/1.1\r\nHost: t\r\nX-Pad: {}\r\nConnection: close\r\n\r\n",
+                "p".repeat(bytes)
+            )
+        };
+        // One header making the head 17 KiB.
+        let big = exchange(addr, with_pad(17 * 1024).as_bytes())
+            .await
+            .expect("closed after the answer");
+        assert!(
+            big.starts_with("HTTP/1.1 431 Request Header Fields Too Large"),
+            "{big}"
+        );
+        // 101 small headers (the limit is 100) get the same.
+        let many: String = (0..101).map(|i| format!("X-H{i}: v\r\n")).collect();
+        let many = exchange(
+            addr,
+            format!("GET /healthz HTTP/1.1\r\nHost: t\r\n{many}Connection: close\r\n\r\n")
+                .as_bytes(),
+        )
+        .await
+        .expect("closed after the answer");
+        assert!(many.starts_with("HTTP/1.1 431"), "{many}");
+        // A head just under the limit is answered, and so is a plain /healthz after.
+        let under = exchange(addr, with_pad(15 * 1024).as_bytes())
+            .await
+            .expect("closed after the answer");
+        assert!(under.starts_with("HTTP/1.1 200"), "{under}");
+        let health = exchange(addr, HEALTHZ)
+            .await
+            .expect("closed after the answer");
+        assert!(health.starts_with("HTTP/1.1 200"), "{health}");
+        assert!(health.ends_with("ok"), "{health}");
     }
 }

@@ -21,8 +21,11 @@ use causeway_xds::server::{serve_tls_with_limits, XdsLimits};
 use causeway_xds::{AdsServer, MeshState, ProxyRegistry, ServerConfig, XdsTls};
 use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
+use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
 use envoy_types::pb::google::protobuf::{value::Kind, Struct, Value};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::StreamExt;
 
 pub const CDS: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
 pub const EDS: &str = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
@@ -87,6 +90,44 @@ pub fn node_in(cluster: &str, namespace: &str, workload: &str) -> Node {
 
 pub const TD: &str = "causeway.local";
 
+/// How long a well-behaved client waits for a connection or an answer (an Envoy's default
+/// `initial_fetch_timeout` is 15 s).
+pub const SERVED_WITHIN: Duration = Duration::from_secs(10);
+
+/// A SotW stream on `client` whose first request (CDS) claims `node` (none if `None`): its
+/// sender, and its first response or the refusal, within [`SERVED_WITHIN`].
+pub async fn first_cds(
+    client: &mut AggregatedDiscoveryServiceClient<tonic::transport::Channel>,
+    node: impl Into<Option<Node>>,
+) -> (
+    mpsc::Sender<DiscoveryRequest>,
+    Result<(DiscoveryResponse, tonic::Streaming<DiscoveryResponse>), tonic::Status>,
+) {
+    let (tx, rx) = mpsc::channel(4);
+    tx.send(DiscoveryRequest {
+        node: node.into(),
+        type_url: CDS.into(),
+        ..Default::default()
+    })
+    .await
+    .expect("send");
+    let opened = async {
+        let mut stream = client
+            .stream_aggregated_resources(ReceiverStream::new(rx))
+            .await?
+            .into_inner();
+        let first = stream
+            .next()
+            .await
+            .unwrap_or_else(|| Err(tonic::Status::cancelled("the stream ended unanswered")))?;
+        Ok((first, stream))
+    };
+    let opened = tokio::time::timeout(SERVED_WITHIN, opened)
+        .await
+        .expect("answered in time");
+    (tx, opened)
+}
+
 /// A test mesh PKI: a root and one intermediate per example cluster.
 pub struct Pki {
     pub bundle_pem: String,
@@ -132,6 +173,88 @@ impl Pki {
         (issued.chain_pem, key.private_key_pem())
     }
 
+    /// A leaf for `namespace`/`sa` signed directly with `signer`'s intermediate key, bypassing
+    /// the CA and its checks (what a holder of that key could mint): the CA's profile (one
+    /// SPIFFE ID, server and client usage), but `cluster_san` as its cluster DNS SAN and
+    /// `validity` as its lifetime. Chain (leaf, intermediate) and key, as PEM.
+    pub fn crafted_leaf(
+        &self,
+        signer: &str,
+        cluster_san: &str,
+        (namespace, sa): (&str, &str),
+        validity: std::ops::Range<time::OffsetDateTime>,
+    ) -> (String, String) {
+        let files = &self
+            .files
+            .iter()
+            .find(|(id, _)| id.as_str() == signer)
+            .expect("an intermediate of that cluster")
+            .1;
+        let ca_key = rcgen::KeyPair::from_pem(&files.ca_key_pem).expect("intermediate key");
+        let issuer = rcgen::Issuer::from_ca_cert_pem(&files.ca_cert_pem, ca_key).expect("issuer");
+        let key = rcgen::KeyPair::generate().expect("leaf key");
+        let mut params = rcgen::CertificateParams::default();
+        params.subject_alt_names = vec![
+            rcgen::SanType::URI(
+                SpiffeId::new(TD, namespace, sa)
+                    .to_string()
+                    .try_into()
+                    .expect("uri"),
+            ),
+            rcgen::SanType::DnsName(cluster_san.to_owned().try_into().expect("dns")),
+        ];
+        params.is_ca = rcgen::IsCa::ExplicitNoCa;
+        params.key_usages = vec![
+            rcgen::KeyUsagePurpose::DigitalSignature,
+            rcgen::KeyUsagePurpose::KeyEncipherment,
+        ];
+        params.extended_key_usages = vec![
+            rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+            rcgen::ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        params.not_before = validity.start;
+        params.not_after = validity.end;
+        params.use_authority_key_identifier_extension = true;
+        let leaf = params.signed_by(&key, &issuer).expect("sign leaf");
+        (
+            format!("{}{}", leaf.pem(), files.ca_cert_pem),
+            key.serialize_pem(),
+        )
+    }
+
+    /// A leaf of `cluster` for `namespace`/`sa` that expired an hour ago (valid for an hour
+    /// before that), otherwise like one the CA issues.
+    pub fn expired_leaf(&self, cluster: &str, namespace: &str, sa: &str) -> (String, String) {
+        let now = time::OffsetDateTime::now_utc();
+        let san = ClusterId::new(cluster).expect("id").certificate_san(TD);
+        self.crafted_leaf(
+            cluster,
+            &san,
+            (namespace, sa),
+            now - time::Duration::hours(2)..now - time::Duration::hours(1),
+        )
+    }
+
+    /// A leaf valid now for `namespace`/`sa`, signed with `signer`'s intermediate key but
+    /// naming `claimed`'s cluster SAN (`<claimed>.cluster.<td>`): a forgery the intermediate's
+    /// name constraints forbid (unless `claimed` is `signer`).
+    pub fn forged_leaf(
+        &self,
+        signer: &str,
+        claimed: &str,
+        namespace: &str,
+        sa: &str,
+    ) -> (String, String) {
+        let now = time::OffsetDateTime::now_utc();
+        let san = ClusterId::new(claimed).expect("id").certificate_san(TD);
+        self.crafted_leaf(
+            signer,
+            &san,
+            (namespace, sa),
+            now - time::Duration::minutes(5)..now + time::Duration::hours(1),
+        )
+    }
+
     /// The ADS server's TLS: the control plane's identity, mesh client certificates required.
     pub fn server_tls(&self) -> XdsTls {
         let service = Arc::new(CaService::new(
@@ -155,12 +278,8 @@ impl Pki {
     }
 }
 
-/// A gRPC channel to `addr` over mTLS with `chain`/`key`, checking the control plane's SPIFFE ID.
-pub async fn mtls_channel(
-    addr: std::net::SocketAddr,
-    bundle: &str,
-    (chain, key): &(String, String),
-) -> Result<tonic::transport::Channel, tonic::transport::Error> {
+/// A TLS connector presenting `chain`/`key` and checking the control plane's SPIFFE ID (ALPN h2).
+fn mtls_connector(bundle: &str, (chain, key): &(String, String)) -> tokio_rustls::TlsConnector {
     let mut config = causeway_trust::verify::client_config(
         chain,
         key,
@@ -170,7 +289,29 @@ pub async fn mtls_channel(
     )
     .expect("client tls");
     config.alpn_protocols = vec![b"h2".to_vec()];
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    tokio_rustls::TlsConnector::from(Arc::new(config))
+}
+
+/// A bare mTLS connection to `addr` with `chain`/`key` (no HTTP/2 on top): what a client that
+/// completes the handshake and then writes whatever it likes holds.
+pub async fn mtls_stream(
+    addr: std::net::SocketAddr,
+    bundle: &str,
+    leaf: &(String, String),
+) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    let name = rustls::pki_types::ServerName::try_from(CONTROL_PLANE_SERVER_NAME)
+        .map_err(std::io::Error::other)?;
+    mtls_connector(bundle, leaf).connect(name, tcp).await
+}
+
+/// A gRPC channel to `addr` over mTLS with `chain`/`key`, checking the control plane's SPIFFE ID.
+pub async fn mtls_channel(
+    addr: std::net::SocketAddr,
+    bundle: &str,
+    leaf: &(String, String),
+) -> Result<tonic::transport::Channel, tonic::transport::Error> {
+    let connector = mtls_connector(bundle, leaf);
     tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
         .expect("endpoint")
         .connect_with_connector(tower::service_fn(move |_| {
@@ -280,6 +421,77 @@ impl Harness {
             version: self.version,
             index: Some(Arc::new(self.index.clone())),
         }));
+    }
+
+    /// A good proxy on a connection of its own, beta/demo/echo-beta-1, with its stream open and
+    /// its clusters received: the proxy that must keep being served while others are refused.
+    pub async fn beta_proxy(
+        &self,
+    ) -> (
+        mpsc::Sender<DiscoveryRequest>,
+        tonic::Streaming<DiscoveryResponse>,
+    ) {
+        let mut client =
+            tokio::time::timeout(SERVED_WITHIN, self.client_as("beta", "demo", "echo"))
+                .await
+                .expect("connected in time");
+        let (tx, opened) = first_cds(&mut client, node_in("beta", "demo", "echo-beta-1")).await;
+        let (first, stream) = opened.expect("beta's proxy is served");
+        assert_eq!(first.type_url, CDS);
+        assert!(!first.resources.is_empty());
+        (tx, stream)
+    }
+
+    /// A proxy of alpha (demo/client) on a new connection gets its clusters.
+    pub async fn assert_served(&self) {
+        let mut client = tokio::time::timeout(SERVED_WITHIN, self.client())
+            .await
+            .expect("connected in time");
+        let (_tx, opened) = first_cds(&mut client, node("client")).await;
+        let (first, _stream) = opened.expect("alpha's proxy is served");
+        assert_eq!(first.type_url, CDS);
+        assert!(!first.resources.is_empty());
+    }
+
+    /// Waits (at most [`SERVED_WITHIN`]) until exactly the proxies of `clusters` are connected
+    /// (streams that ended are gone), in the registry's order.
+    pub async fn wait_connected(&self, clusters: &[&str]) {
+        let deadline = std::time::Instant::now() + SERVED_WITHIN;
+        loop {
+            let proxies = self.registry.proxies();
+            if proxies
+                .iter()
+                .map(|p| p.cluster.as_str())
+                .eq(clusters.iter().copied())
+            {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "expected the proxies of {clusters:?} only: {proxies:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Waits (at most [`SERVED_WITHIN`]) until a rejection for which `matches` holds is listed,
+    /// and returns it (the listener records a failed handshake after answering it).
+    pub async fn wait_rejection(
+        &self,
+        matches: impl Fn(&causeway_xds::status::Rejection) -> bool,
+    ) -> causeway_xds::status::Rejection {
+        let deadline = std::time::Instant::now() + SERVED_WITHIN;
+        loop {
+            let listed = self.registry.rejections();
+            if let Some(r) = listed.iter().find(|r| matches(r)) {
+                return r.clone();
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no such rejection listed: {listed:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
     /// A client presenting alpha/demo/client's certificate (what [`node`] claims for "client").
