@@ -1,7 +1,10 @@
 //! Support for end-to-end suites: locate the `causeway` binary, run it as a child process that
 //! is always stopped, and talk to it over real sockets.
 
+pub mod envoy;
 pub mod kube_mesh;
+pub mod mtls;
+pub mod upstream;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
