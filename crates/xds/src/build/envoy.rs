@@ -188,3 +188,20 @@ pub(super) fn tcp_proxy(stat_prefix: &str, cluster_name: &str) -> Any {
         ..Default::default()
     })
 }
+
+/// The TCP proxy of a sidecar's inbound port: it connects to the app only after the caller's
+/// mTLS handshake completed, so a caller without a valid certificate never makes the sidecar
+/// open a connection to the app (Envoy's default connects on accept).
+pub(super) fn inbound_tcp_proxy(stat_prefix: &str, cluster_name: &str) -> Any {
+    pack_any(tcp::TcpProxy {
+        stat_prefix: stat_prefix.to_owned(),
+        cluster_specifier: Some(tcp::tcp_proxy::ClusterSpecifier::Cluster(
+            cluster_name.to_owned(),
+        )),
+        idle_timeout: Some(duration_ms(3_600_000)),
+        upstream_connect_mode: tcp::UpstreamConnectMode::OnDownstreamTlsHandshake as i32,
+        // Nothing is buffered meanwhile: the caller's first bytes wait in the socket.
+        max_early_data_bytes: u32v(0),
+        ..Default::default()
+    })
+}

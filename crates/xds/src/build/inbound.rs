@@ -16,8 +16,8 @@ use envoy_types::pb::google::protobuf::BoolValue;
 use envoy_types::util::pack_any;
 
 use super::envoy::{
-    duration_ms, http_filter, http_manager, network_filter, route_to, socket_address, tcp_proxy,
-    transport_socket,
+    duration_ms, http_filter, http_manager, inbound_tcp_proxy, network_filter, route_to,
+    socket_address, transport_socket,
 };
 use super::is_http;
 use super::rbac::rbac_filters;
@@ -182,7 +182,7 @@ fn inbound_filters(
         }
         filters.push(network_filter(
             "envoy.filters.network.tcp_proxy",
-            tcp_proxy(&stat, &cluster_name),
+            inbound_tcp_proxy(&stat, &cluster_name),
         ));
     }
     filters
