@@ -137,6 +137,13 @@ mod tests {
         assert_eq!(ClusterId::new(""), Err(IdError::Empty));
         assert!(matches!(ClusterId::new("East"), Err(IdError::Invalid(_))));
         assert!(matches!(NetworkId::new("-a"), Err(IdError::Invalid(_))));
+        // Nothing that could walk a path: the CA directory and file names use cluster ids.
+        for id in ["a/b", "..", "a..b", "../root", ".", "a.b", "a\\b"] {
+            assert!(
+                matches!(ClusterId::new(id), Err(IdError::Invalid(_))),
+                "{id}"
+            );
+        }
         assert!(matches!(
             NetworkId::new("a".repeat(64)),
             Err(IdError::TooLong(_))

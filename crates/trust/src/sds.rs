@@ -277,6 +277,8 @@ async fn drive_stream(
                     Some(Ok(req)) => req,
                     Some(Err(status)) => {
                         tracing::debug!(%status, "SDS stream ended with an error");
+                        // Tell the client why (undecodable, too large), if it still listens.
+                        let _ = tx.try_send(Err(status));
                         return;
                     }
                     None => return,

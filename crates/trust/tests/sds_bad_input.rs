@@ -394,11 +394,11 @@ async fn a_message_that_is_not_protobuf_gets_no_secret_and_others_are_served() {
             .contains("failed to decode Protobuf message"),
         "{status:?}"
     );
-    // The stream ends, no secret sent (the server does not pass the decode error on: the
-    // client sees the stream close, or an error status if it ever does).
-    if let Some(status) = stream_raw_ends(&sds.path, garbage).await {
-        assert_eq!(status.code(), tonic::Code::Internal, "{status:?}");
-    }
+    // The stream ends with the decode error, no secret sent.
+    let status = stream_raw_ends(&sds.path, garbage)
+        .await
+        .expect("the stream ends with the error");
+    assert_eq!(status.code(), tonic::Code::Internal, "{status:?}");
 
     another_client_is_served(&sds).await;
     rotation_arrives(&sds, &tx, &mut stream, &first).await;
@@ -429,9 +429,10 @@ async fn a_message_over_the_size_limit_gets_out_of_range_and_others_are_served()
                 .contains(&format!("the limit is: {MAX_REQUEST_BYTES} bytes")),
         "{status:?}"
     );
-    if let Some(status) = stream_raw_ends(&sds.path, request(MAX_REQUEST_BYTES)).await {
-        assert_eq!(status.code(), tonic::Code::OutOfRange, "{status:?}");
-    }
+    let status = stream_raw_ends(&sds.path, request(MAX_REQUEST_BYTES))
+        .await
+        .expect("the stream ends with the error");
+    assert_eq!(status.code(), tonic::Code::OutOfRange, "{status:?}");
 
     // A large request well under the limit (an Envoy's first request, its node listing every
     // extension, is about 60 KiB) is answered.

@@ -42,11 +42,35 @@ pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 
 const CAUSEWAY_API: &str = "causeway.io/v1alpha1";
 
+/// Largest mesh-directory file read (bytes). Files are parsed whole, so this bounds the memory
+/// one file can take; it is far above what a cluster of 100,000 endpoints needs in one file,
+/// and a cluster directory may hold any number of files.
+pub const MAX_FILE_BYTES: u64 = 64 * 1024 * 1024;
+
+/// Reads a file as UTF-8, refusing it past `limit` bytes (read through a bounded reader, so a
+/// file that grows while being read is refused too).
+fn read_limited(path: &Path, limit: u64) -> Result<String, String> {
+    use std::io::Read;
+    let file = std::fs::File::open(path).map_err(|e| format!("cannot read: {e}"))?;
+    let mut bytes = Vec::new();
+    file.take(limit + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| format!("cannot read: {e}"))?;
+    if bytes.len() as u64 > limit {
+        return Err(format!(
+            "larger than {} MiB; split it into several files",
+            limit / (1024 * 1024)
+        ));
+    }
+    String::from_utf8(bytes)
+        .map_err(|e| format!("not UTF-8 (at byte {})", e.utf8_error().valid_up_to()))
+}
+
 /// Reads and parses `<root>/mesh.yaml`.
 pub fn load_mesh_file(root: &Path) -> Result<MeshConfig, Vec<LoadError>> {
     let rel = PathBuf::from("mesh.yaml");
-    let text = std::fs::read_to_string(root.join(&rel))
-        .map_err(|e| vec![LoadError::file(&rel, format!("cannot read: {e}"))])?;
+    let text = read_limited(&root.join(&rel), MAX_FILE_BYTES)
+        .map_err(|e| vec![LoadError::file(&rel, e)])?;
     parse_mesh_documents(&rel, &text)
 }
 
@@ -77,14 +101,37 @@ pub fn load_cluster_dir(root: &Path, dir_name: &str) -> Result<ClusterObjects, V
     }
     for (name, path) in files {
         let rel = rel_dir.join(&name);
-        match std::fs::read_to_string(&path) {
+        match read_limited(&path, MAX_FILE_BYTES) {
             Ok(text) => parse_cluster_documents(&rel, &text, &mut objects, &mut errors),
-            Err(e) => errors.push(LoadError::file(&rel, format!("cannot read: {e}"))),
+            Err(e) => errors.push(LoadError::file(&rel, e)),
         }
     }
     if errors.is_empty() {
         Ok(objects)
     } else {
         Err(errors)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn files_past_the_limit_or_not_utf8_are_refused_with_why() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("workloads.yaml");
+        std::fs::write(&path, "a".repeat(1024)).expect("write");
+        assert_eq!(read_limited(&path, 1024).map(|s| s.len()), Ok(1024));
+        let e = read_limited(&path, 1023).expect_err("one byte over");
+        assert!(e.contains("split it into several files"), "{e}");
+        std::fs::write(&path, [b'a', 0xff, b'b']).expect("write");
+        assert_eq!(
+            read_limited(&path, 1024),
+            Err("not UTF-8 (at byte 1)".into())
+        );
+        assert!(read_limited(&dir.path().join("missing.yaml"), 1024)
+            .expect_err("missing")
+            .starts_with("cannot read"));
     }
 }

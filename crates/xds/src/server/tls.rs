@@ -280,7 +280,8 @@ async fn accept_loop(
                 Ok(Ok(stream)) => stream,
                 Ok(Err(e)) => {
                     return refuse(format!(
-                        "TLS handshake failed (xDS requires mTLS with a mesh certificate): {e}"
+                        "TLS handshake failed (xDS requires mTLS with a mesh certificate): {}",
+                        handshake_error(&e)
                     ))
                 }
                 Err(_) => return refuse(format!("TLS handshake not completed in {timeout:?}")),
@@ -304,5 +305,17 @@ async fn accept_loop(
             };
             let _ = tx.send(Ok(conn)).await;
         });
+    }
+}
+
+/// A failed handshake for operators: the mesh verifier's own message when it refused the
+/// peer's certificate (rustls shows those only as a debug dump), rustls' otherwise.
+fn handshake_error(e: &io::Error) -> String {
+    use rustls::{CertificateError, Error as Tls};
+    match e.get_ref().and_then(|inner| inner.downcast_ref::<Tls>()) {
+        Some(Tls::InvalidCertificate(CertificateError::Other(other))) => {
+            format!("invalid peer certificate: {other}")
+        }
+        _ => e.to_string(),
     }
 }
