@@ -7,6 +7,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 
 use causeway_model::ProxyRole;
+use envoy_types::pb::envoy::config::core::v3 as core;
 use serde_json::{json, Value};
 
 use crate::build::{SDS_CLUSTER, SECRET_CERT, SECRET_ROOT};
@@ -156,32 +157,71 @@ fn static_clusters(c: &BootstrapConfig) -> Vec<Value> {
     ]
 }
 
-/// The Envoy bootstrap (JSON) for `c`.
-pub fn bootstrap(c: &BootstrapConfig) -> Result<Value, BootstrapError> {
+/// A node's id and its metadata entries.
+type NodeFields = (String, Vec<(&'static str, String)>);
+
+/// The node's id and metadata: what the control plane admits and builds for, the same for
+/// Envoy (in the bootstrap) and for the Causeway proxy (in its first request).
+fn node_fields(c: &BootstrapConfig) -> Result<NodeFields, BootstrapError> {
     let role = role_name(c.role);
-    let mut metadata = json!({
-        keys::CLUSTER: c.cluster,
-        keys::NAMESPACE: c.namespace,
-        keys::WORKLOAD: c.workload,
-        keys::ROLE: role,
-    });
+    let mut metadata = vec![
+        (keys::CLUSTER, c.cluster.clone()),
+        (keys::NAMESPACE, c.namespace.clone()),
+        (keys::WORKLOAD, c.workload.clone()),
+        (keys::ROLE, role.to_owned()),
+    ];
     if let Some(net) = &c.network {
-        metadata[keys::NETWORK] = json!(net);
+        metadata.push((keys::NETWORK, net.clone()));
     }
     if c.role == ProxyRole::Sidecar {
         let cidr = c
             .outbound_cidr
             .as_ref()
             .ok_or(BootstrapError::NoOutboundCidr)?;
-        metadata[keys::OUTBOUND_CIDR] = json!(cidr);
+        metadata.push((keys::OUTBOUND_CIDR, cidr.clone()));
         if let Some(app) = c.app_address {
-            metadata[keys::APP_ADDRESS] = json!(app.to_string());
+            metadata.push((keys::APP_ADDRESS, app.to_string()));
         }
     }
+    let id = format!("{role}~{}~{}~{}", c.cluster, c.namespace, c.workload);
+    Ok((id, metadata))
+}
+
+/// The node the Causeway proxy sends on its first xDS request.
+pub fn node(c: &BootstrapConfig) -> Result<core::Node, BootstrapError> {
+    use envoy_types::pb::google::protobuf::{value::Kind, Struct, Value as PbValue};
+    let (id, metadata) = node_fields(c)?;
+    let fields = metadata
+        .into_iter()
+        .map(|(k, v)| {
+            (
+                k.to_owned(),
+                PbValue {
+                    kind: Some(Kind::StringValue(v)),
+                },
+            )
+        })
+        .collect();
+    Ok(core::Node {
+        id,
+        cluster: c.cluster.clone(),
+        metadata: Some(Struct { fields }),
+        user_agent_name: "causeway-proxy".to_owned(),
+        ..Default::default()
+    })
+}
+
+/// The Envoy bootstrap (JSON) for `c`.
+pub fn bootstrap(c: &BootstrapConfig) -> Result<Value, BootstrapError> {
+    let (id, fields) = node_fields(c)?;
+    let metadata: serde_json::Map<String, Value> = fields
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), json!(v)))
+        .collect();
     let api_type = if c.delta { "DELTA_GRPC" } else { "GRPC" };
     Ok(json!({
         "node": {
-            "id": format!("{role}~{}~{}~{}", c.cluster, c.namespace, c.workload),
+            "id": id,
             "cluster": c.cluster,
             "metadata": metadata,
         },
@@ -259,6 +299,29 @@ mod tests {
                 "spiffe://causeway.local/ns/causeway-system/sa/causeway-control-plane"
             );
             assert_eq!(b["static_resources"]["clusters"][1]["name"], SDS_CLUSTER);
+        }
+    }
+
+    #[test]
+    fn the_causeway_proxy_sends_the_node_envoy_would() {
+        for role in [ProxyRole::Sidecar, ProxyRole::Gateway] {
+            let c = config(role);
+            let b = bootstrap(&c).expect("bootstrap");
+            let n = node(&c).expect("node");
+            assert_eq!(b["node"]["id"], n.id);
+            let fields = n.metadata.expect("metadata").fields;
+            let envoy = b["node"]["metadata"].as_object().expect("metadata");
+            assert_eq!(fields.len(), envoy.len());
+            for (k, v) in envoy {
+                let Some(envoy_types::pb::google::protobuf::value::Kind::StringValue(s)) =
+                    fields.get(k).and_then(|f| f.kind.clone())
+                else {
+                    panic!("{k} missing")
+                };
+                assert_eq!(v, &json!(s));
+            }
+            // And the control plane admits it under the same rules.
+            assert!(crate::node::ProxyNode::from_node(Some(&node(&c).expect("node"))).is_ok());
         }
     }
 

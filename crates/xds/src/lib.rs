@@ -9,6 +9,7 @@
 pub mod auth;
 pub mod bootstrap;
 pub mod build;
+pub mod client;
 pub mod dataplane;
 pub mod node;
 pub mod resources;

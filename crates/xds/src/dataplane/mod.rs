@@ -10,6 +10,7 @@ mod cluster;
 mod endpoint;
 mod listener;
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -144,4 +145,37 @@ pub struct EndpointConfig {
     pub healthy: bool,
     /// The Causeway cluster it runs in (endpoint metadata), for metrics and debugging.
     pub cluster: Option<String>,
+}
+
+/// Everything a Causeway proxy runs on, replaced as a whole on every accepted update.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Snapshot {
+    /// Increases with every accepted update (per-worker caches key on it).
+    pub generation: u64,
+    pub listeners: BTreeMap<String, ListenerConfig>,
+    pub clusters: BTreeMap<String, ClusterConfig>,
+    /// EDS assignments by resource name.
+    pub assignments: BTreeMap<String, LoadAssignmentConfig>,
+}
+
+impl Snapshot {
+    /// The endpoints of `cluster`: inline for static clusters, from EDS otherwise (none yet
+    /// when EDS has not delivered them).
+    pub fn endpoints_of(&self, cluster: &str) -> Option<&LoadAssignmentConfig> {
+        match &self.clusters.get(cluster)?.endpoints {
+            EndpointSource::Static(la) => Some(la),
+            EndpointSource::Eds { service_name } => self.assignments.get(service_name),
+        }
+    }
+
+    /// The EDS resource names the clusters need.
+    pub fn eds_names(&self) -> std::collections::BTreeSet<String> {
+        self.clusters
+            .values()
+            .filter_map(|c| match &c.endpoints {
+                EndpointSource::Eds { service_name } => Some(service_name.clone()),
+                EndpointSource::Static(_) => None,
+            })
+            .collect()
+    }
 }
