@@ -273,6 +273,18 @@ impl ControlPlane {
     /// Starts an agent for cluster `cluster`'s gateway identity (the example's
     /// `tokens/<cluster>/eastwest-gateway.token`) and `causeway proxy --role gateway` using it.
     pub fn gateway(&self, name: &str, cluster: &str, workload: &str, admin: &str) -> Vec<Process> {
+        self.gateway_with(name, cluster, workload, admin, &[])
+    }
+
+    /// [`Self::gateway`] with more `causeway proxy` flags (`--data-plane causeway`, say).
+    pub fn gateway_with(
+        &self,
+        name: &str,
+        cluster: &str,
+        workload: &str,
+        admin: &str,
+        proxy_args: &[&str],
+    ) -> Vec<Process> {
         let sds = self.dir.path().join(format!("{name}.sock"));
         let sds = sds.display().to_string();
         let token = self
@@ -301,23 +313,22 @@ impl ControlPlane {
             ],
             &self.dir.path().join(format!("{name}-agent.log")),
         );
-        let proxy = self.proxy(
-            name,
-            &[
-                "--role",
-                "gateway",
-                "--cluster",
-                cluster,
-                "--namespace",
-                "causeway-system",
-                "--workload",
-                workload,
-                "--sds-socket",
-                &sds,
-                "--admin",
-                admin,
-            ],
-        );
+        let mut args = vec![
+            "--role",
+            "gateway",
+            "--cluster",
+            cluster,
+            "--namespace",
+            "causeway-system",
+            "--workload",
+            workload,
+            "--sds-socket",
+            &sds,
+            "--admin",
+            admin,
+        ];
+        args.extend_from_slice(proxy_args);
+        let proxy = self.proxy(name, &args);
         vec![agent, proxy]
     }
 
@@ -496,8 +507,19 @@ impl MeshRun {
 
     /// The plan of `mesh_dir` (as `causeway demo --print-plan` prints it).
     pub fn plan(mesh_dir: &Path, run_dir: &Path, port_base: u16) -> serde_json::Value {
+        Self::plan_with(mesh_dir, run_dir, port_base, &[])
+    }
+
+    /// The plan with more `causeway demo` flags (`--gateway-data-plane causeway`, say).
+    pub fn plan_with(
+        mesh_dir: &Path,
+        run_dir: &Path,
+        port_base: u16,
+        demo_args: &[&str],
+    ) -> serde_json::Value {
         let envoy = envoy_bin();
-        let out = run(&[
+        let port = port_base.to_string();
+        let mut args = vec![
             "demo",
             "--print-plan",
             "--mesh-dir",
@@ -505,10 +527,12 @@ impl MeshRun {
             "--run-dir",
             run_dir.to_str().expect("utf-8"),
             "--port-base",
-            &port_base.to_string(),
+            &port,
             "--envoy",
             envoy.to_str().expect("utf-8"),
-        ]);
+        ];
+        args.extend_from_slice(demo_args);
+        let out = run(&args);
         assert!(
             out.status.success(),
             "plan: {}",
@@ -527,9 +551,21 @@ impl MeshRun {
         cp_extra: &[&str],
         extra: &[serde_json::Value],
     ) -> Self {
+        Self::launch_with(dir, mesh_dir, port_base, cp_extra, extra, &[])
+    }
+
+    /// [`Self::launch`] with more `causeway demo` flags for the plan.
+    pub fn launch_with(
+        dir: tempfile::TempDir,
+        mesh_dir: PathBuf,
+        port_base: u16,
+        cp_extra: &[&str],
+        extra: &[serde_json::Value],
+        demo_args: &[&str],
+    ) -> Self {
         let run_dir = dir.path().join("run");
         std::fs::create_dir_all(&run_dir).expect("run dir");
-        let mut plan = Self::plan(&mesh_dir, &run_dir, port_base);
+        let mut plan = Self::plan_with(&mesh_dir, &run_dir, port_base, demo_args);
         if let Some(list) = plan["processes"].as_array_mut() {
             list.extend(extra.iter().cloned());
         }

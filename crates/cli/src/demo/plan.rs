@@ -181,7 +181,11 @@ pub fn build(
     run_dir: &Path,
     port_base: u16,
     envoy: &Path,
+    gateway_data_plane: &str,
 ) -> anyhow::Result<Plan> {
+    if !matches!(gateway_data_plane, "envoy" | "causeway") {
+        anyhow::bail!("--gateway-data-plane {gateway_data_plane:?}: expected envoy or causeway");
+    }
     let dir = MeshDirectory::open(mesh_dir);
     let errors = dir.errors();
     if !errors.is_empty() {
@@ -236,6 +240,9 @@ pub fn build(
             next_admin += 1;
             let mut pair = gateway_processes(mesh_dir, run_dir, mesh, cluster, i, ca)?;
             pair[1].args.extend(proxy_common(admin));
+            pair[1]
+                .args
+                .extend(["--data-plane".to_owned(), gateway_data_plane.to_owned()]);
             pair[1].admin = Some(admin);
             processes.extend(pair);
         }

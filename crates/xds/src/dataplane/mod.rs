@@ -30,7 +30,7 @@ pub struct ConfigError {
 }
 
 /// A listener the proxy binds.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, serde::Serialize, Clone, PartialEq)]
 pub struct ListenerConfig {
     pub name: String,
     pub address: SocketAddr,
@@ -44,7 +44,7 @@ pub struct ListenerConfig {
 }
 
 /// One way of handling a connection, chosen by what it matches.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, serde::Serialize, Clone, PartialEq)]
 pub struct FilterChainConfig {
     pub name: String,
     pub matches: ChainMatch,
@@ -52,7 +52,7 @@ pub struct FilterChainConfig {
 }
 
 /// What a connection must look like for a chain (empty lists match anything).
-#[derive(Debug, Clone, PartialEq, Default)]
+#[derive(Debug, serde::Serialize, Clone, PartialEq, Default)]
 pub struct ChainMatch {
     /// Exact SNI names, lowercase; `*.example.com` matches one or more labels (Envoy's rule).
     pub server_names: Vec<String>,
@@ -63,13 +63,13 @@ pub struct ChainMatch {
 }
 
 /// The terminal network filter of a chain.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, serde::Serialize, Clone, PartialEq)]
 pub enum ChainAction {
     /// Copy bytes to an endpoint of `cluster` (TLS left untouched).
     TcpProxy(TcpProxyConfig),
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, serde::Serialize, Clone, PartialEq)]
 pub struct TcpProxyConfig {
     pub stat_prefix: String,
     pub cluster: String,
@@ -78,7 +78,7 @@ pub struct TcpProxyConfig {
 }
 
 /// An upstream cluster.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, serde::Serialize, Clone, PartialEq)]
 pub struct ClusterConfig {
     pub name: String,
     pub endpoints: EndpointSource,
@@ -92,7 +92,7 @@ pub struct ClusterConfig {
     pub service: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, serde::Serialize, Clone, PartialEq)]
 pub enum EndpointSource {
     /// From EDS, under this resource name.
     Eds { service_name: String },
@@ -100,7 +100,7 @@ pub enum EndpointSource {
     Static(LoadAssignmentConfig),
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, serde::Serialize, Clone, Copy, PartialEq, Eq)]
 pub enum LbPolicy {
     RoundRobin,
     LeastRequest,
@@ -108,7 +108,7 @@ pub enum LbPolicy {
 }
 
 /// Envoy's consecutive-failure outlier detection (the subset the control plane emits).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, serde::Serialize, Clone, PartialEq)]
 pub struct OutlierDetectionConfig {
     pub consecutive_5xx: u32,
     pub enforcing_consecutive_5xx_percent: u32,
@@ -120,13 +120,13 @@ pub struct OutlierDetectionConfig {
 }
 
 /// Endpoints of a cluster by locality and priority.
-#[derive(Debug, Clone, PartialEq, Default)]
+#[derive(Debug, serde::Serialize, Clone, PartialEq, Default)]
 pub struct LoadAssignmentConfig {
     pub cluster_name: String,
     pub localities: Vec<LocalityEndpoints>,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, serde::Serialize, Clone, PartialEq)]
 pub struct LocalityEndpoints {
     pub region: String,
     pub zone: String,
@@ -137,7 +137,7 @@ pub struct LocalityEndpoints {
     pub endpoints: Vec<EndpointConfig>,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, serde::Serialize, Clone, PartialEq)]
 pub struct EndpointConfig {
     pub address: SocketAddr,
     pub weight: u32,
@@ -148,7 +148,7 @@ pub struct EndpointConfig {
 }
 
 /// Everything a Causeway proxy runs on, replaced as a whole on every accepted update.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, serde::Serialize, Clone, Default, PartialEq)]
 pub struct Snapshot {
     /// Increases with every accepted update (per-worker caches key on it).
     pub generation: u64,

@@ -1,5 +1,9 @@
-//! `causeway proxy`: writes an Envoy bootstrap that points at the control plane (ADS over
-//! mTLS, with the certificate the local agent serves) and at the agent (SDS), then execs Envoy.
+//! `causeway proxy`: with `--data-plane envoy`, writes an Envoy bootstrap that points at the
+//! control plane (ADS over mTLS, with the certificate the local agent serves) and at the agent
+//! (SDS), then execs Envoy; with `--data-plane causeway`, runs Causeway's own data plane in this
+//! process on the same node identity, agent and control plane ([`native`]).
+
+mod native;
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -63,10 +67,17 @@ pub struct Args {
     /// Print the bootstrap and exit.
     #[arg(long)]
     pub print_bootstrap: bool,
+    /// `envoy` (exec Envoy) or `causeway` (Causeway's own data plane, in this process; east-west
+    /// gateways only so far).
+    #[arg(long, default_value = "envoy")]
+    pub data_plane: String,
+    /// Worker threads of the Causeway data plane (Envoy runs with one).
+    #[arg(long, default_value_t = 1)]
+    pub concurrency: usize,
 }
 
-/// The Envoy bootstrap for `args` (built by `causeway_xds::bootstrap`).
-pub fn bootstrap(args: &Args) -> anyhow::Result<Value> {
+/// What the node is and where it connects, for either data plane.
+fn bootstrap_config(args: &Args) -> anyhow::Result<BootstrapConfig> {
     let role = match args.role.as_str() {
         "sidecar" => ProxyRole::Sidecar,
         "gateway" => ProxyRole::Gateway,
@@ -89,7 +100,14 @@ pub fn bootstrap(args: &Args) -> anyhow::Result<Value> {
         network: args.network.clone(),
         trust_domain: args.trust_domain.clone(),
     };
-    Ok(causeway_xds::bootstrap::bootstrap(&config)?)
+    Ok(config)
+}
+
+/// The Envoy bootstrap for `args` (built by `causeway_xds::bootstrap`).
+pub fn bootstrap(args: &Args) -> anyhow::Result<Value> {
+    Ok(causeway_xds::bootstrap::bootstrap(&bootstrap_config(
+        args,
+    )?)?)
 }
 
 /// Finds the Envoy binary.
@@ -117,8 +135,13 @@ pub fn envoy_binary(explicit: Option<&Path>) -> anyhow::Result<PathBuf> {
     anyhow::bail!("no Envoy binary: pass --envoy, set CAUSEWAY_ENVOY, or run scripts/ensure-envoy")
 }
 
-/// Runs the command: writes the bootstrap and execs Envoy.
+/// Runs the command: the Causeway data plane, or writes the bootstrap and execs Envoy.
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
+    match args.data_plane.as_str() {
+        "envoy" => {}
+        "causeway" => return native::run(&args, bootstrap_config(&args)?).await,
+        other => anyhow::bail!("--data-plane {other:?}: expected envoy or causeway"),
+    }
     let boot = bootstrap(&args)?;
     if args.print_bootstrap {
         println!("{}", serde_json::to_string_pretty(&boot)?);

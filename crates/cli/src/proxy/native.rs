@@ -1,0 +1,103 @@
+//! `causeway proxy --data-plane causeway`: Causeway's own data plane in this process. The
+//! certificates come from the same agent over SDS as Envoy's do (one model for both data planes,
+//! and the private key stays with the agent's process boundary as for Envoy), the
+//! configuration over delta ADS from the same control plane, and the workers serve it.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use causeway_model::ProxyRole;
+use causeway_proxy::admin::{self, AdminState};
+use causeway_proxy::config::{SharedSnapshot, Snapshot};
+use causeway_proxy::metrics::Metrics;
+use causeway_proxy::worker::Workers;
+use causeway_xds::bootstrap::{BootstrapConfig, CONTROL_PLANE_SNI};
+use causeway_xds::client::ads::{self, AdsClientConfig, AdsStatus};
+use causeway_xds::client::sds::{self, Credentials};
+use tokio::sync::watch;
+
+use super::Args;
+
+/// Runs the data plane until SIGINT/SIGTERM.
+pub async fn run(args: &Args, config: BootstrapConfig) -> anyhow::Result<ExitCode> {
+    if config.role != ProxyRole::Gateway {
+        anyhow::bail!(
+            "--data-plane causeway runs east-west gateways so far; run sidecars with \
+             --data-plane envoy"
+        );
+    }
+    let node = causeway_xds::bootstrap::node(&config)?;
+    let credentials = sds::watch(config.sds_socket.clone(), node.clone());
+    let tls = xds_tls(credentials, config.trust_domain.clone());
+    let (snapshots_tx, snapshots) = watch::channel::<SharedSnapshot>(Arc::new(Snapshot::default()));
+    let status = Arc::new(AdsStatus::default());
+    tokio::spawn(ads::run(
+        AdsClientConfig {
+            xds: config.xds,
+            server_name: CONTROL_PLANE_SNI.to_owned(),
+            node,
+            connect_timeout: Duration::from_secs(2),
+        },
+        tls,
+        snapshots_tx,
+        Arc::clone(&status),
+    ));
+    let metrics = Arc::new(Metrics::default());
+    let workers = Workers::start(
+        args.concurrency,
+        snapshots.clone(),
+        causeway_proxy::gateway::handler(Arc::clone(&metrics)),
+    )
+    .context("starting the workers")?;
+    let admin_listener = tokio::net::TcpListener::bind(config.admin)
+        .await
+        .with_context(|| format!("binding the admin address {}", config.admin))?;
+    tracing::info!(
+        cluster = %config.cluster,
+        workload = %config.workload,
+        admin = %config.admin,
+        xds = %config.xds,
+        concurrency = args.concurrency,
+        "Causeway data plane started"
+    );
+    let router = admin::router(AdminState {
+        snapshots,
+        ads: status,
+        metrics,
+    });
+    let served = axum::serve(admin_listener, router)
+        .with_graceful_shutdown(crate::shutdown_signal())
+        .await;
+    workers.stop();
+    served.context("admin server")?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The xDS client's TLS, rebuilt whenever the agent rotates the certificate.
+fn xds_tls(
+    mut credentials: watch::Receiver<Option<Arc<Credentials>>>,
+    trust_domain: Option<String>,
+) -> watch::Receiver<Option<Arc<rustls::ClientConfig>>> {
+    let (tx, rx) = watch::channel(None);
+    tokio::spawn(async move {
+        loop {
+            let current = credentials.borrow_and_update().clone();
+            if let Some(c) = current {
+                match sds::xds_client_tls(&c, trust_domain.as_deref()) {
+                    Ok(cfg) => {
+                        tx.send_replace(Some(Arc::new(cfg)));
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "the agent's certificate cannot be used for xDS")
+                    }
+                }
+            }
+            if credentials.changed().await.is_err() {
+                return;
+            }
+        }
+    });
+    rx
+}

@@ -1,0 +1,229 @@
+//! Workers: `--concurrency N` threads, each with a single-threaded tokio runtime, its own
+//! listening sockets (SO_REUSEPORT: the kernel spreads connections) and its own copy of the
+//! configuration and balancer state, so nothing on the request path takes a lock. A new
+//! snapshot reaches every worker through a watch channel and replaces its copy between
+//! connections.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use causeway_xds::dataplane::LoadAssignmentConfig;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::balance::Balancers;
+use crate::config::{SharedSnapshot, Snapshot};
+
+/// What one worker keeps: the snapshot it serves and its balancers.
+pub struct WorkerState {
+    snapshot: RefCell<SharedSnapshot>,
+    balancers: RefCell<Balancers>,
+    pub index: usize,
+}
+
+impl WorkerState {
+    pub fn new(index: usize, snapshot: SharedSnapshot) -> Self {
+        WorkerState {
+            snapshot: RefCell::new(snapshot),
+            balancers: RefCell::new(Balancers::default()),
+            index,
+        }
+    }
+
+    /// The snapshot connections start on (a connection keeps the one it started with).
+    pub fn snapshot(&self) -> SharedSnapshot {
+        Arc::clone(&self.snapshot.borrow())
+    }
+
+    pub fn pick(
+        &self,
+        generation: u64,
+        cluster: &str,
+        la: &LoadAssignmentConfig,
+    ) -> Option<SocketAddr> {
+        self.balancers.borrow_mut().pick(generation, cluster, la)
+    }
+
+    fn replace(&self, snapshot: SharedSnapshot) {
+        *self.snapshot.borrow_mut() = snapshot;
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    #[error("starting worker thread {index}: {error}")]
+    Thread { index: usize, error: std::io::Error },
+    #[error("binding listener {name} on {address}: {error}")]
+    Bind {
+        name: String,
+        address: SocketAddr,
+        error: std::io::Error,
+    },
+}
+
+/// A listening socket shared by the workers through SO_REUSEPORT.
+fn bind(address: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(address),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&address.into())?;
+    socket.listen(1024)?;
+    TcpListener::from_std(socket.into())
+}
+
+/// The running workers; dropping the handle does not stop them, [`Workers::stop`] does.
+pub struct Workers {
+    stop: watch::Sender<bool>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+/// A connection's task on its worker (not `Send`: it stays on the worker that accepted it).
+pub type LocalTask = std::pin::Pin<Box<dyn std::future::Future<Output = ()>>>;
+
+/// What a worker does with an accepted connection on a listener (by listener name).
+pub type Handler =
+    Arc<dyn Fn(Rc<WorkerState>, String, tokio::net::TcpStream) -> LocalTask + Send + Sync>;
+
+impl Workers {
+    /// Starts `concurrency` workers serving `snapshots` with `handler`.
+    pub fn start(
+        concurrency: usize,
+        snapshots: watch::Receiver<SharedSnapshot>,
+        handler: Handler,
+    ) -> Result<Self, WorkerError> {
+        let (stop, stopped) = watch::channel(false);
+        let mut threads = Vec::new();
+        for index in 0..concurrency.max(1) {
+            let snapshots = snapshots.clone();
+            let stopped = stopped.clone();
+            let handler = Arc::clone(&handler);
+            let thread = std::thread::Builder::new()
+                .name(format!("causeway-worker-{index}"))
+                .spawn(move || run_worker(index, snapshots, stopped, handler))
+                .map_err(|error| WorkerError::Thread { index, error })?;
+            threads.push(thread);
+        }
+        Ok(Workers { stop, threads })
+    }
+
+    /// Stops accepting, ends every worker's runtime and waits for the threads.
+    pub fn stop(self) {
+        let _ = self.stop.send(true);
+        for t in self.threads {
+            let _ = t.join();
+        }
+    }
+}
+
+fn run_worker(
+    index: usize,
+    mut snapshots: watch::Receiver<SharedSnapshot>,
+    mut stopped: watch::Receiver<bool>,
+    handler: Handler,
+) {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(error) => {
+            tracing::error!(worker = index, %error, "worker runtime did not start");
+            return;
+        }
+    };
+    let local = tokio::task::LocalSet::new();
+    local.block_on(&runtime, async move {
+        let first = Arc::clone(&snapshots.borrow_and_update());
+        let state = Rc::new(WorkerState::new(index, Arc::clone(&first)));
+        let mut listeners = Listeners::default();
+        listeners.apply(&state, &first, &handler);
+        loop {
+            tokio::select! {
+                changed = snapshots.changed() => {
+                    if changed.is_err() { break; }
+                    let next = Arc::clone(&snapshots.borrow_and_update());
+                    state.replace(Arc::clone(&next));
+                    listeners.apply(&state, &next, &handler);
+                }
+                _ = stopped.changed() => break,
+            }
+        }
+        listeners.stop_all();
+    });
+}
+
+/// A worker's accept loops by listener name, with the address each is bound to.
+#[derive(Default)]
+struct Listeners {
+    running: HashMap<String, (SocketAddr, JoinHandle<()>)>,
+}
+
+impl Listeners {
+    /// Starts listeners that are new or moved, stops those that are gone.
+    fn apply(&mut self, state: &Rc<WorkerState>, snapshot: &Snapshot, handler: &Handler) {
+        self.running.retain(|name, (address, task)| {
+            let keep = snapshot
+                .listeners
+                .get(name)
+                .is_some_and(|l| l.address == *address);
+            if !keep {
+                task.abort();
+            }
+            keep
+        });
+        for (name, l) in &snapshot.listeners {
+            if self.running.contains_key(name) {
+                continue;
+            }
+            match bind(l.address) {
+                Ok(socket) => {
+                    let task = tokio::task::spawn_local(accept_loop(
+                        Rc::clone(state),
+                        name.clone(),
+                        socket,
+                        Arc::clone(handler),
+                    ));
+                    self.running.insert(name.clone(), (l.address, task));
+                }
+                Err(error) => {
+                    let e = WorkerError::Bind {
+                        name: name.clone(),
+                        address: l.address,
+                        error,
+                    };
+                    tracing::error!(worker = state.index, error = %e, "listener not started");
+                }
+            }
+        }
+    }
+
+    fn stop_all(&mut self) {
+        for (_, (_, task)) in self.running.drain() {
+            task.abort();
+        }
+    }
+}
+
+async fn accept_loop(state: Rc<WorkerState>, name: String, socket: TcpListener, handler: Handler) {
+    loop {
+        match socket.accept().await {
+            Ok((conn, _peer)) => {
+                tokio::task::spawn_local(handler(Rc::clone(&state), name.clone(), conn));
+            }
+            Err(error) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                tracing::warn!(listener = %name, %error, "accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
