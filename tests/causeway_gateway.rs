@@ -125,7 +125,7 @@ fn envoy_sidecars_reach_the_other_network_through_a_causeway_gateway() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mesh_dir = dir.path().join("mesh");
     copy_dir(&workspace().join("examples/three-clusters"), &mesh_dir);
-    let mesh = MeshRun::launch_with(
+    let mut mesh = MeshRun::launch_with(
         dir,
         mesh_dir,
         24600,
@@ -172,4 +172,36 @@ fn envoy_sidecars_reach_the_other_network_through_a_causeway_gateway() {
     assert!(opened >= 1, "{stats}");
     assert_eq!(dump["xds"]["rejected"], 0, "{dump}");
     assert_eq!(dump["xds"]["connected"], true, "{dump}");
+
+    // The control plane goes away: the gateway says so and keeps forwarding on its last good
+    // config; when it is back, the gateway reconnects and is in sync again.
+    mesh.stop("control-plane");
+    let down = wait_for(Duration::from_secs(10), || {
+        (get_json(gw_admin, "/config_dump")["xds"]["connected"] == false).then_some(())
+    });
+    assert!(
+        down.is_some(),
+        "the gateway did not notice the control plane left"
+    );
+    for i in 0..20 {
+        let a =
+            call(greeter).unwrap_or_else(|e| panic!("request {i} without a control plane: {e}"));
+        assert_eq!(a["workload"], "greeter-gamma-1");
+    }
+    mesh.restart("control-plane");
+    let proxies = mesh.plan["processes"]
+        .as_array()
+        .map(|p| {
+            p.iter()
+                .filter(|s| s["kind"] == "gateway" || s["kind"] == "sidecar")
+                .count()
+        })
+        .unwrap_or(0);
+    mesh.wait_in_sync(proxies);
+    let dump = get_json(gw_admin, "/config_dump");
+    assert_eq!(dump["xds"]["connected"], true, "{dump}");
+    assert_eq!(
+        call(greeter).expect("after the restart")["cluster"],
+        "gamma"
+    );
 }
