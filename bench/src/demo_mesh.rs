@@ -109,6 +109,18 @@ impl DemoMesh {
         run_dir: &Path,
         port_base: u16,
     ) -> anyhow::Result<Value> {
+        Self::plan_with(bin, envoy, mesh_dir, run_dir, port_base, &[])
+    }
+
+    /// [`Self::plan`] with more `causeway demo` flags (`--gateway-data-plane causeway`).
+    pub fn plan_with(
+        bin: &Path,
+        envoy: &Path,
+        mesh_dir: &Path,
+        run_dir: &Path,
+        port_base: u16,
+        demo_args: &[&str],
+    ) -> anyhow::Result<Value> {
         let out = Command::new(bin)
             .args(["demo", "--print-plan", "--port-base"])
             .arg(port_base.to_string())
@@ -118,6 +130,7 @@ impl DemoMesh {
             .arg(run_dir)
             .arg("--envoy")
             .arg(envoy)
+            .args(demo_args)
             .output()?;
         if !out.status.success() {
             bail!("plan: {}", String::from_utf8_lossy(&out.stderr));
@@ -170,6 +183,14 @@ impl DemoMesh {
 
     pub fn processes(&self) -> &[Proc] {
         &self.procs
+    }
+
+    /// The pid of the process called `name`.
+    pub fn pid_of(&self, name: &str) -> Option<u32> {
+        self.procs
+            .iter()
+            .find(|p| p.name == name)
+            .map(|p| p.child.id())
     }
 
     /// Waits until the control plane answers `/healthz`.

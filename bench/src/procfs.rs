@@ -23,6 +23,20 @@ pub fn peak_rss_mib(pid: u32) -> Option<f64> {
     status_mib(pid, "VmHWM")
 }
 
+/// CPU time (user + system) the process has used, in seconds. `/proc/<pid>/stat` counts clock
+/// ticks of USER_HZ, which Linux fixes at 100 for user space on every architecture it supports
+/// (`sysconf(_SC_CLK_TCK)`), so no libc call is needed.
+pub fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces; the fields after its closing ')' are fixed.
+    let after = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the whole line, 12 and 13 after the name.
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    Some((utime + stime) / 100.0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -36,5 +50,19 @@ mod tests {
         );
         assert!(now > 0.0 && now <= peak, "rss {now} peak {peak}");
         assert!(rss_mib(u32::MAX).is_none());
+    }
+
+    #[test]
+    fn cpu_time_grows_with_work() {
+        let pid = std::process::id();
+        let before = cpu_seconds(pid).expect("stat");
+        let start = std::time::Instant::now();
+        let mut x = 0u64;
+        while start.elapsed() < std::time::Duration::from_millis(300) {
+            x = x.wrapping_mul(6364136223846793005).wrapping_add(1);
+        }
+        std::hint::black_box(x);
+        let after = cpu_seconds(pid).expect("stat");
+        assert!(after - before >= 0.1, "{before} -> {after}");
     }
 }
