@@ -4,10 +4,11 @@
 //! snapshot reaches every worker through a watch channel and replaces its copy between
 //! connections.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use causeway_xds::dataplane::LoadAssignmentConfig;
@@ -23,15 +24,25 @@ pub struct WorkerState {
     snapshot: RefCell<SharedSnapshot>,
     balancers: RefCell<Balancers>,
     pub index: usize,
+    /// Connections this worker holds open, and how many it may.
+    open: Cell<usize>,
+    max_open: usize,
 }
 
 impl WorkerState {
-    pub fn new(index: usize, snapshot: SharedSnapshot) -> Self {
+    pub fn new(index: usize, snapshot: SharedSnapshot, max_open: usize) -> Self {
         WorkerState {
             snapshot: RefCell::new(snapshot),
             balancers: RefCell::new(Balancers::default()),
             index,
+            open: Cell::new(0),
+            max_open,
         }
+    }
+
+    /// Connections open on this worker.
+    pub fn open_connections(&self) -> usize {
+        self.open.get()
     }
 
     /// The snapshot connections start on (a connection keeps the one it started with).
@@ -84,6 +95,34 @@ fn bind(address: SocketAddr) -> std::io::Result<TcpListener> {
 pub struct Workers {
     stop: watch::Sender<bool>,
     threads: Vec<std::thread::JoinHandle<()>>,
+    overloaded: Arc<AtomicU64>,
+}
+
+/// Bounds of the workers.
+#[derive(Debug, Clone, Copy)]
+pub struct WorkerLimits {
+    /// Open downstream connections across all workers (Envoy's
+    /// `global_downstream_max_connections`, which the Envoy bootstrap sets to 50,000); beyond
+    /// it a new connection is closed at once, so a flood of idle connections cannot take the
+    /// process's file descriptors or memory.
+    pub max_connections: usize,
+}
+
+impl Default for WorkerLimits {
+    fn default() -> Self {
+        WorkerLimits {
+            max_connections: 50_000,
+        }
+    }
+}
+
+/// Counts a connection open on its worker for as long as it lives.
+struct OpenGuard(Rc<WorkerState>);
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        self.0.open.set(self.0.open.get().saturating_sub(1));
+    }
 }
 
 /// A connection's task on its worker (not `Send`: it stays on the worker that accepted it).
@@ -97,22 +136,41 @@ impl Workers {
     /// Starts `concurrency` workers serving `snapshots` with `handler`.
     pub fn start(
         concurrency: usize,
+        limits: WorkerLimits,
         snapshots: watch::Receiver<SharedSnapshot>,
         handler: Handler,
     ) -> Result<Self, WorkerError> {
         let (stop, stopped) = watch::channel(false);
+        let overloaded = Arc::new(AtomicU64::new(0));
+        let workers = concurrency.max(1);
+        // Each worker gets its share (rounded up): no shared counter on the accept path.
+        let max_open = limits.max_connections.div_ceil(workers).max(1);
         let mut threads = Vec::new();
-        for index in 0..concurrency.max(1) {
-            let snapshots = snapshots.clone();
-            let stopped = stopped.clone();
-            let handler = Arc::clone(&handler);
+        for index in 0..workers {
+            let worker = WorkerSetup {
+                index,
+                max_open,
+                snapshots: snapshots.clone(),
+                stopped: stopped.clone(),
+                handler: Arc::clone(&handler),
+                overloaded: Arc::clone(&overloaded),
+            };
             let thread = std::thread::Builder::new()
                 .name(format!("causeway-worker-{index}"))
-                .spawn(move || run_worker(index, snapshots, stopped, handler))
+                .spawn(move || run_worker(worker))
                 .map_err(|error| WorkerError::Thread { index, error })?;
             threads.push(thread);
         }
-        Ok(Workers { stop, threads })
+        Ok(Workers {
+            stop,
+            threads,
+            overloaded,
+        })
+    }
+
+    /// Connections closed at once because the workers were at their connection limit.
+    pub fn overloaded(&self) -> Arc<AtomicU64> {
+        Arc::clone(&self.overloaded)
     }
 
     /// Stops accepting, ends every worker's runtime and waits for the threads.
@@ -124,12 +182,25 @@ impl Workers {
     }
 }
 
-fn run_worker(
+/// What one worker thread starts with.
+struct WorkerSetup {
     index: usize,
-    mut snapshots: watch::Receiver<SharedSnapshot>,
-    mut stopped: watch::Receiver<bool>,
+    max_open: usize,
+    snapshots: watch::Receiver<SharedSnapshot>,
+    stopped: watch::Receiver<bool>,
     handler: Handler,
-) {
+    overloaded: Arc<AtomicU64>,
+}
+
+fn run_worker(setup: WorkerSetup) {
+    let WorkerSetup {
+        index,
+        max_open,
+        mut snapshots,
+        mut stopped,
+        handler,
+        overloaded,
+    } = setup;
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -143,8 +214,11 @@ fn run_worker(
     let local = tokio::task::LocalSet::new();
     local.block_on(&runtime, async move {
         let first = Arc::clone(&snapshots.borrow_and_update());
-        let state = Rc::new(WorkerState::new(index, Arc::clone(&first)));
-        let mut listeners = Listeners::default();
+        let state = Rc::new(WorkerState::new(index, Arc::clone(&first), max_open));
+        let mut listeners = Listeners {
+            running: HashMap::new(),
+            overloaded,
+        };
         listeners.apply(&state, &first, &handler);
         loop {
             tokio::select! {
@@ -162,9 +236,9 @@ fn run_worker(
 }
 
 /// A worker's accept loops by listener name, with the address each is bound to.
-#[derive(Default)]
 struct Listeners {
     running: HashMap<String, (SocketAddr, JoinHandle<()>)>,
+    overloaded: Arc<AtomicU64>,
 }
 
 impl Listeners {
@@ -191,6 +265,7 @@ impl Listeners {
                         name.clone(),
                         socket,
                         Arc::clone(handler),
+                        Arc::clone(&self.overloaded),
                     ));
                     self.running.insert(name.clone(), (l.address, task));
                 }
@@ -213,11 +288,31 @@ impl Listeners {
     }
 }
 
-async fn accept_loop(state: Rc<WorkerState>, name: String, socket: TcpListener, handler: Handler) {
+async fn accept_loop(
+    state: Rc<WorkerState>,
+    name: String,
+    socket: TcpListener,
+    handler: Handler,
+    overloaded: Arc<AtomicU64>,
+) {
     loop {
         match socket.accept().await {
-            Ok((conn, _peer)) => {
-                tokio::task::spawn_local(handler(Rc::clone(&state), name.clone(), conn));
+            Ok((conn, peer)) => {
+                if state.open.get() >= state.max_open {
+                    // Closed at once (dropping it): the limit protects everyone else's.
+                    let n = overloaded.fetch_add(1, Ordering::Relaxed) + 1;
+                    if n.is_power_of_two() {
+                        tracing::warn!(listener = %name, worker = state.index, %peer, refused = n, limit = state.max_open, "connection limit reached; closing new connections");
+                    }
+                    continue;
+                }
+                state.open.set(state.open.get() + 1);
+                let guard = OpenGuard(Rc::clone(&state));
+                let task = handler(Rc::clone(&state), name.clone(), conn);
+                tokio::task::spawn_local(async move {
+                    task.await;
+                    drop(guard);
+                });
             }
             Err(error) => {
                 // Out of file descriptors and the like: back off instead of spinning.

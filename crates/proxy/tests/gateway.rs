@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use causeway_proxy::config::{SharedSnapshot, Snapshot};
 use causeway_proxy::gateway;
-use causeway_proxy::worker::Workers;
+use causeway_proxy::worker::{WorkerLimits, Workers};
 use causeway_xds::dataplane::{
     ChainAction, ChainMatch, ClusterConfig, EndpointConfig, EndpointSource, FilterChainConfig,
     LbPolicy, ListenerConfig, LoadAssignmentConfig, LocalityEndpoints, TcpProxyConfig,
@@ -206,7 +206,13 @@ async fn tls_passes_through_by_sni_and_unknown_names_and_plaintext_are_closed() 
         &[("a.example", "A"), ("b.example", "B")],
         vec![cluster("A", &[(a, 1)]), cluster("B", &[(b, 1)])],
     ));
-    let workers = Workers::start(2, rx, gateway::handler(Default::default())).expect("workers");
+    let workers = Workers::start(
+        2,
+        WorkerLimits::default(),
+        rx,
+        gateway::handler(Default::default()),
+    )
+    .expect("workers");
 
     assert_eq!(
         call(&pki, gw, "a.example").await.expect("a"),
@@ -273,7 +279,13 @@ async fn connections_spread_over_endpoints_by_weight() {
         &[("a.example", "A")],
         vec![cluster("A", &[(one, 3), (tally_addr, 1)])],
     ));
-    let workers = Workers::start(1, rx, gateway::handler(Default::default())).expect("workers");
+    let workers = Workers::start(
+        1,
+        WorkerLimits::default(),
+        rx,
+        gateway::handler(Default::default()),
+    )
+    .expect("workers");
     for _ in 0..40 {
         assert_eq!(
             call(&pki, gw, "a.example").await.expect("call"),
@@ -312,4 +324,51 @@ async fn tally_server(pki: &Pki) -> (SocketAddr, Arc<std::sync::atomic::AtomicU6
         }
     });
     (addr, count)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn beyond_the_connection_limit_new_connections_are_closed_and_others_go_on() {
+    let pki = Pki::new();
+    let a = named_server(&pki, "a.example").await;
+    let gw = free_addr();
+    let (_tx, rx) = watch::channel(snapshot(
+        1,
+        gw,
+        &[("a.example", "A")],
+        vec![cluster("A", &[(a, 1)])],
+    ));
+    let limits = WorkerLimits { max_connections: 2 };
+    let workers =
+        Workers::start(1, limits, rx, gateway::handler(Default::default())).expect("workers");
+    let overloaded = workers.overloaded();
+    // Two silent connections hold the limit (each until the 500 ms inspection timeout).
+    let _one = connect_when_listening(gw).await.expect("connect");
+    let _two = connect_when_listening(gw).await.expect("connect");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let mut third = TcpStream::connect(gw).await.expect("connect");
+        let got = tokio::time::timeout(Duration::from_millis(200), third.read(&mut [0u8; 1])).await;
+        if matches!(got, Ok(Ok(0)) | Ok(Err(_)))
+            && overloaded.load(std::sync::atomic::Ordering::Relaxed) >= 1
+        {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the third connection was never refused"
+        );
+    }
+    // Once the silent ones time out, callers are served again.
+    let served = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            if let Ok(answer) = call(&pki, gw, "a.example").await {
+                return answer;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("served after the idle connections closed");
+    assert_eq!(served, "a.example:hello");
+    workers.stop();
 }

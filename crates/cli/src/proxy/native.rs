@@ -12,7 +12,7 @@ use causeway_model::ProxyRole;
 use causeway_proxy::admin::{self, AdminState};
 use causeway_proxy::config::{SharedSnapshot, Snapshot};
 use causeway_proxy::metrics::Metrics;
-use causeway_proxy::worker::Workers;
+use causeway_proxy::worker::{WorkerLimits, Workers};
 use causeway_xds::bootstrap::{BootstrapConfig, CONTROL_PLANE_SNI};
 use causeway_xds::client::ads::{self, AdsClientConfig, AdsStatus};
 use causeway_xds::client::sds::{self, Credentials};
@@ -47,6 +47,7 @@ pub async fn run(args: &Args, config: BootstrapConfig) -> anyhow::Result<ExitCod
     let metrics = Arc::new(Metrics::default());
     let workers = Workers::start(
         args.concurrency,
+        WorkerLimits::default(),
         snapshots.clone(),
         causeway_proxy::gateway::handler(Arc::clone(&metrics)),
     )
