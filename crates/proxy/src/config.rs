@@ -59,6 +59,8 @@ mod tests {
                 server_names: names.iter().map(|s| s.to_string()).collect(),
                 ..Default::default()
             },
+            tls: None,
+            handshake_timeout: None,
             action: ChainAction::TcpProxy(TcpProxyConfig {
                 stat_prefix: name.into(),
                 cluster: name.into(),

@@ -97,6 +97,8 @@ fn chain(sni: &str, cluster: &str) -> FilterChainConfig {
             server_names: vec![sni.into()],
             ..Default::default()
         },
+        tls: None,
+        handshake_timeout: None,
         action: ChainAction::TcpProxy(TcpProxyConfig {
             stat_prefix: sni.into(),
             cluster: cluster.into(),
@@ -108,6 +110,7 @@ fn chain(sni: &str, cluster: &str) -> FilterChainConfig {
 fn cluster(name: &str, endpoints: &[(SocketAddr, u32)]) -> ClusterConfig {
     ClusterConfig {
         name: name.into(),
+        upstream_tls: None,
         endpoints: EndpointSource::Static(LoadAssignmentConfig {
             cluster_name: name.into(),
             localities: vec![LocalityEndpoints {

@@ -123,7 +123,9 @@ async fn a_gateway_gets_its_sni_routes_and_endpoints_and_follows_changes() {
     let l = &s.listeners[GATEWAY];
     assert!(l.inspect_tls);
     for c in &l.filter_chains {
-        let ChainAction::TcpProxy(p) = &c.action;
+        let ChainAction::TcpProxy(p) = &c.action else {
+            panic!("a gateway chain is a TCP proxy: {c:?}")
+        };
         assert!(
             s.clusters.contains_key(&p.cluster),
             "{} routes to a known cluster",

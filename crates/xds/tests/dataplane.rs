@@ -34,13 +34,7 @@ fn gamma_gateway() -> Resources {
 }
 
 fn all<M: Message + Default>(r: &Resources, t: TypeUrl) -> Vec<M> {
-    r.of(t)
-        .map(|m| {
-            m.values()
-                .map(|res| M::decode(&*res.body.value).expect("decode"))
-                .collect()
-        })
-        .unwrap_or_default()
+    common::decoded(r, t)
 }
 
 #[test]
@@ -56,7 +50,9 @@ fn the_gateway_listener_becomes_sni_routes_to_tcp_proxies() {
         .filter_chains
         .iter()
         .map(|c| {
-            let ChainAction::TcpProxy(p) = &c.action;
+            let ChainAction::TcpProxy(p) = &c.action else {
+                panic!("a gateway chain is a TCP proxy: {c:?}")
+            };
             assert_eq!(c.matches.server_names.len(), 1, "{c:?}");
             (c.matches.server_names[0].clone(), p.cluster.clone())
         })
@@ -114,11 +110,19 @@ fn sni_listener() -> Listener {
 #[test]
 fn fields_the_proxy_does_not_honour_are_refused_naming_resource_and_field() {
     let mut l = sni_listener();
-    l.filter_chains[1].transport_socket = Some(core::TransportSocket::default());
+    if let Some(m) = &mut l.filter_chains[1].filter_chain_match {
+        m.source_ports = vec![1234];
+    }
     let e = listener_config(&l).expect_err("refused");
     assert_eq!(e.resource, "Listener gateway|127.3.255.1:15443");
-    assert_eq!(e.field, "filter_chains[1].transport_socket");
+    assert_eq!(e.field, "filter_chains[1].filter_chain_match.source_ports");
     assert!(e.to_string().contains("not supported"), "{e}");
+
+    // A transport socket is converted as downstream TLS; one that is not TLS is refused there.
+    let mut l = sni_listener();
+    l.filter_chains[1].transport_socket = Some(core::TransportSocket::default());
+    let e = listener_config(&l).expect_err("refused");
+    assert_eq!(e.field, "filter_chains[1].transport_socket.name");
 
     let mut l = sni_listener();
     l.freebind = Some(envoy_types::pb::google::protobuf::BoolValue { value: true });
@@ -170,4 +174,45 @@ fn bad_values_are_refused_with_the_value() {
     let e = cluster_config(&c).expect_err("ring hash");
     assert_eq!(e.field, "lb_policy");
     assert!(e.reason.contains("RING_HASH"), "{e}");
+}
+
+/// Every resource the control plane builds for every sidecar of the example mesh is one the
+/// Causeway proxy accepts: nothing it would NACK.
+#[test]
+fn every_sidecar_resource_of_the_example_mesh_converts() {
+    let index = index_of(&example());
+    let sidecars = [
+        ("alpha", "client"),
+        ("alpha", "echo-alpha-1"),
+        ("beta", "echo-beta-1"),
+        ("gamma", "echo-gamma-1"),
+        ("gamma", "greeter-gamma-1"),
+        ("gamma", "ledger-gamma-1"),
+    ];
+    for (cluster, workload) in sidecars {
+        let r = common::sidecar_of(&index, cluster, workload);
+        let listeners: Vec<Listener> = all(&r, TypeUrl::Listener);
+        let clusters: Vec<Cluster> = all(&r, TypeUrl::Cluster);
+        let assignments: Vec<ClusterLoadAssignment> = all(&r, TypeUrl::ClusterLoadAssignment);
+        assert!(!listeners.is_empty() && !clusters.is_empty(), "{workload}");
+        let mut http = 0;
+        for l in &listeners {
+            let cfg = listener_config(l).unwrap_or_else(|e| panic!("{workload}: {e}"));
+            http += cfg
+                .filter_chains
+                .iter()
+                .filter(|c| matches!(c.action, ChainAction::Http(_)))
+                .count();
+        }
+        assert!(http >= 2, "{workload}: outbound and inbound HTTP chains");
+        let mut with_tls = 0;
+        for c in &clusters {
+            let cfg = cluster_config(c).unwrap_or_else(|e| panic!("{workload}: {e}"));
+            with_tls += usize::from(cfg.upstream_tls.is_some());
+        }
+        assert!(with_tls >= 1, "{workload}: mesh clusters use mTLS");
+        for la in &assignments {
+            load_assignment(la).unwrap_or_else(|e| panic!("{workload}: {e}"));
+        }
+    }
 }

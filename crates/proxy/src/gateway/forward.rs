@@ -28,6 +28,10 @@ pub enum GatewayError {
         listener: String,
         sni: Option<String>,
     },
+    #[error(
+        "filter chain {chain} of {listener} is not a TCP proxy; a gateway forwards bytes only"
+    )]
+    NotTcp { listener: String, chain: String },
     #[error("cluster {0} of the route is not configured")]
     NoCluster(String),
     #[error("no healthy endpoint in cluster {0}")]
@@ -54,6 +58,7 @@ impl GatewayError {
             GatewayError::ListenerGone(_) => "listener_gone",
             GatewayError::ClientHello(e) => e.reason(),
             GatewayError::NoRoute { .. } => "no_route",
+            GatewayError::NotTcp { .. } => "not_tcp",
             GatewayError::NoCluster(_) => "no_cluster",
             GatewayError::NoEndpoint(_) => "no_endpoint",
             GatewayError::Connect { .. } => "connect_failed",
@@ -94,7 +99,12 @@ fn route(
         listener: listener.to_owned(),
         sni: sni.map(str::to_owned),
     })?;
-    let ChainAction::TcpProxy(proxy) = &chain.action;
+    let ChainAction::TcpProxy(proxy) = &chain.action else {
+        return Err(GatewayError::NotTcp {
+            listener: listener.to_owned(),
+            chain: chain.name.clone(),
+        });
+    };
     let cluster = snapshot
         .clusters
         .get(&proxy.cluster)

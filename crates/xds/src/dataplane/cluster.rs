@@ -66,7 +66,6 @@ pub fn cluster_config(c: &cluster::Cluster) -> Result<ClusterConfig, ConfigError
         cleanup_interval,
         upstream_bind_config,
         lb_subset_config,
-        transport_socket,
         protocol_selection,
         upstream_connection_options,
         close_connections_on_host_health_failure,
@@ -82,6 +81,10 @@ pub fn cluster_config(c: &cluster::Cluster) -> Result<ClusterConfig, ConfigError
         queuing_policies,
         lb_config,
     );
+    let upstream_tls = transport_socket
+        .as_ref()
+        .map(|ts| super::tls::upstream_tls(&at.field("transport_socket"), ts))
+        .transpose()?;
     let endpoints = endpoint_source(
         &at,
         name,
@@ -107,6 +110,7 @@ pub fn cluster_config(c: &cluster::Cluster) -> Result<ClusterConfig, ConfigError
     Ok(ClusterConfig {
         name: name.clone(),
         endpoints,
+        upstream_tls,
         connect_timeout: duration_or(
             &at.field("connect_timeout"),
             connect_timeout,

@@ -170,35 +170,63 @@ fn filter_chain(at: &At<'_>, c: &listener::FilterChain) -> Result<FilterChainCon
         filter_chain_match, filters, name, metadata: _,
         use_proxy_proto, transport_socket, transport_socket_connect_timeout,
     } = c;
-    unsupported!(
-        at,
-        use_proxy_proto,
-        transport_socket,
-        transport_socket_connect_timeout
-    );
+    unsupported!(at, use_proxy_proto);
+    let tls = transport_socket
+        .as_ref()
+        .map(|ts| super::tls::downstream_tls(&at.field("transport_socket"), ts))
+        .transpose()?;
+    let handshake_timeout = transport_socket_connect_timeout
+        .as_ref()
+        .map(|d| duration(&at.field("transport_socket_connect_timeout"), d))
+        .transpose()?;
     let matches = match filter_chain_match {
         Some(m) => chain_match(&at.field("filter_chain_match"), m)?,
         None => ChainMatch::default(),
     };
-    let [only] = filters.as_slice() else {
-        return Err(at.field("filters").error(format!(
-            "{} network filters; the Causeway proxy supports exactly one (tcp_proxy)",
-            filters.len()
-        )));
-    };
-    let at_filter = at.item("filters", 0);
-    let any = match &only.config_type {
-        Some(listener::filter::ConfigType::TypedConfig(a)) => Some(a),
-        Some(_) => return Err(at_filter.field("config_discovery").error("not supported")),
-        None => None,
-    };
-    let any = typed(&at_filter, any, TCP_PROXY)?;
-    let proxy = tcp_proxy(&at_filter, &decode(&at_filter, any)?)?;
+    let action = chain_action(at, filters)?;
     Ok(FilterChainConfig {
         name: name.clone(),
         matches,
-        action: ChainAction::TcpProxy(proxy),
+        tls,
+        handshake_timeout,
+        action,
     })
+}
+
+/// The terminal network filter: the TCP proxy or the HTTP connection manager, alone.
+fn chain_action(at: &At<'_>, filters: &[listener::Filter]) -> Result<ChainAction, ConfigError> {
+    let [only] = filters else {
+        if filters.len() > 1 {
+            // The control plane puts network RBAC before the TCP proxy of a sidecar's inbound
+            // TCP ports that have policies; the Causeway proxy does not evaluate RBAC yet.
+            return Err(at.item("filters", 0).error(format!(
+                "{} network filters; the Causeway proxy runs one (tcp_proxy or \
+                 http_connection_manager): network RBAC is not supported yet",
+                filters.len()
+            )));
+        }
+        return Err(at
+            .field("filters")
+            .error("a filter chain needs a network filter"));
+    };
+    let at_filter = at.item("filters", 0);
+    let any = match &only.config_type {
+        Some(listener::filter::ConfigType::TypedConfig(a)) => a,
+        Some(_) => return Err(at_filter.field("config_discovery").error("not supported")),
+        None => return Err(at_filter.field("typed_config").error("missing")),
+    };
+    if any.type_url == super::http::HTTP_CONNECTION_MANAGER {
+        let at_manager = at_filter.field("typed_config");
+        return Ok(ChainAction::Http(Box::new(super::http::http_manager(
+            &at_manager,
+            any,
+        )?)));
+    }
+    let any = typed(&at_filter, Some(any), TCP_PROXY)?;
+    Ok(ChainAction::TcpProxy(tcp_proxy(
+        &at_filter,
+        &decode(&at_filter, any)?,
+    )?))
 }
 
 fn chain_match(at: &At<'_>, m: &listener::FilterChainMatch) -> Result<ChainMatch, ConfigError> {

@@ -8,7 +8,9 @@
 mod check;
 mod cluster;
 mod endpoint;
+pub mod http;
 mod listener;
+pub mod tls;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -48,6 +50,10 @@ pub struct ListenerConfig {
 pub struct FilterChainConfig {
     pub name: String,
     pub matches: ChainMatch,
+    /// TLS terminated on this chain (a sidecar's inbound mTLS); `None`: bytes as they come.
+    pub tls: Option<tls::DownstreamTlsConfig>,
+    /// How long the downstream TLS handshake may take (Envoy's default: unbounded).
+    pub handshake_timeout: Option<Duration>,
     pub action: ChainAction,
 }
 
@@ -67,6 +73,8 @@ pub struct ChainMatch {
 pub enum ChainAction {
     /// Copy bytes to an endpoint of `cluster` (TLS left untouched).
     TcpProxy(TcpProxyConfig),
+    /// Serve HTTP/1.1 and HTTP/2 with routes, retries and timeouts.
+    Http(Box<http::HttpManagerConfig>),
 }
 
 #[derive(Debug, serde::Serialize, Clone, PartialEq)]
@@ -82,6 +90,8 @@ pub struct TcpProxyConfig {
 pub struct ClusterConfig {
     pub name: String,
     pub endpoints: EndpointSource,
+    /// mTLS to the endpoints (SNI, certificates, expected SANs); `None`: plaintext.
+    pub upstream_tls: Option<tls::UpstreamTlsConfig>,
     pub connect_timeout: Duration,
     pub lb_policy: LbPolicy,
     pub outlier_detection: Option<OutlierDetectionConfig>,

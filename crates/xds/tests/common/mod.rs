@@ -57,6 +57,49 @@ pub fn index_of(dir: &MeshDirectory) -> MeshIndex {
     )
 }
 
+/// What the control plane builds for the sidecar of `cluster`/demo/`workload` in `index` (its
+/// app on 127.1.100.10, outbound block 127.200.0.0/16).
+pub fn sidecar_of(
+    index: &MeshIndex,
+    cluster: &str,
+    workload: &str,
+) -> causeway_xds::resources::Resources {
+    use causeway_model::{ProxyIdentity, ProxyRole};
+    use causeway_xds::node::{OutboundBlock, ProxyNode};
+    let ctx = causeway_discovery::ProxyContext::resolve(
+        index,
+        ProxyIdentity {
+            cluster: ClusterId::new(cluster).expect("id"),
+            namespace: "demo".into(),
+            workload: workload.into(),
+            role: ProxyRole::Sidecar,
+        },
+    )
+    .expect("context");
+    let node = ProxyNode {
+        id: workload.into(),
+        identity: ctx.identity.clone(),
+        app_address: Some("127.1.100.10".parse().expect("ip")),
+        outbound: Some(OutboundBlock::parse("127.200.0.0/16").expect("block")),
+        network: None,
+    };
+    causeway_xds::build::sidecar_resources(index, &node, &ctx)
+}
+
+/// Every resource of type `t` in `r`, decoded.
+pub fn decoded<M: prost::Message + Default>(
+    r: &causeway_xds::resources::Resources,
+    t: causeway_xds::resources::TypeUrl,
+) -> Vec<M> {
+    r.of(t)
+        .map(|m| {
+            m.values()
+                .map(|res| M::decode(&*res.body.value).expect("decode"))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 pub fn node(workload: &str) -> Node {
     node_in("alpha", "demo", workload)
 }
