@@ -11,42 +11,33 @@ use causeway_trust::service::{control_plane_identity, CONTROL_PLANE_SERVER_NAME}
 use causeway_xds::client::ads::{run, AdsClientConfig, AdsStatus};
 use causeway_xds::client::DeltaState;
 use causeway_xds::dataplane::{ChainAction, Snapshot};
-use causeway_xds::node::keys;
 use common::*;
 use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::config::listener::v3::Listener;
 use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryResponse, Resource};
-use envoy_types::pb::google::protobuf::{value::Kind, BoolValue, Struct, Value};
+use envoy_types::pb::google::protobuf::BoolValue;
 use envoy_types::util::pack_any;
 use tokio::sync::watch;
 
 const GATEWAY: &str = "gateway|127.3.255.1:15443";
 
+/// What `causeway proxy --role gateway --data-plane causeway` sends for gamma's gateway.
 fn gateway_node() -> Node {
-    let md = [
-        (keys::CLUSTER, "gamma"),
-        (keys::NAMESPACE, "causeway-system"),
-        (keys::WORKLOAD, "eastwest-0"),
-        (keys::ROLE, "gateway"),
-    ];
-    Node {
-        id: "gateway~gamma~causeway-system~eastwest-0".into(),
+    causeway_xds::bootstrap::node(&causeway_xds::bootstrap::BootstrapConfig {
+        role: causeway_model::ProxyRole::Gateway,
         cluster: "gamma".into(),
-        metadata: Some(Struct {
-            fields: md
-                .iter()
-                .map(|(k, v)| {
-                    (
-                        (*k).to_owned(),
-                        Value {
-                            kind: Some(Kind::StringValue((*v).to_owned())),
-                        },
-                    )
-                })
-                .collect(),
-        }),
-        ..Default::default()
-    }
+        namespace: "causeway-system".into(),
+        workload: "eastwest-0".into(),
+        xds: "127.0.0.1:1".parse().expect("addr"),
+        delta: true,
+        sds_socket: "/unused".into(),
+        admin: "127.0.0.1:1".parse().expect("addr"),
+        app_address: None,
+        outbound_cidr: None,
+        network: None,
+        trust_domain: Some(TD.into()),
+    })
+    .expect("node")
 }
 
 async fn wait_for(
