@@ -1,4 +1,5 @@
-//! The failure matrix (docs/failure-modes.md), each row with real Envoy proxies and traffic.
+//! The failure matrix (docs/failure-modes.md), each row with real traffic, once with every
+//! proxy on Envoy and once with every proxy on Causeway's own data plane.
 
 use std::time::Duration;
 
@@ -25,9 +26,18 @@ fn answered_by(addr: std::net::SocketAddr) -> String {
 }
 
 #[test]
-fn control_plane_killed_traffic_flows_and_proxies_reconverge() {
+fn control_plane_killed_traffic_flows_and_proxies_reconverge_on_envoy() {
+    control_plane_killed_traffic_flows_and_proxies_reconverge("envoy", 27000);
+}
+
+#[test]
+fn control_plane_killed_traffic_flows_and_proxies_reconverge_on_causeway() {
+    control_plane_killed_traffic_flows_and_proxies_reconverge("causeway", 27500);
+}
+
+fn control_plane_killed_traffic_flows_and_proxies_reconverge(data_plane: &str, port_base: u16) {
     let _guard = mesh_lock();
-    let mut mesh = MeshRun::start("three-clusters", 27000, |_| {}, &[]);
+    let mut mesh = MeshRun::start_on(data_plane, "three-clusters", port_base, |_| {}, &[]);
     let greeter = mesh.outbound(CLIENT, "demo/greeter").expect("listener");
     let echo = mesh.outbound(CLIENT, "demo/echo").expect("listener");
     mesh.stop("control-plane");
@@ -66,9 +76,18 @@ fn control_plane_killed_traffic_flows_and_proxies_reconverge() {
 }
 
 #[test]
-fn broken_cluster_directory_keeps_last_good_endpoints() {
+fn broken_cluster_directory_keeps_last_good_endpoints_on_envoy() {
+    broken_cluster_directory_keeps_last_good_endpoints("envoy", 28000);
+}
+
+#[test]
+fn broken_cluster_directory_keeps_last_good_endpoints_on_causeway() {
+    broken_cluster_directory_keeps_last_good_endpoints("causeway", 28500);
+}
+
+fn broken_cluster_directory_keeps_last_good_endpoints(data_plane: &str, port_base: u16) {
     let _guard = mesh_lock();
-    let mesh = MeshRun::start("three-clusters", 28000, |_| {}, &[]);
+    let mesh = MeshRun::start_on(data_plane, "three-clusters", port_base, |_| {}, &[]);
     let greeter = mesh.outbound(CLIENT, "demo/greeter").expect("listener");
     let gamma = mesh.mesh_dir.join("clusters/gamma/workloads.yaml");
     std::fs::write(
@@ -115,9 +134,21 @@ fn broken_cluster_directory_keeps_last_good_endpoints() {
 }
 
 #[test]
-fn gateway_killed_callers_fail_over_and_local_calls_are_unaffected() {
+fn gateway_killed_callers_fail_over_and_local_calls_are_unaffected_on_envoy() {
+    gateway_killed_callers_fail_over_and_local_calls_are_unaffected("envoy", 29000);
+}
+
+#[test]
+fn gateway_killed_callers_fail_over_and_local_calls_are_unaffected_on_causeway() {
+    gateway_killed_callers_fail_over_and_local_calls_are_unaffected("causeway", 29500);
+}
+
+fn gateway_killed_callers_fail_over_and_local_calls_are_unaffected(
+    data_plane: &str,
+    port_base: u16,
+) {
     let _guard = mesh_lock();
-    let mut mesh = MeshRun::start("three-clusters", 29000, |_| {}, &[]);
+    let mut mesh = MeshRun::start_on(data_plane, "three-clusters", port_base, |_| {}, &[]);
     // From gamma (net-b), echo is local first; without it, alpha and beta (net-a) through their
     // gateways.
     let echo_from_gamma = mesh.outbound(GREETER, "demo/echo").expect("listener");
@@ -148,9 +179,18 @@ fn gateway_killed_callers_fail_over_and_local_calls_are_unaffected() {
 }
 
 #[test]
-fn agent_without_ca_keeps_serving_and_says_so() {
+fn agent_without_ca_keeps_serving_and_says_so_on_envoy() {
+    agent_without_ca_keeps_serving_and_says_so("envoy", 30000);
+}
+
+#[test]
+fn agent_without_ca_keeps_serving_and_says_so_on_causeway() {
+    agent_without_ca_keeps_serving_and_says_so("causeway", 30500);
+}
+
+fn agent_without_ca_keeps_serving_and_says_so(data_plane: &str, port_base: u16) {
     let _guard = mesh_lock();
-    let mut mesh = MeshRun::start("three-clusters", 30000, |_| {}, &[]);
+    let mut mesh = MeshRun::start_on(data_plane, "three-clusters", port_base, |_| {}, &[]);
     let greeter = mesh.outbound(CLIENT, "demo/greeter").expect("listener");
     // An agent renewing every 2 s (4 s certificates) loses the CA with the control plane.
     let ca = mesh.plan["ca"].as_str().expect("ca").to_owned();

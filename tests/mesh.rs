@@ -4,11 +4,10 @@
 //! handling, and an unexported service that stays unreachable through a gateway even with a
 //! valid mesh certificate.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::sync::Arc;
+use std::net::SocketAddr;
 use std::time::Duration;
 
+use causeway_e2e::mesh_client::{mesh_cert, tls_through};
 use causeway_e2e::*;
 
 const CLIENT: &str = "alpha-client-sidecar";
@@ -338,64 +337,19 @@ fn nacked_config_is_reported_and_traffic_keeps_flowing() {
     mesh.wait_in_sync(proxies);
 }
 
-/// A TLS connection to `gateway` with `sni`, presenting a real mesh certificate. Returns
-/// whether the handshake completed (only possible if the gateway forwarded it to a sidecar).
-fn tls_through(
-    gateway: SocketAddr,
-    sni: &str,
-    chain: &str,
-    key: &str,
-    bundle: &str,
-) -> Result<String, String> {
-    let config =
-        causeway_trust::verify::client_config(chain, key, bundle, "causeway.local", vec![])
-            .map_err(|e| e.to_string())?;
-    let name =
-        rustls::pki_types::ServerName::try_from(sni.to_owned()).map_err(|e| e.to_string())?;
-    let mut conn =
-        rustls::ClientConnection::new(Arc::new(config), name).map_err(|e| e.to_string())?;
-    let mut sock =
-        TcpStream::connect_timeout(&gateway, Duration::from_secs(2)).map_err(|e| e.to_string())?;
-    sock.set_read_timeout(Some(Duration::from_secs(5)))
-        .map_err(|e| e.to_string())?;
-    let mut tls = rustls::Stream::new(&mut conn, &mut sock);
-    tls.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .map_err(|e| e.to_string())?;
-    let mut out = String::new();
-    tls.read_to_string(&mut out).map_err(|e| e.to_string())?;
-    Ok(out)
-}
-
 #[test]
 fn unexported_service_unreachable_even_with_crafted_sni_and_valid_cert() {
     let _guard = mesh_lock();
     let mesh = MeshRun::start("three-clusters", 26000, |_| {}, &[]);
     causeway_trust::install_crypto_provider();
     // A genuine certificate for the client identity, from the mesh CA.
-    let ca: SocketAddr = mesh.plan["ca"].as_str().expect("ca").parse().expect("addr");
-    let bundle =
-        std::fs::read_to_string(mesh.dir.path().join("run/ca/root/root-cert.pem")).expect("root");
-    let token =
-        std::fs::read_to_string(mesh.mesh_dir.join("tokens/alpha/client.token")).expect("token");
-    let rt = tokio::runtime::Runtime::new().expect("runtime");
-    let agent = causeway_trust::agent::Agent::new(causeway_trust::agent::AgentConfig {
-        ca_addr: ca,
-        ca_bundle_pem: bundle.clone(),
-        trust_domain: "causeway.local".into(),
-        token: token.trim().into(),
-        cluster: None,
-        identity: causeway_model::SpiffeId::new("causeway.local", "demo", "client"),
-        ttl: Duration::from_secs(600),
-    });
-    let cert = rt.block_on(agent.renew()).expect("certificate");
+    let cert = mesh_cert(&mesh, "alpha", "client");
     let gateway: SocketAddr = "127.3.255.1:15443".parse().expect("addr");
     // Exported greeter: the gateway forwards, gamma's sidecar accepts the certificate.
     let ok = tls_through(
         gateway,
         "outbound_.80_._.greeter.demo.svc.cluster.local",
-        &cert.chain_pem,
-        &cert.key_pem,
-        &bundle,
+        &cert,
     )
     .expect("greeter through the gateway");
     assert!(ok.contains("\"cluster\":\"gamma\""), "{ok}");
@@ -403,9 +357,7 @@ fn unexported_service_unreachable_even_with_crafted_sni_and_valid_cert() {
     let refused = tls_through(
         gateway,
         "outbound_.80_._.ledger.demo.svc.cluster.local",
-        &cert.chain_pem,
-        &cert.key_pem,
-        &bundle,
+        &cert,
     );
     assert!(
         refused.is_err(),

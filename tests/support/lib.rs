@@ -3,6 +3,7 @@
 
 pub mod envoy;
 pub mod kube_mesh;
+pub mod mesh_client;
 pub mod mtls;
 pub mod upstream;
 
@@ -489,8 +490,20 @@ pub struct MeshRun {
 
 impl MeshRun {
     /// Copies `examples/<example>`, lets `edit` change it, and starts every process of its plan
-    /// (the control plane with `cp_extra` arguments), waiting until every proxy is in sync.
+    /// (the control plane with `cp_extra` arguments) with Envoy proxies, waiting until every
+    /// proxy is in sync.
     pub fn start(
+        example: &str,
+        port_base: u16,
+        edit: impl FnOnce(&Path),
+        cp_extra: &[&str],
+    ) -> Self {
+        Self::start_on("envoy", example, port_base, edit, cp_extra)
+    }
+
+    /// [`Self::start`] with every proxy on `data_plane` (`envoy` or `causeway`).
+    pub fn start_on(
+        data_plane: &str,
         example: &str,
         port_base: u16,
         edit: impl FnOnce(&Path),
@@ -500,7 +513,14 @@ impl MeshRun {
         let mesh_dir = dir.path().join("mesh");
         copy_dir(&workspace().join("examples").join(example), &mesh_dir);
         edit(&mesh_dir);
-        let me = Self::launch(dir, mesh_dir, port_base, cp_extra, &[]);
+        let me = Self::launch_with(
+            dir,
+            mesh_dir,
+            port_base,
+            cp_extra,
+            &[],
+            &["--data-plane", data_plane],
+        );
         me.warm_up();
         me
     }
@@ -563,12 +583,27 @@ impl MeshRun {
         extra: &[serde_json::Value],
         demo_args: &[&str],
     ) -> Self {
+        Self::launch_edited(dir, mesh_dir, port_base, cp_extra, demo_args, |plan| {
+            if let Some(list) = plan["processes"].as_array_mut() {
+                list.extend(extra.iter().cloned());
+            }
+        })
+    }
+
+    /// [`Self::launch_with`], with `edit` changing the plan before anything starts (a mixed
+    /// mesh sets one proxy's `--data-plane`, say).
+    pub fn launch_edited(
+        dir: tempfile::TempDir,
+        mesh_dir: PathBuf,
+        port_base: u16,
+        cp_extra: &[&str],
+        demo_args: &[&str],
+        edit: impl FnOnce(&mut serde_json::Value),
+    ) -> Self {
         let run_dir = dir.path().join("run");
         std::fs::create_dir_all(&run_dir).expect("run dir");
         let mut plan = Self::plan_with(&mesh_dir, &run_dir, port_base, demo_args);
-        if let Some(list) = plan["processes"].as_array_mut() {
-            list.extend(extra.iter().cloned());
-        }
+        edit(&mut plan);
         let debug: SocketAddr = plan["debug"]
             .as_str()
             .expect("debug")
@@ -711,6 +746,20 @@ impl MeshRun {
             })
         })
     }
+}
+
+/// Sets the `--data-plane` of the plan's process `name` (a sidecar or gateway).
+pub fn set_data_plane(plan: &mut serde_json::Value, name: &str, data_plane: &str) {
+    let spec = plan["processes"]
+        .as_array_mut()
+        .and_then(|a| a.iter_mut().find(|s| s["name"] == name))
+        .unwrap_or_else(|| panic!("no process {name} in the plan"));
+    let args = spec["args"].as_array_mut().expect("args");
+    let at = args
+        .iter()
+        .position(|a| a == "--data-plane")
+        .unwrap_or_else(|| panic!("{name} has no --data-plane"));
+    args[at + 1] = serde_json::Value::from(data_plane);
 }
 
 /// Calls `http://addr/` and returns the echo app's JSON answer (or the status and body).

@@ -27,6 +27,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/ready", get(ready))
         .route("/stats/prometheus", get(stats))
         .route("/config_dump", get(config_dump))
+        .route("/listeners", get(listeners))
         .with_state(state)
 }
 
@@ -65,6 +66,17 @@ async fn stats(State(s): State<AdminState>) -> impl IntoResponse {
         )],
         text,
     )
+}
+
+/// The listeners served, one `name::address` line each (Envoy's `/listeners` text form, so the
+/// same tools read both data planes).
+async fn listeners(State(s): State<AdminState>) -> impl IntoResponse {
+    let snapshot = s.snapshots.borrow().clone();
+    let mut text = String::new();
+    for (name, l) in &snapshot.listeners {
+        text.push_str(&format!("{name}::{}\n", l.address));
+    }
+    text
 }
 
 async fn config_dump(State(s): State<AdminState>) -> impl IntoResponse {

@@ -60,28 +60,31 @@ impl RoundRobin {
     }
 }
 
-/// A worker's balancers, rebuilt for a cluster when a new snapshot arrives.
+/// A worker's balancers, rebuilt for a cluster when a new snapshot arrives or the set of
+/// ejected endpoints changes.
 #[derive(Debug, Default)]
 pub struct Balancers {
-    by_cluster: HashMap<String, (u64, RoundRobin)>,
+    by_cluster: HashMap<String, ((u64, u64), RoundRobin)>,
 }
 
 impl Balancers {
-    /// The next endpoint of `cluster` from `la`, its assignment in snapshot `generation`.
+    /// The next endpoint of `cluster` from `la`, its assignment in snapshot `generation`,
+    /// skipping `ejected` (outlier detection, as of `epoch`).
     pub fn pick(
         &mut self,
-        generation: u64,
+        (generation, epoch): (u64, u64),
         cluster: &str,
         la: &LoadAssignmentConfig,
+        ejected: &BTreeSet<SocketAddr>,
     ) -> Option<SocketAddr> {
         let current = self
             .by_cluster
             .get(cluster)
-            .is_some_and(|(g, _)| *g == generation);
+            .is_some_and(|(g, _)| *g == (generation, epoch));
         if !current {
             self.by_cluster.insert(
                 cluster.to_owned(),
-                (generation, RoundRobin::new(la, &BTreeSet::new())),
+                ((generation, epoch), RoundRobin::new(la, ejected)),
             );
         }
         self.by_cluster.get_mut(cluster)?.1.pick()

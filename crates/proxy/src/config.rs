@@ -65,6 +65,8 @@ mod tests {
                 stat_prefix: name.into(),
                 cluster: name.into(),
                 idle_timeout: None,
+                connect_after_tls_handshake: false,
+                rbac: Vec::new(),
             }),
         }
     }

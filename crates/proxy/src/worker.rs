@@ -16,13 +16,15 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::balance::Balancers;
 use crate::config::{SharedSnapshot, Snapshot};
+use crate::credentials::MeshCredentials;
+use crate::upstream::Upstreams;
 
-/// What one worker keeps: the snapshot it serves and its balancers.
+/// What one worker keeps: the snapshot it serves and its upstream state (balancers, outlier
+/// detection, TLS configurations, connection pools).
 pub struct WorkerState {
     snapshot: RefCell<SharedSnapshot>,
-    balancers: RefCell<Balancers>,
+    pub upstreams: Upstreams,
     pub index: usize,
     /// Connections this worker holds open, and how many it may.
     open: Cell<usize>,
@@ -30,10 +32,15 @@ pub struct WorkerState {
 }
 
 impl WorkerState {
-    pub fn new(index: usize, snapshot: SharedSnapshot, max_open: usize) -> Self {
+    pub fn new(
+        index: usize,
+        snapshot: SharedSnapshot,
+        max_open: usize,
+        credentials: MeshCredentials,
+    ) -> Self {
         WorkerState {
             snapshot: RefCell::new(snapshot),
-            balancers: RefCell::new(Balancers::default()),
+            upstreams: Upstreams::new(credentials),
             index,
             open: Cell::new(0),
             max_open,
@@ -56,7 +63,7 @@ impl WorkerState {
         cluster: &str,
         la: &LoadAssignmentConfig,
     ) -> Option<SocketAddr> {
-        self.balancers.borrow_mut().pick(generation, cluster, la)
+        self.upstreams.pick(generation, cluster, la)
     }
 
     fn replace(&self, snapshot: SharedSnapshot) {
@@ -133,10 +140,12 @@ pub type Handler =
     Arc<dyn Fn(Rc<WorkerState>, String, tokio::net::TcpStream) -> LocalTask + Send + Sync>;
 
 impl Workers {
-    /// Starts `concurrency` workers serving `snapshots` with `handler`.
+    /// Starts `concurrency` workers serving `snapshots` with `handler`, mesh TLS from
+    /// `credentials`.
     pub fn start(
         concurrency: usize,
         limits: WorkerLimits,
+        credentials: MeshCredentials,
         snapshots: watch::Receiver<SharedSnapshot>,
         handler: Handler,
     ) -> Result<Self, WorkerError> {
@@ -150,6 +159,7 @@ impl Workers {
             let worker = WorkerSetup {
                 index,
                 max_open,
+                credentials: credentials.clone(),
                 snapshots: snapshots.clone(),
                 stopped: stopped.clone(),
                 handler: Arc::clone(&handler),
@@ -186,6 +196,7 @@ impl Workers {
 struct WorkerSetup {
     index: usize,
     max_open: usize,
+    credentials: MeshCredentials,
     snapshots: watch::Receiver<SharedSnapshot>,
     stopped: watch::Receiver<bool>,
     handler: Handler,
@@ -196,6 +207,7 @@ fn run_worker(setup: WorkerSetup) {
     let WorkerSetup {
         index,
         max_open,
+        credentials,
         mut snapshots,
         mut stopped,
         handler,
@@ -214,7 +226,12 @@ fn run_worker(setup: WorkerSetup) {
     let local = tokio::task::LocalSet::new();
     local.block_on(&runtime, async move {
         let first = Arc::clone(&snapshots.borrow_and_update());
-        let state = Rc::new(WorkerState::new(index, Arc::clone(&first), max_open));
+        let state = Rc::new(WorkerState::new(
+            index,
+            Arc::clone(&first),
+            max_open,
+            credentials,
+        ));
         let mut listeners = Listeners {
             running: HashMap::new(),
             overloaded,

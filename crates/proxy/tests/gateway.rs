@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use causeway_proxy::config::{SharedSnapshot, Snapshot};
+use causeway_proxy::credentials::MeshCredentials;
 use causeway_proxy::gateway;
 use causeway_proxy::worker::{WorkerLimits, Workers};
 use causeway_xds::dataplane::{
@@ -103,6 +104,8 @@ fn chain(sni: &str, cluster: &str) -> FilterChainConfig {
             stat_prefix: sni.into(),
             cluster: cluster.into(),
             idle_timeout: Some(Duration::from_secs(5)),
+            connect_after_tls_handshake: false,
+            rbac: Vec::new(),
         }),
     }
 }
@@ -212,6 +215,7 @@ async fn tls_passes_through_by_sni_and_unknown_names_and_plaintext_are_closed() 
     let workers = Workers::start(
         2,
         WorkerLimits::default(),
+        MeshCredentials::files_only(),
         rx,
         gateway::handler(Default::default()),
     )
@@ -285,6 +289,7 @@ async fn connections_spread_over_endpoints_by_weight() {
     let workers = Workers::start(
         1,
         WorkerLimits::default(),
+        MeshCredentials::files_only(),
         rx,
         gateway::handler(Default::default()),
     )
@@ -341,8 +346,14 @@ async fn beyond_the_connection_limit_new_connections_are_closed_and_others_go_on
         vec![cluster("A", &[(a, 1)])],
     ));
     let limits = WorkerLimits { max_connections: 2 };
-    let workers =
-        Workers::start(1, limits, rx, gateway::handler(Default::default())).expect("workers");
+    let workers = Workers::start(
+        1,
+        limits,
+        MeshCredentials::files_only(),
+        rx,
+        gateway::handler(Default::default()),
+    )
+    .expect("workers");
     let overloaded = workers.overloaded();
     // Two silent connections hold the limit (each until the 500 ms inspection timeout).
     let _one = connect_when_listening(gw).await.expect("connect");

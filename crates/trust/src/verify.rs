@@ -189,6 +189,38 @@ pub fn identity_of(
     Ok(PeerIdentity { spiffe, cluster })
 }
 
+/// What RBAC matches a caller's certificate on (Envoy's `authenticated` principal): its URI
+/// SANs, its DNS SANs and its subject (RFC 2253 form). Does not check the chain.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct CertificateNames {
+    pub uri_sans: Vec<String>,
+    pub dns_sans: Vec<String>,
+    pub subject: String,
+}
+
+/// The names of `cert` (see [`CertificateNames`]).
+pub fn certificate_names(cert: &CertificateDer<'_>) -> Result<CertificateNames, VerifyError> {
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref())
+        .map_err(|e| VerifyError::NotSpiffe(e.to_string()))?;
+    let mut names = CertificateNames {
+        subject: parsed.subject().to_string(),
+        ..Default::default()
+    };
+    if let Some(san) = parsed
+        .subject_alternative_name()
+        .map_err(|e| VerifyError::NotSpiffe(e.to_string()))?
+    {
+        for n in &san.value.general_names {
+            match n {
+                GeneralName::URI(u) => names.uri_sans.push((*u).to_owned()),
+                GeneralName::DNSName(d) => names.dns_sans.push((*d).to_owned()),
+                _ => {}
+            }
+        }
+    }
+    Ok(names)
+}
+
 fn webpki_client_verifier(
     roots: Arc<RootCertStore>,
 ) -> Result<Arc<dyn ClientCertVerifier>, VerifyError> {

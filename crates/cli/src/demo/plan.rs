@@ -176,15 +176,27 @@ fn gateway_processes(
     ])
 }
 
+/// Which data plane runs the sidecars and which the east-west gateways.
+#[derive(Debug, Clone, Copy)]
+pub struct DataPlanes<'a> {
+    pub sidecars: &'a str,
+    pub gateways: &'a str,
+}
+
 pub fn build(
     mesh_dir: &Path,
     run_dir: &Path,
     port_base: u16,
     envoy: &Path,
-    gateway_data_plane: &str,
+    data_planes: DataPlanes<'_>,
 ) -> anyhow::Result<Plan> {
-    if !matches!(gateway_data_plane, "envoy" | "causeway") {
-        anyhow::bail!("--gateway-data-plane {gateway_data_plane:?}: expected envoy or causeway");
+    for (flag, value) in [
+        ("--data-plane", data_planes.sidecars),
+        ("--gateway-data-plane", data_planes.gateways),
+    ] {
+        if !matches!(value, "envoy" | "causeway") {
+            anyhow::bail!("{flag} {value:?}: expected envoy or causeway");
+        }
     }
     let dir = MeshDirectory::open(mesh_dir);
     let errors = dir.errors();
@@ -242,7 +254,7 @@ pub fn build(
             pair[1].args.extend(proxy_common(admin));
             pair[1]
                 .args
-                .extend(["--data-plane".to_owned(), gateway_data_plane.to_owned()]);
+                .extend(["--data-plane".to_owned(), data_planes.gateways.to_owned()]);
             pair[1].admin = Some(admin);
             processes.extend(pair);
         }
@@ -339,6 +351,7 @@ pub fn build(
                 args.extend(["--network".into(), n.clone()]);
             }
             args.extend(proxy_common(admin));
+            args.extend(["--data-plane".to_owned(), data_planes.sidecars.to_owned()]);
             processes.push(ProcessSpec {
                 name: format!("{id}-sidecar"),
                 kind: Kind::Sidecar,

@@ -12,7 +12,6 @@ use std::process::ExitCode;
 use anyhow::Context;
 use causeway_model::ProxyRole;
 use causeway_xds::bootstrap::BootstrapConfig;
-use serde_json::Value;
 
 /// Flags of `causeway proxy`.
 #[derive(clap::Args, Debug, Clone)]
@@ -20,15 +19,20 @@ pub struct Args {
     /// `sidecar` (beside one workload) or `gateway` (a cluster's east-west gateway).
     #[arg(long, default_value = "sidecar")]
     pub role: String,
-    /// Cluster the proxy runs in.
-    #[arg(long)]
-    pub cluster: String,
+    /// Cluster the proxy runs in (required unless `--config` gives a static bootstrap).
+    #[arg(long, required_unless_present = "config")]
+    pub cluster: Option<String>,
     /// Namespace of the workload (sidecars).
     #[arg(long, default_value = "default")]
     pub namespace: String,
-    /// Workload name (a WorkloadEntry), or the gateway's name.
+    /// Workload name (a WorkloadEntry), or the gateway's name (required unless `--config`).
+    #[arg(long, required_unless_present = "config")]
+    pub workload: Option<String>,
+    /// A static Envoy bootstrap in binary protobuf (`.pb`): the proxy runs its
+    /// `static_resources` with TLS certificates from files, without control plane or agent.
+    /// Envoy reads the very same file (`--data-plane envoy` passes it to `envoy -c`).
     #[arg(long)]
-    pub workload: String,
+    pub config: Option<PathBuf>,
     /// The control plane's xDS address.
     #[arg(long, default_value = "127.0.0.1:15011")]
     pub xds: SocketAddr,
@@ -67,11 +71,10 @@ pub struct Args {
     /// Print the bootstrap and exit.
     #[arg(long)]
     pub print_bootstrap: bool,
-    /// `envoy` (exec Envoy) or `causeway` (Causeway's own data plane, in this process; east-west
-    /// gateways only so far).
+    /// `envoy` (exec Envoy) or `causeway` (Causeway's own data plane, in this process).
     #[arg(long, default_value = "envoy")]
     pub data_plane: String,
-    /// Worker threads of the Causeway data plane (Envoy runs with one).
+    /// Worker threads, for either data plane (Envoy's `--concurrency`).
     #[arg(long, default_value_t = 1)]
     pub concurrency: usize,
 }
@@ -83,14 +86,16 @@ fn bootstrap_config(args: &Args) -> anyhow::Result<BootstrapConfig> {
         "gateway" => ProxyRole::Gateway,
         other => anyhow::bail!("--role {other:?}: expected sidecar or gateway"),
     };
+    let cluster = args.cluster.clone().context("--cluster is required")?;
+    let workload = args.workload.clone().context("--workload is required")?;
     let sds_socket = args.sds_socket.clone().context(
         "--sds-socket is required: the agent serves the proxy's certificates, including the one it connects to the control plane with",
     )?;
     let config = BootstrapConfig {
         role,
-        cluster: args.cluster.clone(),
+        cluster,
         namespace: args.namespace.clone(),
-        workload: args.workload.clone(),
+        workload,
         xds: args.xds,
         delta: args.delta,
         sds_socket,
@@ -101,13 +106,6 @@ fn bootstrap_config(args: &Args) -> anyhow::Result<BootstrapConfig> {
         trust_domain: args.trust_domain.clone(),
     };
     Ok(config)
-}
-
-/// The Envoy bootstrap for `args` (built by `causeway_xds::bootstrap`).
-pub fn bootstrap(args: &Args) -> anyhow::Result<Value> {
-    Ok(causeway_xds::bootstrap::bootstrap(&bootstrap_config(
-        args,
-    )?)?)
 }
 
 /// Finds the Envoy binary.
@@ -137,12 +135,15 @@ pub fn envoy_binary(explicit: Option<&Path>) -> anyhow::Result<PathBuf> {
 
 /// Runs the command: the Causeway data plane, or writes the bootstrap and execs Envoy.
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
-    match args.data_plane.as_str() {
-        "envoy" => {}
-        "causeway" => return native::run(&args, bootstrap_config(&args)?).await,
-        other => anyhow::bail!("--data-plane {other:?}: expected envoy or causeway"),
+    match (args.data_plane.as_str(), &args.config) {
+        ("envoy", Some(file)) => return exec_envoy(&args, file),
+        ("envoy", None) => {}
+        ("causeway", Some(file)) => return native::run_static(&args, file).await,
+        ("causeway", None) => return native::run(&args, bootstrap_config(&args)?).await,
+        (other, _) => anyhow::bail!("--data-plane {other:?}: expected envoy or causeway"),
     }
-    let boot = bootstrap(&args)?;
+    let config = bootstrap_config(&args)?;
+    let boot = causeway_xds::bootstrap::bootstrap(&config)?;
     if args.print_bootstrap {
         println!("{}", serde_json::to_string_pretty(&boot)?);
         return Ok(ExitCode::SUCCESS);
@@ -152,31 +153,43 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("creating {}", args.run_dir.display()))?;
     let path = args
         .run_dir
-        .join(format!("envoy-{}-{}.json", args.cluster, args.workload));
+        .join(format!("envoy-{}-{}.json", config.cluster, config.workload));
     std::fs::write(&path, serde_json::to_vec_pretty(&boot)?)
         .with_context(|| format!("writing {}", path.display()))?;
-    tracing::info!(envoy = %envoy.display(), bootstrap = %path.display(), cluster = %args.cluster, workload = %args.workload, "starting Envoy");
-    // Replace this process with Envoy: whoever supervises `causeway proxy` supervises Envoy
-    // itself, and stopping one can never orphan the other.
-    use std::os::unix::process::CommandExt;
-    let err = std::process::Command::new(&envoy)
-        .arg("-c")
-        .arg(&path)
-        .args([
-            "--concurrency",
-            "1",
-            "--disable-hot-restart",
-            "--drain-time-s",
-            "1",
-            "-l",
-            &args.log_level,
-        ])
+    tracing::info!(envoy = %envoy.display(), bootstrap = %path.display(), cluster = %config.cluster, workload = %config.workload, "starting Envoy");
+    let err = envoy_command(&envoy, &path, &args)
         .args([
             "--service-cluster",
-            &args.cluster,
+            &config.cluster,
             "--service-node",
-            &args.workload,
+            &config.workload,
         ])
         .exec();
+    Err(anyhow::Error::new(err).context(format!("starting {}", envoy.display())))
+}
+
+use std::os::unix::process::CommandExt;
+
+/// Envoy on bootstrap `path` with the flags both modes share.
+fn envoy_command(envoy: &Path, path: &Path, args: &Args) -> std::process::Command {
+    let mut cmd = std::process::Command::new(envoy);
+    cmd.arg("-c").arg(path).args([
+        "--concurrency",
+        &args.concurrency.to_string(),
+        "--disable-hot-restart",
+        "--drain-time-s",
+        "1",
+        "-l",
+        &args.log_level,
+    ]);
+    cmd
+}
+
+/// Replaces this process with Envoy on the static bootstrap `file` (whoever supervises
+/// `causeway proxy` supervises Envoy itself, and stopping one can never orphan the other).
+fn exec_envoy(args: &Args, file: &Path) -> anyhow::Result<ExitCode> {
+    let envoy = envoy_binary(args.envoy.as_deref())?;
+    tracing::info!(envoy = %envoy.display(), bootstrap = %file.display(), "starting Envoy on a static bootstrap");
+    let err = envoy_command(&envoy, file, args).exec();
     Err(anyhow::Error::new(err).context(format!("starting {}", envoy.display())))
 }

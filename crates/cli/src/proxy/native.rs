@@ -3,14 +3,15 @@
 //! and the private key stays with the agent's process boundary as for Envoy), the
 //! configuration over delta ADS from the same control plane, and the workers serve it.
 
+use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use causeway_model::ProxyRole;
 use causeway_proxy::admin::{self, AdminState};
 use causeway_proxy::config::{SharedSnapshot, Snapshot};
+use causeway_proxy::credentials::MeshCredentials;
 use causeway_proxy::metrics::Metrics;
 use causeway_proxy::worker::{WorkerLimits, Workers};
 use causeway_xds::bootstrap::{BootstrapConfig, CONTROL_PLANE_SNI};
@@ -22,15 +23,9 @@ use super::Args;
 
 /// Runs the data plane until SIGINT/SIGTERM.
 pub async fn run(args: &Args, config: BootstrapConfig) -> anyhow::Result<ExitCode> {
-    if config.role != ProxyRole::Gateway {
-        anyhow::bail!(
-            "--data-plane causeway runs east-west gateways so far; run sidecars with \
-             --data-plane envoy"
-        );
-    }
     let node = causeway_xds::bootstrap::node(&config)?;
     let credentials = sds::watch(config.sds_socket.clone(), node.clone());
-    let tls = xds_tls(credentials, config.trust_domain.clone());
+    let tls = xds_tls(credentials.clone(), config.trust_domain.clone());
     let (snapshots_tx, snapshots) = watch::channel::<SharedSnapshot>(Arc::new(Snapshot::default()));
     let status = Arc::new(AdsStatus::default());
     tokio::spawn(ads::run(
@@ -48,8 +43,9 @@ pub async fn run(args: &Args, config: BootstrapConfig) -> anyhow::Result<ExitCod
     let workers = Workers::start(
         args.concurrency,
         WorkerLimits::default(),
+        MeshCredentials::sds(credentials),
         snapshots.clone(),
-        causeway_proxy::gateway::handler(Arc::clone(&metrics)),
+        causeway_proxy::listener::handler(Arc::clone(&metrics)),
     )
     .context("starting the workers")?;
     let admin_listener = tokio::net::TcpListener::bind(config.admin)
@@ -57,6 +53,7 @@ pub async fn run(args: &Args, config: BootstrapConfig) -> anyhow::Result<ExitCod
         .with_context(|| format!("binding the admin address {}", config.admin))?;
     tracing::info!(
         cluster = %config.cluster,
+        role = ?config.role,
         workload = %config.workload,
         admin = %config.admin,
         xds = %config.xds,
@@ -73,6 +70,54 @@ pub async fn run(args: &Args, config: BootstrapConfig) -> anyhow::Result<ExitCod
         .await;
     workers.stop();
     served.context("admin server")?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Runs the data plane on a static bootstrap (`--config FILE`) until SIGINT/SIGTERM: its
+/// listeners and clusters, certificates from the files it names, no control plane, no agent.
+pub async fn run_static(args: &Args, file: &Path) -> anyhow::Result<ExitCode> {
+    let boot = causeway_xds::dataplane::read_static_bootstrap(file)?;
+    let mut snapshot = boot.snapshot;
+    snapshot.generation = 1;
+    let (_snapshots_tx, snapshots) = watch::channel::<SharedSnapshot>(Arc::new(snapshot));
+    let metrics = Arc::new(Metrics::default());
+    let workers = Workers::start(
+        args.concurrency,
+        WorkerLimits::default(),
+        MeshCredentials::files_only(),
+        snapshots.clone(),
+        causeway_proxy::listener::handler(Arc::clone(&metrics)),
+    )
+    .context("starting the workers")?;
+    tracing::info!(
+        bootstrap = %file.display(),
+        node = %boot.node.id,
+        admin = ?boot.admin,
+        concurrency = args.concurrency,
+        "Causeway data plane started on a static bootstrap"
+    );
+    let state = AdminState {
+        snapshots,
+        ads: Arc::new(AdsStatus::default()),
+        metrics,
+    };
+    let served = match boot.admin {
+        Some(address) => {
+            let admin_listener = tokio::net::TcpListener::bind(address)
+                .await
+                .with_context(|| format!("binding the admin address {address}"))?;
+            axum::serve(admin_listener, admin::router(state))
+                .with_graceful_shutdown(crate::shutdown_signal())
+                .await
+                .context("admin server")
+        }
+        None => {
+            crate::shutdown_signal().await;
+            Ok(())
+        }
+    };
+    workers.stop();
+    served?;
     Ok(ExitCode::SUCCESS)
 }
 

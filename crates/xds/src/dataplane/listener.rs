@@ -1,5 +1,5 @@
 //! `Listener` → [`ListenerConfig`]: addresses, the TLS inspector, filter chains and their
-//! matches, and the TCP proxy.
+//! matches, and the TCP proxy with the network RBAC filters in front of it.
 
 // Deprecated fields are destructured too: set, they are refused like any other.
 #![allow(deprecated)]
@@ -13,6 +13,7 @@ use envoy_types::pb::google::protobuf::Any;
 use prost::Message;
 
 use super::check::{duration, duration_or, socket_address, unsupported, At};
+use super::rbac::{RbacConfig, NETWORK_RBAC};
 use super::{
     ChainAction, ChainMatch, ConfigError, FilterChainConfig, ListenerConfig, TcpProxyConfig,
 };
@@ -193,40 +194,67 @@ fn filter_chain(at: &At<'_>, c: &listener::FilterChain) -> Result<FilterChainCon
     })
 }
 
-/// The terminal network filter: the TCP proxy or the HTTP connection manager, alone.
+/// The network filters: the HTTP connection manager alone, or network RBAC filters (any number,
+/// run in order) then the TCP proxy.
 fn chain_action(at: &At<'_>, filters: &[listener::Filter]) -> Result<ChainAction, ConfigError> {
-    let [only] = filters else {
-        if filters.len() > 1 {
-            // The control plane puts network RBAC before the TCP proxy of a sidecar's inbound
-            // TCP ports that have policies; the Causeway proxy does not evaluate RBAC yet.
-            return Err(at.item("filters", 0).error(format!(
-                "{} network filters; the Causeway proxy runs one (tcp_proxy or \
-                 http_connection_manager): network RBAC is not supported yet",
-                filters.len()
-            )));
-        }
+    let Some((last, front)) = filters.split_last() else {
         return Err(at
             .field("filters")
             .error("a filter chain needs a network filter"));
     };
-    let at_filter = at.item("filters", 0);
-    let any = match &only.config_type {
-        Some(listener::filter::ConfigType::TypedConfig(a)) => a,
-        Some(_) => return Err(at_filter.field("config_discovery").error("not supported")),
-        None => return Err(at_filter.field("typed_config").error("missing")),
-    };
+    let mut rbac = Vec::with_capacity(front.len());
+    for (i, f) in front.iter().enumerate() {
+        let at_filter = at.item("filters", i);
+        let any = filter_config(&at_filter, f)?;
+        if any.type_url != NETWORK_RBAC {
+            return Err(at_filter.field("typed_config").error(format!(
+                "{} is not supported before the last filter (the Causeway proxy runs network \
+                 RBAC filters, {NETWORK_RBAC}, then tcp_proxy)",
+                any.type_url
+            )));
+        }
+        rbac.push(super::rbac::network_filter(&at_filter, &f.name, any)?);
+    }
+    let at_last = at.item("filters", front.len());
+    let any = filter_config(&at_last, last)?;
     if any.type_url == super::http::HTTP_CONNECTION_MANAGER {
-        let at_manager = at_filter.field("typed_config");
+        if !front.is_empty() {
+            return Err(at.item("filters", 0).error(
+                "network RBAC in front of the HTTP connection manager is not supported (its \
+                 RBAC HTTP filters see the requests)",
+            ));
+        }
+        let at_manager = at_last.field("typed_config");
         return Ok(ChainAction::Http(Box::new(super::http::http_manager(
             &at_manager,
             any,
         )?)));
     }
-    let any = typed(&at_filter, Some(any), TCP_PROXY)?;
+    if any.type_url == NETWORK_RBAC {
+        return Err(at_last.error(
+            "network RBAC is the last filter: the chain needs tcp_proxy (or \
+             http_connection_manager) last",
+        ));
+    }
+    let any = typed(&at_last, Some(any), TCP_PROXY)?;
     Ok(ChainAction::TcpProxy(tcp_proxy(
-        &at_filter,
-        &decode(&at_filter, any)?,
+        &at_last,
+        &decode(&at_last, any)?,
+        rbac,
     )?))
+}
+
+/// A network filter's typed config (its name is informational: Envoy selects by type URL).
+fn filter_config<'a>(at: &At<'_>, f: &'a listener::Filter) -> Result<&'a Any, ConfigError> {
+    let listener::Filter {
+        name: _,
+        config_type,
+    } = f;
+    match config_type {
+        Some(listener::filter::ConfigType::TypedConfig(a)) => Ok(a),
+        Some(_) => Err(at.field("config_discovery").error("not supported")),
+        None => Err(at.field("typed_config").error("missing")),
+    }
 }
 
 fn chain_match(at: &At<'_>, m: &listener::FilterChainMatch) -> Result<ChainMatch, ConfigError> {
@@ -293,7 +321,12 @@ fn chain_match(at: &At<'_>, m: &listener::FilterChainMatch) -> Result<ChainMatch
     })
 }
 
-fn tcp_proxy(at: &At<'_>, p: &tcp::TcpProxy) -> Result<TcpProxyConfig, ConfigError> {
+/// The TCP proxy at `at`, behind the network RBAC filters `rbac`.
+fn tcp_proxy(
+    at: &At<'_>,
+    p: &tcp::TcpProxy,
+    rbac: Vec<RbacConfig>,
+) -> Result<TcpProxyConfig, ConfigError> {
     #[rustfmt::skip]
     let tcp::TcpProxy {
         stat_prefix, idle_timeout, cluster_specifier,
@@ -322,10 +355,10 @@ fn tcp_proxy(at: &At<'_>, p: &tcp::TcpProxy) -> Result<TcpProxyConfig, ConfigErr
         access_log_options,
         proxy_protocol_tlvs,
         proxy_protocol_tlv_merge_policy,
-        upstream_connect_mode,
-        max_early_data_bytes,
         check_drain_close,
     );
+    let connect_after_tls_handshake =
+        connect_mode(at, *upstream_connect_mode, max_early_data_bytes)?;
     let cluster = match cluster_specifier {
         Some(tcp::tcp_proxy::ClusterSpecifier::Cluster(c)) if !c.is_empty() => c.clone(),
         Some(tcp::tcp_proxy::ClusterSpecifier::WeightedClusters(_)) => {
@@ -343,5 +376,41 @@ fn tcp_proxy(at: &At<'_>, p: &tcp::TcpProxy) -> Result<TcpProxyConfig, ConfigErr
         stat_prefix: stat_prefix.clone(),
         cluster,
         idle_timeout,
+        connect_after_tls_handshake,
+        rbac,
     })
+}
+
+/// When the TCP proxy connects upstream: at once (Envoy's default) or, true, only once the
+/// downstream TLS handshake completed. Early data is never buffered meanwhile (the caller's
+/// bytes wait in the socket), so `max_early_data_bytes` is 0, or unset when connecting at once.
+fn connect_mode(
+    at: &At<'_>,
+    mode: i32,
+    early: &Option<envoy_types::pb::google::protobuf::UInt32Value>,
+) -> Result<bool, ConfigError> {
+    use tcp::UpstreamConnectMode as M;
+    let after_handshake =
+        match M::try_from(mode) {
+            Ok(M::Immediate) => false,
+            Ok(M::OnDownstreamTlsHandshake) => true,
+            Ok(M::OnDownstreamData) => return Err(at.field("upstream_connect_mode").error(
+                "ON_DOWNSTREAM_DATA is not supported (IMMEDIATE or ON_DOWNSTREAM_TLS_HANDSHAKE)",
+            )),
+            Err(_) => {
+                return Err(at
+                    .field("upstream_connect_mode")
+                    .error(format!("unknown value {mode}")))
+            }
+        };
+    match early {
+        None if after_handshake => Err(at
+            .field("max_early_data_bytes")
+            .error("missing: Envoy requires it with ON_DOWNSTREAM_TLS_HANDSHAKE (0: none)")),
+        Some(b) if b.value != 0 => Err(at.field("max_early_data_bytes").error(format!(
+            "{}: buffering early data is not supported by the Causeway proxy (0)",
+            b.value
+        ))),
+        _ => Ok(after_handshake),
+    }
 }

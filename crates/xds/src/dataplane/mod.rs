@@ -5,17 +5,20 @@
 //! Fields that only name statistics or carry metadata the proxy does not need are accepted and
 //! say so where they are destructured.
 
+pub mod bootstrap;
 mod check;
 mod cluster;
 mod endpoint;
 pub mod http;
 mod listener;
+pub mod rbac;
 pub mod tls;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+pub use bootstrap::{read_static_bootstrap, static_snapshot, StaticBootstrap};
 pub use cluster::cluster_config;
 pub use endpoint::load_assignment;
 pub use listener::listener_config;
@@ -83,6 +86,15 @@ pub struct TcpProxyConfig {
     pub cluster: String,
     /// Close a connection without bytes in either direction for this long (None: never).
     pub idle_timeout: Option<Duration>,
+    /// Connect upstream only once the downstream TLS handshake completed (Envoy's
+    /// `ON_DOWNSTREAM_TLS_HANDSHAKE`: a caller the handshake refuses opens nothing upstream; on
+    /// a chain without TLS, at once); false: at once (`IMMEDIATE`, Envoy's default). Nothing is
+    /// read from the caller meanwhile.
+    pub connect_after_tls_handshake: bool,
+    /// The network RBAC filters in front, in order (DENY before ALLOW, as the control plane
+    /// emits them; empty for a gateway): the first that refuses the connection decides
+    /// (`rbac::authorize`, without a path).
+    pub rbac: Vec<rbac::RbacConfig>,
 }
 
 /// An upstream cluster.

@@ -3,6 +3,8 @@
 //! certificates for any identity), and the means to change it.
 #![allow(dead_code)]
 
+pub mod files;
+
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;

@@ -1,5 +1,6 @@
-//! Property: `discovery::policy::authorize` (the reference semantics) and the RBAC the builder
-//! emits agree on every request, on HTTP and on TCP ports.
+//! Property: `discovery::policy::authorize` (the reference semantics), the RBAC the builder
+//! emits as Envoy evaluates it, and the same listener as the Causeway proxy evaluates it agree
+//! on every request, on HTTP and on TCP ports.
 //!
 //! Policies (ALLOW/DENY, selectors, sources with exact and prefix principals, namespaces and
 //! caller clusters, targets with ports and paths) are generated for a workload with one HTTP
@@ -24,7 +25,12 @@
 //!   its type).
 //!
 //! Anything else in the emitted config fails the test: the model must cover what is emitted.
+//!
+//! The third party (`causeway.rs`) converts the same listener with
+//! `causeway_xds::dataplane::listener_config` (which must accept it) and decides with the
+//! converted chain's downstream TLS check and `dataplane::rbac::authorize`.
 
+mod causeway;
 mod envoy;
 
 use std::collections::BTreeMap;
@@ -38,6 +44,7 @@ use causeway_model::{
 };
 use causeway_registry::MeshDirectory;
 use causeway_xds::build::sidecar_resources;
+use causeway_xds::dataplane::rbac;
 use causeway_xds::node::ProxyNode;
 use causeway_xds::resources::TypeUrl;
 use envoy::{filters_allow, tls_accepts, Call, Peer};
@@ -275,12 +282,23 @@ fn server_listener(index: &MeshIndex, port: u16) -> (ProxyContext, Listener) {
     (ctx, Listener::decode(&*body.body.value).expect("listener"))
 }
 
+/// The caller's certificate: its SPIFFE ID, its cluster's DNS SAN, the trust domain as `O`.
+fn certificate(req: &Request) -> Option<(Vec<String>, Vec<String>, String)> {
+    req.principal.as_ref().map(|id| {
+        (
+            vec![id.to_string()],
+            req.cluster.iter().map(|c| c.certificate_san(TD)).collect(),
+            format!("O={TD}"),
+        )
+    })
+}
+
 /// What Envoy decides for `req` on the server's inbound listener.
 fn envoy_allows(listener: &Listener, req: &Request, port: u16) -> bool {
-    let peer = req.principal.as_ref().map(|id| Peer {
-        uri_sans: vec![id.to_string()],
-        dns_sans: req.cluster.iter().map(|c| c.certificate_san(TD)).collect(),
-        subject: format!("O={TD}"),
+    let peer = certificate(req).map(|(uri_sans, dns_sans, subject)| Peer {
+        uri_sans,
+        dns_sans,
+        subject,
     });
     if !tls_accepts(listener, peer.as_ref()) {
         return false;
@@ -296,8 +314,31 @@ fn envoy_allows(listener: &Listener, req: &Request, port: u16) -> bool {
     filters_allow(listener, &call)
 }
 
-/// Both decisions for one request.
-fn decide(policies: &[AuthorizationPolicy], req: &Request) -> (bool, bool, String) {
+/// What the Causeway proxy decides for `req` on the same listener.
+fn causeway_allows(listener: &Listener, req: &Request, port: u16) -> bool {
+    let peer = certificate(req).map(|(uri_sans, dns_sans, subject)| rbac::Peer {
+        uri_sans,
+        dns_sans,
+        subject,
+    });
+    causeway::allows(listener, peer.as_ref(), port, req.path)
+}
+
+/// The three decisions for one request, and the reference's reason.
+struct Decisions {
+    reference: bool,
+    envoy: bool,
+    causeway: bool,
+    reason: String,
+}
+
+impl Decisions {
+    fn all(&self) -> (bool, bool, bool) {
+        (self.reference, self.envoy, self.causeway)
+    }
+}
+
+fn decide(policies: &[AuthorizationPolicy], req: &Request) -> Decisions {
     let index = index_with(policies);
     let port = if req.http { HTTP_PORT } else { TCP_PORT };
     let (ctx, listener) = server_listener(&index, port);
@@ -311,25 +352,31 @@ fn decide(policies: &[AuthorizationPolicy], req: &Request) -> (bool, bool, Strin
             path: req.http.then_some(req.path),
         },
     );
-    (
-        reference.allowed,
-        envoy_allows(&listener, req, port),
-        reference.reason,
-    )
+    Decisions {
+        reference: reference.allowed,
+        envoy: envoy_allows(&listener, req, port),
+        causeway: causeway_allows(&listener, req, port),
+        reason: reference.reason,
+    }
 }
 
 proptest! {
     #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
 
     #[test]
-    fn authorize_and_the_emitted_rbac_agree(
+    fn authorize_envoy_and_the_causeway_proxy_agree(
         policies in prop::collection::vec(policy(), 0..4),
         req in request(),
     ) {
-        let (reference, envoy, reason) = decide(&policies, &req);
+        let d = decide(&policies, &req);
         prop_assert_eq!(
-            reference, envoy,
-            "authorize says {} ({}), Envoy's RBAC says {}", reference, reason, envoy
+            d.reference, d.envoy,
+            "authorize says {} ({}), Envoy's RBAC says {}", d.reference, d.reason, d.envoy
+        );
+        prop_assert_eq!(
+            d.reference, d.causeway,
+            "authorize says {} ({}), the Causeway proxy says {}", d.reference, d.reason,
+            d.causeway
         );
     }
 }
@@ -374,18 +421,20 @@ fn a_deny_rule_with_paths_denies_the_whole_tcp_port() {
         PolicySource::default(),
         paths(&["/admin"]),
     );
-    let (reference, envoy, _) = decide(std::slice::from_ref(&deny), &client(false, "/"));
-    assert_eq!((reference, envoy), (false, false));
+    let d = decide(std::slice::from_ref(&deny), &client(false, "/"));
+    assert_eq!(d.all(), (false, false, false));
     // On an HTTP port the paths are checked.
-    let (reference, envoy, _) = decide(&[deny], &client(true, "/"));
-    assert_eq!((reference, envoy), (true, true));
+    assert_eq!(
+        decide(&[deny], &client(true, "/")).all(),
+        (true, true, true)
+    );
 }
 
 #[test]
 fn an_allow_rule_with_paths_allows_nothing_on_a_tcp_port() {
     let allow = one_rule(PolicyAction::Allow, PolicySource::default(), paths(&["/*"]));
-    let (reference, envoy, _) = decide(&[allow], &client(false, "/"));
-    assert_eq!((reference, envoy), (false, false));
+    let d = decide(&[allow], &client(false, "/"));
+    assert_eq!(d.all(), (false, false, false));
 }
 
 #[test]
@@ -396,11 +445,11 @@ fn paths_are_matched_without_query_or_fragment() {
         paths(&["/admin"]),
     );
     for path in ["/admin?x=1", "/admin#top"] {
-        let (reference, envoy, _) = decide(std::slice::from_ref(&deny), &client(true, path));
-        assert_eq!((reference, envoy), (false, false), "{path}");
+        let d = decide(std::slice::from_ref(&deny), &client(true, path));
+        assert_eq!(d.all(), (false, false, false), "{path}");
     }
-    let (reference, envoy, _) = decide(&[deny], &client(true, "/admins"));
-    assert_eq!((reference, envoy), (true, true));
+    let d = decide(&[deny], &client(true, "/admins"));
+    assert_eq!(d.all(), (true, true, true));
 }
 
 #[test]
@@ -409,13 +458,12 @@ fn a_caller_without_a_certificate_is_refused_even_without_policies() {
         principal: None,
         ..client(true, "/")
     };
-    let (reference, envoy, _) = decide(&[], &anonymous);
-    assert_eq!((reference, envoy), (false, false));
+    assert_eq!(decide(&[], &anonymous).all(), (false, false, false));
 }
 
 #[test]
 fn the_model_sees_the_emitted_rbac() {
-    // Guards the oracle: a policy that denies the client must change Envoy's answer.
+    // Guards the oracles: a policy that denies the client must change both answers.
     let deny = one_rule(
         PolicyAction::Deny,
         PolicySource {
@@ -424,9 +472,13 @@ fn the_model_sees_the_emitted_rbac() {
         },
         PolicyTarget::default(),
     );
-    assert!(decide(&[], &client(true, "/")).1);
-    assert!(!decide(std::slice::from_ref(&deny), &client(true, "/")).1);
-    assert!(!decide(&[deny], &client(false, "/")).1);
+    assert_eq!(decide(&[], &client(true, "/")).all(), (true, true, true));
+    let d = decide(std::slice::from_ref(&deny), &client(true, "/"));
+    assert_eq!(d.all(), (false, false, false));
+    assert_eq!(
+        decide(&[deny], &client(false, "/")).all(),
+        (false, false, false)
+    );
 }
 
 #[test]
@@ -439,6 +491,8 @@ fn other_ports_are_untouched_by_port_scoped_rules() {
             paths: vec!["/admin".into()],
         },
     );
-    let (reference, envoy, _) = decide(&[deny], &client(false, "/"));
-    assert_eq!((reference, envoy), (true, true));
+    assert_eq!(
+        decide(&[deny], &client(false, "/")).all(),
+        (true, true, true)
+    );
 }

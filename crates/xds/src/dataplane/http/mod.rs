@@ -1,7 +1,7 @@
 //! The HTTP connection manager (the typed config of the
 //! `envoy.filters.network.http_connection_manager` network filter) → [`HttpManagerConfig`]:
-//! codec, stream timeouts, the client-certificate header, the HTTP filters (RBAC, then the
-//! router) and the inline route table (`route.rs`).
+//! codec, stream timeouts, the client-certificate header, the HTTP filters (RBAC, converted by
+//! `dataplane::rbac`, then the router) and the inline route table (`route.rs`).
 
 // Deprecated fields are destructured too: set, they are refused like any other.
 #![allow(deprecated)]
@@ -10,7 +10,6 @@ mod route;
 
 use std::time::Duration;
 
-use envoy_types::pb::envoy::extensions::filters::http::rbac::v3 as http_rbac;
 use envoy_types::pb::envoy::extensions::filters::http::router::v3 as router;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3 as hcm;
 use envoy_types::pb::google::protobuf as pb;
@@ -18,13 +17,13 @@ use envoy_types::pb::google::protobuf::Any;
 use prost::Message;
 
 use super::check::{duration, unsupported, At};
+use super::rbac::{RbacConfig, HTTP_RBAC};
 use super::ConfigError;
 
 /// The type URL of the HTTP connection manager's typed config.
 pub const HTTP_CONNECTION_MANAGER: &str =
     "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager";
 const ROUTER: &str = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router";
-const RBAC: &str = "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC";
 
 /// Envoy's `stream_idle_timeout` when the field is unset.
 const DEFAULT_STREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
@@ -47,8 +46,8 @@ pub struct HttpManagerConfig {
     /// describing the caller's verified certificate.
     pub forward_client_cert: Option<XfccConfig>,
     /// The RBAC HTTP filters in order (DENY before ALLOW, as the control plane emits them), run
-    /// before the router.
-    pub rbac: Vec<RbacFilterRef>,
+    /// before the router: the first that refuses a request decides (`rbac::authorize`).
+    pub rbac: Vec<RbacConfig>,
 }
 
 /// Which HTTP versions the downstream side speaks.
@@ -73,22 +72,6 @@ pub struct XfccConfig {
     /// The caller's URI SAN: its SPIFFE ID.
     pub uri: bool,
     pub issuer: bool,
-}
-
-/// An RBAC HTTP filter, kept encoded: its policies are converted by the RBAC module, not here.
-#[derive(Debug, serde::Serialize, Clone, PartialEq)]
-pub struct RbacFilterRef {
-    /// Its index in `http_filters`, for naming its fields in errors.
-    pub position: usize,
-    /// The filter's name (informational; Envoy selects filters by type URL).
-    pub name: String,
-    /// The encoded `envoy.extensions.filters.http.rbac.v3.RBAC` (checked to decode).
-    #[serde(rename = "encoded_len", serialize_with = "encoded_len")]
-    pub encoded: Vec<u8>,
-}
-
-fn encoded_len<S: serde::Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_u64(bytes.len() as u64)
 }
 
 /// An inline route configuration.
@@ -430,12 +413,12 @@ fn xfcc_details(
 }
 
 enum HttpFilter {
-    Rbac(Vec<u8>),
+    Rbac(RbacConfig),
     Router,
 }
 
 /// The HTTP filters: RBAC filters, then the router, which is required and last.
-fn filters(at: &At<'_>, filters: &[hcm::HttpFilter]) -> Result<Vec<RbacFilterRef>, ConfigError> {
+fn filters(at: &At<'_>, filters: &[hcm::HttpFilter]) -> Result<Vec<RbacConfig>, ConfigError> {
     let Some((last, rest)) = filters.split_last() else {
         return Err(at
             .field("http_filters")
@@ -445,11 +428,7 @@ fn filters(at: &At<'_>, filters: &[hcm::HttpFilter]) -> Result<Vec<RbacFilterRef
     for (i, f) in rest.iter().enumerate() {
         let at = at.item("http_filters", i);
         match http_filter(&at, f)? {
-            HttpFilter::Rbac(encoded) => rbac.push(RbacFilterRef {
-                position: i,
-                name: f.name.clone(),
-                encoded,
-            }),
+            HttpFilter::Rbac(config) => rbac.push(config),
             HttpFilter::Router => {
                 return Err(at.error("the router must be the last HTTP filter"));
             }
@@ -491,14 +470,10 @@ fn http_filter(at: &At<'_>, f: &hcm::HttpFilter) -> Result<HttpFilter, ConfigErr
             router_filter(at, &decode(at, any)?)?;
             Ok(HttpFilter::Router)
         }
-        RBAC => {
-            // Converted by the RBAC module; here only checked to be an RBAC message.
-            decode::<http_rbac::Rbac>(at, any)?;
-            Ok(HttpFilter::Rbac(any.value.clone()))
-        }
+        HTTP_RBAC => Ok(HttpFilter::Rbac(super::rbac::http_filter(at, name, any)?)),
         other => Err(at.field("typed_config").error(format!(
-            "HTTP filter {name} ({other}) is not supported (the Causeway proxy honours {RBAC} \
-             and {ROUTER})"
+            "HTTP filter {name} ({other}) is not supported (the Causeway proxy honours \
+             {HTTP_RBAC} and {ROUTER})"
         ))),
     }
 }
@@ -540,7 +515,6 @@ mod tests {
             hcm::HttpConnectionManager::type_url()
         );
         assert_eq!(ROUTER, router::Router::type_url());
-        assert_eq!(RBAC, http_rbac::Rbac::type_url());
         assert_eq!(
             route::PREVIOUS_HOSTS,
             previous_hosts::PreviousHostsPredicate::type_url()

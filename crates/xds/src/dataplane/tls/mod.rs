@@ -29,6 +29,8 @@ use super::check::{unsupported, At};
 use super::ConfigError;
 use crate::build::SECRET_CERT;
 
+pub(super) use validation::string_match;
+
 /// The only transport socket the proxy honours.
 const TLS_SOCKET: &str = "envoy.transport_sockets.tls";
 const UPSTREAM_CONTEXT: &str =
@@ -125,6 +127,15 @@ impl StringMatch {
             StringMatch::Prefix(p) => value.starts_with(p.as_str()),
         }
     }
+}
+
+/// A SAN matcher outside a TLS context (`at` is its position), with the rules of a downstream
+/// context: URI or DNS, exact or prefix (the RBAC `mtls_authenticated` principal).
+pub(super) fn san_match(
+    at: &At<'_>,
+    m: &tls::SubjectAltNameMatcher,
+) -> Result<SanMatch, ConfigError> {
+    validation::san_matcher(at, m, Side::Downstream)
 }
 
 /// A TLS protocol version the proxy speaks. rustls is configured for TLS 1.3 only, so that is

@@ -175,7 +175,7 @@ fn validation_context(
 
 /// One SAN check (`at` is its position): URI or DNS. Upstream only exact URIs (SPIFFE IDs):
 /// the control plane never widens the identity it expects of a server.
-fn san_matcher(
+pub(super) fn san_matcher(
     at: &At<'_>,
     m: &tls::SubjectAltNameMatcher,
     side: Side,
@@ -224,7 +224,10 @@ fn san_matcher(
 }
 
 /// A string matcher (`at` is its position): exact or prefix, case-sensitive, not empty.
-fn string_match(at: &At<'_>, m: &matcher::StringMatcher) -> Result<StringMatch, ConfigError> {
+pub(in crate::dataplane) fn string_match(
+    at: &At<'_>,
+    m: &matcher::StringMatcher,
+) -> Result<StringMatch, ConfigError> {
     use matcher::string_matcher::MatchPattern as P;
     let matcher::StringMatcher {
         match_pattern,

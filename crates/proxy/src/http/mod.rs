@@ -1,0 +1,198 @@
+//! The HTTP connection manager: serves HTTP/1.1 and HTTP/2 on a downstream connection (plain
+//! from the app on outbound listeners, inside mTLS from callers on inbound ones), runs the
+//! RBAC filters, sets `x-forwarded-client-cert`, picks the route and hands the request to the
+//! router.
+
+pub mod body;
+pub mod headers;
+pub mod route;
+pub mod router;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Instant;
+
+use causeway_xds::dataplane::http::{Codec, HttpManagerConfig};
+use causeway_xds::dataplane::ChainAction;
+use http::{Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use crate::config::SharedSnapshot;
+use crate::metrics::{DurationLabels, ListenerLabels, Metrics, RequestLabels};
+use crate::tls::Caller;
+use crate::worker::WorkerState;
+use body::ResponseBody;
+
+/// Runs hyper's connection tasks on the worker's own single-threaded runtime (their futures
+/// hold the worker's state, which never leaves its thread).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct LocalExec;
+
+impl<F> hyper::rt::Executor<F> for LocalExec
+where
+    F: Future + 'static,
+{
+    fn execute(&self, fut: F) {
+        tokio::task::spawn_local(fut);
+    }
+}
+
+/// A reply the proxy makes itself (no upstream answered), with Envoy's status and text.
+pub fn local_reply(status: StatusCode, text: &str) -> Response<ResponseBody> {
+    let mut r = Response::new(ResponseBody::local(text.to_owned()));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain"),
+    );
+    r
+}
+
+/// What every request of one downstream connection shares.
+pub struct Connection {
+    pub snapshot: SharedSnapshot,
+    pub listener: String,
+    /// Index of the filter chain in the listener; None: its default chain.
+    pub chain: Option<usize>,
+    /// The verified caller (inbound mTLS); None on plain outbound listeners.
+    pub caller: Option<Caller>,
+    /// This proxy's own SPIFFE ID (XFCC's `By`), on inbound chains.
+    pub own_uri: Option<String>,
+    /// The port the connection arrived on (RBAC's `destination_port`).
+    pub destination_port: u16,
+    pub peer: Option<SocketAddr>,
+    pub metrics: Arc<Metrics>,
+}
+
+impl Connection {
+    fn manager(&self) -> Option<&HttpManagerConfig> {
+        let listener = self.snapshot.listeners.get(&self.listener)?;
+        let chain = match self.chain {
+            Some(i) => listener.filter_chains.get(i)?,
+            None => listener.default_chain.as_ref()?,
+        };
+        match &chain.action {
+            ChainAction::Http(m) => Some(m),
+            ChainAction::TcpProxy(_) => None,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("serving HTTP on {listener}: {error}")]
+pub struct ServeError {
+    listener: String,
+    error: Box<dyn std::error::Error + Send + Sync>,
+}
+
+/// Serves `io` as HTTP with the connection manager of `conn`'s chain until it closes.
+pub async fn serve<I>(state: Rc<WorkerState>, conn: Rc<Connection>, io: I) -> Result<(), ServeError>
+where
+    I: AsyncRead + AsyncWrite + Unpin + 'static,
+{
+    let Some(manager) = conn.manager() else {
+        return Ok(());
+    };
+    let mut builder = hyper_util::server::conn::auto::Builder::new(LocalExec);
+    builder.http1().timer(TokioTimer::new());
+    if let Some(t) = manager.request_headers_timeout {
+        builder.http1().header_read_timeout(t);
+    }
+    builder.http2().timer(TokioTimer::new());
+    let builder = match manager.codec {
+        Codec::Auto => builder,
+        Codec::Http1 => builder.http1_only(),
+        Codec::Http2 => builder.http2_only(),
+    };
+    let listener = conn.listener.clone();
+    let service = hyper::service::service_fn(move |req| {
+        let state = Rc::clone(&state);
+        let conn = Rc::clone(&conn);
+        async move { Ok::<_, std::convert::Infallible>(handle(&state, &conn, req).await) }
+    });
+    builder
+        .serve_connection(TokioIo::new(io), service)
+        .await
+        .map_err(|error| ServeError { listener, error })
+}
+
+/// One request: RBAC, headers, route, router; counted and timed.
+async fn handle(
+    state: &Rc<WorkerState>,
+    conn: &Connection,
+    mut req: Request<Incoming>,
+) -> Response<ResponseBody> {
+    let started = Instant::now();
+    let Some(manager) = conn.manager() else {
+        return local_reply(StatusCode::SERVICE_UNAVAILABLE, "listener gone");
+    };
+    let path = req
+        .uri()
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .to_owned();
+    if let Err(denied) = headers::authorize(manager, conn, &path) {
+        conn.metrics
+            .rbac_denied
+            .get_or_create(&ListenerLabels {
+                listener: conn.listener.clone(),
+            })
+            .inc();
+        tracing::debug!(listener = %conn.listener, peer = ?conn.peer, %denied, "request denied by RBAC");
+        return count(
+            conn,
+            "",
+            started,
+            local_reply(StatusCode::FORBIDDEN, "RBAC: access denied"),
+        );
+    }
+    headers::prepare_request(&mut req, manager, conn);
+    let authority = headers::authority(&req);
+    let Some(route) = route::route(&manager.routes, &authority, &path) else {
+        return count(conn, "", started, local_reply(StatusCode::NOT_FOUND, ""));
+    };
+    let action = route.action.clone();
+    let snapshot = Arc::clone(&conn.snapshot);
+    let routed = router::forward(state, &snapshot, &action, req).await;
+    if routed.retries > 0 {
+        conn.metrics
+            .http_retries
+            .get_or_create(&crate::metrics::ClusterLabels {
+                cluster: action.cluster.clone(),
+            })
+            .inc_by(u64::from(routed.retries));
+    }
+    let mut response = routed.response;
+    headers::prepare_response(&mut response);
+    tracing::trace!(listener = %conn.listener, cluster = %action.cluster, endpoint = ?routed.endpoint, status = response.status().as_u16(), "request routed");
+    count(conn, &action.cluster, started, response)
+}
+
+fn count(
+    conn: &Connection,
+    cluster: &str,
+    started: Instant,
+    response: Response<ResponseBody>,
+) -> Response<ResponseBody> {
+    let code = format!("{}xx", response.status().as_u16() / 100);
+    conn.metrics
+        .http_requests
+        .get_or_create(&RequestLabels {
+            listener: conn.listener.clone(),
+            cluster: cluster.to_owned(),
+            code,
+        })
+        .inc();
+    conn.metrics
+        .http_request_duration
+        .get_or_create(&DurationLabels {
+            listener: conn.listener.clone(),
+            cluster: cluster.to_owned(),
+        })
+        .observe(started.elapsed().as_secs_f64());
+    response
+}

@@ -1,0 +1,193 @@
+//! Pooled HTTP connections to upstream endpoints, per worker and per (cluster, endpoint): the
+//! cluster is part of the key because one endpoint (an east-west gateway) serves many clusters
+//! under different SNIs. HTTP/2 connections (ALPN `h2`) carry every request on one connection;
+//! HTTP/1.1 connections are kept while idle and reused once their previous response is done,
+//! at most [`MAX_CONNECTIONS`] per key (Envoy's default circuit breaker), with an idle limit.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use causeway_xds::dataplane::ClusterConfig;
+use hyper::body::Incoming;
+use hyper::client::conn::{http1, http2};
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+
+use super::connect::{connect, ConnectError};
+use crate::http::body::RequestBody;
+use crate::http::headers::{for_http1, for_http2};
+use crate::http::LocalExec;
+
+/// Connections per (cluster, endpoint) (Envoy's `max_connections` default).
+pub const MAX_CONNECTIONS: usize = 1024;
+/// An idle connection is closed after this (Envoy's upstream `idle_timeout` default is 1 h;
+/// ours is shorter so a worker does not hold sockets to endpoints it stopped using).
+const IDLE: Duration = Duration::from_secs(300);
+
+/// Why a request could not be sent on a connection.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+    #[error("{MAX_CONNECTIONS} connections to {endpoint} of cluster {cluster} are busy")]
+    Overflow {
+        cluster: String,
+        endpoint: SocketAddr,
+    },
+    #[error("HTTP handshake with {endpoint} of cluster {cluster}: {error}")]
+    Handshake {
+        cluster: String,
+        endpoint: SocketAddr,
+        error: hyper::Error,
+    },
+    /// The request reached the connection; no (complete) response headers came back.
+    #[error("{endpoint} of cluster {cluster}: {error}")]
+    Upstream {
+        cluster: String,
+        endpoint: SocketAddr,
+        error: hyper::Error,
+        /// The peer refused the stream before processing it (HTTP/2 REFUSED_STREAM).
+        refused: bool,
+    },
+}
+
+struct Idle<S> {
+    sender: S,
+    last_used: Instant,
+}
+
+#[derive(Default)]
+struct Pool {
+    h2: Option<http2::SendRequest<RequestBody>>,
+    h1: Vec<Idle<http1::SendRequest<RequestBody>>>,
+}
+
+/// One worker's pools.
+#[derive(Default)]
+pub struct Pools {
+    by_key: RefCell<HashMap<(String, SocketAddr), Pool>>,
+}
+
+type Attempt =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<Response<Incoming>, TryError>>>>;
+type TryError = hyper::client::conn::TrySendError<Request<RequestBody>>;
+
+/// What the pool offers for a request.
+enum Checkout {
+    /// Sent on a pooled connection.
+    Sent(Attempt),
+    /// No connection is ready: open one.
+    Open(Box<Request<RequestBody>>),
+    Overflow,
+}
+
+impl Pools {
+    /// Sends `req` to `endpoint` of `cluster` on a pooled connection, or a new one. A request
+    /// a pooled connection could not take (it closed while idle) goes on a new connection.
+    pub async fn send(
+        self: &Rc<Self>,
+        cluster: &ClusterConfig,
+        endpoint: SocketAddr,
+        tls: Option<std::sync::Arc<rustls::ClientConfig>>,
+        req: Request<RequestBody>,
+    ) -> Result<Response<Incoming>, SendError> {
+        let key = (cluster.name.clone(), endpoint);
+        let upstream = |error: hyper::Error| upstream_error(&cluster.name, endpoint, error);
+        let mut req = match self.checkout(&key, req) {
+            Checkout::Sent(attempt) => match attempt.await {
+                Ok(response) => return Ok(response),
+                Err(mut e) => match e.take_message() {
+                    Some(req) => req,
+                    None => return Err(upstream(e.into_error())),
+                },
+            },
+            Checkout::Open(req) => *req,
+            Checkout::Overflow => {
+                return Err(SendError::Overflow {
+                    cluster: key.0,
+                    endpoint,
+                })
+            }
+        };
+        let io = connect(cluster, endpoint, tls).await?;
+        let handshake = |error| SendError::Handshake {
+            cluster: cluster.name.clone(),
+            endpoint,
+            error,
+        };
+        if io.is_h2() {
+            for_http2(&mut req);
+            let (mut sender, conn) = http2::handshake(LocalExec, TokioIo::new(io))
+                .await
+                .map_err(handshake)?;
+            tokio::task::spawn_local(async move {
+                let _ = conn.await;
+            });
+            let fut = sender.send_request(req);
+            self.by_key.borrow_mut().entry(key).or_default().h2 = Some(sender);
+            fut.await.map_err(upstream)
+        } else {
+            for_http1(&mut req);
+            let (mut sender, conn) = http1::handshake(TokioIo::new(io))
+                .await
+                .map_err(handshake)?;
+            tokio::task::spawn_local(async move {
+                let _ = conn.await;
+            });
+            let fut = sender.send_request(req);
+            let idle = Idle {
+                sender,
+                last_used: Instant::now(),
+            };
+            self.by_key
+                .borrow_mut()
+                .entry(key)
+                .or_default()
+                .h1
+                .push(idle);
+            fut.await.map_err(upstream)
+        }
+    }
+
+    /// Sends on a ready connection of the pool, if any (no borrow is held across awaits).
+    fn checkout(&self, key: &(String, SocketAddr), mut req: Request<RequestBody>) -> Checkout {
+        let mut pools = self.by_key.borrow_mut();
+        let Some(pool) = pools.get_mut(key) else {
+            return Checkout::Open(Box::new(req));
+        };
+        if pool.h2.as_ref().is_some_and(|h2| h2.is_closed()) {
+            pool.h2 = None;
+        }
+        if let Some(h2) = &mut pool.h2 {
+            for_http2(&mut req);
+            return Checkout::Sent(Box::pin(h2.try_send_request(req)));
+        }
+        let now = Instant::now();
+        pool.h1
+            .retain(|c| !c.sender.is_closed() && now.duration_since(c.last_used) < IDLE);
+        let Some(idle) = pool.h1.iter_mut().find(|c| c.sender.is_ready()) else {
+            if pool.h1.len() >= MAX_CONNECTIONS {
+                return Checkout::Overflow;
+            }
+            return Checkout::Open(Box::new(req));
+        };
+        idle.last_used = now;
+        for_http1(&mut req);
+        Checkout::Sent(Box::pin(idle.sender.try_send_request(req)))
+    }
+}
+
+fn upstream_error(cluster: &str, endpoint: SocketAddr, error: hyper::Error) -> SendError {
+    let refused = std::error::Error::source(&error)
+        .and_then(|s| s.downcast_ref::<h2::Error>())
+        .is_some_and(|e| e.reason() == Some(h2::Reason::REFUSED_STREAM));
+    SendError::Upstream {
+        cluster: cluster.to_owned(),
+        endpoint,
+        error,
+        refused,
+    }
+}
