@@ -131,7 +131,7 @@ fn envoy_sidecars_reach_the_other_network_through_a_causeway_gateway() {
         24600,
         &[],
         &[],
-        &["--gateway-data-plane", "causeway"],
+        &["--data-plane", "envoy", "--gateway-data-plane", "causeway"],
     );
     mesh.warm_up();
     // greeter exists only in gamma (net-b): alpha's Envoy sidecar -> gamma's Causeway gateway

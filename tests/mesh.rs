@@ -14,25 +14,35 @@ const CLIENT: &str = "alpha-client-sidecar";
 const CLIENT_ID: &str = "spiffe://causeway.local/ns/demo/sa/client";
 
 #[test]
-fn tour_passes() {
+fn tour_passes_on_causeway_the_default() {
+    tour_passes(22000, &[]);
+}
+
+#[test]
+fn tour_passes_on_envoy() {
+    tour_passes(22300, &["--data-plane", "envoy"]);
+}
+
+fn tour_passes(port_base: u16, extra: &[&str]) {
     let _guard = mesh_lock();
     let dir = tempfile::tempdir().expect("tmp");
     let envoy = envoy_bin();
-    let out = run(&[
+    let port = port_base.to_string();
+    let mesh_dir = workspace().join("examples/three-clusters");
+    let mut args = vec![
         "demo",
         "--tour",
         "--mesh-dir",
-        workspace()
-            .join("examples/three-clusters")
-            .to_str()
-            .expect("utf-8"),
+        mesh_dir.to_str().expect("utf-8"),
         "--run-dir",
         dir.path().to_str().expect("utf-8"),
         "--port-base",
-        "22000",
+        &port,
         "--envoy",
         envoy.to_str().expect("utf-8"),
-    ]);
+    ];
+    args.extend_from_slice(extra);
+    let out = run(&args);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -46,6 +56,13 @@ fn tour_passes() {
         ),
         "{text}"
     );
+    let on_causeway = std::fs::read_dir(dir.path().join("logs"))
+        .expect("logs")
+        .filter_map(|e| std::fs::read_to_string(e.ok()?.path()).ok())
+        .filter(|log| log.contains("Causeway data plane started"))
+        .count();
+    let expected = if extra.is_empty() { 9 } else { 0 };
+    assert_eq!(on_causeway, expected, "proxies on Causeway's data plane");
 }
 
 fn hosts(admin: SocketAddr, cluster: &str) -> Vec<(String, u64, u64)> {
@@ -144,11 +161,21 @@ spec:
 ";
 
 #[test]
-fn authorization_by_identity_and_cluster() {
+fn authorization_by_identity_and_cluster_on_envoy() {
+    authorization_by_identity_and_cluster("envoy", 24000);
+}
+
+#[test]
+fn authorization_by_identity_and_cluster_on_causeway() {
+    authorization_by_identity_and_cluster("causeway", 24300);
+}
+
+fn authorization_by_identity_and_cluster(data_plane: &str, port_base: u16) {
     let _guard = mesh_lock();
-    let mesh = MeshRun::start(
+    let mesh = MeshRun::start_on(
+        data_plane,
         "three-clusters",
-        24000,
+        port_base,
         |dir| {
             std::fs::write(
                 dir.join("clusters/gamma/policy.yaml"),
@@ -217,11 +244,21 @@ spec:
 }
 
 #[test]
-fn paths_cannot_be_checked_on_a_tcp_port_so_they_fail_closed() {
+fn paths_cannot_be_checked_on_a_tcp_port_so_they_fail_closed_on_envoy() {
+    paths_cannot_be_checked_on_a_tcp_port_so_they_fail_closed("envoy", 33000);
+}
+
+#[test]
+fn paths_cannot_be_checked_on_a_tcp_port_so_they_fail_closed_on_causeway() {
+    paths_cannot_be_checked_on_a_tcp_port_so_they_fail_closed("causeway", 33300);
+}
+
+fn paths_cannot_be_checked_on_a_tcp_port_so_they_fail_closed(data_plane: &str, port_base: u16) {
     let _guard = mesh_lock();
-    let mesh = MeshRun::start(
+    let mesh = MeshRun::start_on(
+        data_plane,
         "three-clusters",
-        33000,
+        port_base,
         |dir| {
             let file = dir.join("clusters/gamma/workloads.yaml");
             let text = std::fs::read_to_string(&file).expect("read");
@@ -242,11 +279,12 @@ fn paths_cannot_be_checked_on_a_tcp_port_so_they_fail_closed() {
         .is_some()
     };
     // A DENY rule whose paths cannot be checked denies the whole port: the connection is closed.
+    let admin = mesh.admin("gamma-greeter-gamma-1-sidecar");
+    let before = rbac_denied(admin, "causeway_deny_", data_plane);
     std::fs::write(&policy, greeter_policy("DENY", "{paths: [/admin]}")).expect("write");
     assert!(served(false), "DENY with paths closes the TCP port");
-    let admin = mesh.admin("gamma-greeter-gamma-1-sidecar");
     assert!(
-        rbac_denied(admin, "causeway_deny_"),
+        rbac_denied(admin, "causeway_deny_", data_plane) > before,
         "network RBAC denied it"
     );
     // ...unless the rule's ports leave this one out.
@@ -260,25 +298,40 @@ fn paths_cannot_be_checked_on_a_tcp_port_so_they_fail_closed() {
         "a DENY rule for another port leaves this one alone"
     );
     // An ALLOW rule that needs paths allows nothing on a TCP port.
+    let before = rbac_denied(admin, "causeway_allow_", data_plane);
     std::fs::write(&policy, greeter_policy("ALLOW", "{paths: ['/*']}")).expect("write");
     assert!(served(false), "ALLOW with paths allows nothing on TCP");
     assert!(
-        rbac_denied(admin, "causeway_allow_"),
+        rbac_denied(admin, "causeway_allow_", data_plane) > before,
         "network RBAC denied it"
     );
 }
 
-/// Whether the sidecar's RBAC filter with `stat_prefix` has denied anything.
-fn rbac_denied(admin: SocketAddr, stat_prefix: &str) -> bool {
+/// Refusals by RBAC so far: Envoy's counter of the filter with `stat_prefix`, or on Causeway's
+/// data plane its count over every filter.
+fn rbac_denied(admin: SocketAddr, stat_prefix: &str, data_plane: &str) -> u64 {
+    if data_plane == "causeway" {
+        return causeway_rbac_denied(admin);
+    }
     let Ok((_, stats)) = http_get(admin, "/stats?filter=rbac") else {
-        return false;
+        return 0;
     };
-    stats.lines().any(|l| {
-        l.contains(stat_prefix)
-            && l.contains("denied")
-            && !l.contains("shadow")
-            && l.rsplit(": ").next().and_then(|n| n.parse::<u64>().ok()) > Some(0)
-    })
+    stats
+        .lines()
+        .filter(|l| l.contains(stat_prefix) && l.contains("denied") && !l.contains("shadow"))
+        .filter_map(|l| l.rsplit(": ").next()?.parse::<u64>().ok())
+        .sum()
+}
+
+/// Causeway's `causeway_proxy_rbac_denied_total`, summed over listeners.
+fn causeway_rbac_denied(admin: SocketAddr) -> u64 {
+    let Ok((_, text)) = http_get(admin, "/stats/prometheus") else {
+        return 0;
+    };
+    text.lines()
+        .filter(|l| l.starts_with("causeway_proxy_rbac_denied_total"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
 }
 
 #[test]

@@ -3,12 +3,14 @@
 //! connection shows (its destination port) and the connection goes inbound (the chain
 //! terminates mTLS) or outbound (the app's plain traffic).
 
+use std::future::Future;
 use std::rc::Rc;
 use std::sync::Arc;
 
 use causeway_xds::dataplane::{FilterChainConfig, ListenerConfig};
 use tracing::Instrument;
 
+use crate::config::SharedSnapshot;
 use crate::metrics::{ConnectionLabels, Metrics};
 use crate::worker::{Handler, WorkerState};
 
@@ -56,6 +58,37 @@ pub fn handler(metrics: Arc<Metrics>) -> Handler {
             }
         })
     })
+}
+
+/// Resolves when `listener` in the worker's current snapshot differs from its configuration in
+/// `started` (or is gone): Envoy drains a listener's connections when the listener changes, so
+/// a new authorization policy or route also applies to connections that were already open.
+pub async fn listener_changed(state: &WorkerState, started: &SharedSnapshot, listener: &str) {
+    let mut changes = state.changes();
+    loop {
+        if changes.changed().await.is_err() {
+            return;
+        }
+        if state.snapshot().listeners.get(listener) != started.listeners.get(listener) {
+            return;
+        }
+    }
+}
+
+/// Runs `work` unless the listener changes first (then `None`: the connection is closed).
+pub async fn unless_drained<F: Future>(
+    state: &WorkerState,
+    started: &SharedSnapshot,
+    listener: &str,
+    work: F,
+) -> Option<F::Output> {
+    tokio::select! {
+        out = work => Some(out),
+        () = listener_changed(state, started, listener) => {
+            tracing::debug!(listener, "listener changed; connection closed");
+            None
+        }
+    }
 }
 
 /// The chain for a connection without TLS inspection, by Envoy's rules: chains that need a

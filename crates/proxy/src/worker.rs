@@ -24,6 +24,8 @@ use crate::upstream::Upstreams;
 /// detection, TLS configurations, connection pools).
 pub struct WorkerState {
     snapshot: RefCell<SharedSnapshot>,
+    /// The generation of the snapshot served, for connections that drain on a change.
+    changes: watch::Sender<u64>,
     pub upstreams: Upstreams,
     pub index: usize,
     /// Connections this worker holds open, and how many it may.
@@ -39,6 +41,7 @@ impl WorkerState {
         credentials: MeshCredentials,
     ) -> Self {
         WorkerState {
+            changes: watch::Sender::new(snapshot.generation),
             snapshot: RefCell::new(snapshot),
             upstreams: Upstreams::new(credentials),
             index,
@@ -66,8 +69,15 @@ impl WorkerState {
         self.upstreams.pick(generation, cluster, la)
     }
 
+    /// Notified whenever the worker starts serving a new snapshot.
+    pub fn changes(&self) -> watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
     fn replace(&self, snapshot: SharedSnapshot) {
+        let generation = snapshot.generation;
         *self.snapshot.borrow_mut() = snapshot;
+        self.changes.send_replace(generation);
     }
 }
 

@@ -43,9 +43,9 @@ pub struct Args {
     /// Print the process plan as JSON and exit.
     #[arg(long)]
     pub print_plan: bool,
-    /// Data plane of every proxy: `envoy`, or `causeway` (Causeway's own, in the
-    /// `causeway proxy` process).
-    #[arg(long, default_value = "envoy")]
+    /// Data plane of every proxy: `causeway` (Causeway's own, in the `causeway proxy`
+    /// process), or `envoy` (exec'd by `causeway proxy`, on the same configuration).
+    #[arg(long, default_value = "causeway")]
     pub data_plane: String,
     /// Data plane of the east-west gateways when it differs from `--data-plane` (a mixed mesh).
     #[arg(long)]
@@ -191,7 +191,16 @@ fn outbound_addresses(
 
 /// Runs the demo.
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let envoy = ensure_envoy(args.envoy.as_deref())?;
+    let gateways = args
+        .gateway_data_plane
+        .as_deref()
+        .unwrap_or(&args.data_plane);
+    // Envoy is fetched only when some proxy runs it.
+    let envoy = if args.data_plane == "envoy" || gateways == "envoy" {
+        ensure_envoy(args.envoy.as_deref())?
+    } else {
+        args.envoy.clone().unwrap_or_default()
+    };
     let mesh_dir = args
         .mesh_dir
         .canonicalize()

@@ -235,16 +235,19 @@ pub fn build(
     }];
     let envoy = envoy.display().to_string();
     let proxy_common = |admin: SocketAddr| {
-        vec![
+        let mut args = vec![
             "--xds".to_owned(),
             xds.to_string(),
             "--admin".into(),
             admin.to_string(),
             "--run-dir".into(),
             run_dir.join("envoy").display().to_string(),
-            "--envoy".into(),
-            envoy.clone(),
-        ]
+        ];
+        // Without Envoy (an all-Causeway mesh) there is no binary to name.
+        if !envoy.is_empty() {
+            args.extend(["--envoy".to_owned(), envoy.clone()]);
+        }
+        args
     };
     for cluster in &mesh.clusters {
         for i in 0..cluster.gateways.len() {

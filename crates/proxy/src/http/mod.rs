@@ -109,15 +109,35 @@ where
         Codec::Http2 => builder.http2_only(),
     };
     let listener = conn.listener.clone();
+    let started = Arc::clone(&conn.snapshot);
+    let svc_state = Rc::clone(&state);
     let service = hyper::service::service_fn(move |req| {
-        let state = Rc::clone(&state);
+        let state = Rc::clone(&svc_state);
         let conn = Rc::clone(&conn);
         async move { Ok::<_, std::convert::Infallible>(handle(&state, &conn, req).await) }
     });
-    builder
-        .serve_connection(TokioIo::new(io), service)
-        .await
-        .map_err(|error| ServeError { listener, error })
+    let connection = builder.serve_connection(TokioIo::new(io), service);
+    tokio::pin!(connection);
+    let drain = crate::listener::listener_changed(&state, &started, &listener);
+    tokio::pin!(drain);
+    let mut draining = false;
+    loop {
+        tokio::select! {
+            served = connection.as_mut() => {
+                return served.map_err(|error| ServeError {
+                    listener: listener.clone(),
+                    error,
+                });
+            }
+            () = &mut drain, if !draining => {
+                // The listener changed: finish the request in flight (HTTP/1.1) or the open
+                // streams (HTTP/2, after GOAWAY), then close; the caller reconnects to the new
+                // configuration.
+                connection.as_mut().graceful_shutdown();
+                draining = true;
+            }
+        }
+    }
 }
 
 /// One request: RBAC, headers, route, router; counted and timed.
@@ -156,7 +176,11 @@ async fn handle(
         return count(conn, "", started, local_reply(StatusCode::NOT_FOUND, ""));
     };
     let action = route.action.clone();
-    let snapshot = Arc::clone(&conn.snapshot);
+    // The route comes from the listener the connection was accepted on (its configuration
+    // stays with the connection, as an Envoy listener's does while it drains), but clusters and
+    // endpoints are the worker's current ones, as Envoy's cluster manager's are for every new
+    // request: an open connection must not keep sending to endpoints an update removed.
+    let snapshot = state.snapshot();
     let routed = router::forward(state, &snapshot, &action, req).await;
     if routed.retries > 0 {
         conn.metrics

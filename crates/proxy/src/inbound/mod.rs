@@ -131,8 +131,12 @@ pub async fn serve(ctx: Accepted, conn: TcpStream) {
             if !tcp_allowed(&ctx, cfg, &caller) {
                 return;
             }
-            let result = crate::tcp::proxy(&ctx.state, &ctx.snapshot, cfg, stream).await;
-            count_tcp(&ctx, &result);
+            let work = crate::tcp::proxy(&ctx.state, &ctx.snapshot, cfg, stream);
+            let drained =
+                crate::listener::unless_drained(&ctx.state, &ctx.snapshot, &ctx.listener, work);
+            if let Some(result) = drained.await {
+                count_tcp(&ctx, &result);
+            }
         }
         ChainAction::Http(_) => {
             let own_uri = creds.identity().ok().map(|id| id.to_string());

@@ -18,8 +18,12 @@ pub async fn serve(ctx: Accepted, conn: TcpStream) {
     };
     match &chain.action {
         ChainAction::TcpProxy(cfg) => {
-            let result = crate::tcp::proxy(&ctx.state, &ctx.snapshot, cfg, conn).await;
-            count_tcp(&ctx, &result);
+            let work = crate::tcp::proxy(&ctx.state, &ctx.snapshot, cfg, conn);
+            let drained =
+                crate::listener::unless_drained(&ctx.state, &ctx.snapshot, &ctx.listener, work);
+            if let Some(result) = drained.await {
+                count_tcp(&ctx, &result);
+            }
         }
         ChainAction::Http(_) => {
             let http = Rc::new(Connection {

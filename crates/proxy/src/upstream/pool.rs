@@ -61,6 +61,9 @@ struct Idle<S> {
 
 #[derive(Default)]
 struct Pool {
+    /// The cluster configuration the connections were made under: a changed cluster (TLS,
+    /// SNI, timeouts) gets new connections, as Envoy drains a changed cluster's pools.
+    cluster: Option<ClusterConfig>,
     h2: Option<http2::SendRequest<RequestBody>>,
     h1: Vec<Idle<http1::SendRequest<RequestBody>>>,
 }
@@ -96,7 +99,7 @@ impl Pools {
     ) -> Result<Response<Incoming>, SendError> {
         let key = (cluster.name.clone(), endpoint);
         let upstream = |error: hyper::Error| upstream_error(&cluster.name, endpoint, error);
-        let mut req = match self.checkout(&key, req) {
+        let mut req = match self.checkout(&key, cluster, req) {
             Checkout::Sent(attempt) => match attempt.await {
                 Ok(response) => return Ok(response),
                 Err(mut e) => match e.take_message() {
@@ -127,7 +130,7 @@ impl Pools {
                 let _ = conn.await;
             });
             let fut = sender.send_request(req);
-            self.by_key.borrow_mut().entry(key).or_default().h2 = Some(sender);
+            self.entry(key, cluster).h2 = Some(sender);
             fut.await.map_err(upstream)
         } else {
             for_http1(&mut req);
@@ -153,11 +156,23 @@ impl Pools {
     }
 
     /// Sends on a ready connection of the pool, if any (no borrow is held across awaits).
-    fn checkout(&self, key: &(String, SocketAddr), mut req: Request<RequestBody>) -> Checkout {
+    fn checkout(
+        &self,
+        key: &(String, SocketAddr),
+        cluster: &ClusterConfig,
+        mut req: Request<RequestBody>,
+    ) -> Checkout {
         let mut pools = self.by_key.borrow_mut();
         let Some(pool) = pools.get_mut(key) else {
             return Checkout::Open(Box::new(req));
         };
+        if pool.cluster.as_ref() != Some(cluster) {
+            *pool = Pool {
+                cluster: Some(cluster.clone()),
+                ..Pool::default()
+            };
+            return Checkout::Open(Box::new(req));
+        }
         if pool.h2.as_ref().is_some_and(|h2| h2.is_closed()) {
             pool.h2 = None;
         }
@@ -177,6 +192,25 @@ impl Pools {
         idle.last_used = now;
         for_http1(&mut req);
         Checkout::Sent(Box::pin(idle.sender.try_send_request(req)))
+    }
+}
+
+impl Pools {
+    fn entry(
+        &self,
+        key: (String, SocketAddr),
+        cluster: &ClusterConfig,
+    ) -> std::cell::RefMut<'_, Pool> {
+        std::cell::RefMut::map(self.by_key.borrow_mut(), |pools| {
+            let pool = pools.entry(key).or_default();
+            if pool.cluster.as_ref() != Some(cluster) {
+                *pool = Pool {
+                    cluster: Some(cluster.clone()),
+                    ..Pool::default()
+                };
+            }
+            pool
+        })
     }
 }
 
