@@ -1,7 +1,11 @@
 //! Two clusters in two network namespaces with the **same pod IPs** (10.244.0.2 in both). Only
 //! the gateways are reachable between the namespaces, over a veth pair; there is no route to the
 //! other cluster's pods. A call from cluster a to `echo`, which runs only in cluster b, still
-//! succeeds through b's east-west gateway with mTLS. Needs root and iproute2 (CI runs as root).
+//! succeeds through b's east-west gateway with mTLS. The client's outbound traffic is captured
+//! the way a pod's is: iptables redirects connections to its outbound block to the sidecar's
+//! capture listener, which reads each one's original destination (SO_ORIGINAL_DST). Runs once
+//! with every proxy on Envoy and once on Causeway's own data plane. Needs root, iproute2 and
+//! iptables (CI runs as root and installs them).
 
 use std::path::Path;
 use std::process::Command;
@@ -111,12 +115,45 @@ fn service(name: &str, exported: bool) -> String {
     s
 }
 
+/// The client's outbound block, captured into its sidecar's port 15001.
+const CLIENT_BLOCK: &str = "127.201.0.0/16";
+const CAPTURE_PORT: &str = "15001";
+
 #[test]
-fn overlapping_pod_ips_only_gateways_between_namespaces() {
+fn overlapping_pod_ips_only_gateways_between_namespaces_on_envoy() {
+    overlapping_pod_ips_only_gateways_between_namespaces("envoy");
+}
+
+#[test]
+fn overlapping_pod_ips_only_gateways_between_namespaces_on_causeway() {
+    overlapping_pod_ips_only_gateways_between_namespaces("causeway");
+}
+
+fn overlapping_pod_ips_only_gateways_between_namespaces(data_plane: &str) {
     let _guard = mesh_lock();
     let pid = std::process::id();
-    let (a, b) = (format!("cwa{pid}"), format!("cwb{pid}"));
+    let tag = &data_plane[..1];
+    let (a, b) = (format!("cwa{pid}{tag}"), format!("cwb{pid}{tag}"));
     let _ns = Netns::create(&a, &b);
+    sh(&[
+        "ip",
+        "netns",
+        "exec",
+        &a,
+        "iptables",
+        "-t",
+        "nat",
+        "-A",
+        "OUTPUT",
+        "-p",
+        "tcp",
+        "-d",
+        CLIENT_BLOCK,
+        "-j",
+        "REDIRECT",
+        "--to-ports",
+        CAPTURE_PORT,
+    ]);
     let dir = tempfile::tempdir().expect("tmp");
     let mesh = dir.path().join("mesh");
     std::fs::create_dir_all(mesh.join("clusters/a")).expect("mkdir");
@@ -239,6 +276,8 @@ fn overlapping_pod_ips_only_gateways_between_namespaces() {
             &run_dir,
             "--envoy",
             envoy,
+            "--data-plane",
+            data_plane,
         ],
         &log("gw-a"),
     ));
@@ -287,6 +326,8 @@ fn overlapping_pod_ips_only_gateways_between_namespaces() {
             &run_dir,
             "--envoy",
             envoy,
+            "--data-plane",
+            data_plane,
         ],
         &log("gw-b"),
     ));
@@ -299,9 +340,36 @@ fn overlapping_pod_ips_only_gateways_between_namespaces() {
                    ca: &str,
                    admin: &str,
                    cidr: &str,
-                   app: &str| {
+                   app: &str,
+                   extra: &[&str]| {
         let sock = p(&format!("{cluster}-{name}.sock"));
         let tok = mesh.join(token).display().to_string();
+        let mut proxy = vec![
+            "proxy",
+            "--cluster",
+            cluster,
+            "--namespace",
+            "demo",
+            "--workload",
+            name,
+            "--xds",
+            xds,
+            "--sds-socket",
+            &sock,
+            "--admin",
+            admin,
+            "--outbound-cidr",
+            cidr,
+            "--app-address",
+            app,
+            "--run-dir",
+            &run_dir,
+            "--envoy",
+            envoy,
+            "--data-plane",
+            data_plane,
+        ];
+        proxy.extend_from_slice(extra);
         vec![
             start_in(
                 ns,
@@ -322,33 +390,7 @@ fn overlapping_pod_ips_only_gateways_between_namespaces() {
                 ],
                 &log(&format!("{cluster}-{name}-agent")),
             ),
-            start_in(
-                ns,
-                &[
-                    "proxy",
-                    "--cluster",
-                    cluster,
-                    "--namespace",
-                    "demo",
-                    "--workload",
-                    name,
-                    "--xds",
-                    xds,
-                    "--sds-socket",
-                    &sock,
-                    "--admin",
-                    admin,
-                    "--outbound-cidr",
-                    cidr,
-                    "--app-address",
-                    app,
-                    "--run-dir",
-                    &run_dir,
-                    "--envoy",
-                    envoy,
-                ],
-                &log(&format!("{cluster}-{name}-sidecar")),
-            ),
+            start_in(ns, &proxy, &log(&format!("{cluster}-{name}-sidecar"))),
         ]
     };
     procs.push(start_in(
@@ -388,6 +430,7 @@ fn overlapping_pod_ips_only_gateways_between_namespaces() {
         "127.0.0.1:15101",
         "127.200.0.0/16",
         "127.0.0.1",
+        &[],
     ));
     procs.extend(sidecar(
         &a,
@@ -398,8 +441,9 @@ fn overlapping_pod_ips_only_gateways_between_namespaces() {
         xds_a,
         ca_a,
         "127.0.0.1:15102",
-        "127.201.0.0/16",
+        CLIENT_BLOCK,
         "127.0.0.2",
+        &["--capture-port", CAPTURE_PORT],
     ));
     procs.extend(sidecar(
         &b,
@@ -412,6 +456,7 @@ fn overlapping_pod_ips_only_gateways_between_namespaces() {
         "127.0.0.1:15101",
         "127.200.0.0/16",
         "127.0.0.1",
+        &[],
     ));
 
     let synced = wait_for(Duration::from_secs(60), || {
@@ -451,16 +496,37 @@ fn overlapping_pod_ips_only_gateways_between_namespaces() {
         "spiffe://causeway.local/ns/demo/sa/client"
     );
 
-    // Split horizon in a's Envoy: b's pod IP never appears, only b's gateway.
-    let clusters = curl_in(&a, "http://127.0.0.1:15102/clusters").expect("clusters");
-    let echo_hosts: Vec<&str> = clusters
-        .lines()
-        .filter(|l| l.starts_with("outbound|80||echo.demo") && l.contains("::cx_total::"))
-        .collect();
+    // The call was captured: nothing listens on echo's outbound address, the capture
+    // listener on 127.0.0.1:15001 does.
+    let sockets = sh(&["ip", "netns", "exec", &a, "ss", "-Hltn"]);
     assert!(
-        echo_hosts.iter().all(|l| l.contains("172.30.0.2:15443")),
-        "{echo_hosts:?}"
+        !sockets.contains(&echo_addr),
+        "{echo_addr} is bound: {sockets}"
     );
+    assert!(sockets.contains("127.0.0.1:15001"), "{sockets}");
+    assert!(listeners.contains("capture|127.0.0.1:15001"), "{listeners}");
+
+    // Split horizon in a's proxy: b's pod IP never appears, only b's gateway.
+    if data_plane == "envoy" {
+        let clusters = curl_in(&a, "http://127.0.0.1:15102/clusters").expect("clusters");
+        let echo_hosts: Vec<&str> = clusters
+            .lines()
+            .filter(|l| l.starts_with("outbound|80||echo.demo") && l.contains("::cx_total::"))
+            .collect();
+        assert!(
+            echo_hosts.iter().all(|l| l.contains("172.30.0.2:15443")),
+            "{echo_hosts:?}"
+        );
+    } else {
+        let dump: serde_json::Value = serde_json::from_str(
+            &curl_in(&a, "http://127.0.0.1:15102/config_dump").expect("config dump"),
+        )
+        .expect("json");
+        let echo = &dump["config"]["assignments"]["outbound|80||echo.demo.svc.cluster.local"];
+        let text = echo.to_string();
+        assert!(text.contains("172.30.0.2:15443"), "{text}");
+        assert!(!text.contains("10.244.0.2"), "{text}");
+    }
     // No direct route: 10.244.0.2 in a is a's own pod, and a has no route to any other pod
     // network — only the gateways' /30.
     let route = sh(&["ip", "-n", &a, "route", "get", "10.244.0.2"]);

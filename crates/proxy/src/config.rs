@@ -75,6 +75,8 @@ mod tests {
         ListenerConfig {
             name: "l".into(),
             address: "127.0.0.1:1".parse().expect("addr"),
+            bind: true,
+            use_original_dst: false,
             inspect_tls: true,
             inspect_timeout: Duration::from_secs(1),
             filter_chains: chains,

@@ -27,7 +27,13 @@ pub fn handler(metrics: Arc<Metrics>) -> Handler {
                 drop(snapshot);
                 return crate::gateway::serve(state, metrics, listener, conn).await;
             }
-            let port = conn.local_addr().map(|a| a.port()).unwrap_or_default();
+            // A connection handed over by a capture listener arrived on another port.
+            let local = if l.bind {
+                conn.local_addr()
+            } else {
+                crate::worker::original_dst(&conn)
+            };
+            let port = local.map(|a| a.port()).unwrap_or_default();
             let Some((chain, config)) = plain_chain(l, port) else {
                 metrics
                     .tcp_connections

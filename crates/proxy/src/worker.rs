@@ -282,7 +282,8 @@ impl Listeners {
             keep
         });
         for (name, l) in &snapshot.listeners {
-            if self.running.contains_key(name) {
+            // A listener that does not bind gets its connections from a capture listener.
+            if self.running.contains_key(name) || !l.bind {
                 continue;
             }
             match bind(l.address) {
@@ -315,6 +316,39 @@ impl Listeners {
     }
 }
 
+/// The original destination of a redirected connection (iptables REDIRECT keeps it as the
+/// socket's `SO_ORIGINAL_DST`).
+pub fn original_dst(conn: &tokio::net::TcpStream) -> std::io::Result<SocketAddr> {
+    let addr = socket2::SockRef::from(conn).original_dst_v4()?;
+    addr.as_socket()
+        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidData, "not an IP address"))
+}
+
+/// For a connection accepted by a capture listener (`use_original_dst`), the listener of its
+/// original destination, when there is one (Envoy's hand-off rule).
+fn handed_over(
+    state: &WorkerState,
+    listener: &str,
+    conn: &tokio::net::TcpStream,
+) -> Option<String> {
+    let snapshot = state.snapshot();
+    if !snapshot.listeners.get(listener)?.use_original_dst {
+        return None;
+    }
+    let dst = original_dst(conn).ok()?;
+    let exact = snapshot.listeners.iter().find(|(_, l)| l.address == dst);
+    let wildcard = || {
+        snapshot
+            .listeners
+            .iter()
+            .find(|(_, l)| l.address.port() == dst.port() && l.address.ip().is_unspecified())
+    };
+    exact
+        .or_else(wildcard)
+        .filter(|(name, _)| name.as_str() != listener)
+        .map(|(name, _)| name.clone())
+}
+
 async fn accept_loop(
     state: Rc<WorkerState>,
     name: String,
@@ -335,7 +369,8 @@ async fn accept_loop(
                 }
                 state.open.set(state.open.get() + 1);
                 let guard = OpenGuard(Rc::clone(&state));
-                let task = handler(Rc::clone(&state), name.clone(), conn);
+                let target = handed_over(&state, &name, &conn).unwrap_or_else(|| name.clone());
+                let task = handler(Rc::clone(&state), target, conn);
                 tokio::task::spawn_local(async move {
                     task.await;
                     drop(guard);

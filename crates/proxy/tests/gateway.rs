@@ -156,6 +156,8 @@ fn snapshot(
     let listener = ListenerConfig {
         name: "gateway".into(),
         address: gateway,
+        bind: true,
+        use_original_dst: false,
         inspect_tls: true,
         inspect_timeout: Duration::from_millis(500),
         filter_chains: routes.iter().map(|(s, c)| chain(s, c)).collect(),

@@ -58,6 +58,8 @@ pub struct BootstrapConfig {
     pub app_address: Option<IpAddr>,
     /// Sidecar: block of outbound listener addresses.
     pub outbound_cidr: Option<String>,
+    /// Sidecar: loopback port of the capture listener (traffic to the block redirected there).
+    pub capture_port: Option<u16>,
     /// Declared network.
     pub network: Option<String>,
     /// Trust domain: when given the control plane must present exactly its SPIFFE ID in it,
@@ -186,6 +188,9 @@ fn node_fields(c: &BootstrapConfig) -> Result<NodeFields, BootstrapError> {
             .as_ref()
             .ok_or(BootstrapError::NoOutboundCidr)?;
         metadata.push((keys::OUTBOUND_CIDR, cidr.clone()));
+        if let Some(port) = c.capture_port {
+            metadata.push((keys::CAPTURE_PORT, port.to_string()));
+        }
         if let Some(app) = c.app_address {
             metadata.push((keys::APP_ADDRESS, app.to_string()));
         }
@@ -279,6 +284,7 @@ mod tests {
             admin: "127.0.0.1:15000".parse().expect("addr"),
             app_address: None,
             outbound_cidr: Some("127.200.0.0/16".into()),
+            capture_port: None,
             network: None,
             trust_domain: Some("causeway.local".into()),
         }

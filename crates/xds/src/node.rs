@@ -25,6 +25,9 @@ pub mod keys {
     pub const APP_ADDRESS: &str = "CAUSEWAY_APP_ADDRESS";
     /// Sidecar: the address block its outbound listeners bind in, e.g. `127.101.0.0/16`.
     pub const OUTBOUND_CIDR: &str = "CAUSEWAY_OUTBOUND_CIDR";
+    /// Sidecar inside a network namespace: the loopback port where the app's traffic to the
+    /// outbound block is redirected (iptables REDIRECT); outbound listeners then do not bind.
+    pub const CAPTURE_PORT: &str = "CAUSEWAY_CAPTURE_PORT";
 }
 
 /// Why a node was refused.
@@ -70,6 +73,9 @@ pub struct OutboundBlock {
     pub base: std::net::Ipv4Addr,
     /// Prefix length.
     pub prefix: u8,
+    /// Traffic to the block is redirected to this loopback port (a capture listener reads each
+    /// connection's original destination), instead of every outbound listener binding.
+    pub capture_port: Option<u16>,
 }
 
 impl OutboundBlock {
@@ -89,7 +95,11 @@ impl OutboundBlock {
         if u32::from(base) & !mask != 0 {
             return Err(format!("{base} is not the first address of a /{prefix}"));
         }
-        Ok(Self { base, prefix })
+        Ok(Self {
+            base,
+            prefix,
+            capture_port: None,
+        })
     }
 
     /// Usable addresses (the first and last are skipped).
@@ -186,8 +196,14 @@ impl ProxyNode {
                         .map_err(|_| invalid(keys::APP_ADDRESS, a, "not an IP address".into()))?,
                 };
                 let cidr = get(keys::OUTBOUND_CIDR)?;
-                let block = OutboundBlock::parse(&cidr)
+                let mut block = OutboundBlock::parse(&cidr)
                     .map_err(|e| invalid(keys::OUTBOUND_CIDR, &cidr, e))?;
+                if let Some(p) = md.get(keys::CAPTURE_PORT).filter(|p| !p.is_empty()) {
+                    let port = p.parse::<u16>().ok().filter(|p| *p != 0).ok_or_else(|| {
+                        invalid(keys::CAPTURE_PORT, p, "not a port number (1-65535)".into())
+                    })?;
+                    block.capture_port = Some(port);
+                }
                 (Some(app), Some(block))
             }
         };

@@ -34,6 +34,7 @@ fn gateway_node() -> Node {
         admin: "127.0.0.1:1".parse().expect("addr"),
         app_address: None,
         outbound_cidr: None,
+        capture_port: None,
         network: None,
         trust_domain: Some(TD.into()),
     })

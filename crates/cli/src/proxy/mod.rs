@@ -56,6 +56,12 @@ pub struct Args {
     /// Address block for outbound listeners, one address per service (sidecars).
     #[arg(long)]
     pub outbound_cidr: Option<String>,
+    /// Sidecars in a network namespace: the loopback port where iptables redirects the app's
+    /// connections to the outbound block (`-j REDIRECT --to-ports PORT`); the proxy then reads
+    /// each connection's original destination (SO_ORIGINAL_DST) instead of binding every
+    /// outbound listener.
+    #[arg(long)]
+    pub capture_port: Option<u16>,
     /// Network the proxy is on (checked by the control plane).
     #[arg(long)]
     pub network: Option<String>,
@@ -102,6 +108,7 @@ fn bootstrap_config(args: &Args) -> anyhow::Result<BootstrapConfig> {
         admin: args.admin,
         app_address: args.app_address,
         outbound_cidr: args.outbound_cidr.clone(),
+        capture_port: args.capture_port,
         network: args.network.clone(),
         trust_domain: args.trust_domain.clone(),
     };

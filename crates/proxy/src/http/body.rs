@@ -2,6 +2,7 @@
 //! bytes) or streamed as they arrive (too large to buffer: no retry), and response bodies
 //! towards downstreams: the upstream's, or a local reply.
 
+use std::future::Future as _;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
@@ -137,40 +138,68 @@ impl Body for RequestBody {
 
 /// The body of a response sent downstream.
 pub enum ResponseBody {
-    Upstream(Incoming),
+    /// The upstream's, cut (an error: the downstream stream is reset) at the route timeout's
+    /// deadline if it has not ended by then.
+    Upstream {
+        body: Incoming,
+        deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+    },
     Local(Option<Bytes>),
 }
+
+/// The route timeout passed while the upstream's response body was still coming.
+#[derive(Debug, thiserror::Error)]
+#[error("upstream response body not complete within the route timeout")]
+pub struct BodyTimeout;
 
 impl ResponseBody {
     pub fn local(text: impl Into<Bytes>) -> Self {
         ResponseBody::Local(Some(text.into()))
     }
+
+    /// The upstream's body, ended by an error at `deadline` (Envoy's route timeout spans until
+    /// the upstream response is complete).
+    pub fn upstream(body: Incoming, deadline: Option<tokio::time::Instant>) -> Self {
+        ResponseBody::Upstream {
+            body,
+            deadline: deadline.map(|d| Box::pin(tokio::time::sleep_until(d))),
+        }
+    }
 }
 
 impl Body for ResponseBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
-            ResponseBody::Upstream(b) => Pin::new(b).poll_frame(cx),
+            ResponseBody::Upstream { body, deadline } => {
+                if let Some(d) = deadline {
+                    if d.as_mut().poll(cx).is_ready() {
+                        return Poll::Ready(Some(Err(Box::new(BodyTimeout))));
+                    }
+                }
+                Pin::new(body)
+                    .poll_frame(cx)
+                    .map(|f| f.map(|r| r.map_err(Into::into)))
+            }
             ResponseBody::Local(d) => Poll::Ready(d.take().map(|d| Ok(Frame::data(d)))),
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match self {
-            ResponseBody::Upstream(b) => b.is_end_stream(),
+            ResponseBody::Upstream { body, .. } => body.is_end_stream(),
             ResponseBody::Local(d) => d.is_none(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
-            ResponseBody::Upstream(b) => b.size_hint(),
+            ResponseBody::Upstream { body, .. } => body.size_hint(),
             ResponseBody::Local(d) => {
                 SizeHint::with_exact(d.as_ref().map_or(0, |d| d.len() as u64))
             }

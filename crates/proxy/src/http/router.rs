@@ -74,13 +74,24 @@ pub async fn forward(
         &parts,
         body,
     );
-    match action.timeout {
-        Some(t) => match tokio::time::timeout(t, attempts).await {
+    let deadline = action.timeout.map(|t| tokio::time::Instant::now() + t);
+    let mut routed = match deadline {
+        Some(d) => match tokio::time::timeout_at(d, attempts).await {
             Ok(routed) => routed,
-            Err(_) => local(StatusCode::GATEWAY_TIMEOUT, "upstream request timeout"),
+            Err(_) => return local(StatusCode::GATEWAY_TIMEOUT, "upstream request timeout"),
         },
         None => attempts.await,
+    };
+    // The route timeout also bounds the rest of the upstream's response (Envoy's spans until
+    // the response is complete): past it the body ends in an error, resetting the stream.
+    if let Some(d) = deadline {
+        let body = std::mem::replace(routed.response.body_mut(), ResponseBody::Local(None));
+        *routed.response.body_mut() = match body {
+            ResponseBody::Upstream { body, .. } => ResponseBody::upstream(body, Some(d)),
+            local => local,
+        };
     }
+    routed
 }
 
 /// The first attempt and the retries the policy allows.
@@ -232,7 +243,7 @@ fn backoff(p: &RetryConfig, retry: u32) -> Duration {
 
 fn final_response(a: Attempt) -> Response<ResponseBody> {
     match a {
-        Attempt::Answered(r) => r.map(ResponseBody::Upstream),
+        Attempt::Answered(r) => r.map(|b| ResponseBody::upstream(b, None)),
         Attempt::TimedOut => local_reply(StatusCode::GATEWAY_TIMEOUT, "upstream request timeout"),
         Attempt::Failed(SendError::Overflow { .. }) => local_reply(
             StatusCode::SERVICE_UNAVAILABLE,

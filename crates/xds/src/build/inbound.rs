@@ -1,6 +1,7 @@
 //! A sidecar's inbound side: one listener per port of its own workload that terminates mesh
 //! mTLS (a client certificate of the trust domain required), enforces the workload's
-//! authorization policies as RBAC, and forwards to the app through a static cluster.
+//! authorization policies as RBAC, and forwards to the app through a static cluster; and, for
+//! a sidecar in a network namespace, the capture listener of its redirected outbound traffic.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -33,7 +34,62 @@ pub fn sidecar_inbound_resources(
 ) -> Resources {
     let mut out = Resources::default();
     inbound(index, node, ctx, &index.mesh().mesh.trust_domain, &mut out);
+    capture(node, &mut out);
     out
+}
+
+/// Where captured connections without a listener for their original destination go: a
+/// cluster without endpoints, so they are closed (never passed through to the outside).
+const BLACKHOLE: &str = "BlackHoleCluster";
+
+/// The capture listener of a sidecar in a network namespace (`--capture-port`): iptables
+/// redirects the app's connections to the outbound block to this loopback port, and the
+/// listener hands each one to the outbound listener of its original destination (Envoy's
+/// `use_original_dst`); a destination without a listener is closed.
+fn capture(node: &ProxyNode, out: &mut Resources) {
+    let Some(port) = node.outbound.and_then(|b| b.capture_port) else {
+        return;
+    };
+    let cluster = cluster::Cluster {
+        name: BLACKHOLE.to_owned(),
+        cluster_discovery_type: Some(cluster::cluster::ClusterDiscoveryType::Type(
+            cluster::cluster::DiscoveryType::Static as i32,
+        )),
+        connect_timeout: Some(duration_ms(1000)),
+        load_assignment: Some(endpoint::ClusterLoadAssignment {
+            cluster_name: BLACKHOLE.to_owned(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    out.insert(
+        TypeUrl::Cluster,
+        BLACKHOLE,
+        pack_any(cluster),
+        &("blackhole-cluster",),
+    );
+    let loopback = IpAddr::from([127, 0, 0, 1]);
+    let name = format!("capture|{loopback}:{port}");
+    let listener = listener::Listener {
+        name: name.clone(),
+        address: Some(socket_address(loopback, port)),
+        use_original_dst: Some(BoolValue { value: true }),
+        filter_chains: vec![listener::FilterChain {
+            filters: vec![network_filter(
+                "envoy.filters.network.tcp_proxy",
+                super::envoy::tcp_proxy("capture_unmatched", BLACKHOLE),
+            )],
+            ..Default::default()
+        }],
+        traffic_direction: core::TrafficDirection::Outbound as i32,
+        ..Default::default()
+    };
+    out.insert(
+        TypeUrl::Listener,
+        &name,
+        pack_any(listener),
+        &("capture-listener", port),
+    );
 }
 
 /// The proxy's own workload ports: every target port of a Service of its cluster that selects

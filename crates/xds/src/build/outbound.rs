@@ -116,9 +116,15 @@ fn outbound_listener(
     } else {
         network_filter("envoy.filters.network.tcp_proxy", tcp_proxy(&name, &name))
     };
+    // Captured traffic reaches this listener through the capture listener, which hands each
+    // connection over by its original destination; nothing binds the service address.
+    let bind_to_port = block
+        .capture_port
+        .map(|_| envoy_types::pb::google::protobuf::BoolValue { value: false });
     let listener = listener::Listener {
         name: listener_name.clone(),
         address: Some(socket_address(address, port.port.port)),
+        bind_to_port,
         filter_chains: vec![listener::FilterChain {
             filters: vec![filter],
             ..Default::default()
@@ -127,7 +133,13 @@ fn outbound_listener(
         metadata: Some(causeway_metadata(&[("service", service.key.to_string())])),
         ..Default::default()
     };
-    let inputs = ("outbound-listener", &service.key, &port.port, address);
+    let inputs = (
+        "outbound-listener",
+        &service.key,
+        &port.port,
+        address,
+        block.capture_port,
+    );
     out.insert(
         TypeUrl::Listener,
         &listener_name,

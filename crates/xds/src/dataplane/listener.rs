@@ -53,7 +53,6 @@ pub fn listener_config(l: &listener::Listener) -> Result<ListenerConfig, ConfigE
         stats_matcher,
         fcds_config,
         filter_chain_matcher,
-        use_original_dst,
         per_connection_buffer_limit_bytes,
         per_connection_buffer_high_watermark_timeout,
         deprecated_v1,
@@ -75,10 +74,12 @@ pub fn listener_config(l: &listener::Listener) -> Result<ListenerConfig, ConfigE
         tcp_keepalive,
         listener_specifier,
     );
-    if bind_to_port.as_ref().is_some_and(|b| !b.value) {
+    let bind = bind_to_port.as_ref().is_none_or(|b| b.value);
+    let use_original_dst = use_original_dst.as_ref().is_some_and(|b| b.value);
+    if use_original_dst && !bind {
         return Err(at
-            .field("bind_to_port")
-            .error("listeners that do not bind are not supported"));
+            .field("use_original_dst")
+            .error("a capture listener must bind its own address"));
     }
     let address = socket_address(&at.field("address"), address)?;
     let mut inspect_tls = false;
@@ -114,6 +115,8 @@ pub fn listener_config(l: &listener::Listener) -> Result<ListenerConfig, ConfigE
     Ok(ListenerConfig {
         name: name.clone(),
         address,
+        bind,
+        use_original_dst,
         inspect_tls,
         inspect_timeout,
         filter_chains: chains,

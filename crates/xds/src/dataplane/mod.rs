@@ -39,6 +39,12 @@ pub struct ConfigError {
 pub struct ListenerConfig {
     pub name: String,
     pub address: SocketAddr,
+    /// False: nothing binds the address; connections arrive from a capture listener that hands
+    /// them over by their original destination.
+    pub bind: bool,
+    /// A capture listener: each connection goes to the listener of its original destination
+    /// (`SO_ORIGINAL_DST`, set by an iptables REDIRECT), this one's chains only when none has it.
+    pub use_original_dst: bool,
     /// Read the TLS ClientHello (SNI, ALPN) before choosing a filter chain.
     pub inspect_tls: bool,
     /// How long to wait for the ClientHello before closing (Envoy's listener filter timeout).
