@@ -66,7 +66,7 @@ where
         .endpoints_of(&cfg.cluster)
         .ok_or_else(|| TcpProxyError::NoEndpoint(cfg.cluster.clone()))?;
     let endpoint = up
-        .pick(snapshot.generation, &cluster.name, la)
+        .pick(snapshot.generation, cluster, la)
         .ok_or_else(|| TcpProxyError::NoEndpoint(cfg.cluster.clone()))?;
     let tls = up
         .client_tls(snapshot.generation, cluster, false)

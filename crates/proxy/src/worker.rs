@@ -63,7 +63,7 @@ impl WorkerState {
     pub fn pick(
         &self,
         generation: u64,
-        cluster: &str,
+        cluster: &causeway_xds::dataplane::ClusterConfig,
         la: &LoadAssignmentConfig,
     ) -> Option<SocketAddr> {
         self.upstreams.pick(generation, cluster, la)

@@ -174,6 +174,13 @@ fn bad_values_are_refused_with_the_value() {
     let e = cluster_config(&c).expect_err("ring hash");
     assert_eq!(e.field, "lb_policy");
     assert!(e.reason.contains("RING_HASH"), "{e}");
+    // Policies the proxy would serve as round robin are refused too.
+    for (policy, name) in [(1, "LEAST_REQUEST"), (3, "RANDOM")] {
+        c.lb_policy = policy;
+        let e = cluster_config(&c).expect_err(name);
+        assert_eq!(e.field, "lb_policy");
+        assert!(e.reason.contains(name), "{e}");
+    }
 }
 
 /// Every resource the control plane builds for every sidecar of the example mesh is one the

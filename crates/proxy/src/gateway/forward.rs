@@ -111,7 +111,7 @@ fn route(
         .ok_or_else(|| GatewayError::NoCluster(proxy.cluster.clone()))?;
     let endpoint = snapshot
         .endpoints_of(&proxy.cluster)
-        .and_then(|la| state.pick(snapshot.generation, &proxy.cluster, la))
+        .and_then(|la| state.pick(snapshot.generation, cluster, la))
         .ok_or_else(|| GatewayError::NoEndpoint(proxy.cluster.clone()))?;
     Ok(Route {
         cluster: proxy.cluster.clone(),

@@ -113,12 +113,12 @@ async fn attempts(
         let endpoint = match policy {
             Some(p) if p.retry_other_hosts && !tried.is_empty() => up.pick_other(
                 generation,
-                &cluster.name,
+                cluster,
                 la,
                 &tried,
                 p.host_selection_retry_max_attempts,
             ),
-            _ => up.pick(generation, &cluster.name, la),
+            _ => up.pick(generation, cluster, la),
         };
         let Some(endpoint) = endpoint else {
             return Routed {

@@ -41,13 +41,15 @@ impl Upstreams {
     pub fn pick(
         &self,
         generation: u64,
-        cluster: &str,
+        cluster: &ClusterConfig,
         la: &LoadAssignmentConfig,
     ) -> Option<SocketAddr> {
-        let (epoch, ejected) = self.outliers.borrow_mut().ejected(cluster, Instant::now());
+        let name = &cluster.name;
+        let (epoch, ejected) = self.outliers.borrow_mut().ejected(name, Instant::now());
+        let panic = cluster.healthy_panic_threshold_percent;
         self.balancers
             .borrow_mut()
-            .pick((generation, epoch), cluster, la, &ejected)
+            .pick((generation, epoch), name, la, &ejected, panic)
     }
 
     /// Like [`Upstreams::pick`], preferring endpoints not in `tried`: up to `attempts` more
@@ -56,7 +58,7 @@ impl Upstreams {
     pub fn pick_other(
         &self,
         generation: u64,
-        cluster: &str,
+        cluster: &ClusterConfig,
         la: &LoadAssignmentConfig,
         tried: &[SocketAddr],
         attempts: u32,

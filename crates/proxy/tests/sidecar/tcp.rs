@@ -56,7 +56,9 @@ async fn bytes_go_both_ways_and_a_half_close_is_passed_on() {
 async fn the_idle_timeout_closes_an_idle_connection_and_only_an_idle_one() {
     let echo = Echo::start().await;
     let addr = free_addr();
-    let idle = Duration::from_millis(400);
+    // Long enough that a loaded machine (2 cores running the suite) still echoes a byte well
+    // within it.
+    let idle = Duration::from_millis(1500);
     let _proxy = Proxy::start(snapshot(
         1,
         vec![tcp_listener(
@@ -74,7 +76,7 @@ async fn the_idle_timeout_closes_an_idle_connection_and_only_an_idle_one() {
     let started = Instant::now();
     let mut rounds = 0;
     let mut last = Instant::now();
-    while started.elapsed() < idle * 3 {
+    while started.elapsed() < idle * 2 {
         conn.write_all(b"x").await.expect("still open");
         let mut b = [0u8; 1];
         bounded(conn.read_exact(&mut b))
@@ -85,7 +87,7 @@ async fn the_idle_timeout_closes_an_idle_connection_and_only_an_idle_one() {
         rounds += 1;
         tokio::time::sleep(Duration::from_millis(150)).await;
     }
-    assert!(rounds >= 6, "{rounds}");
+    assert!(rounds >= 4, "{rounds}");
     // Then silence: closed once the timeout has passed, not before.
     let mut rest = Vec::new();
     let read = bounded(conn.read_to_end(&mut rest))

@@ -94,12 +94,13 @@ pub fn cluster_config(c: &cluster::Cluster) -> Result<ClusterConfig, ConfigError
     )?;
     let lb_policy = match cluster::cluster::LbPolicy::try_from(*lb_policy) {
         Ok(cluster::cluster::LbPolicy::RoundRobin) => LbPolicy::RoundRobin,
-        Ok(cluster::cluster::LbPolicy::LeastRequest) => LbPolicy::LeastRequest,
-        Ok(cluster::cluster::LbPolicy::Random) => LbPolicy::Random,
+        // The proxy balances by smooth weighted round robin only (what the control plane
+        // emits); another policy would be served as round robin, so it is refused.
         Ok(other) => {
-            return Err(at
-                .field("lb_policy")
-                .error(format!("{} is not supported", other.as_str_name())))
+            return Err(at.field("lb_policy").error(format!(
+                "{} is not supported by the Causeway proxy (ROUND_ROBIN only)",
+                other.as_str_name()
+            )))
         }
         Err(_) => {
             return Err(at

@@ -130,9 +130,8 @@ pub enum EndpointSource {
 
 #[derive(Debug, serde::Serialize, Clone, Copy, PartialEq, Eq)]
 pub enum LbPolicy {
+    /// Smooth weighted round robin (the only policy the proxy runs).
     RoundRobin,
-    LeastRequest,
-    Random,
 }
 
 /// Envoy's consecutive-failure outlier detection (the subset the control plane emits).
