@@ -206,6 +206,42 @@ fn authorization_by_identity_and_cluster(data_plane: &str, port_base: u16) {
         call(from_client).err().filter(|e| e.starts_with("403"))
     });
     assert!(refused.is_some(), "the cluster condition is enforced");
+    if data_plane == "causeway" {
+        proxy_config_dump_shows_what_the_proxy_serves(&mesh);
+    }
+}
+
+/// `causeway proxy-config dump` reads a Causeway proxy's own configuration from its admin API.
+fn proxy_config_dump_shows_what_the_proxy_serves(mesh: &MeshRun) {
+    let admin = mesh.admin(CLIENT).to_string();
+    let out = run(&["proxy-config", "dump", "--admin", &admin]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("xDS connected"), "{text}");
+    for expected in [
+        "|demo/greeter",
+        "http -> outbound|80||greeter.demo.svc.cluster.local",
+        "outbound_.80_._.echo.demo.svc.cluster.local",
+        "p0 127.1.0.11:8080 w1 healthy alpha",
+        "p2 127.3.255.1:15443",
+    ] {
+        assert!(text.contains(expected), "{expected} missing:\n{text}");
+    }
+    let gateway = mesh.admin("gamma-gateway-0").to_string();
+    let out = run(&["proxy-config", "dump", "--admin", &gateway]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("sni outbound_.80_._.greeter.demo.svc.cluster.local tcp ->"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("ledger"),
+        "the gateway routes no unexported service: {text}"
+    );
 }
 
 /// greeter's one port, declared TCP: its sidecar enforces network RBAC (no HTTP request).

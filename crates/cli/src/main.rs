@@ -21,6 +21,16 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+// The global allocator: the system's unless a feature picks another (see crates/cli/Cargo.toml).
+#[cfg(all(feature = "mimalloc", feature = "jemalloc"))]
+compile_error!("features `mimalloc` and `jemalloc` each select the global allocator: enable one");
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+#[cfg(feature = "jemalloc")]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[derive(Parser)]
 #[command(
     name = "causeway",
@@ -74,7 +84,8 @@ enum Command {
         #[arg(short = 'o', long, value_enum, default_value_t = OutputFormat::Text)]
         output: OutputFormat,
     },
-    /// Show what a proxy is configured with, as the running control plane computes it.
+    /// Show what a proxy is configured with, as the running control plane computes it (or, with
+    /// `dump`, as a Causeway proxy serves it).
     ProxyConfig {
         #[command(subcommand)]
         what: proxy_config::What,

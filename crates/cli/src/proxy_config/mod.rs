@@ -1,5 +1,7 @@
 //! `causeway proxy-config`: what a proxy sees, read from the running control plane's debug API
-//! and printed as a table (or JSON).
+//! (or, `dump`, from a Causeway proxy's own admin API) and printed as a table (or JSON).
+
+mod dump;
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
@@ -31,6 +33,16 @@ pub enum What {
         /// Only this service (`namespace/name`).
         #[arg(long)]
         service: Option<String>,
+        /// Output format.
+        #[arg(short = 'o', long, value_enum, default_value_t = OutputFormat::Text)]
+        output: OutputFormat,
+    },
+    /// What a Causeway data-plane proxy itself serves (its admin `/config_dump`): xDS state,
+    /// listeners and where their chains go, clusters with SNI and endpoints.
+    Dump {
+        /// The proxy's admin address (`causeway proxy --admin`).
+        #[arg(long)]
+        admin: SocketAddr,
         /// Output format.
         #[arg(short = 'o', long, value_enum, default_value_t = OutputFormat::Text)]
         output: OutputFormat,
@@ -75,6 +87,16 @@ pub async fn run(what: What, control_plane: SocketAddr) -> anyhow::Result<ExitCo
             match output {
                 OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&view)?),
                 OutputFormat::Text => print!("{}", render_endpoints(&view)),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        What::Dump { admin, output } => {
+            let body = http_client::get(admin, "/config_dump", TIMEOUT).await?;
+            let dump: Value = serde_json::from_slice(&body)
+                .context("the proxy's admin API answered with invalid JSON")?;
+            match output {
+                OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&dump)?),
+                OutputFormat::Text => print!("{}", dump::render(&dump)?),
             }
             Ok(ExitCode::SUCCESS)
         }
