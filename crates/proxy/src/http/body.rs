@@ -17,6 +17,71 @@ pub const RETRY_BUFFER_LIMIT: usize = 1024 * 1024;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
+/// The connection manager's stream idle timeout passed with no byte of the body.
+#[derive(Debug, thiserror::Error)]
+#[error("stream idle: no body data within the stream idle timeout")]
+pub struct StreamIdle;
+
+/// Envoy's `stream_idle_timeout` on a body: expires when no frame came for `period`.
+pub struct IdleTimer {
+    period: std::time::Duration,
+    timer: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl IdleTimer {
+    pub fn new(period: std::time::Duration) -> Self {
+        IdleTimer {
+            period,
+            timer: Box::pin(tokio::time::sleep(period)),
+        }
+    }
+
+    /// True when the period passed since the last frame (registers the waker otherwise).
+    fn expired(&mut self, cx: &mut Context<'_>) -> bool {
+        self.timer.as_mut().poll(cx).is_ready()
+    }
+
+    fn touch(&mut self) {
+        let next = tokio::time::Instant::now() + self.period;
+        self.timer.as_mut().reset(next);
+    }
+}
+
+/// Polls `body` for a frame unless `idle` expired first (then the stream fails).
+fn poll_idle<B>(
+    body: Pin<&mut B>,
+    idle: &mut Option<IdleTimer>,
+    cx: &mut Context<'_>,
+) -> Poll<Option<Result<Frame<Bytes>, BoxError>>>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    match body.poll_frame(cx) {
+        Poll::Ready(frame) => {
+            if let Some(t) = idle {
+                t.touch();
+            }
+            Poll::Ready(frame.map(|f| f.map_err(Into::into)))
+        }
+        Poll::Pending => {
+            if idle.as_mut().is_some_and(|t| t.expired(cx)) {
+                return Poll::Ready(Some(Err(Box::new(StreamIdle))));
+            }
+            Poll::Pending
+        }
+    }
+}
+
+/// Why a request body could not be read for buffering.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error("the caller reset the request: {0}")]
+    Reset(#[from] hyper::Error),
+    #[error(transparent)]
+    Idle(#[from] StreamIdle),
+}
+
 /// The body of a request sent upstream.
 pub enum RequestBody {
     /// Everything the caller sent (replayable).
@@ -24,10 +89,12 @@ pub enum RequestBody {
         data: Option<Bytes>,
         trailers: Option<HeaderMap>,
     },
-    /// What was read before the buffer limit, then the rest as it comes.
+    /// What was read before the buffer limit, then the rest as it comes (failing when the
+    /// caller goes quiet for the stream idle timeout).
     Streaming {
         prefix: Option<Bytes>,
         rest: Incoming,
+        idle: Option<IdleTimer>,
     },
 }
 
@@ -52,13 +119,23 @@ impl RequestBody {
 
     /// Reads `body` to its end if it fits in `limit`; otherwise keeps what was read and streams
     /// the rest.
-    pub async fn read(mut body: Incoming, limit: usize) -> Result<RequestBody, hyper::Error> {
+    pub async fn read(
+        mut body: Incoming,
+        limit: usize,
+        idle: Option<std::time::Duration>,
+    ) -> Result<RequestBody, ReadError> {
         if body.is_end_stream() {
             return Ok(RequestBody::empty());
         }
         let mut buf = BytesMut::new();
         loop {
-            let Some(frame) = body.frame().await.transpose()? else {
+            let next = match idle {
+                Some(t) => tokio::time::timeout(t, body.frame())
+                    .await
+                    .map_err(|_| StreamIdle)?,
+                None => body.frame().await,
+            };
+            let Some(frame) = next.transpose()? else {
                 break;
             };
             match frame.into_data() {
@@ -68,6 +145,7 @@ impl RequestBody {
                         return Ok(RequestBody::Streaming {
                             prefix: Some(buf.freeze()),
                             rest: body,
+                            idle: idle.map(IdleTimer::new),
                         });
                     }
                 }
@@ -88,12 +166,12 @@ impl RequestBody {
 
 impl Body for RequestBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
             RequestBody::Buffered { data, trailers } => {
                 if let Some(d) = data.take() {
@@ -101,11 +179,11 @@ impl Body for RequestBody {
                 }
                 Poll::Ready(trailers.take().map(|t| Ok(Frame::trailers(t))))
             }
-            RequestBody::Streaming { prefix, rest } => {
+            RequestBody::Streaming { prefix, rest, idle } => {
                 if let Some(d) = prefix.take() {
                     return Poll::Ready(Some(Ok(Frame::data(d))));
                 }
-                Pin::new(rest).poll_frame(cx)
+                poll_idle(Pin::new(rest), idle, cx)
             }
         }
     }
@@ -113,7 +191,7 @@ impl Body for RequestBody {
     fn is_end_stream(&self) -> bool {
         match self {
             RequestBody::Buffered { data, trailers } => data.is_none() && trailers.is_none(),
-            RequestBody::Streaming { prefix, rest } => prefix.is_none() && rest.is_end_stream(),
+            RequestBody::Streaming { prefix, rest, .. } => prefix.is_none() && rest.is_end_stream(),
         }
     }
 
@@ -122,7 +200,7 @@ impl Body for RequestBody {
             RequestBody::Buffered { data, .. } => {
                 SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
             }
-            RequestBody::Streaming { prefix, rest } => {
+            RequestBody::Streaming { prefix, rest, .. } => {
                 let p = prefix.as_ref().map_or(0, |d| d.len() as u64);
                 let r = rest.size_hint();
                 let mut h = SizeHint::new();
@@ -143,6 +221,8 @@ pub enum ResponseBody {
     Upstream {
         body: Incoming,
         deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+        /// The stream idle timeout: no frame for that long also resets the stream.
+        idle: Option<IdleTimer>,
     },
     Local(Option<Bytes>),
 }
@@ -159,10 +239,15 @@ impl ResponseBody {
 
     /// The upstream's body, ended by an error at `deadline` (Envoy's route timeout spans until
     /// the upstream response is complete).
-    pub fn upstream(body: Incoming, deadline: Option<tokio::time::Instant>) -> Self {
+    pub fn upstream(
+        body: Incoming,
+        deadline: Option<tokio::time::Instant>,
+        idle: Option<std::time::Duration>,
+    ) -> Self {
         ResponseBody::Upstream {
             body,
             deadline: deadline.map(|d| Box::pin(tokio::time::sleep_until(d))),
+            idle: idle.map(IdleTimer::new),
         }
     }
 }
@@ -176,15 +261,17 @@ impl Body for ResponseBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
-            ResponseBody::Upstream { body, deadline } => {
+            ResponseBody::Upstream {
+                body,
+                deadline,
+                idle,
+            } => {
                 if let Some(d) = deadline {
                     if d.as_mut().poll(cx).is_ready() {
                         return Poll::Ready(Some(Err(Box::new(BodyTimeout))));
                     }
                 }
-                Pin::new(body)
-                    .poll_frame(cx)
-                    .map(|f| f.map(|r| r.map_err(Into::into)))
+                poll_idle(Pin::new(body), idle, cx)
             }
             ResponseBody::Local(d) => Poll::Ready(d.take().map(|d| Ok(Frame::data(d)))),
         }

@@ -181,7 +181,8 @@ async fn handle(
     // endpoints are the worker's current ones, as Envoy's cluster manager's are for every new
     // request: an open connection must not keep sending to endpoints an update removed.
     let snapshot = state.snapshot();
-    let routed = router::forward(state, &snapshot, &action, req).await;
+    let idle = manager.stream_idle_timeout;
+    let routed = router::forward(state, &snapshot, &action, idle, req).await;
     if routed.retries > 0 {
         conn.metrics
             .http_retries

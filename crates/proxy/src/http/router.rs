@@ -14,7 +14,7 @@ use http::request::Parts;
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 
-use super::body::{RequestBody, ResponseBody, RETRY_BUFFER_LIMIT};
+use super::body::{IdleTimer, ReadError, RequestBody, ResponseBody, RETRY_BUFFER_LIMIT};
 use super::local_reply;
 use crate::config::SharedSnapshot;
 use crate::upstream::outlier::Outcome;
@@ -41,6 +41,7 @@ pub async fn forward(
     state: &Rc<WorkerState>,
     snapshot: &SharedSnapshot,
     action: &RouteAction,
+    stream_idle: Option<Duration>,
     req: Request<Incoming>,
 ) -> Routed {
     let local = |status, text: &str| Routed {
@@ -56,13 +57,18 @@ pub async fn forward(
     };
     let (parts, body) = req.into_parts();
     let body = match &action.retry {
-        Some(_) => match RequestBody::read(body, RETRY_BUFFER_LIMIT).await {
+        Some(_) => match RequestBody::read(body, RETRY_BUFFER_LIMIT, stream_idle).await {
             Ok(b) => b,
-            Err(_) => return local(StatusCode::BAD_REQUEST, "downstream body reset"),
+            // Envoy's answer when the stream idle timeout passes before a response started.
+            Err(ReadError::Idle(_)) => return local(StatusCode::REQUEST_TIMEOUT, "stream timeout"),
+            Err(ReadError::Reset(_)) => {
+                return local(StatusCode::BAD_REQUEST, "downstream body reset")
+            }
         },
         None => RequestBody::Streaming {
             prefix: None,
             rest: body,
+            idle: stream_idle.map(IdleTimer::new),
         },
     };
     let attempts = attempts(
@@ -75,19 +81,27 @@ pub async fn forward(
         body,
     );
     let deadline = action.timeout.map(|t| tokio::time::Instant::now() + t);
-    let mut routed = match deadline {
-        Some(d) => match tokio::time::timeout_at(d, attempts).await {
+    let mut routed = match (deadline, stream_idle) {
+        (Some(d), _) => match tokio::time::timeout_at(d, attempts).await {
             Ok(routed) => routed,
             Err(_) => return local(StatusCode::GATEWAY_TIMEOUT, "upstream request timeout"),
         },
-        None => attempts.await,
+        // Without a route timeout, waiting for the response headers is stream inactivity.
+        (None, Some(idle)) => match tokio::time::timeout(idle, attempts).await {
+            Ok(routed) => routed,
+            Err(_) => return local(StatusCode::REQUEST_TIMEOUT, "stream timeout"),
+        },
+        (None, None) => attempts.await,
     };
     // The route timeout also bounds the rest of the upstream's response (Envoy's spans until
-    // the response is complete): past it the body ends in an error, resetting the stream.
-    if let Some(d) = deadline {
+    // the response is complete), and so does the stream idle timeout between its frames: past
+    // either the body ends in an error, resetting the stream.
+    if deadline.is_some() || stream_idle.is_some() {
         let body = std::mem::replace(routed.response.body_mut(), ResponseBody::Local(None));
         *routed.response.body_mut() = match body {
-            ResponseBody::Upstream { body, .. } => ResponseBody::upstream(body, Some(d)),
+            ResponseBody::Upstream { body, .. } => {
+                ResponseBody::upstream(body, deadline, stream_idle)
+            }
             local => local,
         };
     }
@@ -243,7 +257,7 @@ fn backoff(p: &RetryConfig, retry: u32) -> Duration {
 
 fn final_response(a: Attempt) -> Response<ResponseBody> {
     match a {
-        Attempt::Answered(r) => r.map(|b| ResponseBody::upstream(b, None)),
+        Attempt::Answered(r) => r.map(|b| ResponseBody::upstream(b, None, None)),
         Attempt::TimedOut => local_reply(StatusCode::GATEWAY_TIMEOUT, "upstream request timeout"),
         Attempt::Failed(SendError::Overflow { .. }) => local_reply(
             StatusCode::SERVICE_UNAVAILABLE,

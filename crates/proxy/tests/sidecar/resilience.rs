@@ -189,3 +189,45 @@ async fn the_route_timeout_also_bounds_a_response_body_that_stalls() {
     assert!(took >= timeout - Duration::from_millis(50), "{took:?}");
     assert!(took < timeout + Duration::from_secs(2), "{took:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_stream_idle_timeout_answers_408_and_resets_a_stalled_body() {
+    // Envoy's stream_idle_timeout: a stream with no activity for that long ends — 408 `stream
+    // timeout` before a response started, a reset once it has. No route timeout here.
+    let hang = Backend::start("hang", |_| Reply::Hang).await;
+    let stall = Backend::start("stall", |_| Reply::Stall(200)).await;
+    let addr = free_addr();
+    let idle = Duration::from_millis(500);
+    let mut to_hang = route(prefix("/hang"), "hang");
+    to_hang.action.timeout = None;
+    let mut to_stall = route(prefix("/"), "stall");
+    to_stall.action.timeout = None;
+    let mut m = manager(vec![vhost(&["*"], vec![to_hang, to_stall])]);
+    m.stream_idle_timeout = Some(idle);
+    let _proxy = Proxy::start(snapshot(
+        1,
+        vec![http_listener("outbound", addr, m, None)],
+        vec![
+            cluster("hang", &[hang.addr]),
+            cluster("stall", &[stall.addr]),
+        ],
+    ))
+    .await;
+    let started = Instant::now();
+    let answer = send(addr, get("svc.mesh", "/hang")).await;
+    assert_eq!(answer.status, 408, "{answer:?}");
+    assert_eq!(answer.body, "stream timeout");
+    assert!(started.elapsed() >= idle - Duration::from_millis(50));
+
+    let mut c = H1::connect(addr).await.expect("connect");
+    let started = Instant::now();
+    let response = c.head(get("svc.mesh", "/")).await.expect("headers");
+    assert_eq!(response.status(), 200);
+    let body = bounded(http_body_util::BodyExt::collect(response.into_body()))
+        .await
+        .expect("the proxy cut the stalled response after the stream idle timeout");
+    assert!(body.is_err(), "a stalled body must be reset, not completed");
+    let took = started.elapsed();
+    assert!(took >= idle - Duration::from_millis(50), "{took:?}");
+    assert!(took < idle + Duration::from_secs(2), "{took:?}");
+}
