@@ -18,9 +18,30 @@ pub fn rss_mib(pid: u32) -> Option<f64> {
     status_mib(pid, "VmRSS")
 }
 
+/// Resident anonymous memory now (heap, stacks: what the allocator holds).
+pub fn rss_anon_mib(pid: u32) -> Option<f64> {
+    status_mib(pid, "RssAnon")
+}
+
+/// Resident file-backed memory now (mostly the executable's and libraries' pages).
+pub fn rss_file_mib(pid: u32) -> Option<f64> {
+    status_mib(pid, "RssFile")
+}
+
 /// Highest resident memory since the process started.
 pub fn peak_rss_mib(pid: u32) -> Option<f64> {
     status_mib(pid, "VmHWM")
+}
+
+/// Threads of the process now.
+pub fn threads(pid: u32) -> Option<u32> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Threads:"))?
+        .trim()
+        .parse()
+        .ok()
 }
 
 /// CPU time (user + system) the process has used, in seconds. `/proc/<pid>/stat` counts clock
@@ -50,6 +71,7 @@ mod tests {
         );
         assert!(now > 0.0 && now <= peak, "rss {now} peak {peak}");
         assert!(rss_mib(u32::MAX).is_none());
+        assert!(threads(pid).is_some_and(|n| n >= 1));
     }
 
     #[test]
