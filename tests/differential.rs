@@ -165,7 +165,7 @@ const GATEWAYS: usize = 3;
 #[test]
 fn every_mix_of_data_planes_behaves_like_envoy() {
     let _guard = mesh_lock();
-    let (none, envoy) = observe(41000, &["--data-plane", "envoy"], &[], &[]);
+    let (none, envoy) = observe(18000, &["--data-plane", "envoy"], &[], &[]);
     assert_eq!(none, Vec::<String>::new(), "the reference runs Envoy only");
     assert_eq!(envoy, expected(), "the reference (all Envoy)");
     // (name, demo flags, proxies switched to Causeway, to Envoy, how many run Causeway)
@@ -208,7 +208,8 @@ fn every_mix_of_data_planes_behaves_like_envoy() {
         ),
     ];
     for (i, (name, args, causeway, envoy_procs, expect)) in cases.into_iter().enumerate() {
-        let (on_causeway, got) = observe(41300 + 300 * i as u16, args, causeway, envoy_procs);
+        // Below the ephemeral port range (32768-60999), so no client socket can take a port first.
+        let (on_causeway, got) = observe(18300 + 300 * i as u16, args, causeway, envoy_procs);
         assert_eq!(on_causeway.len(), expect, "{name}: {on_causeway:?}");
         assert_eq!(
             on_causeway.contains(&CLIENT.to_owned()),

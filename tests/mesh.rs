@@ -281,12 +281,12 @@ spec:
 
 #[test]
 fn paths_cannot_be_checked_on_a_tcp_port_so_they_fail_closed_on_envoy() {
-    paths_cannot_be_checked_on_a_tcp_port_so_they_fail_closed("envoy", 33000);
+    paths_cannot_be_checked_on_a_tcp_port_so_they_fail_closed("envoy", 21000);
 }
 
 #[test]
 fn paths_cannot_be_checked_on_a_tcp_port_so_they_fail_closed_on_causeway() {
-    paths_cannot_be_checked_on_a_tcp_port_so_they_fail_closed("causeway", 33300);
+    paths_cannot_be_checked_on_a_tcp_port_so_they_fail_closed("causeway", 21300);
 }
 
 fn paths_cannot_be_checked_on_a_tcp_port_so_they_fail_closed(data_plane: &str, port_base: u16) {

@@ -537,6 +537,12 @@ impl MeshRun {
         port_base: u16,
         demo_args: &[&str],
     ) -> serde_json::Value {
+        // Below Linux's ephemeral range (32768-60999): there a client socket of any test can
+        // hold a port first and the mesh would not start.
+        assert!(
+            u32::from(port_base) + 200 < 32768,
+            "port base {port_base}: choose one below 32568"
+        );
         let envoy = envoy_bin();
         let port = port_base.to_string();
         let mut args = vec![

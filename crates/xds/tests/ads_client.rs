@@ -1,6 +1,7 @@
-//! The Causeway proxy's delta ADS client against the real ADS server: a gateway's full config
-//! arrives converted, a change arrives as a new snapshot, EDS follows the clusters, and a
-//! response the proxy cannot honour is NACKed with the reason while the last good config stays.
+//! The Causeway proxy's ADS client (delta and state of the world) against the real ADS server:
+//! a gateway's full config arrives converted, a change arrives as a new snapshot, EDS follows
+//! the clusters, and a response the proxy cannot honour is NACKed with the reason while the
+//! last good config stays.
 
 mod common;
 
@@ -9,12 +10,14 @@ use std::time::Duration;
 
 use causeway_trust::service::{control_plane_identity, CONTROL_PLANE_SERVER_NAME};
 use causeway_xds::client::ads::{run, AdsClientConfig, AdsStatus};
-use causeway_xds::client::DeltaState;
+use causeway_xds::client::{DeltaState, SotwState};
 use causeway_xds::dataplane::{ChainAction, Snapshot};
 use common::*;
 use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::config::listener::v3::Listener;
-use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryResponse, Resource};
+use envoy_types::pb::envoy::service::discovery::v3::{
+    DeltaDiscoveryResponse, DiscoveryResponse, Resource,
+};
 use envoy_types::pb::google::protobuf::BoolValue;
 use envoy_types::util::pack_any;
 use tokio::sync::watch;
@@ -75,7 +78,16 @@ fn greeter_endpoints(s: &Snapshot) -> usize {
 }
 
 #[tokio::test]
-async fn a_gateway_gets_its_sni_routes_and_endpoints_and_follows_changes() {
+async fn a_gateway_gets_its_sni_routes_and_endpoints_and_follows_changes_over_delta() {
+    gateway_follows_changes(true).await;
+}
+
+#[tokio::test]
+async fn a_gateway_gets_its_sni_routes_and_endpoints_and_follows_changes_over_sotw() {
+    gateway_follows_changes(false).await;
+}
+
+async fn gateway_follows_changes(delta: bool) {
     let mut h = Harness::start(Duration::from_millis(20)).await;
     let (chain, key) = h.pki.leaf("gamma", "causeway-system", "eastwest-gateway");
     let mut tls = causeway_trust::verify::client_config(
@@ -96,6 +108,7 @@ async fn a_gateway_gets_its_sni_routes_and_endpoints_and_follows_changes() {
             server_name: CONTROL_PLANE_SERVER_NAME.into(),
             node: gateway_node(),
             connect_timeout: Duration::from_secs(2),
+            delta,
         },
         tls_rx,
         out,
@@ -212,5 +225,51 @@ fn a_response_it_cannot_honour_is_nacked_with_the_reason_and_changes_nothing() {
         ..Default::default()
     };
     let reply = state.on_response(&removal);
+    assert!(reply.snapshot.expect("snapshot").listeners.is_empty());
+}
+
+fn sotw_listeners(listeners: Vec<Listener>, version: &str) -> DiscoveryResponse {
+    DiscoveryResponse {
+        type_url: LDS.into(),
+        version_info: version.into(),
+        nonce: format!("nonce-{version}"),
+        resources: listeners.into_iter().map(pack_any).collect(),
+        ..Default::default()
+    }
+}
+
+#[test]
+fn over_sotw_a_refused_response_is_nacked_with_the_last_good_version_and_changes_nothing() {
+    let mut state = SotwState::default();
+    let good = state.on_response(&sotw_listeners(vec![gateway_listener()], "v1"));
+    assert!(good.refused.is_empty() && good.answer.error_detail.is_none());
+    assert_eq!(
+        (
+            good.answer.version_info.as_str(),
+            good.answer.response_nonce.as_str()
+        ),
+        ("v1", "nonce-v1"),
+        "an ACK carries the version and nonce it accepts"
+    );
+    let before = good.snapshot.expect("a snapshot");
+
+    let mut bad = gateway_listener();
+    bad.freebind = Some(BoolValue { value: true });
+    let reply = state.on_response(&sotw_listeners(vec![bad], "v2"));
+    let detail = reply.answer.error_detail.expect("a NACK");
+    assert_eq!(
+        (
+            reply.answer.version_info.as_str(),
+            reply.answer.response_nonce.as_str()
+        ),
+        ("v1", "nonce-v2"),
+        "a NACK carries the last accepted version and the refused nonce"
+    );
+    assert!(detail.message.contains("freebind"), "{}", detail.message);
+    assert!(reply.snapshot.is_none());
+    assert_eq!(state.snapshot(), before, "the last good config stays");
+
+    // A state-of-the-world listener response is the whole set: an empty one removes it.
+    let reply = state.on_response(&sotw_listeners(Vec::new(), "v3"));
     assert!(reply.snapshot.expect("snapshot").listeners.is_empty());
 }

@@ -1,7 +1,8 @@
 //! `causeway proxy --data-plane causeway`: Causeway's own data plane in this process. The
 //! certificates come from the same agent over SDS as Envoy's do (one model for both data planes,
 //! and the private key stays with the agent's process boundary as for Envoy), the
-//! configuration over delta ADS from the same control plane, and the workers serve it.
+//! configuration over ADS (delta with `--delta`, state of the world otherwise, as for Envoy)
+//! from the same control plane, and the workers serve it.
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -34,6 +35,7 @@ pub async fn run(args: &Args, config: BootstrapConfig) -> anyhow::Result<ExitCod
             server_name: CONTROL_PLANE_SNI.to_owned(),
             node,
             connect_timeout: Duration::from_secs(2),
+            delta: config.delta,
         },
         tls,
         snapshots_tx,

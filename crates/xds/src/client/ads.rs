@@ -1,8 +1,9 @@
-//! The Causeway proxy's ADS client: one delta stream to the control plane over mTLS (the
-//! certificate from the agent), resources converted at the boundary (`dataplane`), ACKs and
-//! NACKs like Envoy's, and reconnects with backoff. While the control plane is away the proxy
-//! keeps serving its last good snapshot; on reconnect it tells the server what it holds so only
-//! changes are sent.
+//! The Causeway proxy's ADS client: one stream to the control plane over mTLS (the
+//! certificate from the agent), delta or state of the world as Envoy's `--delta` choice, with
+//! resources converted at the boundary (`dataplane`), ACKs and NACKs like Envoy's, and
+//! reconnects with backoff. While the control plane is away the proxy keeps serving its last
+//! good snapshot; on reconnect it tells the server what it holds (delta: every resource's
+//! version; state of the world: each type's version).
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -15,6 +16,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 
 use super::delta_state::DeltaState;
+use super::sotw_state::SotwState;
 use crate::dataplane::Snapshot;
 
 /// Where and as whom the proxy connects.
@@ -25,6 +27,8 @@ pub struct AdsClientConfig {
     pub server_name: String,
     pub node: Node,
     pub connect_timeout: Duration,
+    /// Delta xDS; false: state of the world.
+    pub delta: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -80,7 +84,8 @@ pub async fn run(
     out: watch::Sender<Arc<Snapshot>>,
     status: Arc<AdsStatus>,
 ) {
-    let mut state = DeltaState::default();
+    let mut delta = DeltaState::default();
+    let mut sotw = SotwState::default();
     let mut backoff = BACKOFF_MIN;
     loop {
         let current = tls.borrow_and_update().clone();
@@ -91,7 +96,11 @@ pub async fn run(
             continue;
         };
         status.connects.fetch_add(1, Ordering::Relaxed);
-        let result = session(&config, current, &mut state, &out, &status, &mut backoff).await;
+        let result = if config.delta {
+            session(&config, current, &mut delta, &out, &status, &mut backoff).await
+        } else {
+            sotw_session(&config, current, &mut sotw, &out, &status, &mut backoff).await
+        };
         status.connected.store(false, Ordering::Relaxed);
         if let Err(e) = result {
             tracing::warn!(xds = %config.xds, error = %e, retry_in = ?backoff, "xDS stream down; serving the last good config");
@@ -159,20 +168,69 @@ async fn session(
         };
         *backoff = BACKOFF_MIN;
         let reply = state.on_response(&response);
-        if reply.refused.is_empty() {
-            status.accepted.fetch_add(1, Ordering::Relaxed);
-            tracing::debug!(r#type = %response.type_url, resources = response.resources.len(), removed = response.removed_resources.len(), "config accepted");
-        } else {
-            status.rejected.fetch_add(1, Ordering::Relaxed);
-            let message = reply
-                .refused
-                .iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join("; ");
-            tracing::warn!(r#type = %response.type_url, error = %message, "config rejected (NACK); keeping the last good config");
-            AdsStatus::set(&status.last_rejection, message);
+        report(status, &response.type_url, &reply.refused);
+        if tx.send(reply.answer).await.is_err() {
+            return Err(AdsClientError::Ended);
         }
+        if let Some(eds) = reply.eds {
+            if tx.send(eds).await.is_err() {
+                return Err(AdsClientError::Ended);
+            }
+        }
+        if let Some(snapshot) = reply.snapshot {
+            out.send_replace(Arc::new(snapshot));
+        }
+    }
+}
+
+/// Counts and logs what became of a response.
+fn report(status: &AdsStatus, type_url: &str, refused: &[crate::dataplane::ConfigError]) {
+    if refused.is_empty() {
+        status.accepted.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(r#type = %type_url, "config accepted");
+        return;
+    }
+    status.rejected.fetch_add(1, Ordering::Relaxed);
+    let message = refused
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ");
+    tracing::warn!(r#type = %type_url, error = %message, "config rejected (NACK); keeping the last good config");
+    AdsStatus::set(&status.last_rejection, message);
+}
+
+/// One state-of-the-world stream: the same life as [`session`]'s, full sets per type.
+async fn sotw_session(
+    config: &AdsClientConfig,
+    tls: Arc<rustls::ClientConfig>,
+    state: &mut SotwState,
+    out: &watch::Sender<Arc<Snapshot>>,
+    status: &AdsStatus,
+    backoff: &mut Duration,
+) -> Result<(), AdsClientError> {
+    let channel = channel(config, tls).await?;
+    let (tx, rx) = mpsc::channel(16);
+    for r in state.opening_requests(config.node.clone()) {
+        // The channel is fresh and larger than the opening requests: this cannot block.
+        let _ = tx.try_send(r);
+    }
+    let mut inbound = AggregatedDiscoveryServiceClient::new(channel)
+        .stream_aggregated_resources(ReceiverStream::new(rx))
+        .await
+        .map_err(AdsClientError::Refused)?
+        .into_inner();
+    status.connected.store(true, Ordering::Relaxed);
+    tracing::info!(xds = %config.xds, node = %config.node.id, "xDS stream open (state of the world)");
+    loop {
+        let response = match inbound.message().await {
+            Ok(Some(r)) => r,
+            Ok(None) => return Err(AdsClientError::Ended),
+            Err(s) => return Err(AdsClientError::Stream(s)),
+        };
+        *backoff = BACKOFF_MIN;
+        let reply = state.on_response(&response);
+        report(status, &response.type_url, &reply.refused);
         if tx.send(reply.answer).await.is_err() {
             return Err(AdsClientError::Ended);
         }

@@ -22,7 +22,7 @@ use crate::dataplane::{
 use crate::resources::TypeUrl;
 
 /// `google.rpc.Code.INVALID_ARGUMENT`: what a NACK carries.
-const INVALID_ARGUMENT: i32 = 3;
+pub(super) const INVALID_ARGUMENT: i32 = 3;
 
 /// Resources of one type by name, with the version the server gave each.
 #[derive(Debug, Clone)]
@@ -89,7 +89,7 @@ impl<T: Clone> Held<T> {
     }
 }
 
-fn decode<M: Message + Default>(t: TypeUrl, any: &Any) -> Result<M, ConfigError> {
+pub(super) fn decode<M: Message + Default>(t: TypeUrl, any: &Any) -> Result<M, ConfigError> {
     if any.type_url != t.as_str() {
         return Err(ConfigError {
             resource: any.type_url.clone(),

@@ -3,6 +3,8 @@
 pub mod ads;
 mod delta_state;
 pub mod sds;
+mod sotw_state;
 mod tls;
 
 pub use delta_state::{DeltaState, Reply};
+pub use sotw_state::{SotwReply, SotwState};
