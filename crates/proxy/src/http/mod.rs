@@ -8,6 +8,7 @@ pub mod headers;
 pub mod route;
 pub mod router;
 
+use std::cell::RefCell;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -19,6 +20,8 @@ use causeway_xds::dataplane::ChainAction;
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::histogram::Histogram;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::config::SharedSnapshot;
@@ -66,6 +69,7 @@ pub struct Connection {
     pub destination_port: u16,
     pub peer: Option<SocketAddr>,
     pub metrics: Arc<Metrics>,
+    pub handles: MetricHandles,
 }
 
 impl Connection {
@@ -203,21 +207,50 @@ fn count(
     started: Instant,
     response: Response<ResponseBody>,
 ) -> Response<ResponseBody> {
-    let code = format!("{}xx", response.status().as_u16() / 100);
-    conn.metrics
-        .http_requests
-        .get_or_create(&RequestLabels {
-            listener: conn.listener.clone(),
-            cluster: cluster.to_owned(),
-            code,
-        })
-        .inc();
-    conn.metrics
-        .http_request_duration
-        .get_or_create(&DurationLabels {
-            listener: conn.listener.clone(),
-            cluster: cluster.to_owned(),
-        })
-        .observe(started.elapsed().as_secs_f64());
+    let class = response.status().as_u16() / 100;
+    let (requests, duration) = conn.handles(cluster, class);
+    requests.inc();
+    duration.observe(started.elapsed().as_secs_f64());
     response
+}
+
+/// A connection's metric handles by (cluster, status class): the label sets are built and
+/// looked up once per connection, not per request.
+#[derive(Default)]
+pub struct MetricHandles(RefCell<Vec<(String, u16, Counter, Histogram)>>);
+
+impl Connection {
+    fn handles(&self, cluster: &str, class: u16) -> (Counter, Histogram) {
+        let mut cache = self.handles.0.borrow_mut();
+        if let Some((_, _, c, h)) = cache
+            .iter()
+            .find(|(n, k, _, _)| n == cluster && *k == class)
+        {
+            return (c.clone(), h.clone());
+        }
+        let requests = self
+            .metrics
+            .http_requests
+            .get_or_create(&RequestLabels {
+                listener: self.listener.clone(),
+                cluster: cluster.to_owned(),
+                code: format!("{class}xx"),
+            })
+            .clone();
+        let duration = self
+            .metrics
+            .http_request_duration
+            .get_or_create(&DurationLabels {
+                listener: self.listener.clone(),
+                cluster: cluster.to_owned(),
+            })
+            .clone();
+        cache.push((
+            cluster.to_owned(),
+            class,
+            requests.clone(),
+            duration.clone(),
+        ));
+        (requests, duration)
+    }
 }

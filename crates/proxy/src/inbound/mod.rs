@@ -149,6 +149,7 @@ pub async fn serve(ctx: Accepted, conn: TcpStream) {
                 destination_port: ctx.port,
                 peer: ctx.peer,
                 metrics: ctx.metrics.clone(),
+                handles: Default::default(),
             });
             if let Err(e) = serve_http(Rc::clone(&ctx.state), http, stream).await {
                 tracing::debug!(error = %e, "inbound HTTP connection ended");

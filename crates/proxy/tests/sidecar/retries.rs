@@ -49,6 +49,26 @@ async fn a_503_is_retried_under_gateway_error_and_the_caller_gets_the_200() {
     assert_eq!((a.status.as_u16(), a.body.as_str()), (200, "flaky"));
     assert_eq!(flaky.hits(), 2, "the first attempt and one retry");
     assert_eq!(retries(&proxy, "flaky"), 1.0);
+    // One request answered (retries are not requests), counted by cluster and status class,
+    // and timed; a second one on the same connection's cached handles counts too.
+    let requests = |code| {
+        proxy.metric(
+            "causeway_proxy_http_requests_total",
+            &[("cluster", "flaky"), ("code", code)],
+        )
+    };
+    assert_eq!((requests("2xx"), requests("5xx")), (1.0, 0.0));
+    let mut c = H1::connect(addr).await.expect("connect");
+    for _ in 0..2 {
+        let a = c.send(get("svc.mesh", "/flaky")).await.expect("answer");
+        assert_eq!(a.status.as_u16(), 200);
+    }
+    assert_eq!(requests("2xx"), 3.0);
+    let timed = proxy.metric(
+        "causeway_proxy_http_request_duration_seconds_count",
+        &[("cluster", "flaky")],
+    );
+    assert_eq!(timed, 3.0, "every request is in the latency histogram");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
