@@ -12,6 +12,9 @@ use std::time::Duration;
 
 use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
+use envoy_types::pb::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
+};
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 
@@ -99,7 +102,7 @@ pub async fn run(
         let result = if config.delta {
             session(&config, current, &mut delta, &out, &status, &mut backoff).await
         } else {
-            sotw_session(&config, current, &mut sotw, &out, &status, &mut backoff).await
+            session(&config, current, &mut sotw, &out, &status, &mut backoff).await
         };
         status.connected.store(false, Ordering::Relaxed);
         if let Err(e) = result {
@@ -139,27 +142,124 @@ async fn channel(
         .map_err(|error| AdsClientError::Connect { addr, error })
 }
 
-async fn session(
+/// What differs between the two ADS protocols for the stream loop: the messages, how the
+/// stream opens, and what the protocol state makes of a response.
+trait Protocol {
+    type Request: Send + 'static;
+    type Response: Send + 'static;
+    const NAME: &'static str;
+
+    fn opening(&self, node: Node) -> Vec<Self::Request>;
+
+    /// The answer to send, what was refused, an EDS request to send after it, a snapshot.
+    fn apply(&mut self, r: &Self::Response) -> Applied<Self::Request>;
+
+    fn type_url(r: &Self::Response) -> &str;
+
+    async fn open(
+        client: &mut AggregatedDiscoveryServiceClient<tonic::transport::Channel>,
+        requests: ReceiverStream<Self::Request>,
+    ) -> Result<tonic::Streaming<Self::Response>, tonic::Status>;
+}
+
+/// A protocol state's reply to one response.
+struct Applied<Q> {
+    answer: Q,
+    refused: Vec<crate::dataplane::ConfigError>,
+    eds: Option<Q>,
+    snapshot: Option<Snapshot>,
+}
+
+impl Protocol for DeltaState {
+    type Request = DeltaDiscoveryRequest;
+    type Response = DeltaDiscoveryResponse;
+    const NAME: &'static str = "delta";
+
+    fn opening(&self, node: Node) -> Vec<Self::Request> {
+        self.opening_requests(node)
+    }
+
+    fn apply(&mut self, r: &Self::Response) -> Applied<Self::Request> {
+        let reply = self.on_response(r);
+        Applied {
+            answer: reply.answer,
+            refused: reply.refused,
+            eds: reply.eds,
+            snapshot: reply.snapshot,
+        }
+    }
+
+    fn type_url(r: &Self::Response) -> &str {
+        &r.type_url
+    }
+
+    async fn open(
+        client: &mut AggregatedDiscoveryServiceClient<tonic::transport::Channel>,
+        requests: ReceiverStream<Self::Request>,
+    ) -> Result<tonic::Streaming<Self::Response>, tonic::Status> {
+        Ok(client
+            .delta_aggregated_resources(requests)
+            .await?
+            .into_inner())
+    }
+}
+
+impl Protocol for SotwState {
+    type Request = DiscoveryRequest;
+    type Response = DiscoveryResponse;
+    const NAME: &'static str = "state of the world";
+
+    fn opening(&self, node: Node) -> Vec<Self::Request> {
+        self.opening_requests(node)
+    }
+
+    fn apply(&mut self, r: &Self::Response) -> Applied<Self::Request> {
+        let reply = self.on_response(r);
+        Applied {
+            answer: reply.answer,
+            refused: reply.refused,
+            eds: reply.eds,
+            snapshot: reply.snapshot,
+        }
+    }
+
+    fn type_url(r: &Self::Response) -> &str {
+        &r.type_url
+    }
+
+    async fn open(
+        client: &mut AggregatedDiscoveryServiceClient<tonic::transport::Channel>,
+        requests: ReceiverStream<Self::Request>,
+    ) -> Result<tonic::Streaming<Self::Response>, tonic::Status> {
+        Ok(client
+            .stream_aggregated_resources(requests)
+            .await?
+            .into_inner())
+    }
+}
+
+/// One stream: open it with what `state` holds, then answer every response (ACK or NACK),
+/// publish every accepted snapshot, until the stream breaks.
+async fn session<P: Protocol>(
     config: &AdsClientConfig,
     tls: Arc<rustls::ClientConfig>,
-    state: &mut DeltaState,
+    state: &mut P,
     out: &watch::Sender<Arc<Snapshot>>,
     status: &AdsStatus,
     backoff: &mut Duration,
 ) -> Result<(), AdsClientError> {
     let channel = channel(config, tls).await?;
     let (tx, rx) = mpsc::channel(16);
-    for r in state.opening_requests(config.node.clone()) {
+    for r in state.opening(config.node.clone()) {
         // The channel is fresh and larger than the opening requests: this cannot block.
         let _ = tx.try_send(r);
     }
-    let mut inbound = AggregatedDiscoveryServiceClient::new(channel)
-        .delta_aggregated_resources(ReceiverStream::new(rx))
+    let mut client = AggregatedDiscoveryServiceClient::new(channel);
+    let mut inbound = P::open(&mut client, ReceiverStream::new(rx))
         .await
-        .map_err(AdsClientError::Refused)?
-        .into_inner();
+        .map_err(AdsClientError::Refused)?;
     status.connected.store(true, Ordering::Relaxed);
-    tracing::info!(xds = %config.xds, node = %config.node.id, "xDS stream open");
+    tracing::info!(xds = %config.xds, node = %config.node.id, protocol = P::NAME, "xDS stream open");
     loop {
         let response = match inbound.message().await {
             Ok(Some(r)) => r,
@@ -167,13 +267,10 @@ async fn session(
             Err(s) => return Err(AdsClientError::Stream(s)),
         };
         *backoff = BACKOFF_MIN;
-        let reply = state.on_response(&response);
-        report(status, &response.type_url, &reply.refused);
-        if tx.send(reply.answer).await.is_err() {
-            return Err(AdsClientError::Ended);
-        }
-        if let Some(eds) = reply.eds {
-            if tx.send(eds).await.is_err() {
+        let reply = state.apply(&response);
+        report(status, P::type_url(&response), &reply.refused);
+        for request in std::iter::once(reply.answer).chain(reply.eds) {
+            if tx.send(request).await.is_err() {
                 return Err(AdsClientError::Ended);
             }
         }
@@ -198,49 +295,4 @@ fn report(status: &AdsStatus, type_url: &str, refused: &[crate::dataplane::Confi
         .join("; ");
     tracing::warn!(r#type = %type_url, error = %message, "config rejected (NACK); keeping the last good config");
     AdsStatus::set(&status.last_rejection, message);
-}
-
-/// One state-of-the-world stream: the same life as [`session`]'s, full sets per type.
-async fn sotw_session(
-    config: &AdsClientConfig,
-    tls: Arc<rustls::ClientConfig>,
-    state: &mut SotwState,
-    out: &watch::Sender<Arc<Snapshot>>,
-    status: &AdsStatus,
-    backoff: &mut Duration,
-) -> Result<(), AdsClientError> {
-    let channel = channel(config, tls).await?;
-    let (tx, rx) = mpsc::channel(16);
-    for r in state.opening_requests(config.node.clone()) {
-        // The channel is fresh and larger than the opening requests: this cannot block.
-        let _ = tx.try_send(r);
-    }
-    let mut inbound = AggregatedDiscoveryServiceClient::new(channel)
-        .stream_aggregated_resources(ReceiverStream::new(rx))
-        .await
-        .map_err(AdsClientError::Refused)?
-        .into_inner();
-    status.connected.store(true, Ordering::Relaxed);
-    tracing::info!(xds = %config.xds, node = %config.node.id, "xDS stream open (state of the world)");
-    loop {
-        let response = match inbound.message().await {
-            Ok(Some(r)) => r,
-            Ok(None) => return Err(AdsClientError::Ended),
-            Err(s) => return Err(AdsClientError::Stream(s)),
-        };
-        *backoff = BACKOFF_MIN;
-        let reply = state.on_response(&response);
-        report(status, &response.type_url, &reply.refused);
-        if tx.send(reply.answer).await.is_err() {
-            return Err(AdsClientError::Ended);
-        }
-        if let Some(eds) = reply.eds {
-            if tx.send(eds).await.is_err() {
-                return Err(AdsClientError::Ended);
-            }
-        }
-        if let Some(snapshot) = reply.snapshot {
-            out.send_replace(Arc::new(snapshot));
-        }
-    }
 }
