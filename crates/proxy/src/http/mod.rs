@@ -179,14 +179,15 @@ async fn handle(
     let Some(route) = route::route(&manager.routes, &authority, &path) else {
         return count(conn, "", started, local_reply(StatusCode::NOT_FOUND, ""));
     };
-    let action = route.action.clone();
+    // Borrowed from the connection's snapshot, which outlives the request: no copy per request.
+    let action = &route.action;
     // The route comes from the listener the connection was accepted on (its configuration
     // stays with the connection, as an Envoy listener's does while it drains), but clusters and
     // endpoints are the worker's current ones, as Envoy's cluster manager's are for every new
     // request: an open connection must not keep sending to endpoints an update removed.
     let snapshot = state.snapshot();
     let idle = manager.stream_idle_timeout;
-    let routed = router::forward(state, &snapshot, &action, idle, req).await;
+    let routed = router::forward(state, &snapshot, action, idle, req).await;
     if routed.retries > 0 {
         conn.metrics
             .http_retries
