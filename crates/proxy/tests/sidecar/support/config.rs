@@ -2,10 +2,21 @@
 
 use super::*;
 
+/// A listener address for a proxy under test. Ports come from a counter below Linux's
+/// ephemeral range (32768-60999), each given out once: a port released by `bind(":0")` could be
+/// taken meanwhile by a backend another test binds with `:0`, and the proxy's listener would
+/// then not start (a test once talked TLS to an echo server that way).
 pub fn free_addr() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
+    use std::sync::atomic::{AtomicU16, Ordering};
+    static NEXT: AtomicU16 = AtomicU16::new(12_000);
+    loop {
+        let port = NEXT.fetch_add(1, Ordering::Relaxed);
+        assert!(port < 16_000, "out of test ports");
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        if std::net::TcpListener::bind(addr).is_ok() {
+            return addr;
+        }
+    }
 }
 
 /// An endpoint of a locality: address, weight, healthy.
