@@ -60,6 +60,7 @@ fn resources_of(index: &MeshIndex, role: ProxyRole, cluster: &str, workload: &st
                 app_address: Some("127.1.100.10".parse().expect("ip")),
                 outbound: Some(OutboundBlock::parse("127.200.0.0/16").expect("block")),
                 network: None,
+                data_plane: Default::default(),
             };
             causeway_xds::build::sidecar_resources(index, &node, &ctx)
         }

@@ -5,6 +5,9 @@
 //! other status, a transport error or no answer within the timeout is a failure. A connection
 //! the proxy closed between requests (keep-alive ended, listener drained) is replaced without
 //! counting anything, since no request was lost.
+//!
+//! With `count_workloads`, each successful answer's JSON body (`causeway echo`'s) is read for
+//! its `workload`, counted per workload: which backend answered how many.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -26,6 +29,8 @@ pub struct LoadSpec {
     pub timeout: Duration,
     /// Counts requests as they are sent, for a caller watching progress.
     pub progress: Option<Arc<AtomicU64>>,
+    /// Count the successful answers per `workload` of their JSON body.
+    pub count_workloads: bool,
 }
 
 #[derive(Default)]
@@ -38,6 +43,9 @@ pub struct LoadResult {
     pub elapsed: Duration,
     /// Connections opened, including replacements of closed ones.
     pub connections_opened: u64,
+    /// With `count_workloads`: successful answers per `workload` of their body (`?` without
+    /// one).
+    pub workloads: BTreeMap<String, u64>,
 }
 
 impl LoadResult {
@@ -117,11 +125,52 @@ struct ConnResult {
     lat: Vec<u32>,
     failures: BTreeMap<String, u64>,
     opened: u64,
+    workloads: BTreeMap<String, u64>,
+}
+
+/// The part of an answer's body `count_workloads` reads.
+#[derive(serde::Deserialize)]
+struct Answer<'a> {
+    #[serde(borrow)]
+    workload: Option<std::borrow::Cow<'a, str>>,
 }
 
 impl ConnResult {
     fn fail(&mut self, kind: String) {
         *self.failures.entry(kind).or_default() += 1;
+    }
+
+    /// A successful answer's latency (and workload, with `count_workloads`), else a failure.
+    fn answer(
+        &mut self,
+        status: hyper::StatusCode,
+        body: Result<Bytes, hyper::Error>,
+        start: Instant,
+        count_workloads: bool,
+    ) {
+        match body {
+            Ok(body) if status.is_success() => {
+                self.lat
+                    .push(start.elapsed().as_micros().min(u128::from(u32::MAX)) as u32);
+                if count_workloads {
+                    self.answered_by(&body);
+                }
+            }
+            Ok(_) => self.fail(format!("status {}", status.as_u16())),
+            Err(_) => self.fail("transport: body cut".into()),
+        }
+    }
+
+    fn answered_by(&mut self, body: &[u8]) {
+        let answer = serde_json::from_slice::<Answer>(body).ok();
+        let workload = answer.as_ref().and_then(|a| a.workload.as_deref());
+        let workload = workload.unwrap_or("?");
+        match self.workloads.get_mut(workload) {
+            Some(n) => *n += 1,
+            None => {
+                self.workloads.insert(workload.to_owned(), 1);
+            }
+        }
     }
 }
 
@@ -136,7 +185,12 @@ pub async fn run(spec: LoadSpec) -> anyhow::Result<LoadResult> {
     let mut tasks = Vec::new();
     for _ in 0..spec.connections {
         let shared = shared.clone();
-        tasks.push(tokio::spawn(connection(spec.addr, spec.timeout, shared)));
+        tasks.push(tokio::spawn(connection(
+            spec.addr,
+            spec.timeout,
+            spec.count_workloads,
+            shared,
+        )));
     }
     let mut out = LoadResult::default();
     for t in tasks {
@@ -147,13 +201,21 @@ pub async fn run(spec: LoadSpec) -> anyhow::Result<LoadResult> {
         for (k, v) in r.failures {
             *out.failures.entry(k).or_default() += v;
         }
+        for (k, v) in r.workloads {
+            *out.workloads.entry(k).or_default() += v;
+        }
     }
     out.elapsed = start.elapsed();
     out.latencies_us.sort_unstable();
     Ok(out)
 }
 
-async fn connection(addr: SocketAddr, timeout: Duration, shared: Arc<Shared>) -> ConnResult {
+async fn connection(
+    addr: SocketAddr,
+    timeout: Duration,
+    count_workloads: bool,
+    shared: Arc<Shared>,
+) -> ConnResult {
     let mut r = ConnResult::default();
     'conn: while Instant::now() < shared.deadline {
         let stream = match tokio::time::timeout(timeout, tokio::net::TcpStream::connect(addr)).await
@@ -203,14 +265,7 @@ async fn connection(addr: SocketAddr, timeout: Duration, shared: Arc<Shared>) ->
                     r.sent += 1;
                     let status = resp.status();
                     let body = resp.into_body().collect().await;
-                    if status.is_success() && body.is_ok() {
-                        r.lat
-                            .push(start.elapsed().as_micros().min(u128::from(u32::MAX)) as u32);
-                    } else if body.is_err() {
-                        r.fail("transport: body cut".into());
-                    } else {
-                        r.fail(format!("status {}", status.as_u16()));
-                    }
+                    r.answer(status, body.map(|b| b.to_bytes()), start, count_workloads);
                 }
                 Ok(Err(e)) if e.message().is_some() => {
                     // hyper handed the request back unsent: the connection closed first.

@@ -98,6 +98,7 @@ fn workload(c: usize, s: usize, e: usize, octet: u8) -> WorkloadEntry {
         weight: 1,
         health: Health::Healthy,
         credential_file: None,
+        demo: Default::default(),
         source: ObjectSource {
             file: format!("clusters/cluster-{c:02}/svc-{s:04}.yaml").into(),
             document: 2 + e,
@@ -195,6 +196,7 @@ fn main() -> anyhow::Result<()> {
         app_address: None,
         outbound: causeway_xds::node::OutboundBlock::parse("127.200.0.0/16").ok(),
         network: None,
+        data_plane: Default::default(),
     };
     let mut cache = causeway_xds::build::SidecarCache::default();
     let t = Instant::now();

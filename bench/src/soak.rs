@@ -84,6 +84,7 @@ fn main() -> anyhow::Result<()> {
         requests: Some(20_000),
         timeout: Duration::from_secs(5),
         progress: None,
+        count_workloads: false,
     }))?;
     if warm.failed() > 0 || warm.ok() == 0 {
         bail!("warm-up failed: {}", warm.failure_summary());
@@ -102,6 +103,7 @@ fn main() -> anyhow::Result<()> {
         requests: Some(flags.requests),
         timeout: Duration::from_secs(5),
         progress: Some(progress.clone()),
+        count_workloads: false,
     };
     let load = std::thread::spawn(move || rt.block_on(http_load::run(spec)));
 

@@ -249,6 +249,24 @@ impl MeshRun {
         self.spawn(name, &args);
     }
 
+    /// Stops a process and starts it again from the plan with `extra` arguments appended (an
+    /// app that turns slow or failing: `--delay-ms 50`, `--status 503`).
+    pub fn restart_with(&mut self, name: &str, extra: &[&str]) {
+        self.stop(name);
+        let spec = self.plan["processes"]
+            .as_array()
+            .and_then(|a| a.iter().find(|s| s["name"] == name).cloned())
+            .unwrap_or_else(|| panic!("no process {name} in the plan"));
+        let mut args: Vec<String> = spec["args"]
+            .as_array()
+            .expect("args")
+            .iter()
+            .filter_map(|a| a.as_str().map(str::to_owned))
+            .collect();
+        args.extend(extra.iter().map(|a| (*a).to_owned()));
+        self.spawn(name, &args);
+    }
+
     /// Waits until `count` proxies are connected and in sync.
     pub fn wait_in_sync(&self, count: usize) -> serde_json::Value {
         let mut last = serde_json::Value::Null;

@@ -6,10 +6,14 @@
 //! 2. one HTTP hop (an outbound HTTP connection manager to a static plaintext cluster),
 //! 3. one TCP hop (a TCP proxy to it),
 //! 4. sidecar -> sidecar with mTLS (alpha/client's sidecar to echo-alpha-1's),
-//! 5. sidecar -> gamma's east-west gateway -> sidecar with mTLS (to greeter-gamma-1's).
+//! 5. sidecar -> gamma's east-west gateway -> sidecar with mTLS (to greeter-gamma-1's),
+//! 6. `tail`: sidecar -> gamma's gateway -> the sidecars of catalog-gamma-1 and catalog-gamma-2,
+//!    whose backend answers 20 ms late: the p99 of a client balancing over the pods (Causeway:
+//!    one endpoint per pod, peak-EWMA) against one that sees only the gateway (Envoy).
 //!
 //! The mesh paths' bootstraps are what the control plane builds for the example mesh's nodes
-//! (examples/three-clusters) with real SPIFFE certificates written to files. The backends are
+//! (examples/three-clusters) with real SPIFFE certificates written to files; the tail path's
+//! client runs the one built for the data plane under test. The backends are
 //! the release `causeway echo` on the sidecars' app addresses, one runtime thread by default
 //! (`--backend-threads`), up for the whole bench; a path's proxies run only while that path is
 //! measured. Rounds interleave the data planes (the order alternates between rounds); each run
@@ -18,7 +22,8 @@
 //!
 //! Run: `make bench`, or after `cargo build --release -p causeway -p causeway-bench`:
 //! `target/release/mesh-path [--seconds N] [--connections N] [--rounds N] [--json FILE]
-//! [--paths direct,http-hop,tcp-hop,sidecars,gateway] [--concurrency N] [--backend-threads N]
+//! [--paths direct,http-hop,tcp-hop,sidecars,gateway,tail] [--concurrency N]
+//! [--backend-threads N]
 //! [--data-planes envoy,causeway,causeway-<build>=BINARY]` (Envoy: `$CAUSEWAY_ENVOY`, else
 //! `scripts/ensure-envoy`).
 
@@ -27,6 +32,9 @@ mod hops;
 mod pki;
 mod report;
 mod run;
+
+/// The keys of `--paths`, in the order they run.
+const PATH_KEYS: &str = "direct, http-hop, tcp-hop, sidecars, gateway, tail";
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -120,8 +128,8 @@ fn flags() -> anyhow::Result<Flags> {
             "--backend-threads" => f.backend_threads = v.parse()?,
             "--data-planes" => f.data_planes = data_planes(v, &bin)?,
             other => bail!(
-                "unknown flag {other} (--seconds, --connections, --rounds, --json, --paths, \
-                 --concurrency, --backend-threads, --data-planes)"
+                "unknown flag {other} (--seconds, --connections, --rounds, --json, --paths \
+                 (default: all of {PATH_KEYS}), --concurrency, --backend-threads, --data-planes)"
             ),
         }
     }
@@ -132,7 +140,7 @@ fn flags() -> anyhow::Result<Flags> {
 }
 
 fn start_backend(bin: &Path, b: &Backend, threads: usize, dir: &Path) -> anyhow::Result<Proc> {
-    let args: Vec<OsString> = [
+    let mut args: Vec<OsString> = [
         "echo",
         "--listen",
         &b.listen.to_string(),
@@ -144,6 +152,9 @@ fn start_backend(bin: &Path, b: &Backend, threads: usize, dir: &Path) -> anyhow:
     .iter()
     .map(OsString::from)
     .collect();
+    if b.delay_ms > 0 {
+        args.extend(["--delay-ms".into(), b.delay_ms.to_string().into()]);
+    }
     let mut p = Proc::spawn(
         &format!("backend {}", b.listen),
         bin,
@@ -156,20 +167,21 @@ fn start_backend(bin: &Path, b: &Backend, threads: usize, dir: &Path) -> anyhow:
     )?;
     run::wait_answered(
         b.listen,
-        &b.workload,
+        &[b.workload.as_str()],
         std::slice::from_mut(&mut p),
         READY_WITHIN,
     )?;
     Ok(p)
 }
 
-/// Starts `path`'s proxies on `dp`, each ready and the path answering through them.
+/// Starts `path`'s proxies on `dp`, each ready and the path answering through them (from one
+/// of `workloads`, the path's backends).
 fn start_proxies(
     path: &PathSpec,
     dp: &DataPlane,
     envoy: &Path,
     f: &Flags,
-    backend: &Backend,
+    workloads: &[&str],
     logs: &Path,
 ) -> anyhow::Result<Vec<Proc>> {
     let mut procs = Vec::new();
@@ -178,7 +190,7 @@ fn start_proxies(
         addrs.push(spec.admin);
         run::ensure_free(&addrs)?;
         let mut args: Vec<OsString> = vec!["proxy".into(), "--data-plane".into(), dp.kind.into()];
-        args.extend(["--config".into(), spec.config.clone().into_os_string()]);
+        args.extend(["--config".into(), spec.config_for(dp.kind).into()]);
         args.extend(["--concurrency".into(), f.concurrency.to_string().into()]);
         args.extend(["--envoy".into(), envoy.as_os_str().to_owned()]);
         args.extend(["--log-level".into(), "warning".into()]);
@@ -192,7 +204,7 @@ fn start_proxies(
         run::wait_ready(&mut p, spec.admin, READY_WITHIN)?;
         procs.push(p);
     }
-    run::wait_answered(path.entry, &backend.workload, &mut procs, READY_WITHIN)?;
+    run::wait_answered(path.entry, workloads, &mut procs, READY_WITHIN)?;
     Ok(procs)
 }
 
@@ -245,7 +257,7 @@ fn bench(f: &Flags, envoy: &Path, envoy_version: &str, dir: &Path) -> anyhow::Re
         Some(keys) => {
             for k in keys {
                 if !all_paths.iter().any(|p| p.key == k) {
-                    bail!("--paths: no path {k:?} (direct, http-hop, tcp-hop, sidecars, gateway)");
+                    bail!("--paths: no path {k:?} ({PATH_KEYS})");
                 }
             }
             all_paths
@@ -264,20 +276,16 @@ fn bench(f: &Flags, envoy: &Path, envoy_version: &str, dir: &Path) -> anyhow::Re
         .worker_threads(2)
         .enable_all()
         .build()?;
-    let shape = LoadShape {
-        connections: f.connections,
-        duration: Duration::from_secs(f.seconds),
-        warmup: WARMUP,
-    };
+    let shape = shape(f);
     let mut runs = Vec::new();
-    let mut problems: Vec<(String, Vec<String>)> = Vec::new();
+    let mut problems: Vec<Problem> = Vec::new();
     for round in 0..f.rounds.max(1) {
         let mut order = f.data_planes.clone();
         if round % 2 == 1 {
             order.reverse();
         }
         for path in paths.iter().filter(|p| p.proxies.is_empty()) {
-            let (result, _) = run::measure(&rt, path.entry, &mut [], &shape)?;
+            let (result, _) = run::measure(&rt, path.entry, &mut [], &shape, &[])?;
             eprintln!(
                 "round {round} {:<9} {:<18} {:>8.0} req/s",
                 path.key,
@@ -288,40 +296,97 @@ fn bench(f: &Flags, envoy: &Path, envoy_version: &str, dir: &Path) -> anyhow::Re
         }
         for dp in &order {
             for path in paths.iter().filter(|p| !p.proxies.is_empty()) {
-                let logs = dir.join(format!("round{round}-{}", path.key));
-                std::fs::create_dir_all(&logs)?;
                 for b in &mut backend_procs {
                     b.alive()?;
                 }
-                let backend = &backends[path.backend];
-                let mut procs = start_proxies(path, dp, envoy, f, backend, &logs)
-                    .with_context(|| format!("round {round}: {} on {}", path.key, dp.label))?;
-                let (result, figures) = run::measure(&rt, path.entry, &mut procs, &shape)
-                    .with_context(|| format!("round {round}: {} on {}", path.key, dp.label))?;
-                drop(procs);
-                eprintln!(
-                    "round {round} {:<9} {:<18} {:>8.0} req/s, failures: {}",
-                    path.key,
-                    dp.label,
-                    result.rps(),
-                    result.failure_summary()
-                );
-                for spec in &path.proxies {
-                    let log = logs.join(format!("{}-{}.log", dp.label, spec.name));
-                    let lines = run::problems(&log);
-                    if !lines.is_empty() {
-                        problems.push((log.display().to_string(), lines));
-                    }
-                }
-                runs.push(report::Run::new(
-                    round, path.key, &dp.label, &result, figures,
-                ));
+                let workloads: Vec<&str> = path
+                    .backends
+                    .iter()
+                    .map(|&i| backends[i].workload.as_str())
+                    .collect();
+                let ctx = Measured {
+                    f,
+                    envoy,
+                    dir,
+                    rt: &rt,
+                };
+                let (run, lines) = measure_path(&ctx, round, path, dp, &workloads)?;
+                runs.push(run);
+                problems.extend(lines);
             }
         }
     }
+    output(f, envoy_version, dir, &paths, &runs, &problems)?;
+    Ok(!problems.is_empty() || runs.iter().any(|r| r.errors > 0))
+}
+
+fn shape(f: &Flags) -> LoadShape {
+    LoadShape {
+        connections: f.connections,
+        duration: Duration::from_secs(f.seconds),
+        warmup: WARMUP,
+    }
+}
+
+/// A proxy log (its path) and its lines that report a problem.
+type Problem = (String, Vec<String>);
+
+/// What every measured path needs: the flags, Envoy, the run directory, the load's runtime.
+struct Measured<'a> {
+    f: &'a Flags,
+    envoy: &'a Path,
+    dir: &'a Path,
+    rt: &'a tokio::runtime::Runtime,
+}
+
+/// One run of `path` on `dp`: its proxies started, the load, the proxies stopped; the run and
+/// the proxy logs that reported problems.
+fn measure_path(
+    ctx: &Measured,
+    round: usize,
+    path: &PathSpec,
+    dp: &DataPlane,
+    workloads: &[&str],
+) -> anyhow::Result<(report::Run, Vec<Problem>)> {
+    let logs = ctx.dir.join(format!("round{round}-{}", path.key));
+    std::fs::create_dir_all(&logs)?;
+    let what = || format!("round {round}: {} on {}", path.key, dp.label);
+    let mut procs =
+        start_proxies(path, dp, ctx.envoy, ctx.f, workloads, &logs).with_context(what)?;
+    let (result, figures) = run::measure(ctx.rt, path.entry, &mut procs, &shape(ctx.f), workloads)
+        .with_context(what)?;
+    drop(procs);
+    eprintln!(
+        "round {round} {:<9} {:<18} {:>8.0} req/s, failures: {}",
+        path.key,
+        dp.label,
+        result.rps(),
+        result.failure_summary()
+    );
+    let mut problems = Vec::new();
+    for spec in &path.proxies {
+        let log = logs.join(format!("{}-{}.log", dp.label, spec.name));
+        let lines = run::problems(&log);
+        if !lines.is_empty() {
+            problems.push((log.display().to_string(), lines));
+        }
+    }
+    let run = report::Run::new(round, path.key, &dp.label, &result, figures);
+    Ok((run, problems))
+}
+
+/// The table, the per-proxy figures, the failures and problems, and the JSON.
+fn output(
+    f: &Flags,
+    envoy_version: &str,
+    dir: &Path,
+    paths: &[PathSpec],
+    runs: &[report::Run],
+    problems: &[Problem],
+) -> anyhow::Result<()> {
     let labels: Vec<String> = f.data_planes.iter().map(|d| d.label.clone()).collect();
     let keys: Vec<(&'static str, &'static str)> = paths.iter().map(|p| (p.key, p.title)).collect();
-    let summaries = report::summarize(&runs, &keys, &labels);
+    let summaries = report::summarize(runs, &keys, &labels);
     let ratios = report::ratios(&summaries);
     println!(
         "\ncauseway mesh-path: {} connections, {} s per run after a {} ms warm-up, HTTP/1.1 \
@@ -341,7 +406,8 @@ fn bench(f: &Flags, envoy: &Path, envoy_version: &str, dir: &Path) -> anyhow::Re
          largest proxy\n"
     );
     report::print_table(&summaries, &ratios);
-    let proxies = report::per_proxy(&runs);
+    report::print_answers(&summaries);
+    let proxies = report::per_proxy(runs);
     report::print_per_proxy(&proxies, &keys);
     let failed: Vec<&report::Run> = runs.iter().filter(|r| r.errors > 0).collect();
     if !failed.is_empty() {
@@ -358,7 +424,7 @@ fn bench(f: &Flags, envoy: &Path, envoy_version: &str, dir: &Path) -> anyhow::Re
             "\nproxy logs with warnings or errors (kept in {}):",
             dir.display()
         );
-        for (log, lines) in &problems {
+        for (log, lines) in problems {
             println!("  {log}: {} line(s), first: {}", lines.len(), lines[0]);
         }
     }
@@ -382,5 +448,5 @@ fn bench(f: &Flags, envoy: &Path, envoy_version: &str, dir: &Path) -> anyhow::Re
         std::fs::write(path, serde_json::to_vec_pretty(&out)?)
             .with_context(|| format!("writing {}", path.display()))?;
     }
-    Ok(!problems.is_empty() || runs.iter().any(|r| r.errors > 0))
+    Ok(())
 }

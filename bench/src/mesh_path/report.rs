@@ -1,5 +1,6 @@
 //! Figures of the runs: means per path and data plane, the ratios of each Causeway build over
-//! Envoy with the goals beside them, the table and the JSON.
+//! Envoy with the goals beside them, which backend answered how much (on a path with more than
+//! one), the table and the JSON.
 
 use std::collections::BTreeMap;
 
@@ -13,6 +14,8 @@ const MESH_RPS: f64 = 2.0;
 const MESH_P99: f64 = 0.5;
 const MESH_RSS_MIB: f64 = 16.0;
 const HTTP_HOP_RPS: f64 = 1.5;
+/// The tail path: Causeway's p99 below Envoy's (a ratio under this, strictly).
+const TAIL_P99: f64 = 1.0;
 
 /// One measured run of one path on one data plane.
 #[derive(Debug, Clone, Serialize)]
@@ -33,6 +36,9 @@ pub struct Run {
     pub cpu_ms_per_1k: Option<f64>,
     /// The largest peak RSS (VmHWM) among the path's proxies.
     pub peak_rss_mib: Option<f64>,
+    /// Successful answers per backend workload, on a path with more than one backend.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub answered_by: BTreeMap<String, u64>,
 }
 
 impl Run {
@@ -66,6 +72,7 @@ impl Run {
             cpu_ms_per_1k: cpu.map(|c| c * 1e6 / r.ok().max(1) as f64),
             peak_rss_mib: rss,
             proxies,
+            answered_by: r.workloads.clone(),
         }
     }
 }
@@ -83,6 +90,10 @@ pub struct Summary {
     pub errors: u64,
     pub cpu_ms_per_1k: Option<f64>,
     pub peak_rss_mib: Option<f64>,
+    /// Successful answers per backend workload, summed over the rounds (paths with more than
+    /// one backend).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub answered_by: BTreeMap<String, u64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -140,6 +151,13 @@ pub fn summarize(
                 errors: of.iter().map(|r| r.errors).sum(),
                 cpu_ms_per_1k: mean(of.iter().filter_map(|r| r.cpu_ms_per_1k)),
                 peak_rss_mib: of.iter().filter_map(|r| r.peak_rss_mib).reduce(f64::max),
+                answered_by: of.iter().flat_map(|r| &r.answered_by).fold(
+                    BTreeMap::new(),
+                    |mut sum, (w, n)| {
+                        *sum.entry(w.clone()).or_default() += n;
+                        sum
+                    },
+                ),
             });
         }
     }
@@ -179,6 +197,12 @@ pub fn ratios(summaries: &[Summary]) -> Vec<Ratio> {
                 goal("p99 ratio", p99, false, MESH_P99),
                 goal("RSS MiB per proxy", s.peak_rss_mib, false, MESH_RSS_MIB),
             ],
+            "tail" => vec![Goal {
+                what: "tail p99: Causeway below Envoy, p99 ratio",
+                goal: format!("< {TAIL_P99}"),
+                value: p99,
+                met: p99.is_some_and(|v| v < TAIL_P99),
+            }],
             _ => vec![],
         };
         out.push(Ratio {
@@ -264,6 +288,42 @@ pub fn print_table(summaries: &[Summary], ratios: &[Ratio]) {
                 },
             );
         }
+    }
+}
+
+/// The workload as the backends report it, without the run's `@bench-<pid>` tag.
+fn untagged(workload: &str) -> &str {
+    workload.split_once('@').map_or(workload, |(w, _)| w)
+}
+
+/// For each path with answers counted per backend: each data plane's share per backend.
+pub fn print_answers(summaries: &[Summary]) {
+    let counted: Vec<&Summary> = summaries
+        .iter()
+        .filter(|s| !s.answered_by.is_empty())
+        .collect();
+    if counted.is_empty() {
+        return;
+    }
+    println!("\nanswers per backend, summed over the rounds:");
+    let mut last_path = "";
+    for s in counted {
+        let total: u64 = s.answered_by.values().sum();
+        let shares: Vec<String> = s
+            .answered_by
+            .iter()
+            .map(|(w, n)| {
+                let pct = 100.0 * *n as f64 / total.max(1) as f64;
+                format!("{} {n} ({pct:.1}%)", untagged(w))
+            })
+            .collect();
+        println!(
+            "  {:<38} {:<18} {}",
+            if s.path == last_path { "" } else { s.title },
+            s.data_plane,
+            shares.join(", ")
+        );
+        last_path = s.path;
     }
 }
 

@@ -136,11 +136,13 @@ pub fn wait_ready(p: &mut Proc, admin: SocketAddr, timeout: Duration) -> anyhow:
     }
 }
 
-/// Waits until a request at `entry` is answered by the backend reporting `workload` (this
-/// bench's own backend, through every proxy of the path).
+/// Waits until a request at `entry` is answered by a backend reporting one of `workloads`
+/// (this bench's own backends, through every proxy of the path). One answer is enough: one
+/// request at a time keeps to one upstream connection, which a gateway passes to one pod;
+/// [`measure`] checks in its warm-up that every backend answers.
 pub fn wait_answered(
     entry: SocketAddr,
-    workload: &str,
+    workloads: &[&str],
     procs: &mut [Proc],
     timeout: Duration,
 ) -> anyhow::Result<()> {
@@ -153,9 +155,9 @@ pub fn wait_answered(
             Some(body) => {
                 let v: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
                 match v["workload"].as_str() {
-                    Some(w) if w == workload => return Ok(()),
+                    Some(w) if workloads.contains(&w) => return Ok(()),
                     Some(w) => bail!(
-                        "{entry} is answered by workload {w:?}, not this bench's {workload:?}: \
+                        "{entry} is answered by workload {w:?}, not this bench's {workloads:?}: \
                          another process holds the example mesh's addresses"
                     ),
                     None => format!("answer without a workload: {body}"),
@@ -199,6 +201,7 @@ fn load(
     addr: SocketAddr,
     connections: usize,
     duration: Duration,
+    count_workloads: bool,
 ) -> anyhow::Result<LoadResult> {
     // Bounded in time and in count (no loop can run away with a fast path).
     let cap = duration.as_secs().max(1).saturating_mul(1_000_000);
@@ -209,23 +212,45 @@ fn load(
         requests: Some(cap),
         timeout: Duration::from_secs(5),
         progress: None,
+        count_workloads,
     }))
 }
 
 /// A warm-up (not counted), then the measured load at `entry`, with the CPU each of `procs`
-/// spent during it and their peak RSS; every proxy must still run at the end.
+/// spent during it and their peak RSS; every proxy must still run at the end. With more than
+/// one of `workloads` (the path's backends), the answers are counted per backend
+/// (`LoadResult::workloads`) and each backend must have answered in the warm-up.
 pub fn measure(
     rt: &tokio::runtime::Runtime,
     entry: SocketAddr,
     procs: &mut [Proc],
     shape: &LoadShape,
+    workloads: &[&str],
 ) -> anyhow::Result<(LoadResult, Vec<ProxyFigures>)> {
+    let count_workloads = workloads.len() > 1;
     let idle: Vec<Option<f64>> = procs.iter().map(|p| rss_mib(p.pid())).collect();
     if !shape.warmup.is_zero() {
-        load(rt, entry, shape.connections, shape.warmup)?;
+        let warm = load(rt, entry, shape.connections, shape.warmup, count_workloads)?;
+        let silent: Vec<&&str> = workloads
+            .iter()
+            .filter(|w| count_workloads && !warm.workloads.contains_key(**w))
+            .collect();
+        if !silent.is_empty() {
+            bail!(
+                "{entry}: no answer from {silent:?} in the warm-up (answers: {:?}, failures: {})",
+                warm.workloads,
+                warm.failure_summary()
+            );
+        }
     }
     let before: Vec<Option<f64>> = procs.iter().map(|p| cpu_seconds(p.pid())).collect();
-    let result = load(rt, entry, shape.connections, shape.duration)?;
+    let result = load(
+        rt,
+        entry,
+        shape.connections,
+        shape.duration,
+        count_workloads,
+    )?;
     let figures = procs
         .iter()
         .zip(before.into_iter().zip(idle))

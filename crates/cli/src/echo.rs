@@ -1,6 +1,9 @@
 //! `causeway echo`: the sample application. It answers every HTTP request with JSON naming its
 //! cluster and workload and the caller's identity as the sidecar reports it
 //! (`x-forwarded-client-cert`, set by the inbound sidecar from the verified client certificate).
+//! `--delay-ms` and `--status` make it a slow or failing backend on purpose, for demos of
+//! timeouts, retries and outlier detection (`causeway demo` sets them from the WorkloadEntry's
+//! `causeway.io/demo-*` annotations).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -8,11 +11,12 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
+use causeway_model::DemoFaults;
 use http_body_util::Full;
 use hyper::body::Bytes;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper::{Request, Response};
+use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use serde_json::json;
 
@@ -28,6 +32,21 @@ pub struct Args {
     /// Workload to report.
     #[arg(long)]
     pub workload: String,
+    /// Milliseconds to wait before sending each response (0-60000): a slow backend.
+    #[arg(
+        long,
+        default_value_t = 0,
+        value_parser = clap::value_parser!(u32).range(0..=i64::from(DemoFaults::MAX_DELAY_MS)),
+    )]
+    pub delay_ms: u32,
+    /// Status of every response (100-599), with the same body: a failing backend.
+    #[arg(
+        long,
+        default_value_t = 200,
+        value_parser = clap::value_parser!(u16)
+            .range(i64::from(*DemoFaults::STATUSES.start())..=i64::from(*DemoFaults::STATUSES.end())),
+    )]
+    pub status: u16,
 }
 
 /// The caller's SPIFFE ID from an `x-forwarded-client-cert` value (`...;URI=spiffe://...;...`).
@@ -41,10 +60,15 @@ pub fn caller_from_xfcc(xfcc: &str) -> Option<String> {
 
 /// Runs the server until stopped.
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
+    // Clap bounds the flag to 100-599, all of which are valid status codes.
+    let status =
+        StatusCode::from_u16(args.status).with_context(|| format!("--status {}", args.status))?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("binding {}", args.listen))?;
-    tracing::info!(listen = %args.listen, cluster = %args.cluster, workload = %args.workload, "echo serving");
+    let delay_ms = args.delay_ms;
+    let delay = Duration::from_millis(u64::from(delay_ms));
+    tracing::info!(listen = %args.listen, cluster = %args.cluster, workload = %args.workload, status = status.as_u16(), delay_ms, "echo serving");
     let cluster = args.cluster.clone();
     let workload = args.workload.clone();
     loop {
@@ -67,10 +91,16 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
                     "caller": caller,
                     "path": req.uri().path(),
                     "peer": peer.to_string(),
+                    "status": status.as_u16(),
+                    "delayMs": delay_ms,
                 });
                 async move {
+                    if !delay.is_zero() {
+                        tokio::time::sleep(delay).await;
+                    }
                     Ok::<_, Infallible>(
                         Response::builder()
+                            .status(status)
                             .header("content-type", "application/json")
                             .body(Full::new(Bytes::from(body.to_string())))
                             .unwrap_or_default(),
@@ -100,5 +130,48 @@ mod tests {
             Some("spiffe://td/ns/demo/sa/client")
         );
         assert_eq!(caller_from_xfcc("Hash=abc"), None);
+    }
+
+    /// `causeway echo`'s flags alone.
+    #[derive(clap::Parser, Debug)]
+    struct Echo {
+        #[command(flatten)]
+        args: Args,
+    }
+
+    fn parse(extra: &[&str]) -> Result<Args, clap::Error> {
+        use clap::Parser;
+        let base = [
+            "echo",
+            "--listen",
+            "127.0.0.1:8080",
+            "--cluster",
+            "east",
+            "--workload",
+            "w",
+        ];
+        Echo::try_parse_from(base.iter().chain(extra)).map(|e| e.args)
+    }
+
+    #[test]
+    fn faults_default_to_none_and_are_bounded() {
+        let args = parse(&[]).expect("defaults");
+        assert_eq!((args.delay_ms, args.status), (0, 200));
+        let args = parse(&["--delay-ms", "60000", "--status", "503"]).expect("in range");
+        assert_eq!((args.delay_ms, args.status), (60_000, 503));
+        for bad in [
+            &["--delay-ms", "60001"][..],
+            &["--delay-ms=-1"],
+            &["--status", "700"],
+            &["--status", "99"],
+            &["--status", "abc"],
+        ] {
+            let e = parse(bad).expect_err(&format!("{bad:?}"));
+            assert_eq!(
+                e.kind(),
+                clap::error::ErrorKind::ValueValidation,
+                "{bad:?}: {e}"
+            );
+        }
     }
 }

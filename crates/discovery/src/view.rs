@@ -121,6 +121,10 @@ pub struct ViewEndpoint {
     pub workload: Option<String>,
     /// The identity the endpoint's certificate must carry, when known.
     pub identity: Option<SpiffeId>,
+    /// The SNI that reaches only this endpoint through its gateway ([`endpoint_sni`]): set
+    /// for a remote endpoint whose gateway is its own cluster's (a gateway routes per-endpoint
+    /// SNIs to its cluster's pods only), and for the endpoints of a gateway route.
+    pub sni: Option<String>,
     /// Why it is reached this way.
     pub reason: String,
 }
@@ -243,6 +247,35 @@ fn gateway_owner(mesh: &MeshConfig, gateway: &Gateway, fallback: &ClusterId) -> 
 /// Mesh SNI for a service port, Istio's form with an empty subset.
 pub fn sni(key: &ServiceKey, port: u16) -> String {
     format!("outbound_.{port}_._.{}", key.fqdn())
+}
+
+/// SNI that reaches exactly one endpoint behind its cluster's east-west gateway, Istio's
+/// subset slot form: `outbound_.<port>_.ep-<id>_.<fqdn>`. The id is a hash of the endpoint's
+/// cluster, address and port, so callers and the gateway compute it alike from their own
+/// views, it stays put while the pod does, and it fits a DNS label whatever the address.
+pub fn endpoint_sni(
+    key: &ServiceKey,
+    port: u16,
+    cluster: &ClusterId,
+    address: IpAddr,
+    endpoint_port: u16,
+) -> String {
+    format!(
+        "outbound_.{port}_.ep-{:016x}_.{}",
+        endpoint_id(cluster, address, endpoint_port),
+        key.fqdn()
+    )
+}
+
+/// FNV-1a (64 bits) over `cluster/address:port`: stable across releases and platforms.
+fn endpoint_id(cluster: &ClusterId, address: IpAddr, port: u16) -> u64 {
+    let text = format!("{cluster}/{}", std::net::SocketAddr::new(address, port));
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in text.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
 }
 
 /// Computes the whole view of a proxy.
@@ -371,6 +404,7 @@ fn view_port(
                     via: None,
                     workload: ep.workload.clone(),
                     identity: Some(identity),
+                    sni: None,
                     reason,
                 });
                 continue;
@@ -438,6 +472,15 @@ fn view_port(
             via: Some(gateway),
             workload: p.endpoint.workload.clone(),
             identity: Some(p.identity.clone()),
+            sni: (owner == *p.cluster).then(|| {
+                endpoint_sni(
+                    key,
+                    port.port,
+                    p.cluster,
+                    p.endpoint.address,
+                    p.endpoint.port,
+                )
+            }),
             reason: format!(
                 "network {} is not the proxy's {}; via east-west gateway {gateway} of cluster {owner}",
                 p.endpoint.network, ctx.network
@@ -458,6 +501,7 @@ fn view_port(
             via: None,
             workload: None,
             identity: None,
+            sni: None,
             reason: format!(
                 "east-west gateway of cluster {owner} (network {network}) for {count} endpoint(s) behind it"
             ),
@@ -591,6 +635,13 @@ pub fn gateway_routes(index: &MeshIndex, cluster: &ClusterId) -> Vec<GatewayRout
                     via: None,
                     workload: e.workload.clone(),
                     identity: Some(identity),
+                    sni: Some(endpoint_sni(
+                        key,
+                        port_eps.port.port,
+                        cluster,
+                        e.address,
+                        e.port,
+                    )),
                     reason: "local endpoint behind the gateway".to_owned(),
                 })
                 .collect();
@@ -652,6 +703,29 @@ fn slot_hash(key: &ServiceKey) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn endpoint_snis_differ_per_endpoint_and_fit_a_dns_label() {
+        let key = ServiceKey::new("shop", "cart");
+        let east = ClusterId::new("east").expect("id");
+        let west = ClusterId::new("west").expect("id");
+        let a = IpAddr::from([10, 0, 0, 1]);
+        let sni = endpoint_sni(&key, 8080, &east, a, 8080);
+        assert!(sni.starts_with("outbound_.8080_.ep-"), "{sni}");
+        assert!(sni.ends_with("_.cart.shop.svc.cluster.local"), "{sni}");
+        assert!(
+            sni.split('.').all(|l| !l.is_empty() && l.len() <= 63),
+            "{sni}"
+        );
+        assert_eq!(sni, endpoint_sni(&key, 8080, &east, a, 8080));
+        let others = [
+            endpoint_sni(&key, 8080, &west, a, 8080),
+            endpoint_sni(&key, 8080, &east, IpAddr::from([10, 0, 0, 2]), 8080),
+            endpoint_sni(&key, 8080, &east, a, 8081),
+            endpoint_sni(&key, 9090, &east, a, 8080),
+        ];
+        assert!(others.iter().all(|o| *o != sni), "{others:?}");
+    }
 
     #[test]
     fn slots_are_unique_and_stable() {

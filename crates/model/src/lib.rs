@@ -19,8 +19,8 @@ pub use mesh::{
     MeshConfig, MeshSpec,
 };
 pub use objects::{
-    ClusterObjects, EndpointSlice, Health, ObjectSource, Service, ServiceExport, ServicePort,
-    SliceEndpoint, SlicePort, TargetPort, WorkloadEntry,
+    ClusterObjects, DemoFaults, EndpointSlice, Health, ObjectSource, Service, ServiceExport,
+    ServicePort, SliceEndpoint, SlicePort, TargetPort, WorkloadEntry,
 };
 pub use policy::{AuthorizationPolicy, PolicyAction, PolicyRule, PolicySource, PolicyTarget};
 pub use proxy::{ProxyIdentity, ProxyRole, SpiffeId, SpiffeIdError};

@@ -88,6 +88,26 @@ pub enum Health {
     Draining,
 }
 
+/// Faults the demo's sample app (`causeway echo`) injects on purpose, so a demo can show a slow
+/// or failing backend. Read from the WorkloadEntry annotations `causeway.io/demo-delay-ms` and
+/// `causeway.io/demo-status`; only `causeway demo` uses them (to start the app with them), the
+/// mesh itself ignores them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct DemoFaults {
+    /// Delay before each response, in milliseconds (0: none; at most [`Self::MAX_DELAY_MS`]).
+    pub delay_ms: u32,
+    /// Status of every response (in [`Self::STATUSES`]); `None` answers 200.
+    pub status: Option<u16>,
+}
+
+impl DemoFaults {
+    /// Longest delay accepted: a minute, past any timeout a demo would show.
+    pub const MAX_DELAY_MS: u32 = 60_000;
+    /// Status codes accepted (HTTP's 1xx-5xx).
+    pub const STATUSES: std::ops::RangeInclusive<u16> = 100..=599;
+}
+
 /// A `causeway.io/v1alpha1/WorkloadEntry`: one workload instance (a VM, a process, a pod).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -115,6 +135,8 @@ pub struct WorkloadEntry {
     /// File with the bootstrap credential the CA accepts for this workload, relative to the
     /// mesh directory.
     pub credential_file: Option<PathBuf>,
+    /// Faults for the demo's sample app (default: none).
+    pub demo: DemoFaults,
     /// Declaration site.
     pub source: ObjectSource,
 }

@@ -1,5 +1,6 @@
-//! The proxy's admin API (loopback by default): readiness, Prometheus metrics and the
-//! configuration it serves, as JSON for `causeway proxy-config` and operators.
+//! The proxy's admin API (loopback by default): readiness, Prometheus metrics, the
+//! configuration it serves and every upstream endpoint's state, as JSON for
+//! `causeway proxy-config` and operators.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -14,12 +15,16 @@ use tokio::sync::watch;
 
 use crate::config::SharedSnapshot;
 use crate::metrics::Metrics;
+use crate::upstream::load::EndpointBook;
+use crate::upstream::Target;
 
 #[derive(Clone)]
 pub struct AdminState {
     pub snapshots: watch::Receiver<SharedSnapshot>,
     pub ads: Arc<AdsStatus>,
     pub metrics: Arc<Metrics>,
+    /// The workers' endpoint counters and latency estimates.
+    pub endpoints: Arc<EndpointBook>,
 }
 
 pub fn router(state: AdminState) -> Router {
@@ -28,6 +33,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/stats/prometheus", get(stats))
         .route("/config_dump", get(config_dump))
         .route("/listeners", get(listeners))
+        .route("/endpoints", get(endpoints))
         .with_state(state)
 }
 
@@ -92,4 +98,58 @@ async fn config_dump(State(s): State<AdminState>) -> impl IntoResponse {
         },
         "config": &*snapshot,
     }))
+}
+
+/// Every cluster's endpoints as configured, each with its counters since the proxy started
+/// (summed over workers), its latest latency estimate and its ejection: what
+/// `causeway proxy-config endpoints` shows.
+async fn endpoints(State(s): State<AdminState>) -> impl IntoResponse {
+    use causeway_xds::dataplane::LbPolicy;
+    use serde_json::json;
+    let snapshot = s.snapshots.borrow().clone();
+    let mut clusters = Vec::new();
+    for (name, cluster) in &snapshot.clusters {
+        let mut endpoints = Vec::new();
+        for l in snapshot
+            .endpoints_of(name)
+            .map_or(&[][..], |la| &la.localities)
+        {
+            for e in &l.endpoints {
+                let stats = s.endpoints.get(name, &Target::of(e));
+                let stats = stats.as_deref();
+                let count =
+                    |f: fn(&crate::upstream::load::EndpointStats) -> u64| stats.map_or(0, f);
+                let ewma = stats
+                    .map(|st| st.ewma_ns.load(Ordering::Relaxed))
+                    .filter(|ns| *ns > 0);
+                let ejected = stats.and_then(|st| st.ejected_for());
+                endpoints.push(json!({
+                    "address": e.address.to_string(),
+                    "sni": e.sni,
+                    "pod": e.pod,
+                    "cluster": e.cluster,
+                    "workload": e.workload,
+                    "priority": l.priority,
+                    "weight": e.weight,
+                    "healthy": e.healthy,
+                    "ejected": ejected.is_some(),
+                    "ejectedRemainingMs": ejected.map(|d| d.as_millis() as u64),
+                    "ewmaMs": ewma.map(|ns| ns as f64 / 1e6),
+                    "pending": stats.map_or(0, |st| st.pending.load(Ordering::Relaxed).max(0)),
+                    "requests": count(|st| st.requests.load(Ordering::Relaxed)),
+                    "failures": count(|st| st.failures.load(Ordering::Relaxed)),
+                }));
+            }
+        }
+        clusters.push(json!({
+            "name": name,
+            "service": cluster.service,
+            "loadBalancer": match cluster.lb_policy {
+                LbPolicy::RoundRobin => "round-robin",
+                LbPolicy::PeakEwma => "peak-ewma",
+            },
+            "endpoints": endpoints,
+        }));
+    }
+    Json(json!({ "clusters": clusters }))
 }

@@ -3,7 +3,6 @@
 //! has upstream TLS, then bytes both ways with the adaptive copy until either side closes or
 //! the idle timeout passes.
 
-use std::net::SocketAddr;
 use std::rc::Rc;
 
 use causeway_xds::dataplane::TcpProxyConfig;
@@ -43,7 +42,7 @@ impl TcpProxyError {
 #[derive(Debug)]
 pub struct Proxied {
     pub cluster: String,
-    pub endpoint: SocketAddr,
+    pub endpoint: crate::upstream::Target,
     pub transferred: Transferred,
 }
 
@@ -74,18 +73,21 @@ where
             cluster: cluster.name.clone(),
             error,
         })?;
-    let upstream = match connect(cluster, endpoint, tls).await {
+    // In flight for as long as the connection lasts; its latency sample is the connect time.
+    let in_flight = up.start(cluster, &endpoint);
+    let upstream = match connect(cluster, &endpoint, tls).await {
         Ok(u) => {
-            up.record(cluster, la, endpoint, Outcome::Status(200));
+            up.record(cluster, la, &in_flight, &endpoint, Outcome::Status(200));
             u
         }
         Err(e) => {
-            up.record(cluster, la, endpoint, Outcome::LocalFailure);
+            up.record(cluster, la, &in_flight, &endpoint, Outcome::LocalFailure);
             return Err(e.into());
         }
     };
     let counters = Counters::default();
     let transferred = copy_with(downstream, upstream, cfg.idle_timeout, &counters).await?;
+    drop(in_flight);
     Ok(Proxied {
         cluster: cluster.name.clone(),
         endpoint,

@@ -18,6 +18,7 @@ use tokio::task::JoinHandle;
 
 use crate::config::{SharedSnapshot, Snapshot};
 use crate::credentials::MeshCredentials;
+use crate::upstream::load::EndpointBook;
 use crate::upstream::Upstreams;
 
 /// What one worker keeps: the snapshot it serves and its upstream state (balancers, outlier
@@ -39,11 +40,12 @@ impl WorkerState {
         snapshot: SharedSnapshot,
         max_open: usize,
         credentials: MeshCredentials,
+        book: Arc<EndpointBook>,
     ) -> Self {
         WorkerState {
             changes: watch::Sender::new(snapshot.generation),
             snapshot: RefCell::new(snapshot),
-            upstreams: Upstreams::new(credentials),
+            upstreams: Upstreams::new(credentials, book),
             index,
             open: Cell::new(0),
             max_open,
@@ -65,7 +67,7 @@ impl WorkerState {
         generation: u64,
         cluster: &causeway_xds::dataplane::ClusterConfig,
         la: &LoadAssignmentConfig,
-    ) -> Option<SocketAddr> {
+    ) -> Option<crate::upstream::Target> {
         self.upstreams.pick(generation, cluster, la)
     }
 
@@ -76,6 +78,13 @@ impl WorkerState {
 
     fn replace(&self, snapshot: SharedSnapshot) {
         let generation = snapshot.generation;
+        self.upstreams.retain_endpoints(&snapshot);
+        if self.index == 0 {
+            // One worker prunes the shared counters, so the book follows the configuration.
+            self.upstreams.book.retain(|cluster, target| {
+                crate::upstream::has_endpoint(&snapshot, cluster, target)
+            });
+        }
         *self.snapshot.borrow_mut() = snapshot;
         self.changes.send_replace(generation);
     }
@@ -113,6 +122,7 @@ pub struct Workers {
     stop: watch::Sender<bool>,
     threads: Vec<std::thread::JoinHandle<()>>,
     overloaded: Arc<AtomicU64>,
+    endpoints: Arc<EndpointBook>,
 }
 
 /// Bounds of the workers.
@@ -161,6 +171,7 @@ impl Workers {
     ) -> Result<Self, WorkerError> {
         let (stop, stopped) = watch::channel(false);
         let overloaded = Arc::new(AtomicU64::new(0));
+        let endpoints = Arc::new(EndpointBook::default());
         let workers = concurrency.max(1);
         // Each worker gets its share (rounded up): no shared counter on the accept path.
         let max_open = limits.max_connections.div_ceil(workers).max(1);
@@ -174,6 +185,7 @@ impl Workers {
                 stopped: stopped.clone(),
                 handler: Arc::clone(&handler),
                 overloaded: Arc::clone(&overloaded),
+                endpoints: Arc::clone(&endpoints),
             };
             let thread = std::thread::Builder::new()
                 .name(format!("causeway-worker-{index}"))
@@ -185,7 +197,13 @@ impl Workers {
             stop,
             threads,
             overloaded,
+            endpoints,
         })
+    }
+
+    /// Every upstream endpoint's counters and latency estimate (the admin API's `/endpoints`).
+    pub fn endpoints(&self) -> Arc<EndpointBook> {
+        Arc::clone(&self.endpoints)
     }
 
     /// Connections closed at once because the workers were at their connection limit.
@@ -211,6 +229,7 @@ struct WorkerSetup {
     stopped: watch::Receiver<bool>,
     handler: Handler,
     overloaded: Arc<AtomicU64>,
+    endpoints: Arc<EndpointBook>,
 }
 
 fn run_worker(setup: WorkerSetup) {
@@ -222,6 +241,7 @@ fn run_worker(setup: WorkerSetup) {
         mut stopped,
         handler,
         overloaded,
+        endpoints,
     } = setup;
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -241,6 +261,7 @@ fn run_worker(setup: WorkerSetup) {
             Arc::clone(&first),
             max_open,
             credentials,
+            endpoints,
         ));
         let mut listeners = Listeners {
             running: HashMap::new(),

@@ -129,6 +129,9 @@ fn cluster(name: &str, endpoints: &[(SocketAddr, u32)]) -> ClusterConfig {
                         weight: *weight,
                         healthy: true,
                         cluster: None,
+                        sni: None,
+                        pod: None,
+                        workload: None,
                     })
                     .collect(),
             }],

@@ -234,6 +234,7 @@ mod tests {
             app_address: None,
             outbound: None,
             network: None,
+            data_plane: Default::default(),
         }
     }
 

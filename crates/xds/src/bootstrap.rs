@@ -218,7 +218,7 @@ pub fn node(c: &BootstrapConfig) -> Result<core::Node, BootstrapError> {
         id,
         cluster: c.cluster.clone(),
         metadata: Some(Struct { fields }),
-        user_agent_name: "causeway-proxy".to_owned(),
+        user_agent_name: crate::node::CAUSEWAY_USER_AGENT.to_owned(),
         ..Default::default()
     })
 }

@@ -127,7 +127,25 @@ pub struct ProxyNode {
     pub outbound: Option<OutboundBlock>,
     /// Declared network, if any.
     pub network: Option<String>,
+    /// Which proxy runs: what it can be given (per-endpoint SNIs behind gateways, latency
+    /// balancing) depends on it.
+    pub data_plane: DataPlane,
 }
+
+/// The proxy software behind a node, from Envoy's `user_agent_name`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DataPlane {
+    /// Envoy (or anything that is not Causeway's own proxy): Envoy's features only.
+    #[default]
+    Envoy,
+    /// Causeway's own proxy (`user_agent_name` [`CAUSEWAY_USER_AGENT`]): one endpoint per
+    /// remote pod, each behind its gateway with its own SNI, balanced by latency.
+    Causeway,
+}
+
+/// The `user_agent_name` the Causeway proxy sends in its node.
+pub const CAUSEWAY_USER_AGENT: &str = "causeway-proxy";
 
 fn string_fields(node: &Node) -> BTreeMap<String, String> {
     let mut out = BTreeMap::new();
@@ -217,6 +235,11 @@ impl ProxyNode {
             app_address,
             outbound,
             network: md.get(keys::NETWORK).cloned(),
+            data_plane: if node.user_agent_name == CAUSEWAY_USER_AGENT {
+                DataPlane::Causeway
+            } else {
+                DataPlane::Envoy
+            },
             id,
         })
     }

@@ -94,6 +94,7 @@ fn sidecar(index: &MeshIndex, cluster: &str, workload: &str) -> Resources {
         app_address: Some("127.1.100.10".parse().expect("ip")),
         outbound: Some(OutboundBlock::parse("127.200.0.0/16").expect("block")),
         network: None,
+        data_plane: Default::default(),
     };
     sidecar_resources(index, &node, &c)
 }
@@ -136,13 +137,19 @@ fn gateway_routes_only_exported_snis_without_terminating_tls() {
         .flat_map(|c| c.filter_chain_match.clone().expect("match").server_names)
         .collect();
     snis.sort();
+    let (pods, services): (Vec<String>, Vec<String>) =
+        snis.into_iter().partition(|s| s.contains("_.ep-"));
     assert_eq!(
-        snis,
+        services,
         vec![
+            "outbound_.80_._.catalog.demo.svc.cluster.local",
             "outbound_.80_._.echo.demo.svc.cluster.local",
             "outbound_.80_._.greeter.demo.svc.cluster.local"
         ]
     );
+    // One per ready pod of the exported services: catalog's two, echo's and greeter's one.
+    assert_eq!(pods.len(), 4, "{pods:?}");
+    assert!(!pods.iter().any(|s| s.contains("ledger")), "{pods:?}");
     assert!(
         l.filter_chains.iter().all(|c| c.transport_socket.is_none()),
         "passthrough: no TLS on the gateway"

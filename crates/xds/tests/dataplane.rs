@@ -58,10 +58,24 @@ fn the_gateway_listener_becomes_sni_routes_to_tcp_proxies() {
         })
         .collect();
     routes.sort();
-    // Exported services of gamma only (ledger is not exported); each SNI to its own cluster.
-    assert!(routes
-        .iter()
-        .all(|(sni, cluster)| sni.starts_with("outbound_.") && cluster.starts_with("outbound|")));
+    // Exported services of gamma only (ledger is not exported); each service SNI to its own
+    // cluster, each pod SNI to the cluster of that pod alone.
+    assert!(
+        routes.iter().all(|(sni, cluster)| {
+            let pod = sni.contains("_.ep-");
+            sni.starts_with("outbound_.")
+                && cluster.starts_with(if pod {
+                    "gateway_endpoint|"
+                } else {
+                    "outbound|"
+                })
+        }),
+        "{routes:?}"
+    );
+    assert!(
+        routes.iter().any(|(sni, _)| sni.contains("_.ep-")),
+        "{routes:?}"
+    );
     assert!(
         routes.iter().any(|(sni, _)| sni.contains("greeter.demo")),
         "{routes:?}"
@@ -80,6 +94,14 @@ fn gateway_clusters_and_endpoints_convert_with_priorities_and_outlier_detection(
     assert!(!clusters.is_empty());
     for c in &clusters {
         let cfg = cluster_config(c).expect("accepted");
+        if let EndpointSource::Static(la) = &cfg.endpoints {
+            // A pod's own route: that pod alone, inline.
+            assert!(c.name.starts_with("gateway_endpoint|outbound_."), "{c:?}");
+            let pods: Vec<_> = la.localities.iter().flat_map(|l| &l.endpoints).collect();
+            assert_eq!(pods.len(), 1, "{la:?}");
+            assert_eq!(pods[0].cluster.as_deref(), Some("gamma"));
+            continue;
+        }
         assert_eq!(
             cfg.endpoints,
             EndpointSource::Eds {

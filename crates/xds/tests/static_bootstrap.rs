@@ -253,11 +253,16 @@ fn what_a_static_proxy_cannot_honour_is_refused_naming_the_field() {
 fn eds_and_sds_need_a_control_plane_and_are_refused() {
     let r = decoded(&gamma_gateway());
     let mut b = gateway_bootstrap();
-    // The control plane's EDS cluster, as it is.
-    resources(&mut b).clusters[0] = r.clusters[0].clone();
+    // The control plane's EDS cluster, as it is (not a pod's own static one).
+    let eds = r
+        .clusters
+        .iter()
+        .position(|c| c.eds_cluster_config.is_some())
+        .expect("an EDS cluster");
+    resources(&mut b).clusters[eds] = r.clusters[eds].clone();
     let e = refused(&b);
-    assert_eq!(e.resource, format!("Cluster {}", r.clusters[0].name));
-    assert_eq!(e.field, "static_resources.clusters[0].type");
+    assert_eq!(e.resource, format!("Cluster {}", r.clusters[eds].name));
+    assert_eq!(e.field, format!("static_resources.clusters[{eds}].type"));
     assert!(e.reason.contains("EDS needs a control plane"), "{e}");
 
     // A STATIC cluster whose mTLS still comes from the agent.

@@ -4,6 +4,7 @@
 //! a stream of sample calls; `--tour` walks through the mesh's behaviour and exits 0 only if
 //! every step behaved as expected.
 
+mod balancing;
 pub mod plan;
 mod supervisor;
 
@@ -573,6 +574,26 @@ async fn tour_steps(
             Err(format!("hidden={ledger_hidden}, call={ledger_call:?}"))
         },
     );
+
+    step("5. pods behind one gateway, one slow on purpose: a Causeway client avoids the slow pod");
+    match (find("catalog"), balancing::slow_pod(plan, "catalog")) {
+        (Some(addr), Some(slow)) => {
+            let causeway_client = plan.processes.iter().any(|p| {
+                p.kind == Kind::Sidecar
+                    && p.cluster.as_ref() == Some(&client.cluster)
+                    && p.workload.as_deref() == Some(client.name.as_str())
+                    && balancing::runs_causeway(&p.args)
+            });
+            let service = format!("{}/catalog", client.namespace);
+            let r = balancing::slow_pod_is_avoided(client, causeway_client, &service, addr, &slow)
+                .await;
+            check("catalog's calls by pod", r);
+        }
+        _ => check(
+            "catalog exists with a slow pod",
+            Err("no catalog service with a causeway.io/demo-delay-ms pod in this mesh".into()),
+        ),
+    }
 
     if report_crashes(sup) {
         failures += 1;

@@ -5,7 +5,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use causeway_model::{ClusterId, MeshConfig};
+use causeway_model::{ClusterId, DemoFaults, MeshConfig};
 use causeway_registry::MeshDirectory;
 use serde::Serialize;
 
@@ -99,7 +99,20 @@ fn app_address(a: IpAddr) -> Option<IpAddr> {
     }
 }
 
-/// Builds the plan for `mesh_dir`, ports counted from `port_base`.
+/// `causeway echo` flags for a WorkloadEntry's demo faults (its `causeway.io/demo-delay-ms`
+/// and `causeway.io/demo-status` annotations); none when it has none, so the app keeps echo's
+/// defaults.
+fn fault_args(demo: &DemoFaults) -> Vec<String> {
+    let mut args = Vec::new();
+    if demo.delay_ms > 0 {
+        args.extend(["--delay-ms".to_owned(), demo.delay_ms.to_string()]);
+    }
+    if let Some(status) = demo.status {
+        args.extend(["--status".to_owned(), status.to_string()]);
+    }
+    args
+}
+
 /// A gateway's agent (its certificate from the cluster's `spec.gatewayIdentity` credential)
 /// and its proxy (without the flags every proxy shares).
 fn gateway_processes(
@@ -183,6 +196,7 @@ pub struct DataPlanes<'a> {
     pub gateways: &'a str,
 }
 
+/// Builds the plan for `mesh_dir`, ports counted from `port_base`.
 pub fn build(
     mesh_dir: &Path,
     run_dir: &Path,
@@ -290,20 +304,22 @@ pub fn build(
             let id = format!("{cluster}-{}", we.name);
             let sds = run_dir.join("sds").join(format!("{id}.sock"));
             for port in we.ports.values() {
+                let mut app_args = vec![
+                    "echo".into(),
+                    "--listen".into(),
+                    SocketAddr::new(app, *port).to_string(),
+                    "--cluster".into(),
+                    cluster.to_string(),
+                    "--workload".into(),
+                    we.name.clone(),
+                ];
+                app_args.extend(fault_args(&we.demo));
                 processes.push(ProcessSpec {
                     name: format!("{id}-app-{port}"),
                     kind: Kind::App,
                     cluster: Some(cluster.clone()),
                     workload: Some(we.name.clone()),
-                    args: vec![
-                        "echo".into(),
-                        "--listen".into(),
-                        SocketAddr::new(app, *port).to_string(),
-                        "--cluster".into(),
-                        cluster.to_string(),
-                        "--workload".into(),
-                        we.name.clone(),
-                    ],
+                    args: app_args,
                     admin: None,
                 });
             }
@@ -383,4 +399,28 @@ pub fn build(
         workloads,
         processes,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn demo_faults_become_echo_flags_only_when_set() {
+        assert!(fault_args(&DemoFaults::default()).is_empty());
+        assert_eq!(
+            fault_args(&DemoFaults {
+                delay_ms: 250,
+                status: Some(503)
+            }),
+            ["--delay-ms", "250", "--status", "503"]
+        );
+        assert_eq!(
+            fault_args(&DemoFaults {
+                delay_ms: 0,
+                status: Some(200)
+            }),
+            ["--status", "200"]
+        );
+    }
 }

@@ -66,6 +66,7 @@ pub async fn run(args: &Args, config: BootstrapConfig) -> anyhow::Result<ExitCod
         snapshots,
         ads: status,
         metrics,
+        endpoints: workers.endpoints(),
     });
     let served = axum::serve(admin_listener, router)
         .with_graceful_shutdown(crate::shutdown_signal())
@@ -102,6 +103,7 @@ pub async fn run_static(args: &Args, file: &Path) -> anyhow::Result<ExitCode> {
         snapshots,
         ads: Arc::new(AdsStatus::default()),
         metrics,
+        endpoints: workers.endpoints(),
     };
     let served = match boot.admin {
         Some(address) => {

@@ -1,7 +1,9 @@
 //! `causeway proxy-config`: what a proxy sees, read from the running control plane's debug API
-//! (or, `dump`, from a Causeway proxy's own admin API) and printed as a table (or JSON).
+//! (or, `dump` and `endpoints --admin`, from the proxy's own admin API) and printed as a table
+//! (or JSON).
 
 mod dump;
+mod endpoints;
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
@@ -20,10 +22,17 @@ const TIMEOUT: Duration = Duration::from_secs(5);
 #[derive(clap::Subcommand)]
 pub enum What {
     /// Endpoints of every service port the proxy sees: direct, via gateway, or hidden and why.
+    /// With `--admin`, as the proxy itself balances them (its admin `/endpoints`, Envoy's
+    /// `/clusters`): each pod's EWMA latency, requests in flight, share and ejection state.
     Endpoints {
-        /// Cluster the proxy runs in.
-        #[arg(long)]
-        cluster: String,
+        /// Read the proxy's own admin API at this address (`causeway proxy --admin`, or
+        /// Envoy's) instead of the control plane.
+        #[arg(long, conflicts_with_all = ["namespace", "workload", "service"])]
+        admin: Option<SocketAddr>,
+        /// Cluster the proxy runs in; with `--admin`, only the proxy's clusters whose name
+        /// contains this (`--cluster echo.demo`).
+        #[arg(long, required_unless_present = "admin")]
+        cluster: Option<String>,
         /// Namespace of its workload.
         #[arg(long, default_value = "default")]
         namespace: String,
@@ -66,12 +75,21 @@ fn encode(value: &str) -> String {
 pub async fn run(what: What, control_plane: SocketAddr) -> anyhow::Result<ExitCode> {
     match what {
         What::Endpoints {
+            admin: Some(admin),
+            cluster,
+            output,
+            ..
+        } => endpoints::run(admin, cluster.as_deref(), output).await,
+        What::Endpoints {
+            admin: None,
             cluster,
             namespace,
             workload,
             service,
             output,
         } => {
+            let cluster = cluster
+                .context("--cluster (the cluster the proxy runs in) is required without --admin")?;
             let mut path = format!(
                 "/debug/view?cluster={}&namespace={}&workload={}",
                 encode(&cluster),

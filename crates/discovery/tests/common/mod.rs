@@ -148,6 +148,7 @@ impl MeshBuilder {
             weight,
             health,
             credential_file: None,
+            demo: Default::default(),
             source: ObjectSource::default(),
         };
         self.objs(cluster)

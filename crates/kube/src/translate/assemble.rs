@@ -106,6 +106,7 @@ pub fn assemble_borrowed(spec: &ClusterSpec, records: RecordsRef<'_>) -> Cluster
                 weight: 1,
                 health: pod.health,
                 credential_file: None,
+                demo: Default::default(),
                 source: ObjectSource {
                     file: format!("kubernetes:{}/Pod/{namespace}/{name}", spec.id).into(),
                     document: 0,

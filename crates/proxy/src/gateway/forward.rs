@@ -112,6 +112,7 @@ fn route(
     let endpoint = snapshot
         .endpoints_of(&proxy.cluster)
         .and_then(|la| state.pick(snapshot.generation, cluster, la))
+        .map(|target| target.address)
         .ok_or_else(|| GatewayError::NoEndpoint(proxy.cluster.clone()))?;
     Ok(Route {
         cluster: proxy.cluster.clone(),

@@ -4,7 +4,6 @@
 //! answers (503 `no healthy upstream`, 503 `upstream connect error…`, 504 `upstream request
 //! timeout`).
 
-use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -19,13 +18,14 @@ use super::local_reply;
 use crate::config::SharedSnapshot;
 use crate::upstream::outlier::Outcome;
 use crate::upstream::pool::SendError;
+use crate::upstream::Target;
 use crate::worker::WorkerState;
 
 /// How a request ended upstream, for the caller's metrics and logs.
 pub struct Routed {
     pub response: Response<ResponseBody>,
     /// The endpoint of the last attempt, if one was made.
-    pub endpoint: Option<SocketAddr>,
+    pub endpoint: Option<Target>,
     pub retries: u32,
 }
 
@@ -120,7 +120,7 @@ async fn attempts(
 ) -> Routed {
     let up = &state.upstreams;
     let policy = action.retry.as_ref();
-    let mut tried: Vec<SocketAddr> = Vec::new();
+    let mut tried: Vec<Target> = Vec::new();
     let mut body = body;
     let mut retries = 0u32;
     loop {
@@ -137,19 +137,21 @@ async fn attempts(
         let Some(endpoint) = endpoint else {
             return Routed {
                 response: local_reply(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream"),
-                endpoint: tried.last().copied(),
+                endpoint: tried.pop(),
                 retries,
             };
         };
-        tried.push(endpoint);
         let replay = body.replay();
-        let attempt = one_attempt(state, generation, cluster, endpoint, parts, body, policy).await;
-        up.record(cluster, la, endpoint, outcome(&attempt));
+        let in_flight = up.start(cluster, &endpoint);
+        let attempt = one_attempt(state, generation, cluster, &endpoint, parts, body, policy).await;
+        up.record(cluster, la, &in_flight, &endpoint, outcome(&attempt));
+        drop(in_flight);
         let retry = policy.filter(|p| retries < p.num_retries && should_retry(p, &attempt));
         if let (Some(p), Some(again)) = (retry, replay) {
             retries += 1;
             body = again;
             tracing::debug!(cluster = %cluster.name, %endpoint, retries, "retrying");
+            tried.push(endpoint);
             tokio::time::sleep(backoff(p, retries)).await;
             continue;
         }
@@ -165,7 +167,7 @@ async fn one_attempt(
     state: &Rc<WorkerState>,
     generation: u64,
     cluster: &ClusterConfig,
-    endpoint: SocketAddr,
+    endpoint: &Target,
     parts: &Parts,
     body: RequestBody,
     policy: Option<&RetryConfig>,

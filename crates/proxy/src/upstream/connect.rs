@@ -1,10 +1,10 @@
 //! Opening a connection to an endpoint of a cluster: TCP within the cluster's connect timeout,
-//! then, when the cluster has upstream TLS, the mTLS handshake with the cluster's SNI and the
+//! then, when the cluster has upstream TLS, the mTLS handshake with the endpoint's SNI (a pod
+//! behind its gateway) or the cluster's, and the
 //! check of the server's SPIFFE ID (both inside the same timeout, so a server that accepts and
 //! never answers the handshake cannot hold a request longer than the connect timeout).
 
 use std::io;
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -15,6 +15,7 @@ use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
+use super::Target;
 use crate::tls::TlsError;
 
 /// Why no connection to an endpoint could be made.
@@ -23,19 +24,19 @@ pub enum ConnectError {
     #[error("connecting to {endpoint} of cluster {cluster}: {error}")]
     Refused {
         cluster: String,
-        endpoint: SocketAddr,
+        endpoint: Target,
         error: io::Error,
     },
     #[error("connecting to {endpoint} of cluster {cluster}: no answer within {timeout:?}")]
     Timeout {
         cluster: String,
-        endpoint: SocketAddr,
+        endpoint: Target,
         timeout: Duration,
     },
     #[error("mTLS handshake with {endpoint} of cluster {cluster} (SNI {sni}): {error}")]
     Handshake {
         cluster: String,
-        endpoint: SocketAddr,
+        endpoint: Target,
         sni: String,
         error: io::Error,
     },
@@ -132,29 +133,30 @@ impl AsyncWrite for UpstreamIo {
 /// Connects to `endpoint` of `cluster`, with `tls` when the cluster has upstream TLS.
 pub async fn connect(
     cluster: &ClusterConfig,
-    endpoint: SocketAddr,
+    endpoint: &Target,
     tls: Option<Arc<rustls::ClientConfig>>,
 ) -> Result<UpstreamIo, ConnectError> {
     let timeout = cluster.connect_timeout;
     let attempt = async {
-        let tcp = TcpStream::connect(endpoint)
+        let tcp = TcpStream::connect(endpoint.address)
             .await
             .map_err(|error| ConnectError::Refused {
                 cluster: cluster.name.clone(),
-                endpoint,
+                endpoint: endpoint.clone(),
                 error,
             })?;
         let _ = tcp.set_nodelay(true);
         let (Some(config), Some(upstream)) = (tls, cluster.upstream_tls.as_ref()) else {
             return Ok(UpstreamIo::Plain(tcp));
         };
+        let sni = endpoint.sni.as_deref().unwrap_or(&upstream.sni);
         let handshake = |error: io::Error| ConnectError::Handshake {
             cluster: cluster.name.clone(),
-            endpoint,
-            sni: upstream.sni.clone(),
+            endpoint: endpoint.clone(),
+            sni: sni.to_owned(),
             error,
         };
-        let name = ServerName::try_from(upstream.sni.clone())
+        let name = ServerName::try_from(sni.to_owned())
             .map_err(|e| handshake(io::Error::new(io::ErrorKind::InvalidInput, e)))?;
         let stream = tokio_rustls::TlsConnector::from(config)
             .connect(name, tcp)
@@ -166,7 +168,7 @@ pub async fn connect(
         Ok(result) => result,
         Err(_) => Err(ConnectError::Timeout {
             cluster: cluster.name.clone(),
-            endpoint,
+            endpoint: endpoint.clone(),
             timeout,
         }),
     }

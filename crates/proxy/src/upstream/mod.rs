@@ -1,39 +1,48 @@
-//! Everything towards upstream endpoints, per worker: choosing an endpoint (balancer and
-//! outlier detection), connecting (TCP, mTLS), pooled HTTP connections.
+//! Everything towards upstream endpoints, per worker: choosing an endpoint (balancer, latency
+//! estimates and outlier detection), connecting (TCP, mTLS), pooled HTTP connections.
 
 pub mod connect;
+pub mod load;
 pub mod outlier;
 pub mod pool;
+mod target;
 
 use std::cell::RefCell;
-use std::net::SocketAddr;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Instant;
 
-use causeway_xds::dataplane::{ClusterConfig, LoadAssignmentConfig};
+use causeway_xds::dataplane::{ClusterConfig, LoadAssignmentConfig, Snapshot};
 
 use crate::balance::Balancers;
 use crate::credentials::MeshCredentials;
 use crate::tls::{TlsCache, TlsError};
+use load::{EndpointBook, InFlight, Loads};
 use outlier::{Outcome, Outliers};
+pub use target::Target;
 
 /// One worker's upstream state.
 pub struct Upstreams {
     pub credentials: MeshCredentials,
     pub pools: Rc<pool::Pools>,
     pub tls: TlsCache,
+    /// Every endpoint's counters, shared with the other workers and the admin API.
+    pub book: Arc<EndpointBook>,
     balancers: RefCell<Balancers>,
     outliers: RefCell<Outliers>,
+    loads: RefCell<Loads>,
 }
 
 impl Upstreams {
-    pub fn new(credentials: MeshCredentials) -> Self {
+    pub fn new(credentials: MeshCredentials, book: Arc<EndpointBook>) -> Self {
         Upstreams {
             credentials,
             pools: Rc::default(),
             tls: TlsCache::default(),
+            book,
             balancers: RefCell::default(),
             outliers: RefCell::default(),
+            loads: RefCell::default(),
         }
     }
 
@@ -43,13 +52,23 @@ impl Upstreams {
         generation: u64,
         cluster: &ClusterConfig,
         la: &LoadAssignmentConfig,
-    ) -> Option<SocketAddr> {
+    ) -> Option<Target> {
         let name = &cluster.name;
-        let (epoch, ejected) = self.outliers.borrow_mut().ejected(name, Instant::now());
+        let now = Instant::now();
+        let (epoch, ejected) = self.outliers.borrow_mut().ejected(name, now);
         let panic = cluster.healthy_panic_threshold_percent;
+        let loads = self.loads.borrow();
         self.balancers
             .borrow_mut()
-            .pick((generation, epoch), name, la, &ejected, panic)
+            .of(
+                (generation, epoch),
+                name,
+                cluster.lb_policy,
+                la,
+                &ejected,
+                panic,
+            )?
+            .pick(|t| loads.cost(name, t, now))
     }
 
     /// Like [`Upstreams::pick`], preferring endpoints not in `tried`: up to `attempts` more
@@ -60,9 +79,9 @@ impl Upstreams {
         generation: u64,
         cluster: &ClusterConfig,
         la: &LoadAssignmentConfig,
-        tried: &[SocketAddr],
+        tried: &[Target],
         attempts: u32,
-    ) -> Option<SocketAddr> {
+    ) -> Option<Target> {
         let mut pick = self.pick(generation, cluster, la)?;
         for _ in 0..attempts {
             if !tried.contains(&pick) {
@@ -73,19 +92,31 @@ impl Upstreams {
         Some(pick)
     }
 
-    /// Feeds an attempt's outcome to the cluster's outlier detection, if it has one.
+    /// Counts an attempt to `endpoint` as in flight until the returned guard is dropped.
+    pub fn start(&self, cluster: &ClusterConfig, endpoint: &Target) -> InFlight {
+        let load = self
+            .loads
+            .borrow_mut()
+            .get(&self.book, &cluster.name, endpoint);
+        InFlight::start(load)
+    }
+
+    /// Feeds an attempt's outcome to its latency estimate and to the cluster's outlier
+    /// detection, if it has one.
     pub fn record(
         &self,
         cluster: &ClusterConfig,
         la: &LoadAssignmentConfig,
-        endpoint: SocketAddr,
+        attempt: &InFlight,
+        endpoint: &Target,
         outcome: Outcome,
     ) {
+        attempt.answered(outcome);
         let Some(cfg) = &cluster.outlier_detection else {
             return;
         };
         let endpoints = la.localities.iter().map(|l| l.endpoints.len()).sum();
-        self.outliers.borrow_mut().record(
+        let ejected = self.outliers.borrow_mut().record(
             &cluster.name,
             cfg,
             endpoint,
@@ -93,6 +124,16 @@ impl Upstreams {
             outcome,
             Instant::now(),
         );
+        if let Some(time) = ejected {
+            attempt.stats().eject(time);
+        }
+    }
+
+    /// Forgets the latency estimates of endpoints `snapshot` no longer has.
+    pub fn retain_endpoints(&self, snapshot: &Snapshot) {
+        self.loads
+            .borrow_mut()
+            .retain(|cluster, target| has_endpoint(snapshot, cluster, target));
     }
 
     /// The client TLS configuration for `cluster` (None: plaintext).
@@ -111,4 +152,14 @@ impl Upstreams {
             })
             .transpose()
     }
+}
+
+/// Whether `cluster` in `snapshot` still has `target` among its endpoints.
+pub fn has_endpoint(snapshot: &Snapshot, cluster: &str, target: &Target) -> bool {
+    snapshot.endpoints_of(cluster).is_some_and(|la| {
+        la.localities
+            .iter()
+            .flat_map(|l| &l.endpoints)
+            .any(|e| e.address == target.address && e.sni.as_deref() == target.sni.as_deref())
+    })
 }

@@ -10,8 +10,9 @@
 //! same number of failures per worker. The demo runs one worker per proxy.
 
 use std::collections::{BTreeSet, HashMap};
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
+
+use super::Target;
 
 use causeway_xds::dataplane::OutlierDetectionConfig;
 
@@ -37,7 +38,7 @@ struct Host {
 
 #[derive(Debug, Default)]
 struct ClusterHosts {
-    hosts: HashMap<SocketAddr, Host>,
+    hosts: HashMap<Target, Host>,
 }
 
 /// One worker's detector state by cluster.
@@ -50,7 +51,7 @@ pub struct Outliers {
 
 impl Outliers {
     /// The endpoints of `cluster` ejected at `now`, and the epoch they belong to.
-    pub fn ejected(&mut self, cluster: &str, now: Instant) -> (u64, BTreeSet<SocketAddr>) {
+    pub fn ejected(&mut self, cluster: &str, now: Instant) -> (u64, BTreeSet<Target>) {
         let Some(c) = self.clusters.get_mut(cluster) else {
             return (self.epoch, BTreeSet::new());
         };
@@ -59,7 +60,7 @@ impl Outliers {
         for (addr, h) in &mut c.hosts {
             match h.ejected_until {
                 Some(until) if until > now => {
-                    out.insert(*addr);
+                    out.insert(addr.clone());
                 }
                 Some(_) => {
                     h.ejected_until = None;
@@ -75,23 +76,26 @@ impl Outliers {
         (self.epoch, out)
     }
 
-    /// Records an attempt's outcome; true when it ejected the endpoint.
+    /// Records an attempt's outcome; the ejection time when it ejected the endpoint.
     pub fn record(
         &mut self,
         cluster: &str,
         cfg: &OutlierDetectionConfig,
-        endpoint: SocketAddr,
+        endpoint: &Target,
         endpoints_in_cluster: usize,
         outcome: Outcome,
         now: Instant,
-    ) -> bool {
+    ) -> Option<Duration> {
         let c = self.clusters.entry(cluster.to_owned()).or_default();
         let ejected_now = c
             .hosts
             .values()
             .filter(|h| h.ejected_until.is_some_and(|u| u > now))
             .count();
-        let h = c.hosts.entry(endpoint).or_default();
+        let h = match c.hosts.get_mut(endpoint) {
+            Some(h) => h,
+            None => c.hosts.entry(endpoint.clone()).or_default(),
+        };
         let (five, gateway) = match outcome {
             Outcome::LocalFailure => (true, true),
             Outcome::Status(s) => (s >= 500, matches!(s, 502..=504)),
@@ -99,7 +103,7 @@ impl Outliers {
         if !five && !gateway {
             h.consecutive_5xx = 0;
             h.consecutive_gateway = 0;
-            return false;
+            return None;
         }
         if five {
             h.consecutive_5xx += 1;
@@ -114,7 +118,7 @@ impl Outliers {
                 && h.consecutive_gateway >= cfg.consecutive_gateway_failure
                 && enforced(cfg.enforcing_consecutive_gateway_failure_percent));
         if !trip || h.ejected_until.is_some_and(|u| u > now) {
-            return false;
+            return None;
         }
         h.consecutive_5xx = 0;
         h.consecutive_gateway = 0;
@@ -122,7 +126,7 @@ impl Outliers {
         let allowed = ejected_now == 0
             || (ejected_now + 1) * 100 <= total * cfg.max_ejection_percent as usize;
         if !allowed {
-            return false;
+            return None;
         }
         h.times_ejected += 1;
         let time = cfg
@@ -132,7 +136,7 @@ impl Outliers {
         h.ejected_until = Some(now + time);
         self.epoch += 1;
         tracing::warn!(cluster, endpoint = %endpoint, ejection_s = time.as_secs_f64(), "endpoint ejected after consecutive failures");
-        true
+        Some(time)
     }
 }
 
@@ -156,8 +160,8 @@ mod tests {
         }
     }
 
-    fn a(n: u8) -> SocketAddr {
-        SocketAddr::from(([127, 0, 0, n], 80))
+    fn a(n: u8) -> Target {
+        Target::at(std::net::SocketAddr::from(([127, 0, 0, n], 80)))
     }
 
     #[test]
@@ -165,14 +169,19 @@ mod tests {
         let mut o = Outliers::default();
         let t0 = Instant::now();
         let c = cfg();
-        assert!(!o.record("c", &c, a(1), 2, Outcome::LocalFailure, t0));
-        assert!(o.record("c", &c, a(1), 2, Outcome::Status(503), t0));
+        assert!(o
+            .record("c", &c, &a(1), 2, Outcome::LocalFailure, t0)
+            .is_none());
+        assert_eq!(
+            o.record("c", &c, &a(1), 2, Outcome::Status(503), t0),
+            Some(Duration::from_secs(5))
+        );
         assert_eq!(o.ejected("c", t0).1, [a(1)].into());
         assert!(o.ejected("c", t0 + Duration::from_secs(6)).1.is_empty());
         o.record(
             "c",
             &c,
-            a(1),
+            &a(1),
             2,
             Outcome::Status(502),
             t0 + Duration::from_secs(7),
@@ -180,7 +189,7 @@ mod tests {
         o.record(
             "c",
             &c,
-            a(1),
+            &a(1),
             2,
             Outcome::Status(502),
             t0 + Duration::from_secs(7),
@@ -194,13 +203,21 @@ mod tests {
         let mut o = Outliers::default();
         let t = Instant::now();
         let c = cfg();
-        o.record("c", &c, a(1), 2, Outcome::Status(503), t);
-        o.record("c", &c, a(1), 2, Outcome::Status(200), t);
-        assert!(!o.record("c", &c, a(1), 2, Outcome::Status(503), t));
+        o.record("c", &c, &a(1), 2, Outcome::Status(503), t);
+        o.record("c", &c, &a(1), 2, Outcome::Status(200), t);
+        assert!(o
+            .record("c", &c, &a(1), 2, Outcome::Status(503), t)
+            .is_none());
         let mut o = Outliers::default();
-        assert!(!o.record("c", &c, a(1), 2, Outcome::Status(500), t));
-        assert!(!o.record("c", &c, a(1), 2, Outcome::Status(500), t));
-        assert!(o.record("c", &c, a(1), 2, Outcome::Status(500), t));
+        assert!(o
+            .record("c", &c, &a(1), 2, Outcome::Status(500), t)
+            .is_none());
+        assert!(o
+            .record("c", &c, &a(1), 2, Outcome::Status(500), t)
+            .is_none());
+        assert!(o
+            .record("c", &c, &a(1), 2, Outcome::Status(500), t)
+            .is_some());
     }
 
     #[test]
@@ -210,8 +227,8 @@ mod tests {
         let mut o = Outliers::default();
         let t = Instant::now();
         for n in 1..=2 {
-            o.record("c", &c, a(n), 4, Outcome::LocalFailure, t);
-            o.record("c", &c, a(n), 4, Outcome::LocalFailure, t);
+            o.record("c", &c, &a(n), 4, Outcome::LocalFailure, t);
+            o.record("c", &c, &a(n), 4, Outcome::LocalFailure, t);
         }
         assert_eq!(o.ejected("c", t).1, [a(1)].into());
     }

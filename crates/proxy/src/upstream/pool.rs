@@ -1,12 +1,12 @@
-//! Pooled HTTP connections to upstream endpoints, per worker and per (cluster, endpoint): the
+//! Pooled HTTP connections to upstream endpoints, per worker and per (cluster, target): the
 //! cluster is part of the key because one endpoint (an east-west gateway) serves many clusters
-//! under different SNIs. HTTP/2 connections (ALPN `h2`) carry every request on one connection;
+//! under different SNIs, and the target's SNI because the pods behind one gateway each get
+//! their own connections. HTTP/2 connections (ALPN `h2`) carry every request on one connection;
 //! HTTP/1.1 connections are kept while idle and reused once their previous response is done,
 //! at most [`MAX_CONNECTIONS`] per key (Envoy's default circuit breaker), with an idle limit.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -17,6 +17,7 @@ use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 
 use super::connect::{connect, ConnectError};
+use super::Target;
 use crate::http::body::RequestBody;
 use crate::http::headers::{for_http1, for_http2};
 use crate::http::LocalExec;
@@ -33,21 +34,18 @@ pub enum SendError {
     #[error(transparent)]
     Connect(#[from] ConnectError),
     #[error("{MAX_CONNECTIONS} connections to {endpoint} of cluster {cluster} are busy")]
-    Overflow {
-        cluster: String,
-        endpoint: SocketAddr,
-    },
+    Overflow { cluster: String, endpoint: Target },
     #[error("HTTP handshake with {endpoint} of cluster {cluster}: {error}")]
     Handshake {
         cluster: String,
-        endpoint: SocketAddr,
+        endpoint: Target,
         error: hyper::Error,
     },
     /// The request reached the connection; no (complete) response headers came back.
     #[error("{endpoint} of cluster {cluster}: {error}")]
     Upstream {
         cluster: String,
-        endpoint: SocketAddr,
+        endpoint: Target,
         error: hyper::Error,
         /// The peer refused the stream before processing it (HTTP/2 REFUSED_STREAM).
         refused: bool,
@@ -71,7 +69,7 @@ struct Pool {
 /// One worker's pools.
 #[derive(Default)]
 pub struct Pools {
-    by_key: RefCell<HashMap<(String, SocketAddr), Pool>>,
+    by_key: RefCell<HashMap<(String, Target), Pool>>,
 }
 
 type Attempt =
@@ -93,11 +91,11 @@ impl Pools {
     pub async fn send(
         self: &Rc<Self>,
         cluster: &ClusterConfig,
-        endpoint: SocketAddr,
+        endpoint: &Target,
         tls: Option<std::sync::Arc<rustls::ClientConfig>>,
         req: Request<RequestBody>,
     ) -> Result<Response<Incoming>, SendError> {
-        let key = (cluster.name.clone(), endpoint);
+        let key = (cluster.name.clone(), endpoint.clone());
         let upstream = |error: hyper::Error| upstream_error(&cluster.name, endpoint, error);
         let mut req = match self.checkout(&key, cluster, req) {
             Checkout::Sent(attempt) => match attempt.await {
@@ -111,14 +109,14 @@ impl Pools {
             Checkout::Overflow => {
                 return Err(SendError::Overflow {
                     cluster: key.0,
-                    endpoint,
+                    endpoint: key.1,
                 })
             }
         };
         let io = connect(cluster, endpoint, tls).await?;
         let handshake = |error| SendError::Handshake {
             cluster: cluster.name.clone(),
-            endpoint,
+            endpoint: endpoint.clone(),
             error,
         };
         if io.is_h2() {
@@ -158,7 +156,7 @@ impl Pools {
     /// Sends on a ready connection of the pool, if any (no borrow is held across awaits).
     fn checkout(
         &self,
-        key: &(String, SocketAddr),
+        key: &(String, Target),
         cluster: &ClusterConfig,
         mut req: Request<RequestBody>,
     ) -> Checkout {
@@ -196,11 +194,7 @@ impl Pools {
 }
 
 impl Pools {
-    fn entry(
-        &self,
-        key: (String, SocketAddr),
-        cluster: &ClusterConfig,
-    ) -> std::cell::RefMut<'_, Pool> {
+    fn entry(&self, key: (String, Target), cluster: &ClusterConfig) -> std::cell::RefMut<'_, Pool> {
         std::cell::RefMut::map(self.by_key.borrow_mut(), |pools| {
             let pool = pools.entry(key).or_default();
             if pool.cluster.as_ref() != Some(cluster) {
@@ -214,13 +208,13 @@ impl Pools {
     }
 }
 
-fn upstream_error(cluster: &str, endpoint: SocketAddr, error: hyper::Error) -> SendError {
+fn upstream_error(cluster: &str, endpoint: &Target, error: hyper::Error) -> SendError {
     let refused = std::error::Error::source(&error)
         .and_then(|s| s.downcast_ref::<h2::Error>())
         .is_some_and(|e| e.reason() == Some(h2::Reason::REFUSED_STREAM));
     SendError::Upstream {
         cluster: cluster.to_owned(),
-        endpoint,
+        endpoint: endpoint.clone(),
         error,
         refused,
     }

@@ -37,6 +37,12 @@ pub const CLUSTER_LOCAL_ANNOTATION: &str = "causeway.io/cluster-local";
 pub const EXPORT_TO_ANNOTATION: &str = "causeway.io/export-to";
 /// Annotation on an EndpointSlice naming the service account of its endpoints.
 pub const SERVICE_ACCOUNT_ANNOTATION: &str = "causeway.io/service-account";
+/// Annotation on a WorkloadEntry: milliseconds the demo's sample app waits before each
+/// response (0-60000). For `causeway demo` only; nothing else reads it.
+pub const DEMO_DELAY_ANNOTATION: &str = "causeway.io/demo-delay-ms";
+/// Annotation on a WorkloadEntry: HTTP status (100-599) of every response of the demo's sample
+/// app. For `causeway demo` only; nothing else reads it.
+pub const DEMO_STATUS_ANNOTATION: &str = "causeway.io/demo-status";
 /// Label tying an EndpointSlice to its Service.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 

@@ -1,8 +1,9 @@
 //! EDS clusters and their load assignments: outlier detection, locality groups and priorities.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
 
-use causeway_discovery::{LocalityGroup, ViewEndpoint};
+use causeway_discovery::{EndpointKind, LocalityGroup, ViewEndpoint};
 use envoy_types::pb::envoy::config::cluster::v3 as cluster;
 use envoy_types::pb::envoy::config::core::v3 as core;
 use envoy_types::pb::envoy::config::endpoint::v3 as endpoint;
@@ -51,20 +52,58 @@ pub(super) fn eds_cluster(
     }
 }
 
+/// One endpoint of a load assignment. A remote pod (`EndpointKind::Remote`, Causeway proxies
+/// only) is addressed at its gateway, with the SNI that reaches just that pod and the pod's own
+/// address and workload for operators in the endpoint's Causeway metadata.
 fn lb_endpoint(e: &ViewEndpoint) -> endpoint::LbEndpoint {
+    let mut metadata = vec![
+        ("cluster", e.cluster.to_string()),
+        ("network", e.network.to_string()),
+        ("kind", format!("{:?}", e.kind).to_lowercase()),
+    ];
+    let address = match (e.kind, e.via, e.sni.as_ref()) {
+        (EndpointKind::Remote, Some(gateway), Some(sni)) => {
+            metadata.push(("sni", sni.clone()));
+            metadata.push(("endpoint", SocketAddr::new(e.address, e.port).to_string()));
+            socket_address(gateway.address, gateway.port)
+        }
+        _ => socket_address(e.address, e.port),
+    };
+    if let Some(workload) = &e.workload {
+        metadata.push(("workload", workload.clone()));
+    }
     endpoint::LbEndpoint {
         host_identifier: Some(endpoint::lb_endpoint::HostIdentifier::Endpoint(
             endpoint::Endpoint {
-                address: Some(socket_address(e.address, e.port)),
+                address: Some(address),
                 ..Default::default()
             },
         )),
         load_balancing_weight: u32v(e.weight.max(1)),
-        metadata: Some(causeway_metadata(&[
-            ("cluster", e.cluster.to_string()),
-            ("network", e.network.to_string()),
-            ("kind", format!("{:?}", e.kind).to_lowercase()),
-        ])),
+        metadata: Some(causeway_metadata(&metadata)),
+        ..Default::default()
+    }
+}
+
+/// A cluster with one endpoint given inline: what an east-west gateway routes a per-endpoint
+/// SNI to (no EDS resource per pod).
+pub(super) fn single_endpoint_cluster(name: &str, e: &ViewEndpoint) -> cluster::Cluster {
+    cluster::Cluster {
+        name: name.to_owned(),
+        cluster_discovery_type: Some(cluster::cluster::ClusterDiscoveryType::Type(
+            cluster::cluster::DiscoveryType::Static as i32,
+        )),
+        connect_timeout: Some(duration_ms(1000)),
+        lb_policy: cluster::cluster::LbPolicy::RoundRobin as i32,
+        load_assignment: Some(load_assignment(
+            name,
+            &[LocalityGroup {
+                locality: e.locality.clone(),
+                priority: 0,
+                endpoints: vec![e.clone()],
+            }],
+        )),
+        metadata: Some(causeway_metadata(&[("endpoint", e.address.to_string())])),
         ..Default::default()
     }
 }

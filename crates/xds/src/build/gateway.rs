@@ -1,13 +1,15 @@
 //! East-west gateways: one SNI filter chain per exported service port of the gateway's
-//! cluster, TLS passed through (never terminated).
+//! cluster, and one per ready endpoint of it (the per-endpoint SNI Causeway proxies balance
+//! pods with), TLS passed through (never terminated).
 
 use causeway_discovery::view::{self, GatewayRoute};
+use causeway_discovery::ViewEndpoint;
 use causeway_discovery::{MeshIndex, ProxyContext};
 use envoy_types::pb::envoy::config::listener::v3 as listener;
 use envoy_types::pb::envoy::extensions::filters::listener::tls_inspector::v3 as tls_inspector;
 use envoy_types::util::pack_any;
 
-use super::eds::{eds_cluster, group_by_locality, load_assignment};
+use super::eds::{eds_cluster, group_by_locality, load_assignment, single_endpoint_cluster};
 use super::envoy::{causeway_metadata, duration_ms, network_filter, socket_address, tcp_proxy};
 use super::outbound_cluster_name;
 use crate::resources::{Resources, TypeUrl};
@@ -21,8 +23,17 @@ pub fn gateway_resources(index: &MeshIndex, ctx: &ProxyContext) -> Resources {
         return out;
     };
     let routes: Vec<GatewayRoute> = view::gateway_routes(index, &ctx.identity.cluster);
-    let chains: Vec<listener::FilterChain> =
+    let mut chains: Vec<listener::FilterChain> =
         routes.iter().map(|r| route_chain(r, &mut out)).collect();
+    let mut snis: Vec<&str> = routes.iter().map(|r| r.sni.as_str()).collect();
+    for r in &routes {
+        for e in &r.endpoints {
+            if let Some(chain) = endpoint_chain(r, e, &mut out) {
+                chains.push(chain);
+            }
+            snis.extend(e.sni.as_deref());
+        }
+    }
     if chains.is_empty() {
         // Nothing exported: no listener at all (Envoy refuses a listener without filter
         // chains), so the gateway port refuses connections.
@@ -44,7 +55,6 @@ pub fn gateway_resources(index: &MeshIndex, ctx: &ProxyContext) -> Resources {
             filter_chains: chains.clone(),
             ..Default::default()
         };
-        let snis: Vec<&str> = routes.iter().map(|r| r.sni.as_str()).collect();
         out.insert(
             TypeUrl::Listener,
             &name,
@@ -84,4 +94,33 @@ fn route_chain(r: &GatewayRoute, out: &mut Resources) -> listener::FilterChain {
         )],
         ..Default::default()
     }
+}
+
+/// One endpoint of an exported service port: a cluster holding only it, and the filter chain
+/// its per-endpoint SNI selects. `None` when the endpoint has no such SNI.
+fn endpoint_chain(
+    r: &GatewayRoute,
+    e: &ViewEndpoint,
+    out: &mut Resources,
+) -> Option<listener::FilterChain> {
+    let sni = e.sni.as_ref()?;
+    let name = format!("gateway_endpoint|{sni}");
+    out.insert(
+        TypeUrl::Cluster,
+        &name,
+        pack_any(single_endpoint_cluster(&name, e)),
+        &("gateway-endpoint-cluster", &r.key, &r.port, e),
+    );
+    Some(listener::FilterChain {
+        name: sni.clone(),
+        filter_chain_match: Some(listener::FilterChainMatch {
+            server_names: vec![sni.clone()],
+            ..Default::default()
+        }),
+        filters: vec![network_filter(
+            "envoy.filters.network.tcp_proxy",
+            tcp_proxy(&format!("gateway_{sni}"), &name),
+        )],
+        ..Default::default()
+    })
 }

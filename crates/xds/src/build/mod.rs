@@ -32,6 +32,12 @@ pub use outbound::sidecar_service_resources;
 pub use slots::{outbound_address, sidecar_slots};
 pub use tls::{SDS_CLUSTER, SECRET_CERT, SECRET_ROOT};
 
+/// Cluster metadata (under `causeway`) naming the load balancer a Causeway proxy runs instead
+/// of the cluster's `lb_policy` (Envoy proxies never get it).
+pub const LOAD_BALANCER_KEY: &str = "loadBalancer";
+/// Power of two choices over peak-EWMA latency × outstanding requests.
+pub const PEAK_EWMA: &str = "peak-ewma";
+
 /// Outbound cluster name, Istio's form: `outbound|<port>||<fqdn>`.
 pub fn outbound_cluster_name(key: &ServiceKey, port: u16) -> String {
     format!("outbound|{port}||{}", key.fqdn())

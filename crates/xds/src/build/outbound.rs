@@ -2,7 +2,9 @@
 //! (Istio SNI, exact SAN check), its endpoints, and an outbound listener at the service's slot.
 
 use causeway_discovery::view::{self, ViewService};
-use causeway_discovery::{MeshIndex, ProxyContext, ViewPort};
+use causeway_discovery::{
+    EndpointKind, LocalityGroup, MeshIndex, ProxyContext, ViewEndpoint, ViewPort,
+};
 use causeway_model::ServiceKey;
 use envoy_types::pb::envoy::config::core::v3 as core;
 use envoy_types::pb::envoy::config::listener::v3 as listener;
@@ -15,8 +17,8 @@ use super::envoy::{
     transport_socket,
 };
 use super::tls::{common_tls, expected_sans};
-use super::{is_http, outbound_cluster_name};
-use crate::node::ProxyNode;
+use super::{is_http, outbound_cluster_name, LOAD_BALANCER_KEY, PEAK_EWMA};
+use crate::node::{DataPlane, ProxyNode};
 use crate::resources::{Resources, TypeUrl};
 
 /// A sidecar's resources for one service (cluster, endpoints and outbound listener per port),
@@ -35,7 +37,7 @@ pub fn sidecar_service_resources(
         return;
     };
     for port in &service.ports {
-        outbound_cluster(&service, port, ctx, &trust_domain, out);
+        outbound_cluster(&service, port, node, ctx, &trust_domain, out);
         if let (Some(_), Some(slot)) = (node.outbound, slot) {
             outbound_listener(&service, port, node, slot, out);
         }
@@ -46,6 +48,7 @@ pub fn sidecar_service_resources(
 fn outbound_cluster(
     service: &ViewService,
     port: &ViewPort,
+    node: &ProxyNode,
     ctx: &ProxyContext,
     trust_domain: &str,
     out: &mut Resources,
@@ -63,10 +66,15 @@ fn outbound_cluster(
         sni: port.sni.clone(),
         ..Default::default()
     };
-    let metadata = causeway_metadata(&[
+    let mut metadata = vec![
         ("service", service.key.to_string()),
         ("sourceCluster", ctx.identity.cluster.to_string()),
-    ]);
+    ];
+    let causeway = node.data_plane == DataPlane::Causeway;
+    if causeway {
+        metadata.push((LOAD_BALANCER_KEY, PEAK_EWMA.to_owned()));
+    }
+    let metadata = causeway_metadata(&metadata);
     let inputs = (
         "outbound-cluster",
         &service.key,
@@ -75,6 +83,7 @@ fn outbound_cluster(
         &port.identities,
         trust_domain,
         &ctx.identity.cluster,
+        node.data_plane,
     );
     out.insert(
         TypeUrl::Cluster,
@@ -86,12 +95,58 @@ fn outbound_cluster(
         )),
         &inputs,
     );
+    let groups = if causeway {
+        per_endpoint_groups(port)
+    } else {
+        port.groups.clone()
+    };
     out.insert(
         TypeUrl::ClusterLoadAssignment,
         &name,
-        pack_any(load_assignment(&name, &port.groups)),
-        &port.groups,
+        pack_any(load_assignment(&name, &groups)),
+        &groups,
     );
+}
+
+/// The groups of a Causeway proxy's load assignment: each gateway aggregate replaced by the
+/// pods behind it (each at the gateway's address with its own SNI), so the proxy balances and
+/// ejects pods, not whole remote clusters. An aggregate stays when any pod behind it has no
+/// per-endpoint SNI (its gateway is not its own cluster's, so no gateway routes one).
+fn per_endpoint_groups(port: &ViewPort) -> Vec<LocalityGroup> {
+    let behind = |g: &LocalityGroup, gateway: &ViewEndpoint| -> Vec<ViewEndpoint> {
+        port.remote
+            .iter()
+            .filter(|r| {
+                r.locality == g.locality
+                    && r.via
+                        .is_some_and(|v| (v.address, v.port) == (gateway.address, gateway.port))
+            })
+            .cloned()
+            .collect()
+    };
+    port.groups
+        .iter()
+        .map(|g| {
+            let mut endpoints = Vec::with_capacity(g.endpoints.len());
+            for e in &g.endpoints {
+                let pods = if e.kind == EndpointKind::Gateway {
+                    behind(g, e)
+                } else {
+                    Vec::new()
+                };
+                if pods.is_empty() || pods.iter().any(|p| p.sni.is_none()) {
+                    endpoints.push(e.clone());
+                } else {
+                    endpoints.extend(pods);
+                }
+            }
+            LocalityGroup {
+                locality: g.locality.clone(),
+                priority: g.priority,
+                endpoints,
+            }
+        })
+        .collect()
 }
 
 /// The outbound listener of one service port at the service's slot in the proxy's block.

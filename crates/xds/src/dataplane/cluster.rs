@@ -92,8 +92,21 @@ pub fn cluster_config(c: &cluster::Cluster) -> Result<ClusterConfig, ConfigError
         eds_cluster_config,
         load_assignment,
     )?;
+    let balancer = causeway_metadata(metadata, crate::build::LOAD_BALANCER_KEY);
     let lb_policy = match cluster::cluster::LbPolicy::try_from(*lb_policy) {
-        Ok(cluster::cluster::LbPolicy::RoundRobin) => LbPolicy::RoundRobin,
+        // Causeway's metadata picks its latency balancer over Envoy's round robin.
+        Ok(cluster::cluster::LbPolicy::RoundRobin) => match balancer.as_deref() {
+            None => LbPolicy::RoundRobin,
+            Some(crate::build::PEAK_EWMA) => LbPolicy::PeakEwma,
+            Some(other) => {
+                return Err(at
+                    .field("metadata.filter_metadata.causeway.loadBalancer")
+                    .error(format!(
+                        "{other:?} is not a Causeway load balancer (only {:?})",
+                        crate::build::PEAK_EWMA
+                    )))
+            }
+        },
         // The proxy balances by smooth weighted round robin only (what the control plane
         // emits); another policy would be served as round robin, so it is refused.
         Ok(other) => {

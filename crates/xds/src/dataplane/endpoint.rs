@@ -137,5 +137,8 @@ fn lb_endpoint(at: &At<'_>, e: &endpoint::LbEndpoint) -> Result<EndpointConfig, 
         weight,
         healthy,
         cluster: causeway_metadata(metadata, "cluster"),
+        sni: causeway_metadata(metadata, "sni"),
+        pod: causeway_metadata(metadata, "endpoint"),
+        workload: causeway_metadata(metadata, "workload"),
     })
 }

@@ -130,8 +130,11 @@ pub enum EndpointSource {
 
 #[derive(Debug, serde::Serialize, Clone, Copy, PartialEq, Eq)]
 pub enum LbPolicy {
-    /// Smooth weighted round robin (the only policy the proxy runs).
+    /// Smooth weighted round robin (Envoy's `ROUND_ROBIN`).
     RoundRobin,
+    /// Power of two choices over peak-EWMA latency × outstanding requests, per weight (the
+    /// control plane's mesh clusters for Causeway proxies, named in the cluster's metadata).
+    PeakEwma,
 }
 
 /// Envoy's consecutive-failure outlier detection (the subset the control plane emits).
@@ -172,6 +175,12 @@ pub struct EndpointConfig {
     pub healthy: bool,
     /// The Causeway cluster it runs in (endpoint metadata), for metrics and debugging.
     pub cluster: Option<String>,
+    /// TLS SNI for this endpoint instead of the cluster's: a remote pod behind its gateway.
+    pub sni: Option<String>,
+    /// The pod's own address when `address` is its gateway's (for operators).
+    pub pod: Option<String>,
+    /// Its workload, when known (for operators).
+    pub workload: Option<String>,
 }
 
 /// Everything a Causeway proxy runs on, replaced as a whole on every accepted update.

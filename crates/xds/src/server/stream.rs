@@ -271,6 +271,7 @@ mod tests {
             app_address: None,
             outbound: crate::node::OutboundBlock::parse("127.200.0.0/16").ok(),
             network: None,
+            data_plane: Default::default(),
         };
         let ctx = causeway_discovery::ProxyContext::resolve(&index, identity).expect("ctx");
         let mut session = Session {

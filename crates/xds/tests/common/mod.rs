@@ -66,6 +66,16 @@ pub fn sidecar_of(
     cluster: &str,
     workload: &str,
 ) -> causeway_xds::resources::Resources {
+    sidecar_on(index, cluster, workload, Default::default())
+}
+
+/// [`sidecar_of`] for a proxy running `data_plane`.
+pub fn sidecar_on(
+    index: &MeshIndex,
+    cluster: &str,
+    workload: &str,
+    data_plane: causeway_xds::node::DataPlane,
+) -> causeway_xds::resources::Resources {
     use causeway_model::{ProxyIdentity, ProxyRole};
     use causeway_xds::node::{OutboundBlock, ProxyNode};
     let ctx = causeway_discovery::ProxyContext::resolve(
@@ -84,6 +94,7 @@ pub fn sidecar_of(
         app_address: Some("127.1.100.10".parse().expect("ip")),
         outbound: Some(OutboundBlock::parse("127.200.0.0/16").expect("block")),
         network: None,
+        data_plane,
     };
     causeway_xds::build::sidecar_resources(index, &node, &ctx)
 }

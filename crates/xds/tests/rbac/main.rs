@@ -272,6 +272,7 @@ fn server_listener(index: &MeshIndex, port: u16) -> (ProxyContext, Listener) {
         app_address: None,
         outbound: None,
         network: None,
+        data_plane: Default::default(),
     };
     let r = sidecar_resources(index, &node, &ctx);
     let name = format!("inbound|{SERVER_ADDRESS}:{port}");

@@ -95,7 +95,18 @@ pub fn canonical(t: TypeUrl, any: &Any) -> String {
         TypeUrl::Cluster => {
             let mut c = Cluster::decode(&*any.value).expect("cluster");
             let meta = canon_metadata(c.metadata.take());
-            format!("{c:?} meta={meta}")
+            // A static cluster's inline endpoints carry metadata too.
+            let mut inline = Vec::new();
+            for group in c
+                .load_assignment
+                .iter_mut()
+                .flat_map(|la| &mut la.endpoints)
+            {
+                for e in &mut group.lb_endpoints {
+                    inline.push(canon_metadata(e.metadata.take()));
+                }
+            }
+            format!("{c:?} meta={meta} inline={inline:?}")
         }
         TypeUrl::ClusterLoadAssignment => {
             let mut cla = ClusterLoadAssignment::decode(&*any.value).expect("cla");

@@ -168,6 +168,7 @@ pub fn workload(name: &str, app: &str, address: IpAddr, account: &str) -> Worklo
         weight: 1,
         health: Health::Healthy,
         credential_file: None,
+        demo: Default::default(),
         source: ObjectSource::default(),
     }
 }
@@ -313,6 +314,7 @@ pub fn build(i: &Input) -> BTreeMap<(TypeUrl, String), (String, String)> {
         app_address: None,
         outbound: OutboundBlock::parse("127.200.0.0/16").ok(),
         network: None,
+        data_plane: Default::default(),
     };
     let mut out = contents(&sidecar_resources(&index, &node, &ctx));
     let gw = identity("beta", "gateway", ProxyRole::Gateway);

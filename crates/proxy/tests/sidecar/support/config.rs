@@ -26,6 +26,9 @@ pub fn ep(address: SocketAddr, weight: u32, healthy: bool) -> EndpointConfig {
         weight,
         healthy,
         cluster: None,
+        sni: None,
+        pod: None,
+        workload: None,
     }
 }
 
