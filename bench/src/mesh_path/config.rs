@@ -178,7 +178,7 @@ pub fn paths(
         ),
         path(
             "tail",
-            "sidecar -> gateway -> 2 pods (one +20 ms), mTLS",
+            "sidecar -> gateway -> 2 pods, one +20 ms (mTLS)",
             m.catalog_outbound,
             vec![m.tail_client, m.gateway, catalog_1, catalog_2],
             vec![2, 3],

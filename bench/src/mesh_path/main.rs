@@ -22,10 +22,10 @@
 //!
 //! Run: `make bench`, or after `cargo build --release -p causeway -p causeway-bench`:
 //! `target/release/mesh-path [--seconds N] [--connections N] [--rounds N] [--json FILE]
-//! [--paths direct,http-hop,tcp-hop,sidecars,gateway,tail] [--concurrency N]
-//! [--backend-threads N]
-//! [--data-planes envoy,causeway,causeway-<build>=BINARY]` (Envoy: `$CAUSEWAY_ENVOY`, else
-//! `scripts/ensure-envoy`).
+//! [--paths direct,http-hop,tcp-hop,sidecars,gateway,tail (the default: all)] [--concurrency N]
+//! [--backend-threads N] [--data-planes envoy,causeway,causeway-<build>=BINARY]` (Envoy:
+//! `$CAUSEWAY_ENVOY`, else `scripts/ensure-envoy`). On `tail` the report also counts the
+//! answers of each pod per data plane.
 
 mod config;
 mod hops;

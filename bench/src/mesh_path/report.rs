@@ -230,9 +230,15 @@ fn x(v: Option<f64>) -> String {
     v.map_or_else(|| "-".into(), |v| format!("{v:.2}x"))
 }
 
+/// The width of the title column: the longest title, at least 38.
+fn title_width<'a>(titles: impl Iterator<Item = &'a str>) -> usize {
+    titles.map(str::len).max().unwrap_or(0).max(38)
+}
+
 pub fn print_table(summaries: &[Summary], ratios: &[Ratio]) {
+    let w = title_width(summaries.iter().map(|s| s.title));
     println!(
-        "{:<38} {:<18} {:>9} {:>8} {:>8} {:>7} {:>10} {:>9}",
+        "{:<w$} {:<18} {:>9} {:>8} {:>8} {:>7} {:>10} {:>9}",
         "path", "data plane", "req/s", "p50 ms", "p99 ms", "errors", "cpu ms/1k", "RSS MiB"
     );
     let mut last_path = "";
@@ -240,7 +246,7 @@ pub fn print_table(summaries: &[Summary], ratios: &[Ratio]) {
         let title = if s.path == last_path { "" } else { s.title };
         last_path = s.path;
         println!(
-            "{:<38} {:<18} {:>9.0} {:>8.2} {:>8.2} {:>7} {:>10} {:>9}",
+            "{:<w$} {:<18} {:>9.0} {:>8.2} {:>8.2} {:>7} {:>10} {:>9}",
             title,
             s.data_plane,
             s.rps,
@@ -272,7 +278,7 @@ pub fn print_table(summaries: &[Summary], ratios: &[Ratio]) {
                 })
                 .collect();
             println!(
-                "{:<38} {:<18} {:>9} {:>8} {:>8} {:>7} {:>10} {:>9}   {}",
+                "{:<w$} {:<18} {:>9} {:>8} {:>8} {:>7} {:>10} {:>9}   {}",
                 "",
                 format!("{}/envoy", r.data_plane),
                 x(r.rps),
@@ -306,6 +312,7 @@ pub fn print_answers(summaries: &[Summary]) {
         return;
     }
     println!("\nanswers per backend, summed over the rounds:");
+    let w = title_width(counted.iter().map(|s| s.title));
     let mut last_path = "";
     for s in counted {
         let total: u64 = s.answered_by.values().sum();
@@ -318,7 +325,7 @@ pub fn print_answers(summaries: &[Summary]) {
             })
             .collect();
         println!(
-            "  {:<38} {:<18} {}",
+            "  {:<w$} {:<18} {}",
             if s.path == last_path { "" } else { s.title },
             s.data_plane,
             shares.join(", ")
@@ -391,6 +398,7 @@ pub fn per_proxy(runs: &[Run]) -> Vec<ProxySummary> {
 }
 
 pub fn print_per_proxy(proxies: &[ProxySummary], titles: &[(&'static str, &'static str)]) {
+    let w = title_width(titles.iter().map(|(_, t)| *t));
     println!(
         "\nper proxy: CPU ms per 1,000 requests; peak RSS MiB (RSS once ready, before the load; \
          anonymous + file-backed RSS after it); threads"
@@ -399,7 +407,7 @@ pub fn print_per_proxy(proxies: &[ProxySummary], titles: &[(&'static str, &'stat
         let mut first = true;
         for p in proxies.iter().filter(|p| p.path == *path) {
             println!(
-                "  {:<38} {:<18} {:<16} cpu {:>6}  peak {:>5} (ready {:>5}; {:>5} + {:>5})  {} threads",
+                "  {:<w$} {:<18} {:<16} cpu {:>6}  peak {:>5} (ready {:>5}; {:>5} + {:>5})  {} threads",
                 if first { *title } else { "" },
                 p.data_plane,
                 p.proxy,
