@@ -81,6 +81,7 @@ fn spread(addr: SocketAddr, n: usize) -> (BTreeMap<String, usize>, Vec<String>) 
         let who = v["workload"].as_str().unwrap_or("?").to_owned();
         *by.entry(who).or_default() += 1;
     }
+    eprintln!("{n} requests to {addr}: {by:?}, {} error(s)", errors.len());
     (by, errors)
 }
 

@@ -16,6 +16,7 @@ use hyper::body::Incoming;
 use super::body::{IdleTimer, ReadError, RequestBody, ResponseBody, RETRY_BUFFER_LIMIT};
 use super::local_reply;
 use crate::config::SharedSnapshot;
+use crate::upstream::load::InFlight;
 use crate::upstream::outlier::Outcome;
 use crate::upstream::pool::SendError;
 use crate::upstream::Target;
@@ -143,7 +144,8 @@ async fn attempts(
         };
         let replay = body.replay();
         let in_flight = up.start(cluster, &endpoint);
-        let attempt = one_attempt(state, generation, cluster, &endpoint, parts, body, policy).await;
+        let target = (cluster, &endpoint, &in_flight);
+        let attempt = one_attempt(state, generation, target, parts, body, policy).await;
         up.record(cluster, la, &in_flight, &endpoint, outcome(&attempt));
         drop(in_flight);
         let retry = policy.filter(|p| retries < p.num_retries && should_retry(p, &attempt));
@@ -166,8 +168,7 @@ async fn attempts(
 async fn one_attempt(
     state: &Rc<WorkerState>,
     generation: u64,
-    cluster: &ClusterConfig,
-    endpoint: &Target,
+    (cluster, endpoint, in_flight): (&ClusterConfig, &Target, &InFlight),
     parts: &Parts,
     body: RequestBody,
     policy: Option<&RetryConfig>,
@@ -189,7 +190,7 @@ async fn one_attempt(
     *req.uri_mut() = parts.uri.clone();
     *req.version_mut() = parts.version;
     *req.headers_mut() = parts.headers.clone();
-    let send = up.pools.send(cluster, endpoint, tls, req);
+    let send = up.pools.send(cluster, endpoint, tls, req, in_flight);
     let per_try = policy.and_then(|p| p.per_try_timeout);
     let result = match per_try {
         Some(t) => match tokio::time::timeout(t, send).await {

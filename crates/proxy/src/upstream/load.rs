@@ -2,13 +2,16 @@
 //! (linkerd2-proxy's balancer, after tower's `PeakEwma`) and requests in flight, plus the
 //! counters the admin API reports for every endpoint (`/endpoints`, shared by the workers).
 //!
-//! The estimate starts at [`DEFAULT_RTT`]; a sample slower than it replaces it at once (peak:
-//! a pod that turns slow is avoided from its first slow answer); a faster sample moves it
-//! towards the sample by the share of [`DECAY`] elapsed since the last update; and between
-//! samples it decays towards zero with the same time constant, so a pod avoided for being slow
-//! is tried again after a while and can win its traffic back. Written here, not taken from
-//! tower: tower's balancer owns its services behind a `Discover` stream, while ours picks
-//! targets for pools keyed per worker, with Envoy's priorities around it.
+//! An endpoint's estimate is its first answer's latency; a slower answer replaces it at once
+//! (peak: a pod that turns slow is avoided from its first slow answer); a faster one moves it
+//! towards the sample by the share of [`DECAY`] elapsed since the last update, and at least by
+//! [`MIN_STEP`] (at thousands of answers a second, time alone would take [`DECAY`] to believe
+//! that a pod got faster); between answers it decays towards zero with the same time constant,
+//! so a pod avoided for being slow is tried more often again. Latency counts from the moment
+//! the request is sent on a connection: opening one (TCP, mTLS through the gateway) is not the
+//! endpoint's answer time, as in tower, whose balancer connects in `poll_ready`. Written here,
+//! not taken from tower: tower's balancer owns its services behind a `Discover` stream, while
+//! ours picks targets for pools keyed per worker, with Envoy's priorities around it.
 
 use std::cell::Cell;
 use std::collections::{BTreeMap, HashMap};
@@ -20,64 +23,77 @@ use std::time::{Duration, Instant};
 use super::outlier::Outcome;
 use super::Target;
 
-/// The estimate of an endpoint that has not answered yet (linkerd2-proxy's default).
+/// What a request in flight to an endpoint that has not answered yet costs (linkerd2-proxy's
+/// default estimate): idle, such an endpoint costs nothing and is tried first.
 pub const DEFAULT_RTT: Duration = Duration::from_millis(30);
 /// Time constant of the estimate's decay (linkerd2-proxy's default).
 pub const DECAY: Duration = Duration::from_secs(10);
+/// The least share of the way a faster answer moves the estimate.
+pub const MIN_STEP: f64 = 0.3;
 
 /// One endpoint's load on one worker.
 #[derive(Debug)]
 pub struct EndpointLoad {
-    rtt_ns: Cell<f64>,
+    /// Nanoseconds; `None` until the first answer.
+    rtt_ns: Cell<Option<f64>>,
     updated: Cell<Instant>,
     pending: Cell<u32>,
     /// Shared with the other workers and the admin API.
     pub stats: Arc<EndpointStats>,
 }
 
+fn decay_factor(elapsed: Duration) -> f64 {
+    (-elapsed.as_secs_f64() / DECAY.as_secs_f64()).exp()
+}
+
 impl EndpointLoad {
     fn new(stats: Arc<EndpointStats>, now: Instant) -> Self {
         EndpointLoad {
-            rtt_ns: Cell::new(DEFAULT_RTT.as_nanos() as f64),
+            rtt_ns: Cell::new(None),
             updated: Cell::new(now),
             pending: Cell::new(0),
             stats,
         }
     }
 
-    /// The estimate decayed to `now` (towards zero: no sample came since the last update).
-    fn decay_to(&self, now: Instant) -> f64 {
-        let elapsed = now.saturating_duration_since(self.updated.get());
-        let rtt = self.rtt_ns.get() * (-elapsed.as_secs_f64() / DECAY.as_secs_f64()).exp();
-        self.rtt_ns.set(rtt);
+    /// The estimate decayed to `now` (towards zero: no answer came since the last update).
+    fn decay_to(&self, now: Instant) -> Option<f64> {
+        let rtt =
+            self.rtt_ns.get()? * decay_factor(now.saturating_duration_since(self.updated.get()));
+        self.rtt_ns.set(Some(rtt));
         self.updated.set(now);
-        rtt
+        Some(rtt)
     }
 
-    /// What choosing this endpoint costs: the latency estimate × (requests in flight + 1).
+    /// What choosing this endpoint costs: the latency estimate × (requests in flight + 1); an
+    /// endpoint without an answer yet costs [`DEFAULT_RTT`] per request in flight.
     pub fn cost(&self, now: Instant) -> f64 {
-        self.decay_to(now) * f64::from(self.pending.get() + 1)
+        let pending = f64::from(self.pending.get());
+        match self.decay_to(now) {
+            Some(rtt) => rtt * (pending + 1.0),
+            None => DEFAULT_RTT.as_nanos() as f64 * pending,
+        }
     }
 
-    /// Takes a latency sample: peak, or a move towards it weighted by the time elapsed.
+    /// Takes a latency sample: peak, or a step towards it.
     fn observe(&self, rtt: Duration, now: Instant) {
         let sample = rtt.as_nanos() as f64;
-        let current = self.rtt_ns.get();
-        let next = if sample > current {
-            sample
-        } else {
-            let elapsed = now.saturating_duration_since(self.updated.get());
-            let keep = (-elapsed.as_secs_f64() / DECAY.as_secs_f64()).exp();
-            current * keep + sample * (1.0 - keep)
+        let next = match self.rtt_ns.get() {
+            Some(current) if sample <= current => {
+                let elapsed = now.saturating_duration_since(self.updated.get());
+                let keep = decay_factor(elapsed).min(1.0 - MIN_STEP);
+                current * keep + sample * (1.0 - keep)
+            }
+            _ => sample,
         };
-        self.rtt_ns.set(next);
+        self.rtt_ns.set(Some(next));
         self.updated.set(now);
         self.stats.ewma_ns.store(next as u64, Ordering::Relaxed);
     }
 
-    /// The estimate, for tests and logs.
+    /// The estimate (zero before any answer), for tests and logs.
     pub fn estimate(&self) -> Duration {
-        Duration::from_nanos(self.rtt_ns.get() as u64)
+        Duration::from_nanos(self.rtt_ns.get().unwrap_or(0.0) as u64)
     }
 }
 
@@ -85,7 +101,7 @@ impl EndpointLoad {
 #[must_use = "the request is pending only while this is held"]
 pub struct InFlight {
     load: Rc<EndpointLoad>,
-    started: Instant,
+    started: Cell<Instant>,
 }
 
 impl InFlight {
@@ -95,8 +111,13 @@ impl InFlight {
         load.stats.pending.fetch_add(1, Ordering::Relaxed);
         InFlight {
             load,
-            started: Instant::now(),
+            started: Cell::new(Instant::now()),
         }
+    }
+
+    /// The connection is ready and the request is being sent: latency counts from here.
+    pub fn sending(&self) {
+        self.started.set(Instant::now());
     }
 
     /// The answer came (response headers; for TCP, the connection): answers that are not
@@ -111,7 +132,8 @@ impl InFlight {
             self.load.stats.failures.fetch_add(1, Ordering::Relaxed);
         } else {
             let now = Instant::now();
-            self.load.observe(now.duration_since(self.started), now);
+            self.load
+                .observe(now.duration_since(self.started.get()), now);
         }
     }
 }
@@ -155,13 +177,13 @@ impl Loads {
         load
     }
 
-    /// The cost of `target` in `cluster` at `now`: its estimate when known, else the default
-    /// for a new endpoint (no counters are created just to look).
+    /// The cost of `target` in `cluster` at `now` (an endpoint never used costs nothing; no
+    /// counters are created just to look).
     pub fn cost(&self, cluster: &str, target: &Target, now: Instant) -> f64 {
-        match self.by_cluster.get(cluster).and_then(|c| c.get(target)) {
-            Some(load) => load.cost(now),
-            None => DEFAULT_RTT.as_nanos() as f64,
-        }
+        self.by_cluster
+            .get(cluster)
+            .and_then(|c| c.get(target))
+            .map_or(0.0, |load| load.cost(now))
     }
 
     /// Forgets endpoints that are no longer in `keep(cluster, target)`.
@@ -262,22 +284,25 @@ mod tests {
     }
 
     #[test]
-    fn a_slower_sample_is_taken_at_once_and_a_faster_one_only_over_time() {
+    fn the_first_answer_sets_the_estimate_a_slower_one_replaces_it_a_faster_one_steps_towards_it() {
         let l = load();
         let t0 = l.updated.get();
+        assert_eq!(l.estimate(), Duration::ZERO);
+        l.observe(Duration::from_millis(10), t0);
+        assert_eq!(l.estimate(), Duration::from_millis(10));
         l.observe(Duration::from_millis(80), t0);
         assert_eq!(l.estimate(), Duration::from_millis(80));
-        // 1 ms later a 1 ms sample barely moves it (1 ms of a 10 s time constant).
-        l.observe(Duration::from_millis(1), t0 + Duration::from_millis(1));
-        assert!(
-            l.estimate() > Duration::from_millis(79),
-            "{:?}",
-            l.estimate()
-        );
-        // 10 s later (one time constant) it has moved ~63 % of the way.
-        l.observe(Duration::from_millis(1), t0 + Duration::from_secs(10));
+        // 1 ms later a 10 ms answer moves it MIN_STEP of the way: 80 - 0.3 × 70 = 59 ms.
+        l.observe(Duration::from_millis(10), t0 + Duration::from_millis(1));
         let ms = l.estimate().as_secs_f64() * 1e3;
-        assert!((29.0..31.0).contains(&ms), "{ms}");
+        assert!((58.9..59.1).contains(&ms), "{ms}");
+        // 10 s later (one time constant) the step is 1 - e^-1 ≈ 63 %: 59 - 0.632 × 49 ≈ 28 ms.
+        l.observe(
+            Duration::from_millis(10),
+            t0 + Duration::from_millis(10_001),
+        );
+        let ms = l.estimate().as_secs_f64() * 1e3;
+        assert!((27.5..28.5).contains(&ms), "{ms}");
     }
 
     #[test]
@@ -289,11 +314,17 @@ mod tests {
         // e^-2 of 50 ms.
         assert!((6.0e6..7.5e6).contains(&later), "{later}");
         let l = Rc::new(load());
-        let idle = l.cost(Instant::now());
+        // No answer yet: free while idle, the default per request once busy.
+        assert_eq!(l.cost(Instant::now()), 0.0);
         let a = InFlight::start(Rc::clone(&l));
+        assert_eq!(l.cost(Instant::now()), DEFAULT_RTT.as_nanos() as f64);
         let b = InFlight::start(Rc::clone(&l));
-        assert!(l.cost(Instant::now()) > 2.9 * idle * 0.99);
         assert_eq!(l.stats.pending.load(Ordering::Relaxed), 2);
+        a.answered(Outcome::Status(200));
+        let rtt = l.estimate().as_nanos() as f64;
+        // Two in flight (the answered one is still held) on the new estimate: 3 ×.
+        let cost = l.cost(Instant::now());
+        assert!(cost <= 3.0 * rtt && cost > 2.9 * rtt, "{cost} {rtt}");
         drop((a, b));
         assert_eq!(l.stats.pending.load(Ordering::Relaxed), 0);
         assert_eq!(l.stats.requests.load(Ordering::Relaxed), 2);
@@ -302,10 +333,10 @@ mod tests {
     #[test]
     fn failures_are_counted_and_do_not_make_an_endpoint_look_fast() {
         let l = Rc::new(load());
-        let before = l.estimate();
         let f = InFlight::start(Rc::clone(&l));
         f.answered(Outcome::Status(503));
-        assert_eq!(l.estimate(), before);
+        assert_eq!(l.estimate(), Duration::ZERO);
         assert_eq!(l.stats.failures.load(Ordering::Relaxed), 1);
+        assert_eq!(l.stats.ewma_ns.load(Ordering::Relaxed), 0);
     }
 }

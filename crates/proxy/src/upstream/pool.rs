@@ -17,6 +17,7 @@ use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 
 use super::connect::{connect, ConnectError};
+use super::load::InFlight;
 use super::Target;
 use crate::http::body::RequestBody;
 use crate::http::headers::{for_http1, for_http2};
@@ -87,13 +88,15 @@ enum Checkout {
 
 impl Pools {
     /// Sends `req` to `endpoint` of `cluster` on a pooled connection, or a new one. A request
-    /// a pooled connection could not take (it closed while idle) goes on a new connection.
+    /// a pooled connection could not take (it closed while idle) goes on a new connection;
+    /// `attempt`'s latency then counts from when that connection is ready.
     pub async fn send(
         self: &Rc<Self>,
         cluster: &ClusterConfig,
         endpoint: &Target,
         tls: Option<std::sync::Arc<rustls::ClientConfig>>,
         req: Request<RequestBody>,
+        attempt: &InFlight,
     ) -> Result<Response<Incoming>, SendError> {
         let key = (cluster.name.clone(), endpoint.clone());
         let upstream = |error: hyper::Error| upstream_error(&cluster.name, endpoint, error);
@@ -124,6 +127,7 @@ impl Pools {
             let (mut sender, conn) = http2::handshake(LocalExec, TokioIo::new(io))
                 .await
                 .map_err(handshake)?;
+            attempt.sending();
             tokio::task::spawn_local(async move {
                 let _ = conn.await;
             });
@@ -135,6 +139,7 @@ impl Pools {
             let (mut sender, conn) = http1::handshake(TokioIo::new(io))
                 .await
                 .map_err(handshake)?;
+            attempt.sending();
             tokio::task::spawn_local(async move {
                 let _ = conn.await;
             });
