@@ -159,7 +159,7 @@ fn expected() -> Observed {
     }
 }
 
-const SIDECARS: usize = 6;
+const SIDECARS: usize = 8;
 const GATEWAYS: usize = 3;
 
 #[test]

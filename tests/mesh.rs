@@ -61,7 +61,8 @@ fn tour_passes(port_base: u16, extra: &[&str]) {
         .filter_map(|e| std::fs::read_to_string(e.ok()?.path()).ok())
         .filter(|log| log.contains("Causeway data plane started"))
         .count();
-    let expected = if extra.is_empty() { 9 } else { 0 };
+    // The example's eight sidecars and three gateways.
+    let expected = if extra.is_empty() { 11 } else { 0 };
     assert_eq!(on_causeway, expected, "proxies on Causeway's data plane");
 }
 

@@ -60,13 +60,23 @@ pub fn run(args: &[&str]) -> Output {
         .expect("run causeway")
 }
 
-/// A free TCP port on 127.0.0.1.
+/// A free TCP port on 127.0.0.1, from a counter below Linux's ephemeral range (32768-60999):
+/// a port the kernel hands out for `bind(:0)` is released when the probe closes and can be taken
+/// by another test's socket before the caller binds it, and in the ephemeral range any client
+/// socket can hold it first. 10000-11999 is used by nothing else in the suites.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
+    use std::sync::atomic::{AtomicU16, Ordering};
+    static NEXT: AtomicU16 = AtomicU16::new(10_000);
+    loop {
+        let port = NEXT.fetch_add(1, Ordering::Relaxed);
+        assert!(
+            port < 12_000,
+            "the suite ran out of test ports (10000-11999)"
+        );
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// Copies a directory tree.

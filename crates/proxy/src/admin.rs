@@ -60,7 +60,7 @@ async fn stats(State(s): State<AdminState>) -> impl IntoResponse {
         u8::from(ads.connected.load(Ordering::Relaxed)),
         ads.accepted.load(Ordering::Relaxed),
         ads.rejected.load(Ordering::Relaxed),
-    );
+    ) + &s.endpoints.encode();
     match text.rfind("# EOF") {
         Some(at) => text.insert_str(at, &extra),
         None => text.push_str(&extra),

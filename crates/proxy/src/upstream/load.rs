@@ -225,6 +225,14 @@ impl EndpointStats {
     }
 }
 
+/// A label value in the exposition format (`\\`, `"` and newlines escaped).
+fn escape(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
 /// The instant ejection deadlines are counted from (the first use).
 fn clock_base() -> Instant {
     static BASE: OnceLock<Instant> = OnceLock::new();
@@ -240,9 +248,66 @@ fn since_base(t: Instant) -> u64 {
 #[derive(Debug, Default)]
 pub struct EndpointBook {
     by_cluster: Mutex<BTreeMap<String, BTreeMap<Target, Arc<EndpointStats>>>>,
+    /// Ejections by cluster since the proxy started (never pruned: a Prometheus counter).
+    ejections: Mutex<BTreeMap<String, u64>>,
 }
 
 impl EndpointBook {
+    /// Counts an ejection in `cluster`.
+    pub fn count_ejection(&self, cluster: &str) {
+        let mut ejections = self
+            .ejections
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        match ejections.get_mut(cluster) {
+            Some(n) => *n += 1,
+            None => {
+                ejections.insert(cluster.to_owned(), 1);
+            }
+        }
+    }
+
+    /// Prometheus text: ejections by cluster (counter) and endpoints ejected now (gauge).
+    pub fn encode(&self) -> String {
+        use std::fmt::Write;
+        let mut out = String::from(
+            "# HELP causeway_proxy_outlier_ejections Endpoints ejected by outlier detection, by cluster.\n\
+             # TYPE causeway_proxy_outlier_ejections counter\n",
+        );
+        let ejections = self
+            .ejections
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        for (cluster, n) in ejections.iter() {
+            let _ = writeln!(
+                out,
+                "causeway_proxy_outlier_ejections_total{{cluster=\"{}\"}} {n}",
+                escape(cluster)
+            );
+        }
+        drop(ejections);
+        out.push_str(
+            "# HELP causeway_proxy_endpoints_ejected Endpoints ejected right now, by cluster.\n\
+             # TYPE causeway_proxy_endpoints_ejected gauge\n",
+        );
+        let book = self
+            .by_cluster
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        for (cluster, targets) in book.iter() {
+            let now = targets
+                .values()
+                .filter(|s| s.ejected_for().is_some())
+                .count();
+            let _ = writeln!(
+                out,
+                "causeway_proxy_endpoints_ejected{{cluster=\"{}\"}} {now}",
+                escape(cluster)
+            );
+        }
+        out
+    }
+
     /// The counters of `target` in `cluster`, created when new.
     pub fn stats(&self, cluster: &str, target: &Target) -> Arc<EndpointStats> {
         let mut book = self

@@ -126,6 +126,7 @@ impl Upstreams {
         );
         if let Some(time) = ejected {
             attempt.stats().eject(time);
+            self.book.count_ejection(&cluster.name);
         }
     }
 
