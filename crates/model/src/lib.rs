@@ -1,9 +1,9 @@
 //! Causeway's domain model.
 //!
 //! These are the validated, wire-format-free types that every other crate speaks: the mesh and
-//! its clusters, networks and localities, and the per-cluster objects (services, workload
-//! entries, endpoint slices, exports). Registries convert their own formats into these types at
-//! one boundary; nothing here does I/O.
+//! its clusters, networks and localities, the per-cluster objects (services, workload entries,
+//! endpoint slices, exports, authorization policies) and the mesh-wide traffic policies.
+//! Registries convert their own formats into these types at one boundary; nothing here does I/O.
 
 mod ids;
 mod locality;
@@ -11,9 +11,10 @@ mod mesh;
 mod objects;
 mod policy;
 mod proxy;
+mod traffic;
 
-pub use ids::{ClusterId, IdError, NetworkId, ServiceKey};
-pub use locality::{Locality, LocalityError};
+pub use ids::{validate_dns_label, ClusterId, IdError, NetworkId, ServiceKey};
+pub use locality::{Locality, LocalityError, LocalityPattern, LocalityPatternError};
 pub use mesh::{
     ClusterLocalRule, ClusterSpec, DiscoveryMode, Gateway, GatewayIdentity, KubernetesSource,
     MeshConfig, MeshSpec,
@@ -24,3 +25,7 @@ pub use objects::{
 };
 pub use policy::{AuthorizationPolicy, PolicyAction, PolicyRule, PolicySource, PolicyTarget};
 pub use proxy::{ProxyIdentity, ProxyRole, SpiffeId, SpiffeIdError};
+pub use traffic::{
+    ClusterChoice, LocalityDistribute, OutlierDetection, RegionFailover, RetryPolicy, Subset,
+    TrafficMode, TrafficPolicy, TrafficRoute,
+};

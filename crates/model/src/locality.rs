@@ -98,6 +98,92 @@ impl Serialize for Locality {
     }
 }
 
+/// Why a locality pattern was rejected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LocalityPatternError {
+    /// An empty segment, whitespace, or more than region/zone/subzone.
+    #[error(
+        "{0:?} is not *, region, region/zone or region/zone/subzone (each optionally ending in /*)"
+    )]
+    Shape(String),
+    /// A `*` anywhere but as the whole last segment.
+    #[error("{0:?}: the wildcard '*' may appear once, as the last segment")]
+    Wildcard(String),
+}
+
+/// A group of localities, as Istio's `localityLbSetting.distribute` writes them: `*` (every
+/// locality), `region` or `region/*` (every zone of a region), `region/zone` or `region/zone/*`,
+/// or one `region/zone/subzone`. It matches a locality by prefix.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct LocalityPattern {
+    /// Region, zone, subzone: the leading segments a matching locality must have (none: all).
+    parts: Vec<String>,
+}
+
+impl LocalityPattern {
+    /// Whether `locality` is in the group.
+    pub fn matches(&self, locality: &Locality) -> bool {
+        let have = [
+            Some(locality.region.as_str()),
+            Some(locality.zone.as_str()),
+            locality.subzone.as_deref(),
+        ];
+        self.parts
+            .iter()
+            .zip(have)
+            .all(|(want, have)| have == Some(want.as_str()))
+    }
+
+    /// Whether some locality is in both groups (one is the other or contains it).
+    pub fn overlaps(&self, other: &LocalityPattern) -> bool {
+        self.parts.iter().zip(&other.parts).all(|(a, b)| a == b)
+    }
+}
+
+impl FromStr for LocalityPattern {
+    type Err = LocalityPatternError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let body = if s == "*" {
+            ""
+        } else {
+            s.strip_suffix("/*").unwrap_or(s)
+        };
+        if body.contains('*') {
+            return Err(LocalityPatternError::Wildcard(s.to_owned()));
+        }
+        if body.is_empty() {
+            return if s == "*" {
+                Ok(Self { parts: Vec::new() })
+            } else {
+                Err(LocalityPatternError::Shape(s.to_owned()))
+            };
+        }
+        let parts: Vec<String> = body.split('/').map(str::to_owned).collect();
+        let valid = |p: &String| !p.is_empty() && !p.chars().any(char::is_whitespace);
+        if parts.len() > 3 || !parts.iter().all(valid) {
+            return Err(LocalityPatternError::Shape(s.to_owned()));
+        }
+        Ok(Self { parts })
+    }
+}
+
+impl fmt::Display for LocalityPattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.parts.len() {
+            0 => f.write_str("*"),
+            3 => f.write_str(&self.parts.join("/")),
+            _ => write!(f, "{}/*", self.parts.join("/")),
+        }
+    }
+}
+
+impl Serialize for LocalityPattern {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -124,5 +210,33 @@ mod tests {
         assert_eq!(loc("eu/eu-2/r1").priority_from(&caller), 2);
         assert_eq!(loc("us/eu-1/r1").priority_from(&caller), 3);
         assert_eq!(loc("eu/eu-1").priority_from(&loc("eu/eu-1")), 0);
+    }
+
+    #[test]
+    fn locality_patterns_match_by_prefix() {
+        let pattern = |s: &str| s.parse::<LocalityPattern>().expect("valid pattern");
+        assert_eq!(pattern("eu").to_string(), "eu/*");
+        assert_eq!(pattern("eu/eu-1/*"), pattern("eu/eu-1"));
+        assert_eq!(pattern("eu/eu-1/r1").to_string(), "eu/eu-1/r1");
+        assert!(pattern("*").matches(&loc("us/us-1")));
+        assert!(pattern("eu/*").matches(&loc("eu/eu-2/r9")));
+        assert!(pattern("eu/eu-1/*").matches(&loc("eu/eu-1")));
+        assert!(!pattern("eu/eu-1/r1").matches(&loc("eu/eu-1")));
+        assert!(!pattern("eu/eu-1").matches(&loc("eu/eu-2")));
+        assert!(pattern("eu/*").overlaps(&pattern("eu/eu-1/r1")));
+        assert!(pattern("*").overlaps(&pattern("us")));
+        assert!(!pattern("eu/eu-1").overlaps(&pattern("eu/eu-2")));
+        for bad in [
+            "", "/", "eu/", "eu//z", "a/b/c/d", "a b", "eu/*/z", "eu*", "*/*",
+        ] {
+            assert!(
+                bad.parse::<LocalityPattern>().is_err(),
+                "{bad} must be rejected"
+            );
+        }
+        assert!(matches!(
+            "eu/*/z".parse::<LocalityPattern>(),
+            Err(LocalityPatternError::Wildcard(_))
+        ));
     }
 }

@@ -1,10 +1,12 @@
 //! Causeway registries.
 //!
 //! The embedded default is the *mesh directory*: `mesh.yaml` (one `Mesh`, one `Cluster` per
-//! member) and `clusters/<cluster-id>/*.yaml` with each cluster's Kubernetes-style objects. This
+//! member, mesh-wide `TrafficPolicy` objects), `policies/**/*.yaml` (more `TrafficPolicy`
+//! objects) and `clusters/<cluster-id>/*.yaml` with each cluster's Kubernetes-style objects. This
 //! crate is the one boundary where that wire format is parsed and validated into
 //! [`causeway_model`] types; errors name the file, document, line, object and field.
-//! [`MeshDirectory`] keeps the last good state of every cluster when a file breaks, and
+//! [`MeshDirectory`] keeps the last good state of the mesh scope (mesh settings and traffic
+//! policies) and of every cluster when a file breaks, and
 //! [`watch`] reports changes as they happen. [`upsert_cluster`] and [`write_mesh_file`] edit
 //! `mesh.yaml` for `causeway link`, keeping every other document's text and comments.
 
@@ -19,7 +21,8 @@ pub use edit::{upsert_cluster, write_mesh_file, ClusterEntry, EditAction, EditEr
 pub use error::LoadError;
 pub use file::{
     load_cluster_dir, load_mesh_file, parse_cluster_documents, parse_mesh_documents,
-    CLUSTER_LOCAL_ANNOTATION, EXPORT_TO_ANNOTATION, SERVICE_ACCOUNT_ANNOTATION, SERVICE_NAME_LABEL,
+    CLUSTER_LOCAL_ANNOTATION, EXPORT_TO_ANNOTATION, POLICIES_DIR, SERVICE_ACCOUNT_ANNOTATION,
+    SERVICE_NAME_LABEL,
 };
 pub use state::{ClusterSlot, MeshDirectory, ReloadOutcome, ReloadScope};
 

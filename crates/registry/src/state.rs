@@ -1,20 +1,23 @@
-//! The mesh directory as the control plane holds it: the last good state of the mesh and of
-//! every cluster, plus the errors that stopped newer states from loading.
+//! The mesh directory as the control plane holds it: the last good state of the mesh scope
+//! (`mesh.yaml` and `policies/`) and of every cluster, plus the errors that stopped newer states
+//! from loading.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use causeway_model::{ClusterObjects, MeshConfig};
+use causeway_model::{ClusterObjects, MeshConfig, TrafficPolicy};
 
-use crate::{load_cluster_dir, load_mesh_file, LoadError};
+use crate::file::load_mesh_scope;
+use crate::{load_cluster_dir, LoadError};
 
 /// What to read again after a change.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ReloadScope {
     /// Everything.
     All,
-    /// `mesh.yaml` (and any cluster it newly declares).
+    /// The mesh scope: `mesh.yaml` and the files under `policies/` (and any cluster
+    /// `mesh.yaml` newly declares).
     Mesh,
     /// The named cluster directories.
     Clusters(BTreeSet<String>),
@@ -51,6 +54,8 @@ pub struct ClusterSlot {
 pub struct ReloadOutcome {
     /// The mesh configuration was replaced by a new good one.
     pub mesh_changed: bool,
+    /// The traffic policies were replaced by new good ones.
+    pub traffic_policies_changed: bool,
     /// Clusters whose good objects changed.
     pub clusters_changed: BTreeSet<String>,
     /// The set of errors changed (appeared, cleared or moved).
@@ -58,18 +63,21 @@ pub struct ReloadOutcome {
 }
 
 impl ReloadOutcome {
-    /// Whether anything an index depends on changed.
+    /// Whether anything an index depends on changed. (Traffic policies are not applied by the
+    /// index yet, so [`Self::traffic_policies_changed`] does not count.)
     pub fn state_changed(&self) -> bool {
         self.mesh_changed || !self.clusters_changed.is_empty()
     }
 }
 
 /// A mesh directory with last-good semantics: a file that breaks leaves its cluster (or the
-/// mesh settings) on the previous good state, and the error is kept for operators to see.
+/// mesh scope: mesh settings and traffic policies) on the previous good state, and the error is
+/// kept for operators to see.
 #[derive(Debug)]
 pub struct MeshDirectory {
     root: PathBuf,
     mesh: Option<Arc<MeshConfig>>,
+    traffic_policies: Arc<[TrafficPolicy]>,
     mesh_errors: Vec<LoadError>,
     clusters: BTreeMap<String, ClusterSlot>,
     stray: Vec<LoadError>,
@@ -81,6 +89,7 @@ impl MeshDirectory {
         let mut dir = Self {
             root: root.into(),
             mesh: None,
+            traffic_policies: Arc::from(Vec::new()),
             mesh_errors: Vec::new(),
             clusters: BTreeMap::new(),
             stray: Vec::new(),
@@ -99,12 +108,20 @@ impl MeshDirectory {
         self.mesh.as_ref()
     }
 
+    /// The last good traffic policies of the mesh (from `mesh.yaml` and `policies/`, in that
+    /// order, files in path order), loaded with the mesh settings: a broken policy keeps the
+    /// previous ones (and the previous mesh settings). Empty until the mesh scope has loaded.
+    pub fn traffic_policies(&self) -> &Arc<[TrafficPolicy]> {
+        &self.traffic_policies
+    }
+
     /// Every cluster directory slot, by directory name.
     pub fn clusters(&self) -> &BTreeMap<String, ClusterSlot> {
         &self.clusters
     }
 
-    /// Every current error: mesh.yaml, cluster files, and cluster directories with no `Cluster`.
+    /// Every current error: mesh.yaml, policy files, cluster files, and cluster directories with
+    /// no `Cluster`.
     pub fn errors(&self) -> Vec<LoadError> {
         let mut all = self.mesh_errors.clone();
         all.extend(
@@ -153,26 +170,7 @@ impl MeshDirectory {
         let mut outcome = ReloadOutcome::default();
         let mut to_load: BTreeSet<String> = BTreeSet::new();
         if matches!(scope, ReloadScope::All | ReloadScope::Mesh) {
-            let loaded = load_mesh_file(&self.root).and_then(|mesh| match &self.mesh {
-                Some(current) => keep_trust_domain(current, mesh),
-                None => Ok(mesh),
-            });
-            match loaded {
-                Ok(mesh) => {
-                    self.mesh_errors.clear();
-                    if self.mesh.as_deref() != Some(&mesh) {
-                        tracing::info!(clusters = mesh.clusters.len(), "mesh.yaml loaded");
-                        self.mesh = Some(Arc::new(mesh));
-                        outcome.mesh_changed = true;
-                    }
-                }
-                Err(errors) => {
-                    for e in &errors {
-                        tracing::warn!(error = %e, "mesh.yaml rejected; keeping the last good mesh settings");
-                    }
-                    self.mesh_errors = errors;
-                }
-            }
+            self.reload_mesh_scope(&mut outcome);
         }
         let declared = self.declared();
         match scope {
@@ -234,6 +232,37 @@ impl MeshDirectory {
             .collect();
         outcome.errors_changed = self.errors() != errors_before;
         outcome
+    }
+}
+
+impl MeshDirectory {
+    /// Reads `mesh.yaml` and `policies/` again; on any error both keep their last good state.
+    fn reload_mesh_scope(&mut self, outcome: &mut ReloadOutcome) {
+        let loaded = load_mesh_scope(&self.root).and_then(|(mesh, policies)| match &self.mesh {
+            Some(current) => keep_trust_domain(current, mesh).map(|mesh| (mesh, policies)),
+            None => Ok((mesh, policies)),
+        });
+        match loaded {
+            Ok((mesh, policies)) => {
+                self.mesh_errors.clear();
+                if self.mesh.as_deref() != Some(&mesh) {
+                    tracing::info!(clusters = mesh.clusters.len(), "mesh.yaml loaded");
+                    self.mesh = Some(Arc::new(mesh));
+                    outcome.mesh_changed = true;
+                }
+                if *self.traffic_policies != *policies {
+                    tracing::info!(policies = policies.len(), "traffic policies loaded");
+                    self.traffic_policies = Arc::from(policies);
+                    outcome.traffic_policies_changed = true;
+                }
+            }
+            Err(errors) => {
+                for e in &errors {
+                    tracing::warn!(error = %e, "mesh scope rejected; keeping the last good mesh settings and traffic policies");
+                }
+                self.mesh_errors = errors;
+            }
+        }
     }
 }
 
@@ -356,5 +385,146 @@ mod tests {
         assert!(outcome.mesh_changed);
         assert!(dir.errors().is_empty(), "{:?}", dir.errors());
         assert!(dir.clusters().contains_key("b"));
+    }
+
+    const POLICY: &str = "apiVersion: causeway.io/v1alpha1\nkind: TrafficPolicy\nmetadata: {name: p, namespace: shop}\nspec:\n  service: checkout\n  mode: FailOver\n  clusters: [{name: a}]\n";
+
+    fn policy_names(dir: &MeshDirectory) -> Vec<String> {
+        dir.traffic_policies()
+            .iter()
+            .map(|p| format!("{}/{}@{}", p.namespace, p.name, p.source.file.display()))
+            .collect()
+    }
+
+    #[test]
+    fn traffic_policies_come_from_mesh_yaml_and_every_file_under_policies() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        write(tmp.path(), "mesh.yaml", &format!("{MESH}---\n{POLICY}"));
+        write(
+            tmp.path(),
+            "policies/b.yaml",
+            &POLICY
+                .replace("name: p,", "name: b,")
+                .replace("checkout", "cart"),
+        );
+        write(
+            tmp.path(),
+            "policies/shop/a.yml",
+            &POLICY
+                .replace("name: p,", "name: a,")
+                .replace("checkout", "search"),
+        );
+        write(tmp.path(), "policies/notes.txt", "not yaml");
+        write(tmp.path(), "policies/.hidden.yaml", "kind: [");
+        let mut dir = MeshDirectory::open(tmp.path());
+        assert!(dir.errors().is_empty(), "{:?}", dir.errors());
+        assert_eq!(
+            policy_names(&dir),
+            [
+                "shop/p@mesh.yaml",
+                "shop/b@policies/b.yaml",
+                "shop/a@policies/shop/a.yml"
+            ]
+        );
+        let mesh = dir.mesh().cloned().expect("mesh");
+
+        // A new policy file: only the policies change, the mesh settings stay the same Arc.
+        write(
+            tmp.path(),
+            "policies/c.yaml",
+            &POLICY
+                .replace("name: p,", "name: c,")
+                .replace("checkout", "pay"),
+        );
+        let outcome = dir.reload(ReloadScope::Mesh);
+        assert!(
+            outcome.traffic_policies_changed && !outcome.mesh_changed,
+            "{outcome:?}"
+        );
+        assert!(!outcome.state_changed());
+        assert!(Arc::ptr_eq(dir.mesh().expect("mesh"), &mesh));
+        assert_eq!(dir.traffic_policies().len(), 4);
+        let outcome = dir.reload(ReloadScope::Mesh);
+        assert_eq!(outcome, ReloadOutcome::default(), "nothing changed");
+    }
+
+    #[test]
+    fn a_broken_policy_keeps_the_last_good_mesh_scope() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        write(tmp.path(), "mesh.yaml", MESH);
+        write(tmp.path(), "policies/shop.yaml", POLICY);
+        let mut dir = MeshDirectory::open(tmp.path());
+        assert!(dir.errors().is_empty(), "{:?}", dir.errors());
+        let good = dir.traffic_policies().clone();
+        assert_eq!(good.len(), 1);
+
+        // A broken policy, and a new cluster in mesh.yaml: neither is applied.
+        write(
+            tmp.path(),
+            "policies/shop.yaml",
+            &POLICY.replace("mode: FailOver", "mode: Sometimes"),
+        );
+        let b = "---\napiVersion: causeway.io/v1alpha1\nkind: Cluster\nmetadata: {name: b}\nspec: {network: n, locality: r/z}\n";
+        write(tmp.path(), "mesh.yaml", &format!("{MESH}{b}"));
+        let outcome = dir.reload(ReloadScope::Mesh);
+        assert!(
+            !outcome.traffic_policies_changed && !outcome.mesh_changed,
+            "{outcome:?}"
+        );
+        assert!(outcome.errors_changed);
+        assert!(Arc::ptr_eq(dir.traffic_policies(), &good));
+        assert_eq!(dir.mesh().map(|m| m.clusters.len()), Some(1));
+        let errors = dir.errors();
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert_eq!(errors[0].file, Path::new("policies/shop.yaml"));
+        assert_eq!(errors[0].object.as_deref(), Some("TrafficPolicy shop/p"));
+        assert_eq!(errors[0].field.as_deref(), Some("spec.mode"));
+
+        // A policy in mesh.yaml that duplicates the one under policies/: refused too.
+        write(tmp.path(), "policies/shop.yaml", POLICY);
+        write(
+            tmp.path(),
+            "mesh.yaml",
+            &format!("{MESH}{b}---\n{}", POLICY.replace("name: p,", "name: q,")),
+        );
+        dir.reload(ReloadScope::Mesh);
+        let errors = dir.errors();
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert_eq!(errors[0].file, Path::new("policies/shop.yaml"));
+        assert!(
+            errors[0]
+                .reason
+                .contains("TrafficPolicy shop/q at mesh.yaml"),
+            "{}",
+            errors[0]
+        );
+        assert!(Arc::ptr_eq(dir.traffic_policies(), &good));
+
+        // Fixed: the new cluster and both policies load.
+        write(
+            tmp.path(),
+            "mesh.yaml",
+            &format!(
+                "{MESH}{b}---\n{}",
+                POLICY
+                    .replace("name: p,", "name: q,")
+                    .replace("checkout", "cart")
+            ),
+        );
+        let outcome = dir.reload(ReloadScope::Mesh);
+        assert!(
+            outcome.traffic_policies_changed && outcome.mesh_changed,
+            "{outcome:?}"
+        );
+        assert!(dir.errors().is_empty(), "{:?}", dir.errors());
+        assert_eq!(dir.traffic_policies().len(), 2);
+        assert!(dir.clusters().contains_key("b"));
+
+        // A policy file that cannot be read as UTF-8 is an error like any other.
+        write(tmp.path(), "policies/zz.yaml", "");
+        std::fs::write(tmp.path().join("policies/zz.yaml"), [0xff]).expect("write");
+        dir.reload(ReloadScope::Mesh);
+        assert_eq!(dir.errors()[0].file, Path::new("policies/zz.yaml"));
+        assert_eq!(dir.traffic_policies().len(), 2);
     }
 }

@@ -42,6 +42,7 @@ pub fn scope_for(root: &Path, path: &Path) -> Option<ReloadScope> {
         .collect();
     match parts.as_slice() {
         ["mesh.yaml"] => Some(ReloadScope::Mesh),
+        ["policies", ..] => Some(ReloadScope::Mesh),
         ["clusters", name, ..] => Some(ReloadScope::Clusters(BTreeSet::from([(*name).to_owned()]))),
         ["clusters"] => Some(ReloadScope::All),
         [] => Some(ReloadScope::All),
@@ -113,6 +114,17 @@ mod tests {
             scope_for(root, Path::new("/m/clusters/east/a.yaml")),
             Some(ReloadScope::Clusters(BTreeSet::from(["east".to_owned()])))
         );
+        for policy in [
+            "/m/policies",
+            "/m/policies/shop.yaml",
+            "/m/policies/shop/checkout.yml",
+        ] {
+            assert_eq!(
+                scope_for(root, Path::new(policy)),
+                Some(ReloadScope::Mesh),
+                "{policy}"
+            );
+        }
         assert_eq!(scope_for(root, Path::new("/m/README")), None);
         assert_eq!(scope_for(root, Path::new("/elsewhere/x")), None);
     }

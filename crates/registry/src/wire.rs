@@ -253,3 +253,90 @@ pub struct PolicyTarget {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub paths: Vec<String>,
 }
+
+/// `causeway.io/v1alpha1` `TrafficPolicy` spec (mesh-wide: in `mesh.yaml` or `policies/`).
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TrafficPolicySpec {
+    pub service: String,
+    pub callers: Option<TrafficCallers>,
+    pub mode: Option<String>,
+    #[serde(default)]
+    pub clusters: Vec<TrafficCluster>,
+    #[serde(default)]
+    pub failover_priority: Vec<String>,
+    #[serde(default)]
+    pub failover: Vec<RegionFailover>,
+    #[serde(default)]
+    pub distribute: Vec<LocalityDistribute>,
+    #[serde(default)]
+    pub subsets: Vec<TrafficSubset>,
+    #[serde(default)]
+    pub routes: Vec<TrafficRoute>,
+    pub retries: Option<TrafficRetries>,
+    pub timeout: Option<String>,
+    pub outlier_detection: Option<TrafficOutlierDetection>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TrafficCallers {
+    pub clusters: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TrafficCluster {
+    pub name: String,
+    pub weight: Option<u32>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RegionFailover {
+    pub from: String,
+    pub to: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LocalityDistribute {
+    pub from: String,
+    pub to: BTreeMap<String, u32>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TrafficSubset {
+    pub name: String,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TrafficRoute {
+    pub cluster: Option<String>,
+    pub subset: Option<String>,
+    pub weight: u32,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TrafficRetries {
+    pub attempts: u32,
+    pub per_try_timeout: Option<String>,
+    /// Comma-separated Envoy conditions, as Istio writes them.
+    pub retry_on: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TrafficOutlierDetection {
+    #[serde(rename = "consecutive5xx")]
+    pub consecutive_5xx: Option<u32>,
+    pub consecutive_gateway_failure: Option<u32>,
+    pub interval: Option<String>,
+    pub base_ejection_time: Option<String>,
+    pub max_ejection_percent: Option<u32>,
+}

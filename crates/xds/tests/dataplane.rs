@@ -4,9 +4,6 @@
 
 mod common;
 
-use causeway_discovery::ProxyContext;
-use causeway_model::{ClusterId, ProxyIdentity, ProxyRole};
-use causeway_xds::build::gateway_resources;
 use causeway_xds::dataplane::{
     cluster_config, listener_config, load_assignment, ChainAction, EndpointSource, LbPolicy,
 };
@@ -19,18 +16,7 @@ use envoy_types::pb::envoy::config::listener::v3::Listener;
 use prost::Message;
 
 fn gamma_gateway() -> Resources {
-    let index = index_of(&example());
-    let ctx = ProxyContext::resolve(
-        &index,
-        ProxyIdentity {
-            cluster: ClusterId::new("gamma").expect("id"),
-            namespace: "causeway-system".into(),
-            workload: "eastwest-0".into(),
-            role: ProxyRole::Gateway,
-        },
-    )
-    .expect("context");
-    gateway_resources(&index, &ctx)
+    common::gateway_of(&index_of(&example()), "gamma")
 }
 
 fn all<M: Message + Default>(r: &Resources, t: TypeUrl) -> Vec<M> {

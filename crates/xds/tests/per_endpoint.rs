@@ -7,9 +7,6 @@ mod common;
 
 use std::collections::BTreeMap;
 
-use causeway_discovery::ProxyContext;
-use causeway_model::{ClusterId, ProxyIdentity, ProxyRole};
-use causeway_xds::build::gateway_resources;
 use causeway_xds::dataplane::{cluster_config, load_assignment, LbPolicy};
 use causeway_xds::node::DataPlane;
 use causeway_xds::resources::{Resources, TypeUrl};
@@ -74,18 +71,7 @@ fn alpha_client(data_plane: DataPlane) -> Resources {
 }
 
 fn gamma_gateway() -> Resources {
-    let index = index_of(&example());
-    let ctx = ProxyContext::resolve(
-        &index,
-        ProxyIdentity {
-            cluster: ClusterId::new("gamma").expect("id"),
-            namespace: "causeway-system".into(),
-            workload: "eastwest-0".into(),
-            role: ProxyRole::Gateway,
-        },
-    )
-    .expect("context");
-    gateway_resources(&index, &ctx)
+    common::gateway_of(&index_of(&example()), "gamma")
 }
 
 #[test]

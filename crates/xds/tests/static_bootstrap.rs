@@ -8,12 +8,9 @@ mod common;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use causeway_discovery::ProxyContext;
-use causeway_model::{ClusterId, ProxyIdentity, ProxyRole};
 use causeway_xds::bootstrap::{
     static_bootstrap_of, CertificateFiles, EnvoyResources, StaticBootstrapError,
 };
-use causeway_xds::build::gateway_resources;
 use causeway_xds::dataplane::bootstrap::{BootstrapFileError, StaticNode};
 use causeway_xds::dataplane::tls::{CertificateSource, TrustedCaSource};
 use causeway_xds::dataplane::{
@@ -48,18 +45,7 @@ fn node(id: &str, cluster: &str) -> core::Node {
 }
 
 fn gamma_gateway() -> Resources {
-    let index = index_of(&example());
-    let ctx = ProxyContext::resolve(
-        &index,
-        ProxyIdentity {
-            cluster: ClusterId::new("gamma").expect("id"),
-            namespace: "causeway-system".into(),
-            workload: "eastwest-0".into(),
-            role: ProxyRole::Gateway,
-        },
-    )
-    .expect("context");
-    gateway_resources(&index, &ctx)
+    common::gateway_of(&index_of(&example()), "gamma")
 }
 
 fn decoded(r: &Resources) -> EnvoyResources {

@@ -208,7 +208,7 @@ async fn one_attempt(
 fn outcome(a: &Attempt) -> Outcome {
     match a {
         Attempt::Answered(r) => Outcome::Status(r.status().as_u16()),
-        Attempt::Failed(SendError::Overflow { .. }) => Outcome::Status(200),
+        Attempt::Failed(SendError::Overflow { .. }) => Outcome::NotSent,
         Attempt::Failed(_) | Attempt::TimedOut => Outcome::LocalFailure,
     }
 }

@@ -2,8 +2,9 @@
 //! (linkerd2-proxy's balancer, after tower's `PeakEwma`) and requests in flight, plus the
 //! counters the admin API reports for every endpoint (`/endpoints`, shared by the workers).
 //!
-//! An endpoint's estimate is its first answer's latency; a slower answer replaces it at once
-//! (peak: a pod that turns slow is avoided from its first slow answer); a faster one moves it
+//! An endpoint's estimate is its first warm answer's latency (an answer on a connection opened
+//! for it only stands in until then, see `observe_cold`); a slower answer moves it half the way
+//! at once ([`ATTACK`]: a pod that turns slow is avoided from its first slow answer); a faster one moves it
 //! towards the sample by the share of [`DECAY`] elapsed since the last update, and at least by
 //! [`MIN_STEP`] (at thousands of answers a second, time alone would take [`DECAY`] to believe
 //! that a pod got faster); between answers it decays towards zero with the same time constant,
@@ -30,12 +31,19 @@ pub const DEFAULT_RTT: Duration = Duration::from_millis(30);
 pub const DECAY: Duration = Duration::from_secs(10);
 /// The least share of the way a faster answer moves the estimate.
 pub const MIN_STEP: f64 = 0.3;
+/// The share of the way a slower answer moves it at once. linkerd's peak-EWMA jumps all the
+/// way; one scheduling hiccup then makes an equal pod look several times slower than its
+/// peers until it is chosen again. Half the way still puts a pod that turns 50× slower past
+/// the balancer's noise band on its first slow answer (see `balance::p2c`).
+pub const ATTACK: f64 = 0.5;
 
 /// One endpoint's load on one worker.
 #[derive(Debug)]
 pub struct EndpointLoad {
     /// Nanoseconds; `None` until the first answer.
     rtt_ns: Cell<Option<f64>>,
+    /// The estimate comes from a cold answer only (see [`EndpointLoad::observe_cold`]).
+    provisional: Cell<bool>,
     updated: Cell<Instant>,
     pending: Cell<u32>,
     /// Shared with the other workers and the admin API.
@@ -50,6 +58,7 @@ impl EndpointLoad {
     fn new(stats: Arc<EndpointStats>, now: Instant) -> Self {
         EndpointLoad {
             rtt_ns: Cell::new(None),
+            provisional: Cell::new(false),
             updated: Cell::new(now),
             pending: Cell::new(0),
             stats,
@@ -75,17 +84,52 @@ impl EndpointLoad {
         }
     }
 
-    /// Takes a latency sample: peak, or a step towards it.
+    /// Takes a latency sample: a step towards it, half the way when slower.
     fn observe(&self, rtt: Duration, now: Instant) {
         let sample = rtt.as_nanos() as f64;
         let next = match self.rtt_ns.get() {
+            // A warm answer replaces what a cold one guessed.
+            Some(_) if self.provisional.replace(false) => sample,
             Some(current) if sample <= current => {
                 let elapsed = now.saturating_duration_since(self.updated.get());
                 let keep = decay_factor(elapsed).min(1.0 - MIN_STEP);
                 current * keep + sample * (1.0 - keep)
             }
-            _ => sample,
+            Some(current) => current + (sample - current) * ATTACK,
+            None => sample,
         };
+        self.rtt_ns.set(Some(next));
+        self.updated.set(now);
+        self.stats.ewma_ns.store(next as u64, Ordering::Relaxed);
+    }
+
+    /// An answer on a connection opened for it: it carries the set-up of every hop behind (the
+    /// server sidecar's and the app's connections too), so it never counts as a peak. With no
+    /// estimate yet it stands in until the first warm answer replaces it; otherwise it moves
+    /// the estimate by [`MIN_STEP`] at most.
+    fn observe_cold(&self, rtt: Duration, now: Instant) {
+        let sample = rtt.as_nanos() as f64;
+        let next = match self.decay_to(now) {
+            None => {
+                self.provisional.set(true);
+                sample
+            }
+            Some(current) => current + (sample - current) * MIN_STEP,
+        };
+        self.rtt_ns.set(Some(next));
+        self.updated.set(now);
+        self.stats.ewma_ns.store(next as u64, Ordering::Relaxed);
+    }
+
+    /// A failure only ever raises the estimate: to the time it took when longer (a timeout, a
+    /// connect that hung), and to [`DEFAULT_RTT`] for an endpoint that never answered, which
+    /// would otherwise look free and draw every request until it is ejected.
+    fn failed(&self, elapsed: Duration, now: Instant) {
+        let floor = match self.decay_to(now) {
+            Some(current) => current,
+            None => DEFAULT_RTT.as_nanos() as f64,
+        };
+        let next = floor.max(elapsed.as_nanos() as f64);
         self.rtt_ns.set(Some(next));
         self.updated.set(now);
         self.stats.ewma_ns.store(next as u64, Ordering::Relaxed);
@@ -102,6 +146,8 @@ impl EndpointLoad {
 pub struct InFlight {
     load: Rc<EndpointLoad>,
     started: Cell<Instant>,
+    /// Sent on a connection opened for it.
+    cold: Cell<bool>,
 }
 
 impl InFlight {
@@ -112,28 +158,33 @@ impl InFlight {
         InFlight {
             load,
             started: Cell::new(Instant::now()),
+            cold: Cell::new(false),
         }
     }
 
-    /// The connection is ready and the request is being sent: latency counts from here.
-    pub fn sending(&self) {
+    /// A connection was opened for this request and is ready: latency counts from here, and
+    /// the answer is a cold one.
+    pub fn sending_on_new_connection(&self) {
         self.started.set(Instant::now());
+        self.cold.set(true);
     }
 
     /// The answer came (response headers; for TCP, the connection): answers that are not
     /// failures feed the latency estimate, failures are counted (ejection is outlier
     /// detection's job, so a fast-failing pod is not mistaken for a fast one for long).
     pub fn answered(&self, outcome: Outcome) {
-        let failed = match outcome {
-            Outcome::Status(s) => s >= 500,
-            Outcome::LocalFailure => true,
-        };
-        if failed {
-            self.load.stats.failures.fetch_add(1, Ordering::Relaxed);
-        } else {
-            let now = Instant::now();
-            self.load
-                .observe(now.duration_since(self.started.get()), now);
+        let now = Instant::now();
+        let elapsed = now.duration_since(self.started.get());
+        match outcome {
+            Outcome::Status(s) if s < 500 && self.cold.get() => {
+                self.load.observe_cold(elapsed, now)
+            }
+            Outcome::Status(s) if s < 500 => self.load.observe(elapsed, now),
+            Outcome::Status(_) | Outcome::LocalFailure => {
+                self.load.stats.failures.fetch_add(1, Ordering::Relaxed);
+                self.load.failed(elapsed, now);
+            }
+            Outcome::NotSent => {}
         }
     }
 }
@@ -327,14 +378,15 @@ impl EndpointBook {
         book.get(cluster)?.get(target).cloned()
     }
 
-    /// Forgets endpoints that are no longer in `keep(cluster, target)`.
+    /// Forgets endpoints that are no longer in `keep(cluster, target)` and that no worker
+    /// holds any more (a worker that has not seen the new snapshot yet keeps its counters).
     pub fn retain(&self, keep: impl Fn(&str, &Target) -> bool) {
         let mut book = self
             .by_cluster
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         book.retain(|cluster, targets| {
-            targets.retain(|t, _| keep(cluster, t));
+            targets.retain(|t, stats| keep(cluster, t) || Arc::strong_count(stats) > 1);
             !targets.is_empty()
         });
     }
@@ -349,13 +401,14 @@ mod tests {
     }
 
     #[test]
-    fn the_first_answer_sets_the_estimate_a_slower_one_replaces_it_a_faster_one_steps_towards_it() {
+    fn the_first_answer_sets_the_estimate_and_later_ones_step_towards_themselves() {
         let l = load();
         let t0 = l.updated.get();
         assert_eq!(l.estimate(), Duration::ZERO);
         l.observe(Duration::from_millis(10), t0);
         assert_eq!(l.estimate(), Duration::from_millis(10));
-        l.observe(Duration::from_millis(80), t0);
+        // A slower answer: half the way at once, 10 + 0.5 × (150 - 10) = 80 ms.
+        l.observe(Duration::from_millis(150), t0);
         assert_eq!(l.estimate(), Duration::from_millis(80));
         // 1 ms later a 10 ms answer moves it MIN_STEP of the way: 80 - 0.3 × 70 = 59 ms.
         l.observe(Duration::from_millis(10), t0 + Duration::from_millis(1));
@@ -368,6 +421,24 @@ mod tests {
         );
         let ms = l.estimate().as_secs_f64() * 1e3;
         assert!((27.5..28.5).contains(&ms), "{ms}");
+    }
+
+    #[test]
+    fn a_cold_answer_stands_in_until_a_warm_one_and_is_never_a_peak() {
+        let l = Rc::new(load());
+        let cold = InFlight::start(Rc::clone(&l));
+        cold.sending_on_new_connection();
+        std::thread::sleep(Duration::from_millis(5));
+        cold.answered(Outcome::Status(200));
+        let guess = l.estimate();
+        assert!(guess >= Duration::from_millis(5), "{guess:?}");
+        // The first warm answer replaces the guess, even far below it.
+        l.observe(Duration::from_micros(300), Instant::now());
+        assert_eq!(l.estimate(), Duration::from_micros(300));
+        // Later cold answers only step towards themselves: 0.3 + 0.3 × (10 - 0.3) ≈ 3.2 ms.
+        l.observe_cold(Duration::from_millis(10), Instant::now());
+        let ms = l.estimate().as_secs_f64() * 1e3;
+        assert!((3.1..3.3).contains(&ms), "{ms}");
     }
 
     #[test]
@@ -396,12 +467,25 @@ mod tests {
     }
 
     #[test]
-    fn failures_are_counted_and_do_not_make_an_endpoint_look_fast() {
+    fn failures_are_counted_and_only_ever_raise_the_estimate() {
         let l = Rc::new(load());
+        // Never answered, then a fast 503: no longer free, the default estimate.
         let f = InFlight::start(Rc::clone(&l));
         f.answered(Outcome::Status(503));
-        assert_eq!(l.estimate(), Duration::ZERO);
+        assert_eq!(l.estimate(), DEFAULT_RTT);
         assert_eq!(l.stats.failures.load(Ordering::Relaxed), 1);
-        assert_eq!(l.stats.ewma_ns.load(Ordering::Relaxed), 0);
+        drop(f);
+        // A fast answer, then a failure that took longer: the failure's time.
+        let t0 = Instant::now();
+        l.observe(Duration::from_millis(40), t0);
+        l.failed(Duration::from_millis(900), t0);
+        assert_eq!(l.estimate(), Duration::from_millis(900));
+        // A fast failure does not lower it.
+        l.failed(Duration::from_micros(10), t0);
+        assert_eq!(l.estimate(), Duration::from_millis(900));
+        // A request never sent says nothing.
+        let before = l.stats.failures.load(Ordering::Relaxed);
+        InFlight::start(Rc::clone(&l)).answered(Outcome::NotSent);
+        assert_eq!(l.stats.failures.load(Ordering::Relaxed), before);
     }
 }

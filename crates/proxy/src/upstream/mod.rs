@@ -130,11 +130,13 @@ impl Upstreams {
         }
     }
 
-    /// Forgets the latency estimates of endpoints `snapshot` no longer has.
+    /// Forgets the latency estimates, outlier state and pooled connections of endpoints
+    /// `snapshot` no longer has (a replaced pod comes back as a new target).
     pub fn retain_endpoints(&self, snapshot: &Snapshot) {
-        self.loads
-            .borrow_mut()
-            .retain(|cluster, target| has_endpoint(snapshot, cluster, target));
+        let keep = |cluster: &str, target: &Target| has_endpoint(snapshot, cluster, target);
+        self.loads.borrow_mut().retain(keep);
+        self.outliers.borrow_mut().retain(keep);
+        self.pools.retain(keep);
     }
 
     /// The client TLS configuration for `cluster` (None: plaintext).

@@ -26,6 +26,8 @@ pub enum Outcome {
     Status(u16),
     /// Connect failure, reset or timeout: no answer.
     LocalFailure,
+    /// Never sent (the endpoint's connections were all busy): says nothing of the endpoint.
+    NotSent,
 }
 
 #[derive(Debug, Default)]
@@ -76,6 +78,15 @@ impl Outliers {
         (self.epoch, out)
     }
 
+    /// Forgets the endpoints that are no longer in `keep(cluster, target)` (a pod's target
+    /// changes when it is replaced, so the map would otherwise grow with every restart).
+    pub fn retain(&mut self, keep: impl Fn(&str, &Target) -> bool) {
+        self.clusters.retain(|cluster, c| {
+            c.hosts.retain(|t, _| keep(cluster, t));
+            !c.hosts.is_empty()
+        });
+    }
+
     /// Records an attempt's outcome; the ejection time when it ejected the endpoint.
     pub fn record(
         &mut self,
@@ -99,6 +110,7 @@ impl Outliers {
         let (five, gateway) = match outcome {
             Outcome::LocalFailure => (true, true),
             Outcome::Status(s) => (s >= 500, matches!(s, 502..=504)),
+            Outcome::NotSent => return None,
         };
         if !five && !gateway {
             h.consecutive_5xx = 0;

@@ -127,7 +127,7 @@ impl Pools {
             let (mut sender, conn) = http2::handshake(LocalExec, TokioIo::new(io))
                 .await
                 .map_err(handshake)?;
-            attempt.sending();
+            attempt.sending_on_new_connection();
             tokio::task::spawn_local(async move {
                 let _ = conn.await;
             });
@@ -139,7 +139,7 @@ impl Pools {
             let (mut sender, conn) = http1::handshake(TokioIo::new(io))
                 .await
                 .map_err(handshake)?;
-            attempt.sending();
+            attempt.sending_on_new_connection();
             tokio::task::spawn_local(async move {
                 let _ = conn.await;
             });
@@ -199,6 +199,14 @@ impl Pools {
 }
 
 impl Pools {
+    /// Closes the pools of targets that are no longer in `keep(cluster, target)` (their idle
+    /// connections drop with them; requests in flight keep their connection).
+    pub fn retain(&self, keep: impl Fn(&str, &Target) -> bool) {
+        self.by_key
+            .borrow_mut()
+            .retain(|(cluster, target), _| keep(cluster, target));
+    }
+
     fn entry(&self, key: (String, Target), cluster: &ClusterConfig) -> std::cell::RefMut<'_, Pool> {
         std::cell::RefMut::map(self.by_key.borrow_mut(), |pools| {
             let pool = pools.entry(key).or_default();

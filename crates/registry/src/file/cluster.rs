@@ -92,6 +92,14 @@ fn parse_cluster_object(doc: &Doc<'_>, objects: &mut ClusterObjects) -> Result<(
                 format!("{kind} objects belong in mesh.yaml, not in a cluster directory"),
             ))
         }
+        "TrafficPolicy" => {
+            return Err(doc.error(
+                Some(&kind),
+                Some("kind"),
+                "TrafficPolicy objects are mesh-wide: they belong in mesh.yaml or in a file under \
+                 policies/, not in a cluster directory",
+            ))
+        }
         other => {
             return Err(doc.error(
                 Some(other),
@@ -187,5 +195,27 @@ metadata:
         let export = &objects.exports[&key];
         assert_eq!(export.created, Some(1_767_323_045));
         assert_eq!(export.export_to.as_ref().map(|s| s.len()), Some(2));
+    }
+
+    #[test]
+    fn traffic_policies_do_not_belong_in_a_cluster_directory() {
+        let text = "apiVersion: causeway.io/v1alpha1\nkind: TrafficPolicy\nmetadata: {name: p}\nspec: {service: echo}\n";
+        let mut objects = ClusterObjects::default();
+        let mut errors = Vec::new();
+        parse_cluster_documents(
+            Path::new("clusters/east/p.yaml"),
+            text,
+            &mut objects,
+            &mut errors,
+        );
+        assert_eq!(errors.len(), 1);
+        assert_eq!(errors[0].field.as_deref(), Some("kind"));
+        assert!(
+            errors[0]
+                .reason
+                .contains("mesh.yaml or in a file under policies/"),
+            "{}",
+            errors[0]
+        );
     }
 }

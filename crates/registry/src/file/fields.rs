@@ -1,8 +1,9 @@
 //! Field parsers shared by several kinds: names, namespaces, IP addresses, localities, lists
-//! in messages, and bootstrap credential paths.
+//! in messages, durations, and bootstrap credential paths.
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use causeway_model::Locality;
 
@@ -51,6 +52,12 @@ pub(super) fn parse_locality(
     value
         .parse()
         .map_err(|e| doc.error(Some(object), Some(field), format!("{e}")))
+}
+
+/// A duration written as humans do (`250ms`, `2s`, `5m`, `1h 30m`), or why it is not one.
+pub(super) fn parse_duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text)
+        .map_err(|e| format!("{text:?} is not a duration such as 250ms, 30s, 5m or 1h: {e}"))
 }
 
 pub(super) fn join<T: std::fmt::Display>(items: impl IntoIterator<Item = T>) -> String {

@@ -1,26 +1,58 @@
-//! `mesh.yaml`: the one `Mesh` (trust domain, discovery mode, cluster-local rules, networks)
-//! and a `Cluster` per member (network, locality, gateways, gateway identity, Kubernetes
-//! source).
+//! `mesh.yaml`: the one `Mesh` (trust domain, discovery mode, cluster-local rules, networks),
+//! a `Cluster` per member (network, locality, gateways, gateway identity, Kubernetes source),
+//! and any mesh-wide `TrafficPolicy`.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use causeway_model::{
     ClusterId, ClusterLocalRule, ClusterSpec, DiscoveryMode, Gateway, GatewayIdentity,
-    KubernetesSource, MeshConfig, MeshSpec, NetworkId,
+    KubernetesSource, MeshConfig, MeshSpec, NetworkId, TrafficPolicy,
 };
 
 use super::documents::{expect_api, split_documents, type_of, Doc};
-use super::fields::{credential_path_at, join, parse_ip, parse_locality, required_name};
+use super::fields::{
+    credential_path_at, join, parse_duration, parse_ip, parse_locality, required_name,
+};
+use super::objects::parse_traffic_policy;
+use super::policies::check_traffic_policies;
 use super::CAUSEWAY_API;
 use crate::wire;
 use crate::LoadError;
 
-/// Parses `mesh.yaml`: exactly one `Mesh` and one `Cluster` per member.
+/// Parses `mesh.yaml`: exactly one `Mesh`, one `Cluster` per member, and any `TrafficPolicy`
+/// documents (validated, and checked against each other, but not returned: see
+/// [`crate::MeshDirectory::traffic_policies`]).
 pub fn parse_mesh_documents(file: &Path, text: &str) -> Result<MeshConfig, Vec<LoadError>> {
+    let MeshFile {
+        config,
+        traffic_policies,
+        mut errors,
+    } = parse_mesh_file(file, text);
+    errors.extend(check_traffic_policies(&traffic_policies));
+    match config {
+        Some(config) if errors.is_empty() => Ok(config),
+        _ => Err(errors),
+    }
+}
+
+/// What one `mesh.yaml` holds.
+pub(super) struct MeshFile {
+    /// The mesh settings, when the `Mesh` and `Cluster` documents are valid and no document
+    /// failed.
+    pub(super) config: Option<MeshConfig>,
+    /// The valid `TrafficPolicy` documents (not yet checked against each other).
+    pub(super) traffic_policies: Vec<TrafficPolicy>,
+    /// Every error.
+    pub(super) errors: Vec<LoadError>,
+}
+
+/// Parses `mesh.yaml` into its mesh settings and traffic policies.
+pub(super) fn parse_mesh_file(file: &Path, text: &str) -> MeshFile {
     let mut errors = Vec::new();
     let mut mesh: Option<MeshSpec> = None;
     let mut clusters: Vec<ClusterSpec> = Vec::new();
+    let mut traffic_policies = Vec::new();
     for (index, (start_line, text)) in split_documents(text).iter().enumerate() {
         let doc = Doc {
             file,
@@ -28,72 +60,92 @@ pub fn parse_mesh_documents(file: &Path, text: &str) -> Result<MeshConfig, Vec<L
             start_line: *start_line,
             text,
         };
-        if let Err(e) = parse_mesh_object(&doc, &mut mesh, &mut clusters) {
+        let mut found = MeshObjects {
+            mesh: &mut mesh,
+            clusters: &mut clusters,
+            traffic_policies: &mut traffic_policies,
+        };
+        if let Err(e) = parse_mesh_object(&doc, &mut found) {
             errors.push(e);
         }
     }
-    let Some(mesh) = mesh else {
-        if errors.is_empty() {
-            errors.push(LoadError::file(
-                file,
-                "no Mesh object (apiVersion causeway.io/v1alpha1, kind Mesh)",
-            ));
+    let config = match mesh {
+        None => {
+            if errors.is_empty() {
+                errors.push(LoadError::file(
+                    file,
+                    "no Mesh object (apiVersion causeway.io/v1alpha1, kind Mesh)",
+                ));
+            }
+            None
         }
-        return Err(errors);
+        Some(mesh) => {
+            if clusters.is_empty() && errors.is_empty() {
+                errors.push(LoadError::file(
+                    file,
+                    "no Cluster object: a mesh needs at least one cluster",
+                ));
+            }
+            check_networks(&mesh, &clusters, &mut errors);
+            errors.is_empty().then_some(MeshConfig { mesh, clusters })
+        }
     };
-    if clusters.is_empty() && errors.is_empty() {
-        errors.push(LoadError::file(
-            file,
-            "no Cluster object: a mesh needs at least one cluster",
-        ));
-    }
-    check_networks(&mesh, &clusters, &mut errors);
-    if errors.is_empty() {
-        Ok(MeshConfig { mesh, clusters })
-    } else {
-        Err(errors)
+    MeshFile {
+        config,
+        traffic_policies,
+        errors,
     }
 }
 
-/// One document of `mesh.yaml`: the `Mesh` (a second one is an error) or a `Cluster` (whose id
-/// must be new).
-fn parse_mesh_object(
-    doc: &Doc<'_>,
-    mesh: &mut Option<MeshSpec>,
-    clusters: &mut Vec<ClusterSpec>,
-) -> Result<(), LoadError> {
+/// What the documents of `mesh.yaml` read so far declared.
+struct MeshObjects<'a> {
+    mesh: &'a mut Option<MeshSpec>,
+    clusters: &'a mut Vec<ClusterSpec>,
+    traffic_policies: &'a mut Vec<TrafficPolicy>,
+}
+
+/// One document of `mesh.yaml`: the `Mesh` (a second one is an error), a `Cluster` (whose id
+/// must be new) or a `TrafficPolicy`.
+fn parse_mesh_object(doc: &Doc<'_>, found: &mut MeshObjects<'_>) -> Result<(), LoadError> {
     let (api, kind) = type_of(doc)?;
     match kind.as_str() {
         "Mesh" => {
             expect_api(doc, &kind, &api, CAUSEWAY_API)?;
             let parsed = parse_mesh(doc)?;
-            if let Some(first) = mesh.as_ref() {
+            if let Some(first) = found.mesh.as_ref() {
                 return Err(doc.error(
                     Some(&format!("Mesh {}", parsed.name)),
                     None,
                     format!("a second Mesh; the first is at {}", first.source),
                 ));
             }
-            *mesh = Some(parsed);
+            *found.mesh = Some(parsed);
             Ok(())
         }
         "Cluster" => {
             expect_api(doc, &kind, &api, CAUSEWAY_API)?;
             let parsed = parse_cluster(doc)?;
-            if let Some(first) = clusters.iter().find(|c| c.id == parsed.id) {
+            if let Some(first) = found.clusters.iter().find(|c| c.id == parsed.id) {
                 return Err(doc.error(
                     Some(&format!("Cluster {}", parsed.id)),
                     Some("metadata.name"),
                     format!("duplicate cluster id; first declared at {}", first.source),
                 ));
             }
-            clusters.push(parsed);
+            found.clusters.push(parsed);
+            Ok(())
+        }
+        "TrafficPolicy" => {
+            expect_api(doc, &kind, &api, CAUSEWAY_API)?;
+            found.traffic_policies.push(parse_traffic_policy(doc)?);
             Ok(())
         }
         other => Err(doc.error(
             Some(other),
             Some("kind"),
-            format!("{other} does not belong in mesh.yaml (expected Mesh or Cluster)"),
+            format!(
+                "{other} does not belong in mesh.yaml (expected Mesh, Cluster or TrafficPolicy)"
+            ),
         )),
     }
 }
@@ -238,13 +290,10 @@ fn parse_cluster(doc: &Doc<'_>) -> Result<ClusterSpec, LoadError> {
     };
     let stale_endpoint_ttl = match &obj.spec.stale_endpoint_ttl {
         None => None,
-        Some(text) => Some(humantime::parse_duration(text).map_err(|e| {
-            doc.error(
-                Some(&object),
-                Some("spec.staleEndpointTtl"),
-                format!("{text:?} is not a duration such as 30s, 5m or 1h: {e}"),
-            )
-        })?),
+        Some(text) => Some(
+            parse_duration(text)
+                .map_err(|e| doc.error(Some(&object), Some("spec.staleEndpointTtl"), e))?,
+        ),
     };
     let gateway_identity = obj
         .spec
@@ -355,5 +404,28 @@ spec:
             errs[0]
         );
         assert_eq!(errs[0].line, Some(15));
+    }
+
+    #[test]
+    fn traffic_policies_may_live_in_mesh_yaml() {
+        let policy = "apiVersion: causeway.io/v1alpha1\nkind: TrafficPolicy\nmetadata: {name: p}\nspec: {service: echo, mode: FailOver, clusters: [{name: east}]}\n";
+        let text = format!("{MESH}---\n{policy}");
+        let file = parse_mesh_file(Path::new("mesh.yaml"), &text);
+        assert!(file.errors.is_empty(), "{:?}", file.errors);
+        assert_eq!(file.traffic_policies.len(), 1);
+        assert_eq!(file.traffic_policies[0].source.line, 15);
+        assert!(parse_mesh_documents(Path::new("mesh.yaml"), &text).is_ok());
+
+        let broken = format!("{MESH}---\n{}", policy.replace("FailOver", "Fail"));
+        let errs = parse_mesh_documents(Path::new("mesh.yaml"), &broken).expect_err("bad mode");
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert_eq!(
+            errs[0].to_string(),
+            "mesh.yaml:15 (document 2): TrafficPolicy default/p: field spec.mode: \"Fail\" is not \
+             Locality (the default), ActiveActive or FailOver"
+        );
+        let twice = format!("{text}---\n{policy}");
+        let errs = parse_mesh_documents(Path::new("mesh.yaml"), &twice).expect_err("twice");
+        assert_eq!(errs[0].field.as_deref(), Some("metadata.name"), "{errs:?}");
     }
 }

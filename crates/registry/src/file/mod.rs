@@ -2,9 +2,12 @@
 //!
 //! - [`documents`]: splitting a YAML stream into documents that remember their file and line,
 //!   and reading each one's type;
-//! - [`mesh`]: `mesh.yaml` (one `Mesh`, one `Cluster` per member);
+//! - [`mesh`]: `mesh.yaml` (one `Mesh`, one `Cluster` per member, any `TrafficPolicy`);
+//! - [`policies`]: the `TrafficPolicy` files under `policies/`, and the checks across every
+//!   traffic policy of the mesh;
 //! - [`cluster`]: one file of a cluster directory, dispatched by kind to [`objects`] (Service,
-//!   WorkloadEntry, EndpointSlice, ServiceExport, AuthorizationPolicy);
+//!   WorkloadEntry, EndpointSlice, ServiceExport, AuthorizationPolicy; and TrafficPolicy, for
+//!   `mesh.yaml` and `policies/`);
 //! - [`fields`]: parsers of fields several kinds share (names, addresses, localities,
 //!   credential paths);
 //! - this module: the annotation and label names, and reading the files from disk.
@@ -17,17 +20,19 @@ mod documents;
 mod fields;
 mod mesh;
 mod objects;
+mod policies;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use causeway_model::{ClusterObjects, MeshConfig};
+use causeway_model::{ClusterObjects, MeshConfig, TrafficPolicy};
 
 use crate::LoadError;
 
 pub use cluster::parse_cluster_documents;
 pub use mesh::parse_mesh_documents;
 pub use objects::policy_from_spec;
+pub use policies::POLICIES_DIR;
 
 /// Annotation on a Service: `"true"` keeps it in its cluster.
 pub const CLUSTER_LOCAL_ANNOTATION: &str = "causeway.io/cluster-local";
@@ -78,6 +83,29 @@ pub fn load_mesh_file(root: &Path) -> Result<MeshConfig, Vec<LoadError>> {
     let text = read_limited(&root.join(&rel), MAX_FILE_BYTES)
         .map_err(|e| vec![LoadError::file(&rel, e)])?;
     parse_mesh_documents(&rel, &text)
+}
+
+/// Reads the mesh scope: `<root>/mesh.yaml` and every policy file under `<root>/policies/`.
+/// It loads as one: any error (in either, or between policies of both) fails it whole, with
+/// every error.
+pub(crate) fn load_mesh_scope(
+    root: &Path,
+) -> Result<(MeshConfig, Vec<TrafficPolicy>), Vec<LoadError>> {
+    let rel = PathBuf::from("mesh.yaml");
+    let (config, mut traffic_policies, mut errors) =
+        match read_limited(&root.join(&rel), MAX_FILE_BYTES) {
+            Ok(text) => {
+                let file = mesh::parse_mesh_file(&rel, &text);
+                (file.config, file.traffic_policies, file.errors)
+            }
+            Err(e) => (None, Vec::new(), vec![LoadError::file(&rel, e)]),
+        };
+    policies::load_policies_dir(root, &mut traffic_policies, &mut errors);
+    errors.extend(policies::check_traffic_policies(&traffic_policies));
+    match config {
+        Some(config) if errors.is_empty() => Ok((config, traffic_policies)),
+        _ => Err(errors),
+    }
 }
 
 /// Reads and parses every `*.yaml`/`*.yml` file of `<root>/clusters/<dir_name>/`, in name order.

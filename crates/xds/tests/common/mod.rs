@@ -99,6 +99,22 @@ pub fn sidecar_on(
     causeway_xds::build::sidecar_resources(index, &node, &ctx)
 }
 
+/// What the control plane builds for an east-west gateway of `cluster` in `index`.
+pub fn gateway_of(index: &MeshIndex, cluster: &str) -> causeway_xds::resources::Resources {
+    use causeway_model::{ProxyIdentity, ProxyRole};
+    let ctx = causeway_discovery::ProxyContext::resolve(
+        index,
+        ProxyIdentity {
+            cluster: ClusterId::new(cluster).expect("id"),
+            namespace: "causeway-system".into(),
+            workload: "eastwest-0".into(),
+            role: ProxyRole::Gateway,
+        },
+    )
+    .expect("context");
+    causeway_xds::build::gateway_resources(index, &ctx)
+}
+
 /// Every resource of type `t` in `r`, decoded.
 pub fn decoded<M: prost::Message + Default>(
     r: &causeway_xds::resources::Resources,
