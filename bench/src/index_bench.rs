@@ -82,6 +82,7 @@ fn mesh_config(size: &Size) -> anyhow::Result<MeshConfig> {
             source: ObjectSource::default(),
         },
         clusters,
+        traffic_policies: Vec::new(),
     })
 }
 

@@ -220,7 +220,48 @@ pub fn check_mesh(
             ));
         }
     }
+    out.extend(traffic_policies(mesh, index));
     out.sort_by(|a, b| (&a.file, a.line).cmp(&(&b.file, b.line)));
+    out
+}
+
+/// Traffic policies that name clusters the mesh does not have (errors: their traffic would go
+/// nowhere) or a service that exists in no cluster (warnings: they do nothing yet).
+fn traffic_policies(mesh: &MeshConfig, index: &MeshIndex) -> Vec<Diagnostic> {
+    let known: std::collections::BTreeSet<ClusterId> =
+        mesh.clusters.iter().map(|c| c.id.clone()).collect();
+    let services: std::collections::BTreeSet<causeway_model::ServiceKey> =
+        index.services().keys().cloned().collect();
+    let mut out = Vec::new();
+    for p in &mesh.traffic_policies {
+        let object = format!("TrafficPolicy {}/{}", p.namespace, p.name);
+        let unknown = p.unknown_clusters(&known);
+        if !unknown.is_empty() {
+            out.push(Diagnostic::at(
+                Severity::Error,
+                &p.source,
+                object.clone(),
+                Some("spec"),
+                format!(
+                    "names cluster(s) {} that the mesh does not have (mesh.yaml lists {})",
+                    join(unknown.iter()),
+                    join(known.iter())
+                ),
+            ));
+        }
+        if !p.matches_a_service(&services) {
+            out.push(Diagnostic::at(
+                Severity::Warning,
+                &p.source,
+                object,
+                Some("spec.service"),
+                format!(
+                    "service {} exists in no cluster: the policy does nothing until it does",
+                    p.service
+                ),
+            ));
+        }
+    }
     out
 }
 

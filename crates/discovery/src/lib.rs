@@ -10,6 +10,7 @@ mod check;
 mod cluster_index;
 mod index;
 pub mod policy;
+mod traffic;
 pub mod view;
 
 pub use check::{check_mesh, Diagnostic, Severity};

@@ -17,7 +17,7 @@ use std::net::IpAddr;
 
 use causeway_model::{
     ClusterId, Gateway, Locality, MeshConfig, NetworkId, ProxyIdentity, ServiceKey, ServicePort,
-    SpiffeId,
+    SpiffeId, TrafficPolicy,
 };
 use serde::Serialize;
 
@@ -506,6 +506,11 @@ fn view_port(
                 "east-west gateway of cluster {owner} (network {network}) for {count} endpoint(s) behind it"
             ),
         });
+    }
+
+    if let Some(policy) = TrafficPolicy::select(&mesh.traffic_policies, key, me) {
+        crate::traffic::apply(policy, &mut endpoints, &mut remote, &mut hidden);
+        identities = crate::traffic::identities_of(&endpoints, &remote);
     }
 
     // Renumber priorities without gaps, then group by (priority, locality).

@@ -174,6 +174,8 @@ pub struct MeshConfig {
     pub mesh: MeshSpec,
     /// Member clusters in the order they were declared (that order breaks export-age ties).
     pub clusters: Vec<ClusterSpec>,
+    /// The mesh-wide traffic policies (`mesh.yaml` and `policies/`), validated.
+    pub traffic_policies: Vec<crate::TrafficPolicy>,
 }
 
 impl MeshConfig {

@@ -31,6 +31,7 @@ pub fn mesh() -> MeshBuilder {
                 source: ObjectSource::default(),
             },
             clusters: Vec::new(),
+            traffic_policies: Vec::new(),
         },
         objects: BTreeMap::new(),
     }

@@ -74,6 +74,7 @@ impl Harness {
                     source: ObjectSource::default(),
                 },
                 clusters: Vec::new(),
+                traffic_policies: Vec::new(),
             },
         }
     }

@@ -51,6 +51,7 @@ pub fn mesh() -> MeshConfig {
             source: ObjectSource::default(),
         },
         clusters: vec![spec()],
+        traffic_policies: Vec::new(),
     }
 }
 

@@ -87,7 +87,11 @@ pub(super) fn parse_mesh_file(file: &Path, text: &str) -> MeshFile {
                 ));
             }
             check_networks(&mesh, &clusters, &mut errors);
-            errors.is_empty().then_some(MeshConfig { mesh, clusters })
+            errors.is_empty().then_some(MeshConfig {
+                mesh,
+                clusters,
+                traffic_policies: Vec::new(),
+            })
         }
     };
     MeshFile {

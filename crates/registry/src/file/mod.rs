@@ -103,7 +103,10 @@ pub(crate) fn load_mesh_scope(
     policies::load_policies_dir(root, &mut traffic_policies, &mut errors);
     errors.extend(policies::check_traffic_policies(&traffic_policies));
     match config {
-        Some(config) if errors.is_empty() => Ok((config, traffic_policies)),
+        Some(mut config) if errors.is_empty() => {
+            config.traffic_policies = traffic_policies.clone();
+            Ok((config, traffic_policies))
+        }
         _ => Err(errors),
     }
 }

@@ -66,21 +66,25 @@ pub fn example_with(extra: &[(&str, &str)]) -> MeshIndex {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/three-clusters");
     let scratch = tempfile::tempdir().expect("tmp");
     let tmp = scratch.path().join("mesh");
-    copy(&src, &tmp);
+    copy_tree(&src, &tmp);
     for (file, text) in extra {
-        std::fs::write(tmp.join(file), text).expect("write");
+        let path = tmp.join(file);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).expect("mkdir");
+        }
+        std::fs::write(path, text).expect("write");
     }
     let dir = MeshDirectory::open(&tmp);
     assert!(dir.errors().is_empty(), "{:?}", dir.errors());
     super::index_of(&dir)
 }
 
-fn copy(from: &Path, to: &Path) {
+pub fn copy_tree(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).expect("mkdir");
     for e in std::fs::read_dir(from).expect("read").flatten() {
         let dest = to.join(e.file_name());
         if e.path().is_dir() {
-            copy(&e.path(), &dest);
+            copy_tree(&e.path(), &dest);
         } else {
             std::fs::copy(e.path(), dest).expect("copy");
         }

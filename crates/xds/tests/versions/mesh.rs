@@ -252,6 +252,7 @@ pub fn index(i: &Input) -> MeshIndex {
                 vec![gateway],
             ),
         ],
+        traffic_policies: Vec::new(),
     };
     let mut alpha = ClusterObjects::default();
     let mut beta = ClusterObjects::default();

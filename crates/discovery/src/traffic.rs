@@ -1,0 +1,170 @@
+//! A service's `TrafficPolicy` applied to one caller's view of it: `FailOver` gives the listed
+//! clusters priorities in their order, `ActiveActive` puts them on one priority with their
+//! weights, and either leaves out every endpoint of an unlisted cluster (with the reason).
+//! `Locality` (the default) keeps the locality priorities. The data planes need nothing new:
+//! priorities and weights are what EDS already carries, for Envoy and the Causeway proxy alike.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use causeway_model::{ClusterId, SpiffeId, TrafficMode, TrafficPolicy};
+
+use crate::view::{EndpointKind, HiddenEndpoint, ViewEndpoint};
+
+/// The endpoint weight a listed cluster's endpoints add up to, per unit of the cluster's
+/// policy weight: fine enough that every endpoint keeps a share, small enough that a priority's
+/// total stays far below Envoy's 2^32 limit.
+const WEIGHT_SCALE: u64 = 1_000;
+
+/// Where a listed cluster stands in the policy, for the endpoints of that cluster.
+struct Choice {
+    position: usize,
+    weight: Option<u32>,
+}
+
+fn ordinal(n: usize) -> String {
+    let suffix = match (n % 10, n % 100) {
+        (1, 11) | (2, 12) | (3, 13) => "th",
+        (1, _) => "st",
+        (2, _) => "nd",
+        (3, _) => "rd",
+        _ => "th",
+    };
+    format!("{n}{suffix}")
+}
+
+/// Applies `policy` to a port's endpoints (`endpoints`: direct ones and gateway aggregates;
+/// `remote`: the pods behind the aggregates), before priorities are renumbered. Endpoints of
+/// clusters the policy does not list move to `hidden`.
+pub fn apply(
+    policy: &TrafficPolicy,
+    endpoints: &mut Vec<ViewEndpoint>,
+    remote: &mut Vec<ViewEndpoint>,
+    hidden: &mut Vec<HiddenEndpoint>,
+) {
+    if policy.mode == TrafficMode::Locality {
+        return;
+    }
+    let choices: BTreeMap<&ClusterId, Choice> = policy
+        .clusters
+        .iter()
+        .enumerate()
+        .map(|(position, c)| {
+            (
+                &c.cluster,
+                Choice {
+                    position,
+                    weight: c.weight,
+                },
+            )
+        })
+        .collect();
+    let name = format!("{}/{}", policy.namespace, policy.name);
+    let unlisted = |e: &ViewEndpoint| HiddenEndpoint {
+        address: e.address,
+        port: e.port,
+        cluster: e.cluster.clone(),
+        network: e.network.clone(),
+        workload: e.workload.clone(),
+        reason: format!(
+            "TrafficPolicy {name} ({}) does not list cluster {}",
+            policy.mode.as_str(),
+            e.cluster
+        ),
+    };
+    for e in endpoints.iter().chain(remote.iter()) {
+        if !choices.contains_key(&e.cluster) && e.kind != EndpointKind::Gateway {
+            hidden.push(unlisted(e));
+        }
+    }
+    endpoints.retain(|e| choices.contains_key(&e.cluster));
+    remote.retain(|e| choices.contains_key(&e.cluster));
+    match policy.mode {
+        TrafficMode::FailOver => fail_over(&name, &choices, endpoints, remote),
+        TrafficMode::ActiveActive => active_active(&name, &choices, endpoints, remote),
+        TrafficMode::Locality => {}
+    }
+}
+
+fn fail_over(
+    name: &str,
+    choices: &BTreeMap<&ClusterId, Choice>,
+    endpoints: &mut [ViewEndpoint],
+    remote: &mut [ViewEndpoint],
+) {
+    for e in endpoints.iter_mut().chain(remote.iter_mut()) {
+        if let Some(c) = choices.get(&e.cluster) {
+            e.priority = c.position as u32;
+            e.reason = format!(
+                "{}; FailOver (TrafficPolicy {name}): {} choice",
+                e.reason,
+                ordinal(c.position + 1)
+            );
+        }
+    }
+}
+
+fn active_active(
+    name: &str,
+    choices: &BTreeMap<&ClusterId, Choice>,
+    endpoints: &mut [ViewEndpoint],
+    remote: &mut [ViewEndpoint],
+) {
+    // Each cluster's present weight: its direct endpoints and its pods behind gateways (an
+    // aggregate only stands for pods counted already).
+    let mut present: BTreeMap<ClusterId, u64> = BTreeMap::new();
+    for e in endpoints
+        .iter()
+        .filter(|e| e.kind == EndpointKind::Direct)
+        .chain(remote.iter())
+    {
+        *present.entry(e.cluster.clone()).or_default() += u64::from(e.weight.max(1));
+    }
+    let scaled = |e: &ViewEndpoint| -> u32 {
+        let (Some(c), Some(&total)) = (choices.get(&e.cluster), present.get(&e.cluster)) else {
+            return e.weight;
+        };
+        let share = u64::from(c.weight.unwrap_or(1)) * WEIGHT_SCALE;
+        let w = u64::from(e.weight.max(1)) * share / total.max(1);
+        w.clamp(1, u64::from(u32::MAX)) as u32
+    };
+    for e in remote.iter_mut() {
+        e.weight = scaled(e);
+    }
+    for e in endpoints.iter_mut() {
+        e.weight = match e.kind {
+            // The pods behind it, as now weighted.
+            EndpointKind::Gateway => remote
+                .iter()
+                .filter(|r| {
+                    r.locality == e.locality
+                        && r.via
+                            .is_some_and(|g| (g.address, g.port) == (e.address, e.port))
+                })
+                .map(|r| r.weight)
+                .fold(0u32, u32::saturating_add)
+                .max(1),
+            _ => scaled(e),
+        };
+    }
+    for e in endpoints.iter_mut().chain(remote.iter_mut()) {
+        e.priority = 0;
+        if let Some(c) = choices.get(&e.cluster) {
+            e.reason = format!(
+                "{}; ActiveActive (TrafficPolicy {name}): cluster {} weight {}",
+                e.reason,
+                e.cluster,
+                c.weight.unwrap_or(1)
+            );
+        }
+    }
+}
+
+/// The identities the endpoints left carry: what the caller accepts from the server.
+pub fn identities_of(endpoints: &[ViewEndpoint], remote: &[ViewEndpoint]) -> BTreeSet<SpiffeId> {
+    endpoints
+        .iter()
+        .filter(|e| e.kind == EndpointKind::Direct)
+        .chain(remote.iter())
+        .filter_map(|e| e.identity.clone())
+        .collect()
+}

@@ -1,0 +1,212 @@
+//! `TrafficPolicy` in a caller's view and in what EDS carries (issue 12's first step):
+//! `FailOver` orders the listed clusters as priorities, `ActiveActive` weights them on one
+//! priority, and either leaves unlisted clusters out with the reason; callers a policy does not
+//! name keep the locality priorities.
+
+mod common;
+
+use std::collections::BTreeMap;
+
+use causeway_discovery::view::view_service;
+use causeway_discovery::{ProxyContext, ViewPort};
+use causeway_model::{ClusterId, ProxyIdentity, ProxyRole, ServiceKey};
+use causeway_xds::resources::TypeUrl;
+use common::files::example_with;
+use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
+
+const ECHO: &str = "outbound|80||echo.demo.svc.cluster.local";
+
+fn policy(spec: &str) -> String {
+    format!(
+        "apiVersion: causeway.io/v1alpha1\nkind: TrafficPolicy\nmetadata: {{name: echo, namespace: demo}}\nspec:\n  service: echo\n{spec}"
+    )
+}
+
+fn echo_port(index: &causeway_discovery::MeshIndex, caller: &str, workload: &str) -> ViewPort {
+    let ctx = ProxyContext::resolve(
+        index,
+        ProxyIdentity {
+            cluster: ClusterId::new(caller).expect("id"),
+            namespace: "demo".into(),
+            workload: workload.into(),
+            role: ProxyRole::Sidecar,
+        },
+    )
+    .expect("context");
+    let service = view_service(index, &ctx, &ServiceKey::new("demo", "echo")).expect("echo");
+    service.ports.into_iter().next().expect("a port")
+}
+
+/// Cluster → (priority, total weight) of the endpoints EDS carries.
+fn by_cluster(port: &ViewPort) -> BTreeMap<String, (u32, u32)> {
+    let mut out: BTreeMap<String, (u32, u32)> = BTreeMap::new();
+    for e in port.endpoints() {
+        let entry = out.entry(e.cluster.to_string()).or_insert((e.priority, 0));
+        assert_eq!(entry.0, e.priority, "one priority per cluster: {port:#?}");
+        entry.1 += e.weight;
+    }
+    out
+}
+
+#[test]
+fn fail_over_orders_the_listed_clusters_and_leaves_the_rest_out() {
+    let index = example_with(&[(
+        "policies/echo.yaml",
+        &policy("  callers: {clusters: [alpha]}\n  mode: FailOver\n  clusters:\n  - {name: gamma}\n  - {name: beta}\n"),
+    )]);
+    let port = echo_port(&index, "alpha", "client");
+    let got = by_cluster(&port);
+    // gamma first although it is the farthest; alpha's own echo is not listed.
+    assert_eq!(got.get("gamma").map(|g| g.0), Some(0), "{got:?}");
+    assert_eq!(got.get("beta").map(|b| b.0), Some(1), "{got:?}");
+    assert!(!got.contains_key("alpha"), "{got:?}");
+    let hidden: Vec<_> = port
+        .hidden
+        .iter()
+        .filter(|h| h.cluster.as_str() == "alpha")
+        .collect();
+    assert!(
+        hidden.iter().any(|h| h
+            .reason
+            .contains("TrafficPolicy demo/echo (FailOver) does not list cluster alpha")),
+        "{:#?}",
+        port.hidden
+    );
+    let reasons: Vec<&str> = port.endpoints().map(|e| e.reason.as_str()).collect();
+    assert!(
+        reasons
+            .iter()
+            .any(|r| r.contains("FailOver (TrafficPolicy demo/echo): 1st choice")),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons.iter().any(|r| r.contains("2nd choice")),
+        "{reasons:?}"
+    );
+    // Only the listed clusters' identities are accepted.
+    assert!(port
+        .identities
+        .iter()
+        .all(|i| i.to_string().ends_with("/sa/echo")));
+
+    // A caller the policy does not name keeps the locality priorities (beta's own first).
+    let port = echo_port(&index, "beta", "echo-beta-1");
+    let got = by_cluster(&port);
+    assert_eq!(got.get("beta").map(|b| b.0), Some(0), "{got:?}");
+    assert!(got.contains_key("alpha"), "{got:?}");
+}
+
+#[test]
+fn active_active_puts_the_clusters_on_one_priority_by_their_weights_in_eds_too() {
+    let index = example_with(&[(
+        "policies/echo.yaml",
+        &policy("  mode: ActiveActive\n  clusters:\n  - {name: alpha, weight: 70}\n  - {name: gamma, weight: 30}\n"),
+    )]);
+    let port = echo_port(&index, "alpha", "client");
+    let got = by_cluster(&port);
+    assert_eq!(got.len(), 2, "{got:?}");
+    let (alpha, gamma) = (got["alpha"], got["gamma"]);
+    assert_eq!((alpha.0, gamma.0), (0, 0));
+    // 70 : 30 of the weight, whatever the endpoint counts.
+    let share = f64::from(alpha.1) / f64::from(alpha.1 + gamma.1);
+    assert!((share - 0.7).abs() < 0.001, "{got:?}");
+
+    // The same numbers reach EDS, for Envoy (gamma's gateway aggregate) ...
+    let envoy = common::sidecar_of(&index, "alpha", "client");
+    let cla = common::decoded::<ClusterLoadAssignment>(&envoy, TypeUrl::ClusterLoadAssignment)
+        .into_iter()
+        .find(|c| c.cluster_name == ECHO)
+        .expect("echo assignment");
+    let weights: Vec<(u32, u32)> = cla
+        .endpoints
+        .iter()
+        .flat_map(|g| {
+            g.lb_endpoints.iter().map(move |e| {
+                (
+                    g.priority,
+                    e.load_balancing_weight.as_ref().map_or(1, |w| w.value),
+                )
+            })
+        })
+        .collect();
+    assert!(weights.iter().all(|(p, _)| *p == 0), "{weights:?}");
+    let total: u32 = weights.iter().map(|(_, w)| w).sum();
+    assert_eq!(total, alpha.1 + gamma.1, "{weights:?}");
+    // ... and for the Causeway proxy (gamma's pods one by one, same total).
+    let causeway = common::sidecar_on(
+        &index,
+        "alpha",
+        "client",
+        causeway_xds::node::DataPlane::Causeway,
+    );
+    let cla = common::decoded::<ClusterLoadAssignment>(&causeway, TypeUrl::ClusterLoadAssignment)
+        .into_iter()
+        .find(|c| c.cluster_name == ECHO)
+        .expect("echo assignment");
+    let total_causeway: u32 = cla
+        .endpoints
+        .iter()
+        .flat_map(|g| &g.lb_endpoints)
+        .map(|e| e.load_balancing_weight.as_ref().map_or(1, |w| w.value))
+        .sum();
+    assert_eq!(total_causeway, total);
+}
+
+#[test]
+fn check_reports_unknown_clusters_and_policies_that_match_nothing() {
+    let src =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/three-clusters");
+    let scratch = tempfile::tempdir().expect("tmp");
+    let root = scratch.path().join("mesh");
+    common::files::copy_tree(&src, &root);
+    std::fs::create_dir_all(root.join("policies")).expect("mkdir");
+    std::fs::write(
+        root.join("policies/echo.yaml"),
+        policy("  mode: FailOver\n  clusters:\n  - {name: gamma}\n  - {name: omega}\n")
+            + "---\n"
+            + &policy("  callers: {clusters: [beta]}\n")
+                .replace("service: echo", "service: nowhere")
+                .replace("name: echo,", "name: lost,"),
+    )
+    .expect("write");
+    let dir = causeway_registry::MeshDirectory::open(&root);
+    assert!(dir.errors().is_empty(), "{:?}", dir.errors());
+    let index = common::index_of(&dir);
+    let clusters: BTreeMap<ClusterId, causeway_model::ClusterObjects> = dir
+        .clusters()
+        .iter()
+        .map(|(n, s)| {
+            (
+                ClusterId::new(n).expect("id"),
+                (*s.objects.clone().expect("loaded")).clone(),
+            )
+        })
+        .collect();
+    let found = causeway_discovery::check_mesh(index.mesh(), &clusters, &index);
+    let policy_findings: Vec<String> = found
+        .iter()
+        .filter(|d| {
+            d.object
+                .as_deref()
+                .is_some_and(|o| o.starts_with("TrafficPolicy"))
+        })
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(policy_findings.len(), 2, "{policy_findings:#?}");
+    assert!(
+        policy_findings
+            .iter()
+            .any(|d| d.contains("TrafficPolicy demo/echo")
+                && d.contains("omega")
+                && d.starts_with("error")),
+        "{policy_findings:#?}"
+    );
+    assert!(
+        policy_findings
+            .iter()
+            .any(|d| d.contains("TrafficPolicy demo/lost")
+                && d.contains("demo/nowhere")
+                && d.starts_with("warning")),
+        "{policy_findings:#?}"
+    );
+}
