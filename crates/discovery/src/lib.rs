@@ -21,6 +21,6 @@ pub use index::{
     AgeSource, Condition, ConditionKind, ExportState, MeshIndex, MeshService, ServiceImport,
 };
 pub use view::{
-    EndpointKind, HiddenEndpoint, HiddenService, LocalityGroup, ProxyContext, ProxyView,
-    ViewEndpoint, ViewError, ViewPort, ViewService, NO_IDENTITY_REASON,
+    EndpointKind, HiddenEndpoint, HiddenService, LocalityGroup, PolicyInForce, ProxyContext,
+    ProxyView, ViewEndpoint, ViewError, ViewPort, ViewService, NO_IDENTITY_REASON,
 };

@@ -17,7 +17,7 @@ use std::net::IpAddr;
 
 use causeway_model::{
     ClusterId, Gateway, Locality, MeshConfig, NetworkId, ProxyIdentity, ServiceKey, ServicePort,
-    SpiffeId, TrafficPolicy,
+    SpiffeId, TrafficMode, TrafficPolicy,
 };
 use serde::Serialize;
 
@@ -181,6 +181,18 @@ pub struct ViewPort {
     /// Exactly the identities of the endpoints included (direct and behind gateways): what the
     /// client accepts from the server's certificate. Empty only when no endpoint is included.
     pub identities: BTreeSet<SpiffeId>,
+    /// The `TrafficPolicy` in force for this caller, if any.
+    pub policy: Option<PolicyInForce>,
+}
+
+/// Which traffic policy shaped a port's endpoints, for operators and the xDS builder.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PolicyInForce {
+    /// `namespace/name`.
+    pub name: String,
+    /// Its mode.
+    pub mode: TrafficMode,
 }
 
 impl ViewPort {
@@ -508,10 +520,15 @@ fn view_port(
         });
     }
 
-    if let Some(policy) = TrafficPolicy::select(&mesh.traffic_policies, key, me) {
+    let policy = TrafficPolicy::select(&mesh.traffic_policies, key, me);
+    if let Some(policy) = policy {
         crate::traffic::apply(policy, &mut endpoints, &mut remote, &mut hidden);
         identities = crate::traffic::identities_of(&endpoints, &remote);
     }
+    let policy = policy.map(|p| PolicyInForce {
+        name: format!("{}/{}", p.namespace, p.name),
+        mode: p.mode,
+    });
 
     // Renumber priorities without gaps, then group by (priority, locality).
     let raw: BTreeSet<u32> = endpoints.iter().map(|e| e.priority).collect();
@@ -546,6 +563,7 @@ fn view_port(
         remote,
         hidden,
         identities,
+        policy,
     }
 }
 

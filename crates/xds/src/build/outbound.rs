@@ -71,7 +71,13 @@ fn outbound_cluster(
         ("sourceCluster", ctx.identity.cluster.to_string()),
     ];
     let causeway = node.data_plane == DataPlane::Causeway;
-    if causeway {
+    // Weights a policy set between clusters are the user's split: round robin honours them
+    // exactly, where the latency balancer would move traffic off the slower cluster.
+    let weighted = port
+        .policy
+        .as_ref()
+        .is_some_and(|p| p.mode == causeway_model::TrafficMode::ActiveActive);
+    if causeway && !weighted {
         metadata.push((LOAD_BALANCER_KEY, PEAK_EWMA.to_owned()));
     }
     let metadata = causeway_metadata(&metadata);
@@ -84,6 +90,7 @@ fn outbound_cluster(
         trust_domain,
         &ctx.identity.cluster,
         node.data_plane,
+        weighted,
     );
     out.insert(
         TypeUrl::Cluster,

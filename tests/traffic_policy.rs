@@ -1,0 +1,142 @@
+//! `TrafficPolicy` with real traffic through a whole mesh (issue 12): `ActiveActive` splits the
+//! example's echo 70/30 between two clusters, `FailOver` sends everything to the first listed
+//! cluster, moves to the second when the first's endpoints stop and comes back when they
+//! return — on Causeway's data plane and on Envoy, asserting which cluster answered.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use causeway_e2e::*;
+
+const CLIENT: &str = "alpha-client-sidecar";
+
+fn write_policy(mesh_dir: &Path, spec: &str) {
+    std::fs::create_dir_all(mesh_dir.join("policies")).expect("mkdir");
+    std::fs::write(
+        mesh_dir.join("policies/echo.yaml"),
+        format!(
+            "apiVersion: causeway.io/v1alpha1\nkind: TrafficPolicy\nmetadata: {{name: echo, namespace: demo}}\nspec:\n  service: echo\n  callers: {{clusters: [alpha]}}\n{spec}"
+        ),
+    )
+    .expect("write policy");
+}
+
+/// Which cluster answered each of `n` calls (a new connection each), and the failures.
+fn clusters_answering(addr: std::net::SocketAddr, n: usize) -> (BTreeMap<String, usize>, usize) {
+    let mut by = BTreeMap::new();
+    let mut failed = 0;
+    for _ in 0..n {
+        match call(addr) {
+            Ok(v) => {
+                *by.entry(v["cluster"].as_str().unwrap_or("?").to_owned())
+                    .or_default() += 1
+            }
+            Err(_) => failed += 1,
+        }
+    }
+    eprintln!("{n} calls: {by:?}, {failed} failed");
+    (by, failed)
+}
+
+fn active_active(data_plane: &str, port_base: u16) {
+    let _guard = mesh_lock();
+    let mesh = MeshRun::start_on(
+        data_plane,
+        "three-clusters",
+        port_base,
+        |dir| {
+            write_policy(
+                dir,
+                "  mode: ActiveActive\n  clusters:\n  - {name: alpha, weight: 70}\n  - {name: gamma, weight: 30}\n",
+            )
+        },
+        &[],
+    );
+    let echo = mesh.outbound(CLIENT, "demo/echo").expect("echo listener");
+    // Warm: both clusters answer once the gateway path is up.
+    let both = wait_for(Duration::from_secs(20), || {
+        let (by, _) = clusters_answering(echo, 20);
+        (by.contains_key("alpha") && by.contains_key("gamma")).then_some(())
+    });
+    assert!(both.is_some(), "alpha and gamma never both answered");
+    let (by, failed) = clusters_answering(echo, 500);
+    assert_eq!(failed, 0, "{by:?}");
+    let alpha = by.get("alpha").copied().unwrap_or(0) as f64 / 500.0;
+    assert!(
+        (0.6..=0.8).contains(&alpha),
+        "alpha's share {alpha}: {by:?}"
+    );
+    assert_eq!(by.get("beta"), None, "beta is not listed: {by:?}");
+}
+
+#[test]
+fn active_active_splits_70_30_on_causeway() {
+    active_active("causeway", 20300);
+}
+
+#[test]
+fn active_active_splits_70_30_on_envoy() {
+    active_active("envoy", 20600);
+}
+
+fn fail_over(data_plane: &str, port_base: u16) {
+    let _guard = mesh_lock();
+    // Not `start_on`: its warm-up waits for alpha's own echo, which this policy leaves out.
+    let dir = tempfile::tempdir().expect("tmp");
+    let mesh_dir = dir.path().join("mesh");
+    copy_dir(&workspace().join("examples/three-clusters"), &mesh_dir);
+    write_policy(
+        &mesh_dir,
+        "  mode: FailOver\n  clusters:\n  - {name: beta}\n  - {name: gamma}\n",
+    );
+    let mut mesh = MeshRun::launch_with(
+        dir,
+        mesh_dir,
+        port_base,
+        &[],
+        &[],
+        &["--data-plane", data_plane],
+    );
+    let echo = mesh.outbound(CLIENT, "demo/echo").expect("echo listener");
+    // The first choice takes everything, though alpha's own echo is nearer.
+    let first = wait_for(Duration::from_secs(20), || {
+        call(echo)
+            .ok()
+            .filter(|v| v["cluster"] == "beta")
+            .map(|_| ())
+    });
+    assert!(first.is_some(), "beta never answered");
+    let (by, failed) = clusters_answering(echo, 50);
+    assert_eq!((by.get("beta"), failed), (Some(&50), 0), "{by:?}");
+    // beta's endpoints stop: traffic moves to gamma, the second choice.
+    mesh.stop("beta-echo-beta-1-app-8080");
+    let moved = wait_for(Duration::from_secs(20), || {
+        call(echo)
+            .ok()
+            .filter(|v| v["cluster"] == "gamma")
+            .map(|_| ())
+    });
+    assert!(moved.is_some(), "traffic never moved to gamma");
+    let (by, failed) = clusters_answering(echo, 50);
+    assert_eq!((by.get("gamma"), failed), (Some(&50), 0), "{by:?}");
+    // beta returns: traffic comes back once its ejection ends.
+    mesh.restart("beta-echo-beta-1-app-8080");
+    let back = wait_for(Duration::from_secs(40), || {
+        call(echo)
+            .ok()
+            .filter(|v| v["cluster"] == "beta")
+            .map(|_| ())
+    });
+    assert!(back.is_some(), "traffic never came back to beta");
+}
+
+#[test]
+fn fail_over_follows_the_listed_order_on_causeway() {
+    fail_over("causeway", 20900);
+}
+
+#[test]
+fn fail_over_follows_the_listed_order_on_envoy() {
+    fail_over("envoy", 21600);
+}
