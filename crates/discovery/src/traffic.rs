@@ -1,12 +1,14 @@
 //! A service's `TrafficPolicy` applied to one caller's view of it: `FailOver` gives the listed
 //! clusters priorities in their order, `ActiveActive` puts them on one priority with their
 //! weights, and either leaves out every endpoint of an unlisted cluster (with the reason).
-//! `Locality` (the default) keeps the locality priorities. The data planes need nothing new:
+//! `Locality` (the default) keeps the locality priorities, with Istio's region `failover`:
+//! for callers in a `from` region the `to` region comes right after their own, before every
+//! other region. The data planes need nothing new:
 //! priorities and weights are what EDS already carries, for Envoy and the Causeway proxy alike.
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use causeway_model::{ClusterId, SpiffeId, TrafficMode, TrafficPolicy};
+use causeway_model::{ClusterId, Locality, SpiffeId, TrafficMode, TrafficPolicy};
 
 use crate::view::{EndpointKind, HiddenEndpoint, ViewEndpoint};
 
@@ -37,11 +39,13 @@ fn ordinal(n: usize) -> String {
 /// clusters the policy does not list move to `hidden`.
 pub fn apply(
     policy: &TrafficPolicy,
+    caller: &Locality,
     endpoints: &mut Vec<ViewEndpoint>,
     remote: &mut Vec<ViewEndpoint>,
     hidden: &mut Vec<HiddenEndpoint>,
 ) {
     if policy.mode == TrafficMode::Locality {
+        region_failover(policy, caller, endpoints, remote);
         return;
     }
     let choices: BTreeMap<&ClusterId, Choice> = policy
@@ -82,6 +86,40 @@ pub fn apply(
         TrafficMode::FailOver => fail_over(&name, &choices, endpoints, remote),
         TrafficMode::ActiveActive => active_active(&name, &choices, endpoints, remote),
         TrafficMode::Locality => {}
+    }
+}
+
+/// The priority `Locality::priority_from` gives every endpoint outside the caller's region.
+const OTHER_REGION: u32 = 3;
+
+/// Istio's `failover: [{from, to}]`: for a caller in region `from`, endpoints in region `to`
+/// keep the other-region priority and every other region's move one further back.
+fn region_failover(
+    policy: &TrafficPolicy,
+    caller: &Locality,
+    endpoints: &mut [ViewEndpoint],
+    remote: &mut [ViewEndpoint],
+) {
+    let Some(rule) = policy.failover.iter().find(|f| f.from == caller.region) else {
+        return;
+    };
+    let name = format!("{}/{}", policy.namespace, policy.name);
+    for e in endpoints.iter_mut().chain(remote.iter_mut()) {
+        if e.locality.region == caller.region {
+            continue;
+        }
+        if e.locality.region == rule.to {
+            e.reason = format!(
+                "{}; failover region {} of callers in {} (TrafficPolicy {name})",
+                e.reason, rule.to, rule.from
+            );
+        } else {
+            e.priority = e.priority.max(OTHER_REGION) + 1;
+            e.reason = format!(
+                "{}; after failover region {} (TrafficPolicy {name})",
+                e.reason, rule.to
+            );
+        }
     }
 }
 

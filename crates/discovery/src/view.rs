@@ -522,7 +522,8 @@ fn view_port(
 
     let policy = TrafficPolicy::select(&mesh.traffic_policies, key, me);
     if let Some(policy) = policy {
-        crate::traffic::apply(policy, &mut endpoints, &mut remote, &mut hidden);
+        let caller = &ctx.locality;
+        crate::traffic::apply(policy, caller, &mut endpoints, &mut remote, &mut hidden);
         identities = crate::traffic::identities_of(&endpoints, &remote);
     }
     let policy = policy.map(|p| PolicyInForce {

@@ -63,8 +63,8 @@ pub struct ReloadOutcome {
 }
 
 impl ReloadOutcome {
-    /// Whether anything an index depends on changed. (Traffic policies are not applied by the
-    /// index yet, so [`Self::traffic_policies_changed`] does not count.)
+    /// Whether anything an index depends on changed (traffic policies travel in the mesh
+    /// configuration, so a policy change is a mesh change too).
     pub fn state_changed(&self) -> bool {
         self.mesh_changed || !self.clusters_changed.is_empty()
     }
@@ -428,7 +428,8 @@ mod tests {
         );
         let mesh = dir.mesh().cloned().expect("mesh");
 
-        // A new policy file: only the policies change, the mesh settings stay the same Arc.
+        // A new policy file: the policies change, and with them the mesh configuration the
+        // index is built from (it carries them).
         write(
             tmp.path(),
             "policies/c.yaml",
@@ -438,11 +439,12 @@ mod tests {
         );
         let outcome = dir.reload(ReloadScope::Mesh);
         assert!(
-            outcome.traffic_policies_changed && !outcome.mesh_changed,
+            outcome.traffic_policies_changed && outcome.mesh_changed,
             "{outcome:?}"
         );
-        assert!(!outcome.state_changed());
-        assert!(Arc::ptr_eq(dir.mesh().expect("mesh"), &mesh));
+        assert!(outcome.state_changed());
+        assert!(!Arc::ptr_eq(dir.mesh().expect("mesh"), &mesh));
+        assert_eq!(dir.mesh().expect("mesh").traffic_policies.len(), 4);
         assert_eq!(dir.traffic_policies().len(), 4);
         let outcome = dir.reload(ReloadScope::Mesh);
         assert_eq!(outcome, ReloadOutcome::default(), "nothing changed");

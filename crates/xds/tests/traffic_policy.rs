@@ -210,3 +210,59 @@ fn check_reports_unknown_clusters_and_policies_that_match_nothing() {
         "{policy_findings:#?}"
     );
 }
+
+/// The example with a fourth cluster, delta, in a third region (ap-south) on its own network,
+/// running an echo replica of its own.
+fn with_delta(policy_spec: &str) -> causeway_discovery::MeshIndex {
+    let src =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/three-clusters");
+    let mesh = std::fs::read_to_string(src.join("mesh.yaml"))
+        .expect("mesh.yaml")
+        .replace("networks: [net-a, net-b]", "networks: [net-a, net-b, net-c]")
+        + "---\napiVersion: causeway.io/v1alpha1\nkind: Cluster\nmetadata: {name: delta}\nspec:\n  network: net-c\n  locality: ap-south/ap-south-1a\n  gateways: [{address: 127.4.255.1, port: 15443}]\n";
+    let echo = "apiVersion: v1\nkind: Service\nmetadata: {name: echo, namespace: demo}\nspec:\n  selector: {app: echo}\n  ports: [{name: http, port: 80, targetPort: 8080, appProtocol: http}]\n---\n\
+apiVersion: multicluster.x-k8s.io/v1alpha1\nkind: ServiceExport\nmetadata: {name: echo, namespace: demo}\n---\n\
+apiVersion: causeway.io/v1alpha1\nkind: WorkloadEntry\nmetadata: {name: echo-delta-1, namespace: demo}\nspec: {address: 127.4.0.11, labels: {app: echo}, serviceAccount: echo, ports: {http: 8080}}\n";
+    example_with(&[
+        ("mesh.yaml", &mesh),
+        ("clusters/delta/workloads.yaml", echo),
+        ("policies/echo.yaml", &policy(policy_spec)),
+    ])
+}
+
+#[test]
+fn region_failover_puts_the_named_region_before_every_other() {
+    let failover = "  failover:\n  - {from: us-east, to: ap-south}\n";
+    let port = echo_port(&with_delta(failover), "alpha", "client");
+    let got = by_cluster(&port);
+    // Home region first (alpha's zone, then beta's), then the named region, then the rest.
+    let order: Vec<(u32, &str)> = {
+        let mut v: Vec<(u32, &str)> = got.iter().map(|(c, (p, _))| (*p, c.as_str())).collect();
+        v.sort();
+        v
+    };
+    assert_eq!(
+        order,
+        vec![(0, "alpha"), (1, "beta"), (2, "delta"), (3, "gamma")],
+        "{got:?}"
+    );
+    let delta = port
+        .endpoints()
+        .find(|e| e.cluster.as_str() == "delta")
+        .expect("delta");
+    assert!(
+        delta
+            .reason
+            .contains("failover region ap-south of callers in us-east"),
+        "{}",
+        delta.reason
+    );
+    // Without the rule both other regions share one priority.
+    let port = echo_port(&with_delta("  mode: Locality\n"), "alpha", "client");
+    let got = by_cluster(&port);
+    assert_eq!(got["delta"].0, got["gamma"].0, "{got:?}");
+    // Callers in another region are not affected by a rule from us-east.
+    let port = echo_port(&with_delta(failover), "gamma", "echo-gamma-1");
+    let got = by_cluster(&port);
+    assert_eq!(got["delta"].0, got["alpha"].0, "{got:?}");
+}
