@@ -140,3 +140,72 @@ fn fail_over_follows_the_listed_order_on_causeway() {
 fn fail_over_follows_the_listed_order_on_envoy() {
     fail_over("envoy", 21600);
 }
+
+/// A fourth cluster, delta, in a third region (ap-south) on its own network, with an echo
+/// replica: for alpha's client, gamma (eu-west) and delta are both "another region".
+fn add_delta(mesh: &Path) {
+    let yaml = std::fs::read_to_string(mesh.join("mesh.yaml")).expect("mesh.yaml");
+    let yaml = yaml.replace("networks: [net-a, net-b]", "networks: [net-a, net-b, net-c]")
+        + "---\napiVersion: causeway.io/v1alpha1\nkind: Cluster\nmetadata:\n  name: delta\nspec:\n  \
+           network: net-c\n  locality: ap-south/ap-south-1a\n  gateways:\n  - address: 127.4.255.1\n    \
+           port: 15443\n  gatewayIdentity:\n    serviceAccount: eastwest-gateway\n    credential:\n      \
+           tokenFile: tokens/delta/eastwest-gateway.token\n";
+    std::fs::write(mesh.join("mesh.yaml"), yaml).expect("mesh.yaml");
+    std::fs::create_dir_all(mesh.join("tokens/delta")).expect("tokens");
+    for name in ["eastwest-gateway", "echo-delta-1"] {
+        std::fs::write(
+            mesh.join(format!("tokens/delta/{name}.token")),
+            format!("{name}-token-for-the-test\n"),
+        )
+        .expect("token");
+    }
+    std::fs::create_dir_all(mesh.join("clusters/delta")).expect("delta");
+    std::fs::write(
+        mesh.join("clusters/delta/workloads.yaml"),
+        "apiVersion: v1\nkind: Service\nmetadata: {name: echo, namespace: demo}\nspec:\n  selector: {app: echo}\n  \
+         ports: [{name: http, port: 80, targetPort: 8080, appProtocol: http}]\n---\n\
+         apiVersion: multicluster.x-k8s.io/v1alpha1\nkind: ServiceExport\nmetadata: {name: echo, namespace: demo}\n---\n\
+         apiVersion: causeway.io/v1alpha1\nkind: WorkloadEntry\nmetadata: {name: echo-delta-1, namespace: demo}\n\
+         spec:\n  address: 127.4.0.11\n  labels: {app: echo}\n  serviceAccount: echo\n  ports: {http: 8080}\n  \
+         credential: {tokenFile: tokens/delta/echo-delta-1.token}\n",
+    )
+    .expect("delta workloads");
+}
+
+fn region_failover(data_plane: &str, port_base: u16) {
+    let _guard = mesh_lock();
+    let mut mesh = MeshRun::start_on(
+        data_plane,
+        "three-clusters",
+        port_base,
+        |dir| {
+            add_delta(dir);
+            write_policy(dir, "  failover:\n  - {from: us-east, to: ap-south}\n");
+        },
+        &[],
+    );
+    let echo = mesh.outbound(CLIENT, "demo/echo").expect("echo listener");
+    // us-east's endpoints stop (alpha's and beta's): the named region takes over, although
+    // gamma's eu-west is just as far by locality.
+    mesh.stop("alpha-echo-alpha-1-app-8080");
+    mesh.stop("beta-echo-beta-1-app-8080");
+    let moved = wait_for(Duration::from_secs(30), || {
+        call(echo)
+            .ok()
+            .filter(|v| v["cluster"] == "delta")
+            .map(|_| ())
+    });
+    assert!(moved.is_some(), "traffic never reached delta");
+    let (by, failed) = clusters_answering(echo, 50);
+    assert_eq!((by.get("delta"), failed), (Some(&50), 0), "{by:?}");
+}
+
+#[test]
+fn region_failover_goes_to_the_named_region_on_causeway() {
+    region_failover("causeway", 22600);
+}
+
+#[test]
+fn region_failover_goes_to_the_named_region_on_envoy() {
+    region_failover("envoy", 22900);
+}
