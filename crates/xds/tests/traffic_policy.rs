@@ -266,3 +266,69 @@ fn region_failover_puts_the_named_region_before_every_other() {
     let got = by_cluster(&port);
     assert_eq!(got["delta"].0, got["alpha"].0, "{got:?}");
 }
+
+#[test]
+fn retries_timeout_and_outlier_detection_of_a_policy_reach_the_route_and_the_cluster() {
+    use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+    use envoy_types::pb::envoy::config::listener::v3::{filter, Listener};
+    use envoy_types::pb::envoy::config::route::v3::route;
+    use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
+        http_connection_manager, HttpConnectionManager,
+    };
+    use prost::Message;
+    let index = example_with(&[(
+        "policies/echo.yaml",
+        &policy("  retries: {attempts: 4, perTryTimeout: 250ms, retryOn: \"5xx,reset\"}\n  timeout: 3s\n  outlierDetection: {consecutive5xx: 7, interval: 2s, baseEjectionTime: 30s, maxEjectionPercent: 50}\n"),
+    )]);
+    let r = common::sidecar_of(&index, "alpha", "client");
+    let cluster = common::decoded::<Cluster>(&r, TypeUrl::Cluster)
+        .into_iter()
+        .find(|c| c.name == ECHO)
+        .expect("echo cluster");
+    let od = cluster.outlier_detection.expect("outlier detection");
+    assert_eq!(od.consecutive_5xx.map(|v| v.value), Some(7));
+    assert_eq!(
+        od.consecutive_gateway_failure.map(|v| v.value),
+        Some(2),
+        "unset: the default"
+    );
+    assert_eq!(od.interval.map(|d| d.seconds), Some(2));
+    assert_eq!(od.base_ejection_time.map(|d| d.seconds), Some(30));
+    assert_eq!(od.max_ejection_percent.map(|v| v.value), Some(50));
+    let listener = common::decoded::<Listener>(&r, TypeUrl::Listener)
+        .into_iter()
+        .find(|l| l.name.starts_with("outbound|") && l.name.ends_with("|demo/echo"))
+        .expect("echo listener");
+    let Some(filter::ConfigType::TypedConfig(any)) =
+        &listener.filter_chains[0].filters[0].config_type
+    else {
+        panic!("typed config")
+    };
+    let hcm = HttpConnectionManager::decode(&*any.value).expect("hcm");
+    let Some(http_connection_manager::RouteSpecifier::RouteConfig(rc)) = hcm.route_specifier else {
+        panic!("inline routes")
+    };
+    let Some(route::Action::Route(action)) = &rc.virtual_hosts[0].routes[0].action else {
+        panic!("a route")
+    };
+    assert_eq!(action.timeout.as_ref().map(|d| d.seconds), Some(3));
+    let retry = action.retry_policy.as_ref().expect("retries");
+    assert_eq!(retry.retry_on, "5xx,reset");
+    assert_eq!(retry.num_retries.as_ref().map(|v| v.value), Some(4));
+    assert_eq!(
+        retry.per_try_timeout.as_ref().map(|d| d.nanos),
+        Some(250_000_000)
+    );
+    // Other services keep the mesh's defaults.
+    let greeter = common::decoded::<Cluster>(&r, TypeUrl::Cluster)
+        .into_iter()
+        .find(|c| c.name == "outbound|80||greeter.demo.svc.cluster.local")
+        .expect("greeter");
+    assert_eq!(
+        greeter
+            .outlier_detection
+            .and_then(|o| o.consecutive_5xx)
+            .map(|v| v.value),
+        Some(3)
+    );
+}

@@ -11,15 +11,17 @@ use envoy_types::pb::envoy::r#type::v3::Percent;
 
 use super::envoy::{ads_source, causeway_metadata, duration_ms, socket_address, u32v};
 
-/// Outlier detection on by default: without it Envoy never fails over between priorities.
-fn outlier_detection() -> cluster::OutlierDetection {
+/// Outlier detection on by default (without it Envoy never fails over between priorities):
+/// the mesh's settings, or a service's `TrafficPolicy`.
+fn outlier_detection(o: &causeway_model::OutlierDetection) -> cluster::OutlierDetection {
+    let ms = |d: std::time::Duration| Some(duration_ms(d.as_millis() as u64));
     cluster::OutlierDetection {
-        consecutive_5xx: u32v(3),
-        consecutive_gateway_failure: u32v(2),
+        consecutive_5xx: u32v(o.consecutive_5xx),
+        consecutive_gateway_failure: u32v(o.consecutive_gateway_failure),
         enforcing_consecutive_gateway_failure: u32v(100),
-        interval: Some(duration_ms(1000)),
-        base_ejection_time: Some(duration_ms(5000)),
-        max_ejection_percent: u32v(100),
+        interval: ms(o.interval),
+        base_ejection_time: ms(o.base_ejection_time),
+        max_ejection_percent: u32v(o.max_ejection_percent),
         ..Default::default()
     }
 }
@@ -28,6 +30,16 @@ pub(super) fn eds_cluster(
     name: &str,
     transport: Option<core::TransportSocket>,
     metadata: core::Metadata,
+) -> cluster::Cluster {
+    eds_cluster_with(name, transport, metadata, &Default::default())
+}
+
+/// [`eds_cluster`] with `outlier` detection settings.
+pub(super) fn eds_cluster_with(
+    name: &str,
+    transport: Option<core::TransportSocket>,
+    metadata: core::Metadata,
+    outlier: &causeway_model::OutlierDetection,
 ) -> cluster::Cluster {
     cluster::Cluster {
         name: name.to_owned(),
@@ -45,7 +57,7 @@ pub(super) fn eds_cluster(
             healthy_panic_threshold: Some(Percent { value: 0.0 }),
             ..Default::default()
         }),
-        outlier_detection: Some(outlier_detection()),
+        outlier_detection: Some(outlier_detection(outlier)),
         transport_socket: transport,
         metadata: Some(metadata),
         ..Default::default()

@@ -102,9 +102,56 @@ pub(super) fn causeway_metadata(pairs: &[(&str, String)]) -> core::Metadata {
     }
 }
 
+/// How an outbound route retries and times out: the mesh's defaults, or a service's
+/// `TrafficPolicy`.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+pub(super) struct RouteSettings<'a> {
+    pub retries: Option<&'a causeway_model::RetryPolicy>,
+    pub timeout: Option<std::time::Duration>,
+}
+
+/// The default route timeout (retries included).
+const ROUTE_TIMEOUT_MS: u64 = 15_000;
+
+/// The outbound route to `cluster_name` with `settings`.
+pub(super) fn outbound_route(
+    cluster_name: &str,
+    settings: RouteSettings<'_>,
+) -> route::RouteConfiguration {
+    let mut config = route_to(cluster_name, true);
+    let Some(action) = config
+        .virtual_hosts
+        .first_mut()
+        .and_then(|v| v.routes.first_mut())
+        .and_then(|r| match &mut r.action {
+            Some(route::route::Action::Route(a)) => Some(a),
+            _ => None,
+        })
+    else {
+        return config;
+    };
+    if let Some(t) = settings.timeout {
+        action.timeout = Some(duration_ms(t.as_millis() as u64));
+    }
+    if let Some(r) = settings.retries {
+        match (r.attempts, action.retry_policy.as_mut()) {
+            (0, _) => action.retry_policy = None,
+            (n, Some(p)) => {
+                p.num_retries = u32v(n);
+                if !r.retry_on.is_empty() {
+                    p.retry_on = r.retry_on.join(",");
+                }
+                p.per_try_timeout = r.per_try_timeout.map(|t| duration_ms(t.as_millis() as u64));
+            }
+            (_, None) => {}
+        }
+    }
+    config
+}
+
 pub(super) fn route_to(cluster_name: &str, retries: bool) -> route::RouteConfiguration {
     let retry_policy = retries.then(|| route::RetryPolicy {
-        retry_on: "connect-failure,refused-stream,reset,unavailable,gateway-error".to_owned(),
+        retry_on: causeway_model::RetryPolicy::DEFAULT_RETRY_ON.join(","),
         num_retries: u32v(2),
         retry_host_predicate: vec![route::retry_policy::RetryHostPredicate {
             name: "envoy.retry_host_predicates.previous_hosts".to_owned(),
@@ -131,7 +178,7 @@ pub(super) fn route_to(cluster_name: &str, retries: bool) -> route::RouteConfigu
                     cluster_specifier: Some(route::route_action::ClusterSpecifier::Cluster(
                         cluster_name.to_owned(),
                     )),
-                    timeout: Some(duration_ms(15_000)),
+                    timeout: Some(duration_ms(ROUTE_TIMEOUT_MS)),
                     retry_policy,
                     ..Default::default()
                 })),

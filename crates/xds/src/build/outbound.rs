@@ -5,16 +5,16 @@ use causeway_discovery::view::{self, ViewService};
 use causeway_discovery::{
     EndpointKind, LocalityGroup, MeshIndex, ProxyContext, ViewEndpoint, ViewPort,
 };
-use causeway_model::ServiceKey;
+use causeway_model::{OutlierDetection, ServiceKey, TrafficPolicy};
 use envoy_types::pb::envoy::config::core::v3 as core;
 use envoy_types::pb::envoy::config::listener::v3 as listener;
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3 as tls;
 use envoy_types::util::pack_any;
 
-use super::eds::{eds_cluster, load_assignment};
+use super::eds::{eds_cluster_with, load_assignment};
 use super::envoy::{
-    causeway_metadata, http_manager, network_filter, route_to, socket_address, tcp_proxy,
-    transport_socket,
+    causeway_metadata, http_manager, network_filter, outbound_route, socket_address, tcp_proxy,
+    transport_socket, RouteSettings,
 };
 use super::tls::{common_tls, expected_sans};
 use super::{is_http, outbound_cluster_name, LOAD_BALANCER_KEY, PEAK_EWMA};
@@ -36,10 +36,18 @@ pub fn sidecar_service_resources(
     let Some(service) = view::view_service(index, ctx, key) else {
         return;
     };
+    let policy = TrafficPolicy::select(&index.mesh().traffic_policies, key, &ctx.identity.cluster);
+    let settings = RouteSettings {
+        retries: policy.and_then(|p| p.retries.as_ref()),
+        timeout: policy.and_then(|p| p.timeout),
+    };
+    let outlier = policy
+        .and_then(|p| p.outlier_detection.clone())
+        .unwrap_or_default();
     for port in &service.ports {
-        outbound_cluster(&service, port, node, ctx, &trust_domain, out);
+        outbound_cluster(&service, port, (node, ctx), &outlier, &trust_domain, out);
         if let (Some(_), Some(slot)) = (node.outbound, slot) {
-            outbound_listener(&service, port, node, slot, out);
+            outbound_listener(&service, port, node, (slot, settings), out);
         }
     }
 }
@@ -48,8 +56,8 @@ pub fn sidecar_service_resources(
 fn outbound_cluster(
     service: &ViewService,
     port: &ViewPort,
-    node: &ProxyNode,
-    ctx: &ProxyContext,
+    (node, ctx): (&ProxyNode, &ProxyContext),
+    outlier: &OutlierDetection,
     trust_domain: &str,
     out: &mut Resources,
 ) {
@@ -91,14 +99,16 @@ fn outbound_cluster(
         &ctx.identity.cluster,
         node.data_plane,
         weighted,
+        outlier,
     );
     out.insert(
         TypeUrl::Cluster,
         &name,
-        pack_any(eds_cluster(
+        pack_any(eds_cluster_with(
             &name,
             Some(transport_socket(pack_any(upstream_tls))),
             metadata,
+            outlier,
         )),
         &inputs,
     );
@@ -161,7 +171,7 @@ fn outbound_listener(
     service: &ViewService,
     port: &ViewPort,
     node: &ProxyNode,
-    slot: u32,
+    (slot, settings): (u32, RouteSettings<'_>),
     out: &mut Resources,
 ) {
     let Some(block) = node.outbound else {
@@ -173,7 +183,7 @@ fn outbound_listener(
     let filter = if is_http(&port.port) {
         network_filter(
             "envoy.filters.network.http_connection_manager",
-            http_manager(&name, route_to(&name, true), Vec::new(), false),
+            http_manager(&name, outbound_route(&name, settings), Vec::new(), false),
         )
     } else {
         network_filter("envoy.filters.network.tcp_proxy", tcp_proxy(&name, &name))
@@ -201,6 +211,7 @@ fn outbound_listener(
         &port.port,
         address,
         block.capture_port,
+        settings,
     );
     out.insert(
         TypeUrl::Listener,
