@@ -335,7 +335,8 @@ fn describe_age(e: &ExportState, order: usize) -> String {
     }
 }
 
-fn ordinal(n: usize) -> String {
+/// `1st`, `2nd`, `3rd`, `4th`, … `11th`, `21st`.
+pub(crate) fn ordinal(n: usize) -> String {
     let suffix = match (n % 10, n % 100) {
         (1, 11) | (2, 12) | (3, 13) => "th",
         (1, _) => "st",

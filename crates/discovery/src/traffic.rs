@@ -10,6 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use causeway_model::{ClusterId, Locality, SpiffeId, TrafficMode, TrafficPolicy};
 
+use crate::index::ordinal;
 use crate::view::{EndpointKind, HiddenEndpoint, ViewEndpoint};
 
 /// The endpoint weight a listed cluster's endpoints add up to, per unit of the cluster's
@@ -21,17 +22,6 @@ const WEIGHT_SCALE: u64 = 1_000;
 struct Choice {
     position: usize,
     weight: Option<u32>,
-}
-
-fn ordinal(n: usize) -> String {
-    let suffix = match (n % 10, n % 100) {
-        (1, 11) | (2, 12) | (3, 13) => "th",
-        (1, _) => "st",
-        (2, _) => "nd",
-        (3, _) => "rd",
-        _ => "th",
-    };
-    format!("{n}{suffix}")
 }
 
 /// Applies `policy` to a port's endpoints (`endpoints`: direct ones and gateway aggregates;
