@@ -9,6 +9,7 @@
 mod check;
 mod cluster_index;
 mod index;
+mod names;
 pub mod policy;
 mod traffic;
 pub mod view;
