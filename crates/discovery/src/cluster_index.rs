@@ -31,6 +31,9 @@ pub struct ResolvedEndpoint {
     pub weight: u32,
     /// Whether it may receive traffic; `None` when ready, else why not.
     pub not_ready: Option<String>,
+    /// Its workload's labels (what `TrafficPolicy` subsets select); empty when not known.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
 }
 
 impl ResolvedEndpoint {
@@ -297,6 +300,7 @@ fn resolve_service(
                 locality: we.locality.clone().unwrap_or_else(|| spec.locality.clone()),
                 weight: we.weight,
                 not_ready,
+                labels: we.labels.clone(),
             });
         }
         // Endpoints that are terminating but still serving: used only if nothing is ready.
@@ -327,6 +331,7 @@ fn resolve_service(
                     locality: slice_endpoint_locality(spec, ep),
                     weight: 1,
                     not_ready: slice_endpoint_not_ready(ep),
+                    labels: ep.labels.clone(),
                 });
             }
         }

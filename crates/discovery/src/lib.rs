@@ -8,9 +8,11 @@
 
 mod check;
 mod cluster_index;
+mod gateway;
 mod index;
 mod names;
 pub mod policy;
+mod shape;
 mod traffic;
 pub mod view;
 
@@ -23,5 +25,5 @@ pub use index::{
 };
 pub use view::{
     EndpointKind, HiddenEndpoint, HiddenService, LocalityGroup, PolicyInForce, ProxyContext,
-    ProxyView, ViewEndpoint, ViewError, ViewPort, ViewService, NO_IDENTITY_REASON,
+    ProxyView, ViewEndpoint, ViewError, ViewPort, ViewRoute, ViewService, NO_IDENTITY_REASON,
 };

@@ -12,6 +12,13 @@ pub fn sni(key: &ServiceKey, port: u16) -> String {
     format!("outbound_.{port}_._.{}", key.fqdn())
 }
 
+/// SNI of a `TrafficPolicy` subset of a service port, Istio's subset form
+/// `outbound_.<port>_.<subset>_.<fqdn>`: a gateway routes it to its own cluster's endpoints of
+/// the subset only.
+pub fn subset_sni(key: &ServiceKey, port: u16, subset: &str) -> String {
+    format!("outbound_.{port}_.{subset}_.{}", key.fqdn())
+}
+
 /// SNI that reaches exactly one endpoint behind its cluster's east-west gateway, Istio's
 /// subset slot form: `outbound_.<port>_.ep-<id>_.<fqdn>`. The id is a hash of the endpoint's
 /// cluster, address and port, so callers and the gateway compute it alike from their own

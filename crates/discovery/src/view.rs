@@ -22,7 +22,10 @@ use causeway_model::{
 use serde::Serialize;
 
 use crate::cluster_index::ResolvedEndpoint;
-pub use crate::names::{endpoint_sni, service_slots, sni};
+pub use crate::gateway::{gateway_routes, GatewayRoute};
+pub use crate::names::{endpoint_sni, service_slots, sni, subset_sni};
+use crate::shape;
+pub use crate::shape::route_name;
 use crate::MeshIndex;
 
 /// Why a view cannot be computed.
@@ -184,6 +187,34 @@ pub struct ViewPort {
     pub identities: BTreeSet<SpiffeId>,
     /// The `TrafficPolicy` in force for this caller, if any.
     pub policy: Option<PolicyInForce>,
+    /// The policy's weighted split of the requests over clusters and subsets, each with its
+    /// own endpoints; empty: every request may use every endpoint above.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub routes: Vec<ViewRoute>,
+}
+
+/// One weighted destination of a port's requests under a policy's `routes`: the endpoints of
+/// a cluster, of a subset, or of both, shaped like the port's own (same mode, priorities and
+/// gateways). Kept at weight 0 too, so a blue-green switch only moves weights.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ViewRoute {
+    /// `<subset>`, `<subset>.<cluster>` or `all.<cluster>` ([`route_name`]).
+    pub name: String,
+    /// Only this cluster's endpoints, if set.
+    pub cluster: Option<ClusterId>,
+    /// Only this subset's endpoints, if set.
+    pub subset: Option<String>,
+    /// Percent of the requests.
+    pub weight: u32,
+    /// The SNI of its gateway aggregates: the subset's ([`subset_sni`]), else the port's.
+    pub sni: String,
+    /// Locality groups, by priority.
+    pub groups: Vec<LocalityGroup>,
+    /// Real remote endpoints behind gateways.
+    pub remote: Vec<ViewEndpoint>,
+    /// Exactly the identities of its endpoints.
+    pub identities: BTreeSet<SpiffeId>,
 }
 
 /// Which traffic policy shaped a port's endpoints, for operators and the xDS builder.
@@ -239,24 +270,6 @@ pub struct ProxyView {
     pub services: Vec<ViewService>,
 }
 
-/// The gateways that carry traffic to an endpoint on `network` in `cluster`: the cluster's own
-/// when it is on that network and has any, else every gateway of the network.
-fn gateways_for(mesh: &MeshConfig, cluster: &ClusterId, network: &NetworkId) -> Vec<Gateway> {
-    if let Some(spec) = mesh.cluster(cluster) {
-        if &spec.network == network && !spec.gateways.is_empty() {
-            return spec.gateways.clone();
-        }
-    }
-    mesh.network_gateways(network)
-}
-
-fn gateway_owner(mesh: &MeshConfig, gateway: &Gateway, fallback: &ClusterId) -> ClusterId {
-    mesh.clusters
-        .iter()
-        .find(|c| c.gateways.contains(gateway))
-        .map_or_else(|| fallback.clone(), |c| c.id.clone())
-}
-
 /// Computes the whole view of a proxy.
 pub fn view(index: &MeshIndex, ctx: &ProxyContext) -> ProxyView {
     let services = index
@@ -268,13 +281,6 @@ pub fn view(index: &MeshIndex, ctx: &ProxyContext) -> ProxyView {
         proxy: ctx.clone(),
         services,
     }
-}
-
-struct PendingRemote<'a> {
-    cluster: &'a ClusterId,
-    endpoint: &'a ResolvedEndpoint,
-    identity: SpiffeId,
-    gateways: Vec<Gateway>,
 }
 
 /// Computes the view of one service for a proxy; `None` when the proxy cannot see it.
@@ -289,7 +295,6 @@ pub fn view_service(
     if sources.is_empty() {
         return None;
     }
-    let mesh = index.mesh();
     // Ports: the local definition first, then the merged export definition for the rest.
     let mut port_defs: Vec<ServicePort> = index
         .cluster_service(me, key)
@@ -307,7 +312,7 @@ pub fn view_service(
     }
     let ports = port_defs
         .into_iter()
-        .map(|port| view_port(index, ctx, key, &sources, port, mesh))
+        .map(|port| view_port(index, ctx, key, &sources, port))
         .collect();
     Some(ViewService {
         key: key.clone(),
@@ -317,7 +322,11 @@ pub fn view_service(
     })
 }
 
-fn identity_of(mesh: &MeshConfig, key: &ServiceKey, ep: &ResolvedEndpoint) -> Option<SpiffeId> {
+pub(crate) fn identity_of(
+    mesh: &MeshConfig,
+    key: &ServiceKey,
+    ep: &ResolvedEndpoint,
+) -> Option<SpiffeId> {
     ep.service_account.as_ref().map(|sa| {
         SpiffeId::new(
             mesh.mesh.trust_domain.clone(),
@@ -333,205 +342,32 @@ fn view_port(
     key: &ServiceKey,
     sources: &[ClusterId],
     port: ServicePort,
-    mesh: &MeshConfig,
 ) -> ViewPort {
-    let me = &ctx.identity.cluster;
-    let mut direct: Vec<ViewEndpoint> = Vec::new();
-    let mut pending: Vec<PendingRemote<'_>> = Vec::new();
-    let mut hidden: Vec<HiddenEndpoint> = Vec::new();
-    let mut identities = BTreeSet::new();
-    for cluster in sources {
-        let Some(entry) = index.cluster_service(cluster, key) else {
-            continue;
-        };
-        let Some(port_eps) = entry.port(port.port, &port.protocol) else {
-            continue;
-        };
-        for ep in &port_eps.endpoints {
-            let hide = |reason: String| HiddenEndpoint {
-                address: ep.address,
-                port: ep.port,
-                cluster: cluster.clone(),
-                network: ep.network.clone(),
-                workload: ep.workload.clone(),
-                reason,
-            };
-            if let Some(why) = &ep.not_ready {
-                hidden.push(hide(format!("not ready: {why}")));
-                continue;
-            }
-            let Some(identity) = identity_of(mesh, key, ep) else {
-                hidden.push(hide(NO_IDENTITY_REASON.to_owned()));
-                continue;
-            };
-            if ep.network == ctx.network {
-                identities.insert(identity.clone());
-                let reason = if cluster == me {
-                    "same cluster".to_owned()
-                } else {
-                    format!("same network {} as the proxy", ep.network)
-                };
-                direct.push(ViewEndpoint {
-                    kind: EndpointKind::Direct,
-                    address: ep.address,
-                    port: ep.port,
-                    cluster: cluster.clone(),
-                    network: ep.network.clone(),
-                    locality: ep.locality.clone(),
-                    priority: ep.locality.priority_from(&ctx.locality),
-                    weight: ep.weight,
-                    via: None,
-                    workload: ep.workload.clone(),
-                    identity: Some(identity),
-                    sni: None,
-                    reason,
-                });
-                continue;
-            }
-            let gateways = gateways_for(mesh, cluster, &ep.network);
-            if gateways.is_empty() {
-                hidden.push(hide(format!(
-                    "network {} has no east-west gateway; unreachable from network {}",
-                    ep.network, ctx.network
-                )));
-                continue;
-            }
-            identities.insert(identity.clone());
-            pending.push(PendingRemote {
-                cluster,
-                endpoint: ep,
-                identity,
-                gateways,
-            });
-        }
-    }
-
-    // Assign each remote endpoint to exactly one gateway: round-robin over the endpoints of one
-    // (locality, gateway set), in address order, so load spreads evenly and deterministically.
-    pending.sort_by(|a, b| {
-        (
-            &a.endpoint.locality,
-            &a.gateways,
-            a.endpoint.address,
-            a.endpoint.port,
-        )
-            .cmp(&(
-                &b.endpoint.locality,
-                &b.gateways,
-                b.endpoint.address,
-                b.endpoint.port,
-            ))
-    });
-    let mut rr: BTreeMap<(Locality, Vec<Gateway>), usize> = BTreeMap::new();
-    let mut remote: Vec<ViewEndpoint> = Vec::new();
-    // (locality, gateway) -> (owner cluster, network, weight, endpoint count)
-    let mut aggregates: BTreeMap<(Locality, Gateway), (ClusterId, NetworkId, u32, usize)> =
-        BTreeMap::new();
-    for p in &pending {
-        let slot = rr
-            .entry((p.endpoint.locality.clone(), p.gateways.clone()))
-            .or_insert(0);
-        let gateway = p.gateways[*slot % p.gateways.len()];
-        *slot += 1;
-        let owner = gateway_owner(mesh, &gateway, p.cluster);
-        let agg = aggregates
-            .entry((p.endpoint.locality.clone(), gateway))
-            .or_insert_with(|| (owner.clone(), p.endpoint.network.clone(), 0, 0));
-        agg.2 = agg.2.saturating_add(p.endpoint.weight);
-        agg.3 += 1;
-        remote.push(ViewEndpoint {
-            kind: EndpointKind::Remote,
-            address: p.endpoint.address,
-            port: p.endpoint.port,
-            cluster: p.cluster.clone(),
-            network: p.endpoint.network.clone(),
-            locality: p.endpoint.locality.clone(),
-            priority: p.endpoint.locality.priority_from(&ctx.locality),
-            weight: p.endpoint.weight,
-            via: Some(gateway),
-            workload: p.endpoint.workload.clone(),
-            identity: Some(p.identity.clone()),
-            sni: (owner == *p.cluster).then(|| {
-                endpoint_sni(
-                    key,
-                    port.port,
-                    p.cluster,
-                    p.endpoint.address,
-                    p.endpoint.port,
-                )
-            }),
-            reason: format!(
-                "network {} is not the proxy's {}; via east-west gateway {gateway} of cluster {owner}",
-                p.endpoint.network, ctx.network
-            ),
-        });
-    }
-    let mut endpoints = direct;
-    for ((locality, gateway), (owner, network, weight, count)) in aggregates {
-        endpoints.push(ViewEndpoint {
-            kind: EndpointKind::Gateway,
-            address: gateway.address,
-            port: gateway.port,
-            priority: locality.priority_from(&ctx.locality),
-            cluster: owner.clone(),
-            network: network.clone(),
-            locality,
-            weight,
-            via: None,
-            workload: None,
-            identity: None,
-            sni: None,
-            reason: format!(
-                "east-west gateway of cluster {owner} (network {network}) for {count} endpoint(s) behind it"
-            ),
-        });
-    }
-
-    let policy = TrafficPolicy::select(&mesh.traffic_policies, key, me);
-    if let Some(policy) = policy {
-        let caller = &ctx.locality;
-        crate::traffic::apply(policy, caller, &mut endpoints, &mut remote, &mut hidden);
-        identities = crate::traffic::identities_of(&endpoints, &remote);
-    }
-    let policy = policy.map(|p| PolicyInForce {
-        name: format!("{}/{}", p.namespace, p.name),
-        mode: p.mode,
-    });
-
-    // Renumber priorities without gaps, then group by (priority, locality).
-    let raw: BTreeSet<u32> = endpoints.iter().map(|e| e.priority).collect();
-    let renumber: BTreeMap<u32, u32> = raw.into_iter().zip(0u32..).collect();
-    let renumbered = |p: u32| renumber.get(&p).copied().unwrap_or(p);
-    let mut groups: BTreeMap<(u32, Locality), Vec<ViewEndpoint>> = BTreeMap::new();
-    for mut e in endpoints {
-        e.priority = renumbered(e.priority);
-        groups
-            .entry((e.priority, e.locality.clone()))
-            .or_default()
-            .push(e);
-    }
-    for r in &mut remote {
-        r.priority = renumbered(r.priority);
-    }
-    let groups = groups
-        .into_iter()
-        .map(|((priority, locality), mut endpoints)| {
-            endpoints.sort_by_key(|e| (e.address, e.port));
-            LocalityGroup {
-                locality,
-                priority,
-                endpoints,
-            }
-        })
-        .collect();
+    let mesh = index.mesh();
+    let mut candidates = shape::candidates(index, ctx, key, sources, &port);
+    let mut hidden = std::mem::take(&mut candidates.hidden);
+    let policy = TrafficPolicy::select(&mesh.traffic_policies, key, &ctx.identity.cluster);
+    let all = |_: &ClusterId, _: &BTreeMap<String, String>| true;
+    let scope = shape::PortScope {
+        ctx,
+        key,
+        port: port.port,
+        mesh,
+    };
+    let whole = shape::shape(scope, &candidates, &all, policy, &mut hidden);
+    let routes = policy.map_or_else(Vec::new, |p| shape::routes(scope, &candidates, p));
     ViewPort {
         sni: sni(key, port.port),
         port,
-        groups,
-        remote,
+        groups: whole.groups,
+        remote: whole.remote,
         hidden,
-        identities,
-        policy,
+        identities: whole.identities,
+        policy: policy.map(|p| PolicyInForce {
+            name: format!("{}/{}", p.namespace, p.name),
+            mode: p.mode,
+        }),
+        routes,
     }
 }
 
@@ -570,79 +406,4 @@ pub fn hidden_services(index: &MeshIndex, ctx: &ProxyContext) -> Vec<HiddenServi
         }
     }
     out
-}
-
-/// One route of an east-west gateway: an exported service port of the gateway's cluster and
-/// the local endpoints behind it. Gateways get routes only for exported services.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct GatewayRoute {
-    /// Namespace and name.
-    pub key: ServiceKey,
-    /// The service port.
-    pub port: ServicePort,
-    /// The SNI callers use, `outbound_.<port>_._.<fqdn>`.
-    pub sni: String,
-    /// Ready endpoints of the gateway's own cluster with a known identity (no caller is sent
-    /// to the others, see [`NO_IDENTITY_REASON`]).
-    pub endpoints: Vec<ViewEndpoint>,
-}
-
-/// What the east-west gateway of `cluster` forwards: every service port exported (and not
-/// cluster-local) from that cluster, to that cluster's ready endpoints with a known identity
-/// (what callers' aggregate gateway weights count). Anything else has no
-/// route, so a connection with any other SNI is closed.
-pub fn gateway_routes(index: &MeshIndex, cluster: &ClusterId) -> Vec<GatewayRoute> {
-    let Some(spec) = index.mesh().cluster(cluster) else {
-        return Vec::new();
-    };
-    let mut routes = Vec::new();
-    for (key, merged) in index.services() {
-        let exported_here = merged
-            .exports
-            .iter()
-            .any(|e| &e.cluster == cluster && e.active);
-        if !exported_here {
-            continue;
-        }
-        let Some(entry) = index.cluster_service(cluster, key) else {
-            continue;
-        };
-        for port_eps in &entry.ports {
-            let endpoints = port_eps
-                .endpoints
-                .iter()
-                .filter(|e| e.is_ready())
-                .filter_map(|e| Some((e, identity_of(index.mesh(), key, e)?)))
-                .map(|(e, identity)| ViewEndpoint {
-                    kind: EndpointKind::Direct,
-                    address: e.address,
-                    port: e.port,
-                    cluster: cluster.clone(),
-                    network: e.network.clone(),
-                    locality: e.locality.clone(),
-                    priority: e.locality.priority_from(&spec.locality),
-                    weight: e.weight,
-                    via: None,
-                    workload: e.workload.clone(),
-                    identity: Some(identity),
-                    sni: Some(endpoint_sni(
-                        key,
-                        port_eps.port.port,
-                        cluster,
-                        e.address,
-                        e.port,
-                    )),
-                    reason: "local endpoint behind the gateway".to_owned(),
-                })
-                .collect();
-            routes.push(GatewayRoute {
-                key: key.clone(),
-                port: port_eps.port.clone(),
-                sni: sni(key, port_eps.port.port),
-                endpoints,
-            });
-        }
-    }
-    routes
 }

@@ -172,6 +172,8 @@ pub struct SliceEndpoint {
     pub service_account: Option<String>,
     /// Full locality (from its Node's topology labels), overriding `zone`.
     pub locality: Option<Locality>,
+    /// Labels of its Pod (what `TrafficPolicy` subsets select); empty when not known.
+    pub labels: BTreeMap<String, String>,
 }
 
 impl SliceEndpoint {
@@ -186,6 +188,7 @@ impl SliceEndpoint {
             target_name: None,
             service_account: None,
             locality: None,
+            labels: BTreeMap::new(),
         }
     }
 }

@@ -57,16 +57,18 @@ where
     D: AsyncRead + AsyncWrite,
 {
     let up = &state.upstreams;
+    // One cluster per connection, by weight when a policy splits the port.
+    let name = cfg.clusters.pick(fastrand::u64(..));
     let cluster = snapshot
         .clusters
-        .get(&cfg.cluster)
-        .ok_or_else(|| TcpProxyError::NoCluster(cfg.cluster.clone()))?;
+        .get(name)
+        .ok_or_else(|| TcpProxyError::NoCluster(name.to_owned()))?;
     let la = snapshot
-        .endpoints_of(&cfg.cluster)
-        .ok_or_else(|| TcpProxyError::NoEndpoint(cfg.cluster.clone()))?;
+        .endpoints_of(name)
+        .ok_or_else(|| TcpProxyError::NoEndpoint(name.to_owned()))?;
     let endpoint = up
         .pick(snapshot.generation, cluster, la)
-        .ok_or_else(|| TcpProxyError::NoEndpoint(cfg.cluster.clone()))?;
+        .ok_or_else(|| TcpProxyError::NoEndpoint(name.to_owned()))?;
     let tls = up
         .client_tls(snapshot.generation, cluster, false)
         .map_err(|error| ConnectError::Tls {

@@ -40,7 +40,10 @@ fn the_gateway_listener_becomes_sni_routes_to_tcp_proxies() {
                 panic!("a gateway chain is a TCP proxy: {c:?}")
             };
             assert_eq!(c.matches.server_names.len(), 1, "{c:?}");
-            (c.matches.server_names[0].clone(), p.cluster.clone())
+            (
+                c.matches.server_names[0].clone(),
+                p.clusters.pick(0).to_owned(),
+            )
         })
         .collect();
     routes.sort();

@@ -11,13 +11,13 @@ use causeway_xds::dataplane::http::{
     http_manager_config, Codec, HttpManagerConfig, PathMatch, RetryBackoff, RetryOn, XfccConfig,
 };
 use causeway_xds::dataplane::rbac::RbacAction;
-use causeway_xds::dataplane::ConfigError;
+use causeway_xds::dataplane::{ConfigError, Upstreams};
 use causeway_xds::resources::{Resources, TypeUrl};
 use envoy_types::pb::envoy::config::listener::v3::{filter, Listener};
 use envoy_types::pb::envoy::config::route::v3 as route;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3 as hcm;
 use envoy_types::pb::envoy::r#type::matcher::v3::RegexMatcher;
-use envoy_types::pb::google::protobuf::{Any, BoolValue};
+use envoy_types::pb::google::protobuf::{Any, BoolValue, UInt32Value};
 use envoy_types::util::pack_any;
 use prost::Message;
 
@@ -144,7 +144,7 @@ fn outbound_managers_route_everything_to_their_cluster_with_retries() {
             panic!("one route: {vh:?}")
         };
         assert_eq!(rt.matches, PathMatch::Prefix("/".into()));
-        assert_eq!(rt.action.cluster, cfg.stat_prefix);
+        assert_eq!(rt.action.clusters.pick(0), cfg.stat_prefix);
         assert_eq!(rt.action.timeout, Some(Duration::from_secs(15)));
         let retry = rt.action.retry.as_ref().expect("outbound retries");
         assert_eq!(
@@ -169,7 +169,7 @@ fn outbound_managers_route_everything_to_their_cluster_with_retries() {
                 max_interval: Duration::from_millis(250)
             }
         );
-        clusters.push(rt.action.cluster.clone());
+        clusters.push(rt.action.clusters.pick(0).to_owned());
     }
     assert!(clusters.iter().any(|c| c == ECHO), "{clusters:?}");
     assert!(clusters.iter().all(|c| c.starts_with("outbound|")));
@@ -189,7 +189,7 @@ fn inbound_manager_sets_the_callers_spiffe_id_and_does_not_retry() {
         "SANITIZE_SET with the URI SAN only"
     );
     let rt = &cfg.routes.virtual_hosts[0].routes[0];
-    assert_eq!(rt.action.cluster, "inbound|8080||");
+    assert_eq!(rt.action.clusters.pick(0), "inbound|8080||");
     assert_eq!(rt.action.retry, None, "no retries to the local app");
     assert!(cfg.rbac.is_empty(), "no policy selects the client");
 }
@@ -219,7 +219,10 @@ fn inbound_rbac_filters_are_converted_deny_then_allow_before_the_router() {
         ]
     );
     assert_eq!(
-        cfg.routes.virtual_hosts[0].routes[0].action.cluster,
+        cfg.routes.virtual_hosts[0].routes[0]
+            .action
+            .clusters
+            .pick(0),
         "inbound|8080||"
     );
     let json = serde_json::to_value(&cfg).expect("json");
@@ -288,17 +291,66 @@ fn a_regex_path_match_is_refused() {
     );
 }
 
+fn weighted(clusters: &[(&str, Option<u32>)]) -> route::route_action::ClusterSpecifier {
+    route::route_action::ClusterSpecifier::WeightedClusters(route::WeightedCluster {
+        clusters: clusters
+            .iter()
+            .map(|(name, weight)| route::weighted_cluster::ClusterWeight {
+                name: (*name).to_owned(),
+                weight: weight.map(|value| UInt32Value { value }),
+                ..Default::default()
+            })
+            .collect(),
+        ..Default::default()
+    })
+}
+
 #[test]
-fn weighted_clusters_are_refused() {
+fn weighted_clusters_become_a_split_and_bad_ones_are_refused() {
     let (name, mut m) = echo_manager();
-    first_action(&mut m).cluster_specifier = Some(
-        route::route_action::ClusterSpecifier::WeightedClusters(route::WeightedCluster::default()),
-    );
-    let e = refused(&name, m);
+    first_action(&mut m).cluster_specifier = Some(weighted(&[
+        ("blue", Some(95)),
+        ("green", Some(5)),
+        ("old", Some(0)),
+    ]));
+    let cfg = convert(&(name, pack_any(m))).expect("converted");
+    let clusters = &cfg.routes.virtual_hosts[0].routes[0].action.clusters;
     assert_eq!(
-        e.field,
-        "route_config.virtual_hosts[0].routes[0].route.weighted_clusters"
+        clusters,
+        &Upstreams::Weighted {
+            clusters: vec![("blue".into(), 95), ("green".into(), 5), ("old".into(), 0)],
+            total: 100
+        }
     );
+    let at = "route_config.virtual_hosts[0].routes[0].route.weighted_clusters";
+    for (split, field, reason) in [
+        (vec![], "clusters", "needs at least one cluster"),
+        (
+            vec![("a", Some(0)), ("b", Some(0))],
+            "clusters",
+            "add up to 0",
+        ),
+        (vec![("a", None)], "clusters[0].weight", "missing"),
+        (
+            vec![("a", Some(1)), ("a", Some(1))],
+            "clusters[1].name",
+            "listed twice",
+        ),
+        (vec![("", Some(1))], "clusters[0].name", "missing"),
+    ] {
+        let (name, mut m) = echo_manager();
+        first_action(&mut m).cluster_specifier = Some(weighted(&split));
+        let e = refused(&name, m);
+        assert_eq!(e.field, format!("{at}.{field}"), "{e}");
+        assert!(e.reason.contains(reason), "{e}");
+    }
+    let (name, mut m) = echo_manager();
+    let mut spec = weighted(&[("a", Some(1))]);
+    if let route::route_action::ClusterSpecifier::WeightedClusters(w) = &mut spec {
+        w.runtime_key_prefix = "canary".into();
+    }
+    first_action(&mut m).cluster_specifier = Some(spec);
+    assert_eq!(refused(&name, m).field, format!("{at}.runtime_key_prefix"));
 }
 
 #[test]

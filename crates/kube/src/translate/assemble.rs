@@ -84,6 +84,7 @@ pub fn assemble_borrowed(spec: &ClusterSpec, records: RecordsRef<'_>) -> Cluster
                 .and_then(|p| records.pods.get(&(slice.namespace.clone(), p.clone())))
             {
                 ep.service_account = Some(pod.service_account.clone());
+                ep.labels = pod.labels.clone();
             }
             ep.locality = node_locality(node);
         }

@@ -172,6 +172,7 @@ pub fn endpoint_slice(
             target_name: pod,
             service_account: None,
             locality: None,
+            labels: Default::default(),
         });
         nodes.push(ep.node_name.clone());
     }

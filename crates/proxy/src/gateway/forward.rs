@@ -105,17 +105,18 @@ fn route(
             chain: chain.name.clone(),
         });
     };
+    let name = proxy.clusters.pick(fastrand::u64(..));
     let cluster = snapshot
         .clusters
-        .get(&proxy.cluster)
-        .ok_or_else(|| GatewayError::NoCluster(proxy.cluster.clone()))?;
+        .get(name)
+        .ok_or_else(|| GatewayError::NoCluster(name.to_owned()))?;
     let endpoint = snapshot
-        .endpoints_of(&proxy.cluster)
+        .endpoints_of(name)
         .and_then(|la| state.pick(snapshot.generation, cluster, la))
         .map(|target| target.address)
-        .ok_or_else(|| GatewayError::NoEndpoint(proxy.cluster.clone()))?;
+        .ok_or_else(|| GatewayError::NoEndpoint(name.to_owned()))?;
     Ok(Route {
-        cluster: proxy.cluster.clone(),
+        cluster: name.to_owned(),
         endpoint,
         connect_timeout: cluster.connect_timeout,
         idle_timeout: proxy.idle_timeout,

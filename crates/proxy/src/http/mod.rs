@@ -187,19 +187,21 @@ async fn handle(
     // request: an open connection must not keep sending to endpoints an update removed.
     let snapshot = state.snapshot();
     let idle = manager.stream_idle_timeout;
-    let routed = router::forward(state, &snapshot, action, idle, req).await;
+    // One cluster per request, by weight when a policy splits the route; retries stay with it.
+    let cluster = action.clusters.pick(fastrand::u64(..));
+    let routed = router::forward(state, &snapshot, (action, cluster), idle, req).await;
     if routed.retries > 0 {
         conn.metrics
             .http_retries
             .get_or_create(&crate::metrics::ClusterLabels {
-                cluster: action.cluster.clone(),
+                cluster: cluster.to_owned(),
             })
             .inc_by(u64::from(routed.retries));
     }
     let mut response = routed.response;
     headers::prepare_response(&mut response);
-    tracing::trace!(listener = %conn.listener, cluster = %action.cluster, endpoint = ?routed.endpoint, status = response.status().as_u16(), "request routed");
-    count(conn, &action.cluster, started, response)
+    tracing::trace!(listener = %conn.listener, %cluster, endpoint = ?routed.endpoint, status = response.status().as_u16(), "request routed");
+    count(conn, cluster, started, response)
 }
 
 fn count(

@@ -37,11 +37,12 @@ enum Attempt {
     TimedOut,
 }
 
-/// Forwards `req` along `action` (its route) in `snapshot`.
+/// Forwards `req` along `action` (its route) to `cluster_name` (the action's pick) in
+/// `snapshot`.
 pub async fn forward(
     state: &Rc<WorkerState>,
     snapshot: &SharedSnapshot,
-    action: &RouteAction,
+    (action, cluster_name): (&RouteAction, &str),
     stream_idle: Option<Duration>,
     req: Request<Incoming>,
 ) -> Routed {
@@ -50,10 +51,10 @@ pub async fn forward(
         endpoint: None,
         retries: 0,
     };
-    let Some(cluster) = snapshot.clusters.get(&action.cluster) else {
+    let Some(cluster) = snapshot.clusters.get(cluster_name) else {
         return local(StatusCode::SERVICE_UNAVAILABLE, "cluster not found");
     };
-    let Some(la) = snapshot.endpoints_of(&action.cluster) else {
+    let Some(la) = snapshot.endpoints_of(cluster_name) else {
         return local(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream");
     };
     let (parts, body) = req.into_parts();

@@ -143,8 +143,38 @@ pub(super) fn check_traffic_policies(policies: &[TrafficPolicy]) -> Vec<LoadErro
                 ),
             ));
         }
+        if let Some(e) = subset_mismatch(&policies[..i], p) {
+            errors.push(e);
+        }
     }
     errors
+}
+
+/// A subset of `p` that an earlier policy of the same service defines with other labels:
+/// gateways route a subset's SNI for every caller alike, so one name means one set of labels.
+fn subset_mismatch(earlier: &[TrafficPolicy], p: &TrafficPolicy) -> Option<LoadError> {
+    for (i, s) in p.subsets.iter().enumerate() {
+        let other = earlier
+            .iter()
+            .filter(|q| q.service == p.service)
+            .find_map(|q| {
+                q.subset(&s.name)
+                    .filter(|o| o.labels != s.labels)
+                    .map(|_| q)
+            });
+        if let Some(q) = other {
+            return Some(policy_error(
+                p,
+                &format!("spec.subsets[{i}].labels"),
+                format!(
+                    "subset {:?} of service {} has other labels in TrafficPolicy {}/{} at {}; \
+                     a subset name selects the same endpoints in every policy of a service",
+                    s.name, p.service, q.namespace, q.name, q.source
+                ),
+            ));
+        }
+    }
+    None
 }
 
 /// Whether two policies apply to the same callers: `Some(None)` when both apply to every

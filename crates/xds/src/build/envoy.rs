@@ -113,12 +113,30 @@ pub(super) struct RouteSettings<'a> {
 /// The default route timeout (retries included).
 const ROUTE_TIMEOUT_MS: u64 = 15_000;
 
-/// The outbound route to `cluster_name` with `settings`.
+/// Where an outbound listener's requests or connections go: the service port's cluster, or a
+/// `TrafficPolicy`'s routes by weight (percent, each above 0).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize)]
+pub(super) enum Upstream {
+    Cluster(String),
+    Weighted(Vec<(String, u32)>),
+}
+
+impl Upstream {
+    /// The name stats and the listener's route configuration go by.
+    fn first(&self) -> &str {
+        match self {
+            Upstream::Cluster(c) => c,
+            Upstream::Weighted(w) => w.first().map_or("", |(c, _)| c.as_str()),
+        }
+    }
+}
+
+/// The outbound route to `upstream` with `settings`.
 pub(super) fn outbound_route(
-    cluster_name: &str,
+    upstream: &Upstream,
     settings: RouteSettings<'_>,
 ) -> route::RouteConfiguration {
-    let mut config = route_to(cluster_name, true);
+    let mut config = route_to(upstream.first(), true);
     let Some(action) = config
         .virtual_hosts
         .first_mut()
@@ -130,6 +148,21 @@ pub(super) fn outbound_route(
     else {
         return config;
     };
+    if let Upstream::Weighted(split) = upstream {
+        action.cluster_specifier = Some(route::route_action::ClusterSpecifier::WeightedClusters(
+            route::WeightedCluster {
+                clusters: split
+                    .iter()
+                    .map(|(name, weight)| route::weighted_cluster::ClusterWeight {
+                        name: name.clone(),
+                        weight: u32v(*weight),
+                        ..Default::default()
+                    })
+                    .collect(),
+                ..Default::default()
+            },
+        ));
+    }
     if let Some(t) = settings.timeout {
         action.timeout = Some(duration_ms(t.as_millis() as u64));
     }
@@ -230,6 +263,33 @@ pub(super) fn tcp_proxy(stat_prefix: &str, cluster_name: &str) -> Any {
         stat_prefix: stat_prefix.to_owned(),
         cluster_specifier: Some(tcp::tcp_proxy::ClusterSpecifier::Cluster(
             cluster_name.to_owned(),
+        )),
+        idle_timeout: Some(duration_ms(3_600_000)),
+        ..Default::default()
+    })
+}
+
+/// The TCP proxy of an outbound port: to one cluster, or to a policy's routes by weight.
+pub(super) fn tcp_proxy_to(stat_prefix: &str, upstream: &Upstream) -> Any {
+    let split = match upstream {
+        Upstream::Cluster(c) => return tcp_proxy(stat_prefix, c),
+        Upstream::Weighted(split) => split,
+    };
+    pack_any(tcp::TcpProxy {
+        stat_prefix: stat_prefix.to_owned(),
+        cluster_specifier: Some(tcp::tcp_proxy::ClusterSpecifier::WeightedClusters(
+            tcp::tcp_proxy::WeightedCluster {
+                clusters: split
+                    .iter()
+                    .map(
+                        |(name, weight)| tcp::tcp_proxy::weighted_cluster::ClusterWeight {
+                            name: name.clone(),
+                            weight: *weight,
+                            ..Default::default()
+                        },
+                    )
+                    .collect(),
+            },
         )),
         idle_timeout: Some(duration_ms(3_600_000)),
         ..Default::default()

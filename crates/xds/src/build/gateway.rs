@@ -1,5 +1,5 @@
 //! East-west gateways: one SNI filter chain per exported service port of the gateway's
-//! cluster, and one per ready endpoint of it (the per-endpoint SNI Causeway proxies balance
+//! cluster, one per `TrafficPolicy` subset routed to, and one per ready endpoint of it (the per-endpoint SNI Causeway proxies balance
 //! pods with), TLS passed through (never terminated).
 
 use causeway_discovery::view::{self, GatewayRoute};
@@ -11,7 +11,7 @@ use envoy_types::util::pack_any;
 
 use super::eds::{eds_cluster, group_by_locality, load_assignment, single_endpoint_cluster};
 use super::envoy::{causeway_metadata, duration_ms, network_filter, socket_address, tcp_proxy};
-use super::outbound_cluster_name;
+use super::{outbound_cluster_name, route_cluster_name};
 use crate::resources::{Resources, TypeUrl};
 
 /// Builds an east-west gateway's resources for `gateway_address`: one filter chain per
@@ -26,7 +26,8 @@ pub fn gateway_resources(index: &MeshIndex, ctx: &ProxyContext) -> Resources {
     let mut chains: Vec<listener::FilterChain> =
         routes.iter().map(|r| route_chain(r, &mut out)).collect();
     let mut snis: Vec<&str> = routes.iter().map(|r| r.sni.as_str()).collect();
-    for r in &routes {
+    // Per-endpoint chains once per port (a subset's endpoints are among the port's).
+    for r in routes.iter().filter(|r| r.subset.is_none()) {
         for e in &r.endpoints {
             if let Some(chain) = endpoint_chain(r, e, &mut out) {
                 chains.push(chain);
@@ -65,15 +66,19 @@ pub fn gateway_resources(index: &MeshIndex, ctx: &ProxyContext) -> Resources {
     out
 }
 
-/// One exported service port: its cluster and endpoints into `out`, and its SNI filter chain.
+/// One exported service port (or one subset of it): its cluster and endpoints into `out`, and
+/// its SNI filter chain.
 fn route_chain(r: &GatewayRoute, out: &mut Resources) -> listener::FilterChain {
-    let name = outbound_cluster_name(&r.key, r.port.port);
+    let name = match &r.subset {
+        None => outbound_cluster_name(&r.key, r.port.port),
+        Some(subset) => route_cluster_name(&r.key, r.port.port, subset),
+    };
     let metadata = causeway_metadata(&[("service", r.key.to_string())]);
     out.insert(
         TypeUrl::Cluster,
         &name,
         pack_any(eds_cluster(&name, None, metadata)),
-        &("gateway-cluster", &r.key, &r.port),
+        &("gateway-cluster", &r.key, &r.port, &r.subset),
     );
     let groups = group_by_locality(&r.endpoints);
     out.insert(

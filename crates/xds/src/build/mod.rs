@@ -43,6 +43,12 @@ pub fn outbound_cluster_name(key: &ServiceKey, port: u16) -> String {
     format!("outbound|{port}||{}", key.fqdn())
 }
 
+/// The cluster of one `TrafficPolicy` route of a service port, Istio's subset form:
+/// `outbound|<port>|<route>|<fqdn>` (the route's name: its subset, cluster or both).
+pub fn route_cluster_name(key: &ServiceKey, port: u16, route: &str) -> String {
+    format!("outbound|{port}|{route}|{}", key.fqdn())
+}
+
 /// Whether a port carries HTTP (and gets an HTTP connection manager) rather than raw TCP.
 pub fn is_http(port: &ServicePort) -> bool {
     matches!(

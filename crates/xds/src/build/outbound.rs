@@ -1,11 +1,13 @@
 //! A sidecar's resources for one service: per visible port, an EDS cluster with upstream mTLS
 //! (Istio SNI, exact SAN check), its endpoints, and an outbound listener at the service's slot.
 
+use std::collections::BTreeSet;
+
 use causeway_discovery::view::{self, ViewService};
 use causeway_discovery::{
-    EndpointKind, LocalityGroup, MeshIndex, ProxyContext, ViewEndpoint, ViewPort,
+    EndpointKind, LocalityGroup, MeshIndex, ProxyContext, ViewEndpoint, ViewPort, ViewRoute,
 };
-use causeway_model::{OutlierDetection, ServiceKey, TrafficPolicy};
+use causeway_model::{OutlierDetection, ServiceKey, SpiffeId, TrafficPolicy};
 use envoy_types::pb::envoy::config::core::v3 as core;
 use envoy_types::pb::envoy::config::listener::v3 as listener;
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3 as tls;
@@ -13,11 +15,11 @@ use envoy_types::util::pack_any;
 
 use super::eds::{eds_cluster_with, load_assignment};
 use super::envoy::{
-    causeway_metadata, http_manager, network_filter, outbound_route, socket_address, tcp_proxy,
-    transport_socket, RouteSettings,
+    causeway_metadata, http_manager, network_filter, outbound_route, socket_address, tcp_proxy_to,
+    transport_socket, RouteSettings, Upstream,
 };
 use super::tls::{common_tls, expected_sans};
-use super::{is_http, outbound_cluster_name, LOAD_BALANCER_KEY, PEAK_EWMA};
+use super::{is_http, outbound_cluster_name, route_cluster_name, LOAD_BALANCER_KEY, PEAK_EWMA};
 use crate::node::{DataPlane, ProxyNode};
 use crate::resources::{Resources, TypeUrl};
 
@@ -45,33 +47,82 @@ pub fn sidecar_service_resources(
         .and_then(|p| p.outlier_detection.clone())
         .unwrap_or_default();
     for port in &service.ports {
-        outbound_cluster(&service, port, (node, ctx), &outlier, &trust_domain, out);
+        let whole = Destination::port(&service.key, port);
+        let on = (node, ctx);
+        outbound_cluster(&service, port, &whole, on, &outlier, &trust_domain, out);
+        // Every route keeps its cluster, weight 0 included: a switch of weights then changes
+        // only the listener's route, never which clusters exist.
+        let mut split = Vec::new();
+        for route in &port.routes {
+            let dest = Destination::route(&service.key, port, route);
+            outbound_cluster(&service, port, &dest, on, &outlier, &trust_domain, out);
+            if route.weight > 0 {
+                split.push((dest.name, route.weight));
+            }
+        }
+        let upstream = match split.as_slice() {
+            [] => Upstream::Cluster(whole.name.clone()),
+            [(only, _)] => Upstream::Cluster(only.clone()),
+            _ => Upstream::Weighted(split),
+        };
         if let (Some(_), Some(slot)) = (node.outbound, slot) {
-            outbound_listener(&service, port, node, (slot, settings), out);
+            outbound_listener(&service, port, node, (slot, settings, &upstream), out);
         }
     }
 }
 
-/// The EDS cluster of one service port and its load assignment.
+/// One xDS cluster of a service port: the port's endpoints, or a policy route's.
+struct Destination<'a> {
+    name: String,
+    sni: &'a str,
+    identities: &'a BTreeSet<SpiffeId>,
+    groups: &'a [LocalityGroup],
+    remote: &'a [ViewEndpoint],
+}
+
+impl<'a> Destination<'a> {
+    fn port(key: &ServiceKey, port: &'a ViewPort) -> Self {
+        Self {
+            name: outbound_cluster_name(key, port.port.port),
+            sni: &port.sni,
+            identities: &port.identities,
+            groups: &port.groups,
+            remote: &port.remote,
+        }
+    }
+
+    fn route(key: &ServiceKey, port: &ViewPort, route: &'a ViewRoute) -> Self {
+        Self {
+            name: route_cluster_name(key, port.port.port, &route.name),
+            sni: &route.sni,
+            identities: &route.identities,
+            groups: &route.groups,
+            remote: &route.remote,
+        }
+    }
+}
+
+/// The EDS cluster of one destination of a service port and its load assignment.
 fn outbound_cluster(
     service: &ViewService,
     port: &ViewPort,
+    dest: &Destination<'_>,
     (node, ctx): (&ProxyNode, &ProxyContext),
     outlier: &OutlierDetection,
     trust_domain: &str,
     out: &mut Resources,
 ) {
-    let name = outbound_cluster_name(&service.key, port.port.port);
+    let name = &dest.name;
     let upstream_tls = tls::UpstreamTlsContext {
         common_tls_context: Some(common_tls(
-            expected_sans(port, trust_domain),
+            expected_sans(dest.identities, trust_domain),
             if is_http(&port.port) {
                 &["istio-peer-exchange", "istio"]
             } else {
                 &[]
             },
         )),
-        sni: port.sni.clone(),
+        sni: dest.sni.to_owned(),
         ..Default::default()
     };
     let mut metadata = vec![
@@ -91,10 +142,9 @@ fn outbound_cluster(
     let metadata = causeway_metadata(&metadata);
     let inputs = (
         "outbound-cluster",
-        &service.key,
-        &port.port,
-        &port.sni,
-        &port.identities,
+        (&service.key, &port.port, name),
+        dest.sni,
+        dest.identities,
         trust_domain,
         &ctx.identity.cluster,
         node.data_plane,
@@ -103,9 +153,9 @@ fn outbound_cluster(
     );
     out.insert(
         TypeUrl::Cluster,
-        &name,
+        name,
         pack_any(eds_cluster_with(
-            &name,
+            name,
             Some(transport_socket(pack_any(upstream_tls))),
             metadata,
             outlier,
@@ -113,14 +163,14 @@ fn outbound_cluster(
         &inputs,
     );
     let groups = if causeway {
-        per_endpoint_groups(port)
+        per_endpoint_groups(dest.groups, dest.remote)
     } else {
-        port.groups.clone()
+        dest.groups.to_vec()
     };
     out.insert(
         TypeUrl::ClusterLoadAssignment,
-        &name,
-        pack_any(load_assignment(&name, &groups)),
+        name,
+        pack_any(load_assignment(name, &groups)),
         &groups,
     );
 }
@@ -129,9 +179,9 @@ fn outbound_cluster(
 /// pods behind it (each at the gateway's address with its own SNI), so the proxy balances and
 /// ejects pods, not whole remote clusters. An aggregate stays when any pod behind it has no
 /// per-endpoint SNI (its gateway is not its own cluster's, so no gateway routes one).
-fn per_endpoint_groups(port: &ViewPort) -> Vec<LocalityGroup> {
+fn per_endpoint_groups(groups: &[LocalityGroup], remote: &[ViewEndpoint]) -> Vec<LocalityGroup> {
     let behind = |g: &LocalityGroup, gateway: &ViewEndpoint| -> Vec<ViewEndpoint> {
-        port.remote
+        remote
             .iter()
             .filter(|r| {
                 r.locality == g.locality
@@ -141,7 +191,7 @@ fn per_endpoint_groups(port: &ViewPort) -> Vec<LocalityGroup> {
             .cloned()
             .collect()
     };
-    port.groups
+    groups
         .iter()
         .map(|g| {
             let mut endpoints = Vec::with_capacity(g.endpoints.len());
@@ -171,7 +221,7 @@ fn outbound_listener(
     service: &ViewService,
     port: &ViewPort,
     node: &ProxyNode,
-    (slot, settings): (u32, RouteSettings<'_>),
+    (slot, settings, upstream): (u32, RouteSettings<'_>, &Upstream),
     out: &mut Resources,
 ) {
     let Some(block) = node.outbound else {
@@ -183,10 +233,13 @@ fn outbound_listener(
     let filter = if is_http(&port.port) {
         network_filter(
             "envoy.filters.network.http_connection_manager",
-            http_manager(&name, outbound_route(&name, settings), Vec::new(), false),
+            http_manager(&name, outbound_route(upstream, settings), Vec::new(), false),
         )
     } else {
-        network_filter("envoy.filters.network.tcp_proxy", tcp_proxy(&name, &name))
+        network_filter(
+            "envoy.filters.network.tcp_proxy",
+            tcp_proxy_to(&name, upstream),
+        )
     };
     // Captured traffic reaches this listener through the capture listener, which hands each
     // connection over by its original destination; nothing binds the service address.
@@ -212,6 +265,7 @@ fn outbound_listener(
         address,
         block.capture_port,
         settings,
+        upstream,
     );
     out.insert(
         TypeUrl::Listener,

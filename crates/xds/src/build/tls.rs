@@ -1,7 +1,9 @@
 //! Mesh mTLS: the SDS secrets every sidecar uses, TLS 1.3 only, and the peer SAN checks
 //! (exact SPIFFE IDs upstream, the trust domain downstream).
 
-use causeway_discovery::ViewPort;
+use std::collections::BTreeSet;
+
+use causeway_model::SpiffeId;
 use envoy_types::pb::envoy::config::core::v3 as core;
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3 as tls;
 use envoy_types::pb::envoy::r#type::matcher::v3 as matcher;
@@ -102,18 +104,18 @@ fn no_peer_san(trust_domain: &str) -> String {
     format!("spiffe://{trust_domain}/causeway/no-endpoint-with-a-known-identity")
 }
 
-/// Expected SANs of a service port's endpoints: exactly the SPIFFE IDs of the endpoints the view
+/// Expected SANs of a service port's (or a route's) endpoints: exactly the SPIFFE IDs of the endpoints the view
 /// includes, each an exact match (never a prefix, so an identity is never widened). Views leave
 /// out endpoints without a known identity, so there is nothing to widen for; a port with no
 /// endpoint gets a SAN no certificate carries.
 pub(super) fn expected_sans(
-    port: &ViewPort,
+    identities: &BTreeSet<SpiffeId>,
     trust_domain: &str,
 ) -> Vec<tls::SubjectAltNameMatcher> {
-    if port.identities.is_empty() {
+    if identities.is_empty() {
         return vec![uri_san_exact(&no_peer_san(trust_domain))];
     }
-    port.identities
+    identities
         .iter()
         .map(|id| uri_san_exact(&id.to_string()))
         .collect()

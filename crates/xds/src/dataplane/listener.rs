@@ -14,6 +14,7 @@ use prost::Message;
 
 use super::check::{duration, duration_or, socket_address, unsupported, At};
 use super::rbac::{RbacConfig, NETWORK_RBAC};
+use super::Upstreams;
 use super::{
     ChainAction, ChainMatch, ConfigError, FilterChainConfig, ListenerConfig, TcpProxyConfig,
 };
@@ -362,12 +363,12 @@ fn tcp_proxy(
     );
     let connect_after_tls_handshake =
         connect_mode(at, *upstream_connect_mode, max_early_data_bytes)?;
-    let cluster = match cluster_specifier {
-        Some(tcp::tcp_proxy::ClusterSpecifier::Cluster(c)) if !c.is_empty() => c.clone(),
-        Some(tcp::tcp_proxy::ClusterSpecifier::WeightedClusters(_)) => {
-            return Err(at
-                .field("weighted_clusters")
-                .error("not supported by the Causeway proxy"))
+    let clusters = match cluster_specifier {
+        Some(tcp::tcp_proxy::ClusterSpecifier::Cluster(c)) if !c.is_empty() => {
+            Upstreams::One(c.clone())
+        }
+        Some(tcp::tcp_proxy::ClusterSpecifier::WeightedClusters(w)) => {
+            super::weighted::tcp_weighted(&at.field("weighted_clusters"), w)?
         }
         _ => return Err(at.field("cluster").error("missing")),
     };
@@ -377,7 +378,7 @@ fn tcp_proxy(
     };
     Ok(TcpProxyConfig {
         stat_prefix: stat_prefix.clone(),
-        cluster,
+        clusters,
         idle_timeout,
         connect_after_tls_handshake,
         rbac,

@@ -13,6 +13,7 @@ pub mod http;
 mod listener;
 pub mod rbac;
 pub mod tls;
+mod weighted;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -22,6 +23,7 @@ pub use bootstrap::{read_static_bootstrap, static_snapshot, StaticBootstrap};
 pub use cluster::cluster_config;
 pub use endpoint::load_assignment;
 pub use listener::listener_config;
+pub use weighted::Upstreams;
 
 /// Why a resource was refused: what the proxy NACKs with and logs.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -89,7 +91,8 @@ pub enum ChainAction {
 #[derive(Debug, serde::Serialize, Clone, PartialEq)]
 pub struct TcpProxyConfig {
     pub stat_prefix: String,
-    pub cluster: String,
+    /// Where connections go: one cluster, or several by weight (one pick per connection).
+    pub clusters: Upstreams,
     /// Close a connection without bytes in either direction for this long (None: never).
     pub idle_timeout: Option<Duration>,
     /// Connect upstream only once the downstream TLS handshake completed (Envoy's

@@ -75,7 +75,7 @@ pub fn route(matches: PathMatch, cluster: &str) -> RouteConfig {
         name: format!("{matches:?}"),
         matches,
         action: RouteAction {
-            cluster: cluster.into(),
+            clusters: causeway_xds::dataplane::Upstreams::One(cluster.into()),
             timeout: None,
             retry: None,
         },
@@ -165,7 +165,7 @@ pub fn http_listener(
 pub fn tcp_proxy(cluster: &str, idle_timeout: Option<Duration>) -> TcpProxyConfig {
     TcpProxyConfig {
         stat_prefix: cluster.into(),
-        cluster: cluster.into(),
+        clusters: causeway_xds::dataplane::Upstreams::One(cluster.into()),
         idle_timeout,
         connect_after_tls_handshake: false,
         rbac: Vec::new(),

@@ -104,6 +104,8 @@ fn parse_slice_endpoints(
             target_name: ep.target_ref.and_then(|t| t.name),
             service_account: None,
             locality: None,
+            // A file's slice names no Pods; subsets select WorkloadEntries by their labels.
+            labels: Default::default(),
         });
     }
     Ok(endpoints)

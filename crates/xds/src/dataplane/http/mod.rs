@@ -105,10 +105,11 @@ pub enum PathMatch {
     Exact(String),
 }
 
-/// Forward to one cluster.
+/// Forward to one cluster, or to one of several by weight (one pick per request, retries
+/// staying with it).
 #[derive(Debug, serde::Serialize, Clone, PartialEq)]
 pub struct RouteAction {
-    pub cluster: String,
+    pub clusters: super::Upstreams,
     /// The whole request, retries included, must complete within this (None: no limit;
     /// Envoy's default is 15 s).
     pub timeout: Option<Duration>,

@@ -1,5 +1,5 @@
 //! An inline `RouteConfiguration` → [`RouteTable`]: virtual hosts, path matches, the cluster
-//! of each route, its timeout and its retry policy.
+//! (or weighted clusters) of each route, its timeout and its retry policy.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -12,7 +12,9 @@ use super::{
     RouteTable, VirtualHostConfig,
 };
 use crate::dataplane::check::{duration, duration_or, u32_or, unsupported, At};
+use crate::dataplane::weighted::route_weighted;
 use crate::dataplane::ConfigError;
+use crate::dataplane::Upstreams;
 
 pub(super) const PREVIOUS_HOSTS: &str =
     "type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate";
@@ -259,12 +261,12 @@ fn route_action(at: &At<'_>, a: &route::RouteAction) -> Result<RouteAction, Conf
     let refused = |field: &str| {
         Err(at
             .field(field)
-            .error("not supported by the Causeway proxy (one cluster per route)"))
+            .error("not supported by the Causeway proxy (a cluster or weighted clusters)"))
     };
-    let cluster = match cluster_specifier {
-        Some(C::Cluster(c)) if !c.is_empty() => c.clone(),
+    let clusters = match cluster_specifier {
+        Some(C::Cluster(c)) if !c.is_empty() => Upstreams::One(c.clone()),
         Some(C::Cluster(_)) | None => return Err(at.field("cluster").error("missing")),
-        Some(C::WeightedClusters(_)) => return refused("weighted_clusters"),
+        Some(C::WeightedClusters(w)) => route_weighted(&at.field("weighted_clusters"), w)?,
         Some(C::ClusterHeader(_)) => return refused("cluster_header"),
         Some(C::ClusterSpecifierPlugin(_)) => return refused("cluster_specifier_plugin"),
         Some(C::InlineClusterSpecifierPlugin(_)) => {
@@ -272,7 +274,7 @@ fn route_action(at: &At<'_>, a: &route::RouteAction) -> Result<RouteAction, Conf
         }
     };
     Ok(RouteAction {
-        cluster,
+        clusters,
         timeout: timeout_or(&at.field("timeout"), timeout, Some(DEFAULT_ROUTE_TIMEOUT))?,
         retry: retry_policy
             .as_ref()

@@ -11,7 +11,7 @@ use crate::file::fields::join;
 use crate::wire;
 use crate::LoadError;
 
-/// `spec.subsets`: names that are DNS labels, each once; at least one label each.
+/// `spec.subsets`: names that are DNS labels (not the reserved `all` or `ep-…`), each once; at least one label each.
 pub(super) fn subsets(
     check: &Check,
     spec: &wire::TrafficPolicySpec,
@@ -20,6 +20,16 @@ pub(super) fn subsets(
     for (i, s) in spec.subsets.iter().enumerate() {
         validate_dns_label(&s.name)
             .map_err(|e| check.error(format!("spec.subsets[{i}].name"), e.to_string()))?;
+        // `all` names a route to a whole cluster and `ep-` the per-endpoint SNIs of gateways.
+        if s.name == "all" || s.name.starts_with("ep-") {
+            return Err(check.error(
+                format!("spec.subsets[{i}].name"),
+                format!(
+                    "{:?} is reserved (`all` and names starting with `ep-`)",
+                    s.name
+                ),
+            ));
+        }
         if let Some(first) = out.iter().position(|o| o.name == s.name) {
             return Err(check.error(
                 format!("spec.subsets[{i}].name"),

@@ -181,6 +181,8 @@ fn errors_name_file_line_object_and_field() {
         (ACTIVE_ACTIVE, "retryOn: \"5xx, reset\"", "retryOn: \"5xx, sometimes\"", "spec.retries.retryOn", "\"sometimes\" is not a retry condition"),
         (ACTIVE_ACTIVE, "maxEjectionPercent: 50", "maxEjectionPercent: 101", "spec.outlierDetection.maxEjectionPercent", "101: must be 0-100"),
         (ACTIVE_ACTIVE, "- {name: green, labels: {version: v2}}", "- {name: blue, labels: {version: v2}}", "spec.subsets[1].name", "duplicate subset \"blue\""),
+        (ACTIVE_ACTIVE, "- {name: green, labels: {version: v2}}", "- {name: all, labels: {version: v2}}", "spec.subsets[1].name", "\"all\" is reserved"),
+        (ACTIVE_ACTIVE, "- {name: green, labels: {version: v2}}", "- {name: ep-1, labels: {version: v2}}", "spec.subsets[1].name", "\"ep-1\" is reserved"),
         (FAIL_OVER, "callers: {clusters: [bj1]}", "callers: {clusters: []}", "spec.callers.clusters", "must list at least one cluster; omit spec.callers"),
         (FAIL_OVER, "callers: {clusters: [bj1]}", "callers: {clusters: [bj1, bj1]}", "spec.callers.clusters[1]", "duplicate cluster \"bj1\""),
         (FAIL_OVER, "service: checkout", "service: Checkout", "spec.service", "\"Checkout\" must be lower-case"),
@@ -294,6 +296,47 @@ fn two_policies_for_the_same_service_and_callers_are_refused() {
     assert!(errors[0]
         .reason
         .starts_with("duplicate object; first declared at policies/shop.yaml"));
+}
+
+/// Gateways route a subset's SNI for every caller alike: one name, one set of labels.
+#[test]
+fn a_subset_name_selects_the_same_labels_in_every_policy_of_a_service() {
+    let for_sh1 = ACTIVE_ACTIVE.replace(
+        "  mode: ActiveActive",
+        "  callers: {clusters: [sh1]}\n  mode: ActiveActive",
+    );
+    let other = |labels: &str| {
+        ACTIVE_ACTIVE
+            .replace("name: cart, namespace", "name: cart-bj1, namespace")
+            .replace(
+                "  mode: ActiveActive",
+                "  callers: {clusters: [bj1]}\n  mode: ActiveActive",
+            )
+            .replace("{name: green, labels: {version: v2}}", labels)
+    };
+    let (_, errors) = parse(&format!(
+        "{for_sh1}---\n{}",
+        other("{name: green, labels: {version: v2}}")
+    ));
+    assert!(errors.is_empty(), "{errors:?}");
+    let (_, errors) = parse(&format!(
+        "{for_sh1}---\n{}",
+        other("{name: green, labels: {version: v3}}")
+    ));
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    let e = &errors[0];
+    assert_eq!(
+        e.object.as_deref(),
+        Some("TrafficPolicy shop/cart-bj1"),
+        "{e}"
+    );
+    assert_eq!(e.field.as_deref(), Some("spec.subsets[1].labels"), "{e}");
+    assert!(
+        e.reason.contains(
+            "subset \"green\" of service shop/cart has other labels in TrafficPolicy shop/cart"
+        ),
+        "{e}"
+    );
 }
 
 #[test]
