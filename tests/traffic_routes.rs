@@ -129,10 +129,10 @@ fn blue_green(data_plane: &str, port_base: u16) {
 
 #[test]
 fn a_blue_green_switch_under_load_fails_no_request_on_causeway() {
-    blue_green("causeway", 30000);
+    blue_green("causeway", 17000);
 }
 
 #[test]
 fn a_blue_green_switch_under_load_fails_no_request_on_envoy() {
-    blue_green("envoy", 30300);
+    blue_green("envoy", 17300);
 }

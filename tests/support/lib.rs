@@ -126,6 +126,16 @@ impl Process {
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
     }
+
+    /// Sends `signal` (`STOP`, `CONT`, ...) with kill(1): a stopped process keeps its sockets
+    /// open and answers nothing, like a host that hangs or a black-holed network.
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{signal}"), &self.child.id().to_string()])
+            .status()
+            .expect("kill(1)");
+        assert!(status.success(), "kill -{signal} {}", self.child.id());
+    }
 }
 
 impl Drop for Process {

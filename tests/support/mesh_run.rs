@@ -234,6 +234,22 @@ impl MeshRun {
             .unwrap_or_else(|| panic!("no process {name}"));
     }
 
+    /// Freezes a process (SIGSTOP): its sockets stay open, nothing answers.
+    pub fn freeze(&self, name: &str) {
+        self.processes
+            .get(name)
+            .unwrap_or_else(|| panic!("no process {name}"))
+            .signal("STOP");
+    }
+
+    /// Lets a frozen process go on (SIGCONT).
+    pub fn thaw(&self, name: &str) {
+        self.processes
+            .get(name)
+            .unwrap_or_else(|| panic!("no process {name}"))
+            .signal("CONT");
+    }
+
     /// Starts a stopped process again from the plan.
     pub fn restart(&mut self, name: &str) {
         let spec = self.plan["processes"]

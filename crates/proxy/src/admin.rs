@@ -132,6 +132,8 @@ async fn endpoints(State(s): State<AdminState>) -> impl IntoResponse {
                     "priority": l.priority,
                     "weight": e.weight,
                     "healthy": e.healthy,
+                    "activeHealthCheck": e.active_health_check,
+                    "failingHealthChecks": stats.is_some_and(|st| st.unhealthy.load(Ordering::Relaxed)),
                     "ejected": ejected.is_some(),
                     "ejectedRemainingMs": ejected.map(|d| d.as_millis() as u64),
                     "ewmaMs": ewma.map(|ns| ns as f64 / 1e6),

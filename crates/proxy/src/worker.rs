@@ -18,6 +18,7 @@ use tokio::task::JoinHandle;
 
 use crate::config::{SharedSnapshot, Snapshot};
 use crate::credentials::MeshCredentials;
+use crate::upstream::health::HealthChecks;
 use crate::upstream::load::EndpointBook;
 use crate::upstream::Upstreams;
 
@@ -268,6 +269,7 @@ fn run_worker(setup: WorkerSetup) {
             overloaded,
         };
         listeners.apply(&state, &first, &handler);
+        HealthChecks::sync(&state, &first);
         loop {
             tokio::select! {
                 changed = snapshots.changed() => {
@@ -275,6 +277,7 @@ fn run_worker(setup: WorkerSetup) {
                     let next = Arc::clone(&snapshots.borrow_and_update());
                     state.replace(Arc::clone(&next));
                     listeners.apply(&state, &next, &handler);
+                    HealthChecks::sync(&state, &next);
                 }
                 _ = stopped.changed() => break,
             }

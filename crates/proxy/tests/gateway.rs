@@ -132,6 +132,7 @@ fn cluster(name: &str, endpoints: &[(SocketAddr, u32)]) -> ClusterConfig {
                         sni: None,
                         pod: None,
                         workload: None,
+                        active_health_check: false,
                     })
                     .collect(),
             }],
@@ -139,6 +140,8 @@ fn cluster(name: &str, endpoints: &[(SocketAddr, u32)]) -> ClusterConfig {
         connect_timeout: Duration::from_secs(1),
         lb_policy: LbPolicy::RoundRobin,
         outlier_detection: None,
+        health_check: None,
+        max_retries: causeway_xds::dataplane::DEFAULT_MAX_RETRIES,
         healthy_panic_threshold_percent: 0.0,
         service: None,
     }

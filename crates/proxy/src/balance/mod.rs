@@ -200,6 +200,7 @@ mod tests {
             sni: None,
             pod: None,
             workload: None,
+            active_health_check: false,
         }
     }
 

@@ -125,6 +125,8 @@ async fn attempts(
     let mut tried: Vec<Target> = Vec::new();
     let mut body = body;
     let mut retries = 0u32;
+    // Held while a retry is in flight (the cluster's `max_retries` circuit breaker).
+    let mut _retrying: Option<crate::upstream::RetrySlot> = None;
     loop {
         let endpoint = match policy {
             Some(p) if p.retry_other_hosts && !tried.is_empty() => up.pick_other(
@@ -150,7 +152,18 @@ async fn attempts(
         up.record(cluster, la, &in_flight, &endpoint, outcome(&attempt));
         drop(in_flight);
         let retry = policy.filter(|p| retries < p.num_retries && should_retry(p, &attempt));
+        // The retry that just ended frees its slot before the next one asks for one.
+        _retrying = None;
         if let (Some(p), Some(again)) = (retry, replay) {
+            let Some(slot) = up.retry_slot(cluster) else {
+                tracing::debug!(cluster = %cluster.name, limit = cluster.max_retries, "retry not made: the cluster's retries in flight are at max_retries");
+                return Routed {
+                    response: final_response(attempt),
+                    endpoint: Some(endpoint),
+                    retries,
+                };
+            };
+            _retrying = Some(slot);
             retries += 1;
             body = again;
             tracing::debug!(cluster = %cluster.name, %endpoint, retries, "retrying");

@@ -259,6 +259,8 @@ pub struct EndpointStats {
     pub ewma_ns: AtomicU64,
     /// Ejected by outlier detection until this many ms after [`clock_base`] (0: never).
     pub ejected_until_ms: AtomicU64,
+    /// Failed its active health checks (on some worker) and not passed them since.
+    pub unhealthy: std::sync::atomic::AtomicBool,
 }
 
 impl EndpointStats {
@@ -273,6 +275,17 @@ impl EndpointStats {
         let until = self.ejected_until_ms.load(Ordering::Relaxed);
         let now = since_base(Instant::now());
         (until > now).then(|| Duration::from_millis(until - now))
+    }
+}
+
+/// Adds one to `cluster`'s count.
+fn count_in(counts: &Mutex<BTreeMap<String, u64>>, cluster: &str) {
+    let mut counts = counts.lock().unwrap_or_else(PoisonError::into_inner);
+    match counts.get_mut(cluster) {
+        Some(n) => *n += 1,
+        None => {
+            counts.insert(cluster.to_owned(), 1);
+        }
     }
 }
 
@@ -301,21 +314,19 @@ pub struct EndpointBook {
     by_cluster: Mutex<BTreeMap<String, BTreeMap<Target, Arc<EndpointStats>>>>,
     /// Ejections by cluster since the proxy started (never pruned: a Prometheus counter).
     ejections: Mutex<BTreeMap<String, u64>>,
+    /// Failed health checks by cluster since the proxy started (a Prometheus counter).
+    health_failures: Mutex<BTreeMap<String, u64>>,
 }
 
 impl EndpointBook {
     /// Counts an ejection in `cluster`.
     pub fn count_ejection(&self, cluster: &str) {
-        let mut ejections = self
-            .ejections
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        match ejections.get_mut(cluster) {
-            Some(n) => *n += 1,
-            None => {
-                ejections.insert(cluster.to_owned(), 1);
-            }
-        }
+        count_in(&self.ejections, cluster);
+    }
+
+    /// Counts a failed health check in `cluster`.
+    pub fn count_health_failure(&self, cluster: &str) {
+        count_in(&self.health_failures, cluster);
     }
 
     /// Prometheus text: ejections by cluster (counter) and endpoints ejected now (gauge).
@@ -353,6 +364,37 @@ impl EndpointBook {
             let _ = writeln!(
                 out,
                 "causeway_proxy_endpoints_ejected{{cluster=\"{}\"}} {now}",
+                escape(cluster)
+            );
+        }
+        out.push_str(
+            "# HELP causeway_proxy_endpoints_unhealthy Endpoints failing their active health checks, by cluster.\n\
+             # TYPE causeway_proxy_endpoints_unhealthy gauge\n",
+        );
+        for (cluster, targets) in book.iter() {
+            let now = targets
+                .values()
+                .filter(|s| s.unhealthy.load(Ordering::Relaxed))
+                .count();
+            let _ = writeln!(
+                out,
+                "causeway_proxy_endpoints_unhealthy{{cluster=\"{}\"}} {now}",
+                escape(cluster)
+            );
+        }
+        drop(book);
+        out.push_str(
+            "# HELP causeway_proxy_health_check_failures Failed active health checks, by cluster.\n\
+             # TYPE causeway_proxy_health_check_failures counter\n",
+        );
+        let failures = self
+            .health_failures
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        for (cluster, n) in failures.iter() {
+            let _ = writeln!(
+                out,
+                "causeway_proxy_health_check_failures_total{{cluster=\"{}\"}} {n}",
                 escape(cluster)
             );
         }

@@ -2,12 +2,15 @@
 //! estimates and outlier detection), connecting (TCP, mTLS), pooled HTTP connections.
 
 pub mod connect;
+mod cut;
+pub mod health;
 pub mod load;
 pub mod outlier;
 pub mod pool;
 mod target;
 
 use std::cell::RefCell;
+use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Instant;
@@ -28,9 +31,31 @@ pub struct Upstreams {
     pub tls: TlsCache,
     /// Every endpoint's counters, shared with the other workers and the admin API.
     pub book: Arc<EndpointBook>,
+    /// Active health checks and the endpoints they found unhealthy.
+    pub health: health::HealthChecks,
     balancers: RefCell<Balancers>,
     outliers: RefCell<Outliers>,
     loads: RefCell<Loads>,
+    /// Retries in flight by cluster (the `max_retries` circuit breaker, per worker).
+    retries: Rc<RefCell<HashMap<String, u32>>>,
+}
+
+/// One retry in flight; dropping it frees its slot.
+pub struct RetrySlot {
+    retries: Rc<RefCell<HashMap<String, u32>>>,
+    cluster: String,
+}
+
+impl Drop for RetrySlot {
+    fn drop(&mut self) {
+        let mut retries = self.retries.borrow_mut();
+        if let Some(n) = retries.get_mut(&self.cluster) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                retries.remove(&self.cluster);
+            }
+        }
+    }
 }
 
 impl Upstreams {
@@ -40,13 +65,31 @@ impl Upstreams {
             pools: Rc::default(),
             tls: TlsCache::default(),
             book,
+            health: health::HealthChecks::default(),
             balancers: RefCell::default(),
             outliers: RefCell::default(),
             loads: RefCell::default(),
+            retries: Rc::default(),
         }
     }
 
-    /// The next endpoint of `cluster` in snapshot `generation`, outliers skipped.
+    /// A slot for one more retry to `cluster`, unless its `max_retries` are all in flight
+    /// (Envoy's retry circuit breaker: the request then ends with the attempt it has).
+    pub fn retry_slot(&self, cluster: &ClusterConfig) -> Option<RetrySlot> {
+        let mut retries = self.retries.borrow_mut();
+        let n = retries.entry(cluster.name.clone()).or_insert(0);
+        if *n >= cluster.max_retries {
+            return None;
+        }
+        *n += 1;
+        Some(RetrySlot {
+            retries: Rc::clone(&self.retries),
+            cluster: cluster.name.clone(),
+        })
+    }
+
+    /// The next endpoint of `cluster` in snapshot `generation`, outliers and endpoints that
+    /// failed their health checks skipped.
     pub fn pick(
         &self,
         generation: u64,
@@ -55,7 +98,11 @@ impl Upstreams {
     ) -> Option<Target> {
         let name = &cluster.name;
         let now = Instant::now();
-        let (epoch, ejected) = self.outliers.borrow_mut().ejected(name, now);
+        let (outlier_epoch, mut ejected) = self.outliers.borrow_mut().ejected(name, now);
+        let (health_epoch, unhealthy) = self.health.unhealthy(name);
+        ejected.extend(unhealthy);
+        // Both only grow, so their sum changes whenever either does.
+        let epoch = outlier_epoch.wrapping_add(health_epoch);
         let panic = cluster.healthy_panic_threshold_percent;
         let loads = self.loads.borrow();
         self.balancers

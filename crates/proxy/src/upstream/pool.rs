@@ -7,7 +7,7 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
-use std::rc::Rc;
+use std::rc::{Rc, Weak};
 use std::time::{Duration, Instant};
 
 use causeway_xds::dataplane::ClusterConfig;
@@ -17,6 +17,7 @@ use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 
 use super::connect::{connect, ConnectError};
+use super::cut::{Cut, Cuttable};
 use super::load::InFlight;
 use super::Target;
 use crate::http::body::RequestBody;
@@ -65,6 +66,8 @@ struct Pool {
     cluster: Option<ClusterConfig>,
     h2: Option<http2::SendRequest<RequestBody>>,
     h1: Vec<Idle<http1::SendRequest<RequestBody>>>,
+    /// The connections' switches, so [`Pools::close`] can cut them with their requests.
+    connections: Vec<Weak<Cut>>,
 }
 
 /// One worker's pools.
@@ -116,7 +119,8 @@ impl Pools {
                 })
             }
         };
-        let io = connect(cluster, endpoint, tls).await?;
+        let cut = Rc::new(Cut::default());
+        let io = Cuttable::new(connect(cluster, endpoint, tls).await?, Rc::clone(&cut));
         let handshake = |error| SendError::Handshake {
             cluster: cluster.name.clone(),
             endpoint: endpoint.clone(),
@@ -132,7 +136,11 @@ impl Pools {
                 let _ = conn.await;
             });
             let fut = sender.send_request(req);
-            self.entry(key, cluster).h2 = Some(sender);
+            {
+                let mut pool = self.entry(key, cluster);
+                pool.h2 = Some(sender);
+                pool.track(&cut);
+            }
             fut.await.map_err(upstream)
         } else {
             for_http1(&mut req);
@@ -148,12 +156,12 @@ impl Pools {
                 sender,
                 last_used: Instant::now(),
             };
-            self.by_key
-                .borrow_mut()
-                .entry(key)
-                .or_default()
-                .h1
-                .push(idle);
+            {
+                let mut pools = self.by_key.borrow_mut();
+                let pool = pools.entry(key).or_default();
+                pool.h1.push(idle);
+                pool.track(&cut);
+            }
             fut.await.map_err(upstream)
         }
     }
@@ -198,7 +206,30 @@ impl Pools {
     }
 }
 
+impl Pool {
+    /// Keeps `connection`'s switch, forgetting those of connections that ended.
+    fn track(&mut self, connection: &Rc<Cut>) {
+        self.connections.retain(|c| c.strong_count() > 0);
+        self.connections.push(Rc::downgrade(connection));
+    }
+}
+
 impl Pools {
+    /// Closes every connection to `target` of `cluster`, requests in flight included (they
+    /// fail as reset, so the router retries them elsewhere): the endpoint was found dead, and
+    /// a request waiting on a black hole would only time out.
+    pub fn close(&self, cluster: &str, target: &Target) {
+        let pool = self
+            .by_key
+            .borrow_mut()
+            .remove(&(cluster.to_owned(), target.clone()));
+        for connection in pool.iter().flat_map(|p| &p.connections) {
+            if let Some(cut) = connection.upgrade() {
+                cut.pull();
+            }
+        }
+    }
+
     /// Closes the pools of targets that are no longer in `keep(cluster, target)` (their idle
     /// connections drop with them; requests in flight keep their connection).
     pub fn retain(&self, keep: impl Fn(&str, &Target) -> bool) {

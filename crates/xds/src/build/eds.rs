@@ -26,6 +26,39 @@ fn outlier_detection(o: &causeway_model::OutlierDetection) -> cluster::OutlierDe
     }
 }
 
+/// How often a gateway path is checked, how long a check may take, and the failed checks in a
+/// row that mark it unhealthy: a dead gateway, network or remote cluster is out of the
+/// balancing within 2 × (interval + timeout) = 800 ms at worst, under the second.
+const HEALTH_INTERVAL_MS: u64 = 200;
+const HEALTH_TIMEOUT_MS: u64 = 200;
+const UNHEALTHY_THRESHOLD: u32 = 2;
+/// Passed checks in a row that bring it back (one lucky handshake is not a recovery).
+const HEALTHY_THRESHOLD: u32 = 2;
+
+/// Active health checking of the endpoints reached through an east-west gateway (direct
+/// endpoints opt out, see [`lb_endpoint`]): a connect-only TCP check through the cluster's
+/// mTLS, so each check is a handshake with the remote side over the very path requests take.
+/// Connections of an endpoint found dead are closed, so requests on them are retried
+/// elsewhere rather than waiting on a black hole.
+pub(super) fn with_gateway_health_check(mut c: cluster::Cluster) -> cluster::Cluster {
+    let interval = Some(duration_ms(HEALTH_INTERVAL_MS));
+    c.health_checks = vec![core::HealthCheck {
+        timeout: Some(duration_ms(HEALTH_TIMEOUT_MS)),
+        interval,
+        // Idle clusters too: a failover target must be known good before it is needed.
+        no_traffic_interval: interval,
+        unhealthy_threshold: u32v(UNHEALTHY_THRESHOLD),
+        healthy_threshold: u32v(HEALTHY_THRESHOLD),
+        reuse_connection: Some(envoy_types::pb::google::protobuf::BoolValue { value: false }),
+        health_checker: Some(core::health_check::HealthChecker::TcpHealthCheck(
+            core::health_check::TcpHealthCheck::default(),
+        )),
+        ..Default::default()
+    }];
+    c.close_connections_on_host_health_failure = true;
+    c
+}
+
 pub(super) fn eds_cluster(
     name: &str,
     transport: Option<core::TransportSocket>,
@@ -58,6 +91,16 @@ pub(super) fn eds_cluster_with(
             ..Default::default()
         }),
         outlier_detection: Some(outlier_detection(outlier)),
+        // Istio's choice: retries are bounded per request (the route's count), not by Envoy's
+        // default of 3 in flight per cluster, which fails every request queued on a dead path
+        // but three at once.
+        circuit_breakers: Some(cluster::CircuitBreakers {
+            thresholds: vec![cluster::circuit_breakers::Thresholds {
+                max_retries: u32v(u32::MAX),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }),
         transport_socket: transport,
         metadata: Some(metadata),
         ..Default::default()
@@ -84,10 +127,18 @@ fn lb_endpoint(e: &ViewEndpoint) -> endpoint::LbEndpoint {
     if let Some(workload) = &e.workload {
         metadata.push(("workload", workload.clone()));
     }
+    // Only paths through a gateway are checked actively; a direct endpoint's failures show
+    // in outlier detection, and checking every pod from every caller would cost more.
+    let health_check_config =
+        (e.kind == EndpointKind::Direct).then(|| endpoint::endpoint::HealthCheckConfig {
+            disable_active_health_check: true,
+            ..Default::default()
+        });
     endpoint::LbEndpoint {
         host_identifier: Some(endpoint::lb_endpoint::HostIdentifier::Endpoint(
             endpoint::Endpoint {
                 address: Some(address),
+                health_check_config,
                 ..Default::default()
             },
         )),

@@ -13,7 +13,7 @@ use envoy_types::pb::envoy::config::listener::v3 as listener;
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3 as tls;
 use envoy_types::util::pack_any;
 
-use super::eds::{eds_cluster_with, load_assignment};
+use super::eds::{eds_cluster_with, load_assignment, with_gateway_health_check};
 use super::envoy::{
     causeway_metadata, http_manager, network_filter, outbound_route, socket_address, tcp_proxy_to,
     transport_socket, RouteSettings, Upstream,
@@ -154,12 +154,12 @@ fn outbound_cluster(
     out.insert(
         TypeUrl::Cluster,
         name,
-        pack_any(eds_cluster_with(
+        pack_any(with_gateway_health_check(eds_cluster_with(
             name,
             Some(transport_socket(pack_any(upstream_tls))),
             metadata,
             outlier,
-        )),
+        ))),
         &inputs,
     );
     let groups = if causeway {

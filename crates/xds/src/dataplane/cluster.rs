@@ -45,9 +45,7 @@ pub fn cluster_config(c: &cluster::Cluster) -> Result<ClusterConfig, ConfigError
         transport_socket_matcher,
         per_connection_buffer_limit_bytes,
         per_connection_buffer_high_watermark_timeout,
-        health_checks,
         max_requests_per_connection,
-        circuit_breakers,
         upstream_http_protocol_options,
         common_http_protocol_options,
         http_protocol_options,
@@ -68,7 +66,6 @@ pub fn cluster_config(c: &cluster::Cluster) -> Result<ClusterConfig, ConfigError
         lb_subset_config,
         protocol_selection,
         upstream_connection_options,
-        close_connections_on_host_health_failure,
         ignore_health_on_host_removal,
         filters,
         load_balancing_policy,
@@ -140,7 +137,57 @@ pub fn cluster_config(c: &cluster::Cluster) -> Result<ClusterConfig, ConfigError
             common_lb_config,
         )?,
         service: causeway_metadata(metadata, "service"),
+        max_retries: max_retries(&at.field("circuit_breakers"), circuit_breakers)?,
+        health_check: super::health::health_check(
+            &at,
+            health_checks,
+            *close_connections_on_host_health_failure,
+        )?,
     })
+}
+
+/// Envoy's `max_retries` circuit breaker when none is set: 3 retries in flight per cluster.
+pub const DEFAULT_MAX_RETRIES: u32 = 3;
+
+/// The cluster's circuit breakers: only the retry limit of the default priority is honoured
+/// (the others are Envoy's defaults, which the proxy's own limits stand for).
+fn max_retries(
+    at: &At<'_>,
+    breakers: &Option<cluster::CircuitBreakers>,
+) -> Result<u32, ConfigError> {
+    let Some(cluster::CircuitBreakers {
+        thresholds,
+        per_host_thresholds,
+    }) = breakers
+    else {
+        return Ok(DEFAULT_MAX_RETRIES);
+    };
+    unsupported!(at, per_host_thresholds);
+    let mut limit = DEFAULT_MAX_RETRIES;
+    for (i, t) in thresholds.iter().enumerate() {
+        let at = at.item("thresholds", i);
+        #[rustfmt::skip]
+        let cluster::circuit_breakers::Thresholds {
+            priority, max_retries,
+            max_connections, max_pending_requests, max_requests, retry_budget, track_remaining,
+            max_connection_pools,
+        } = t;
+        #[rustfmt::skip]
+        unsupported!(
+            at,
+            max_connections, max_pending_requests, max_requests, retry_budget, track_remaining,
+            max_connection_pools,
+        );
+        if *priority != envoy_types::pb::envoy::config::core::v3::RoutingPriority::Default as i32 {
+            return Err(at
+                .field("priority")
+                .error("only DEFAULT (routes carry no priority)"));
+        }
+        if let Some(m) = max_retries {
+            limit = m.value;
+        }
+    }
+    Ok(limit)
 }
 
 fn endpoint_source(

@@ -114,7 +114,21 @@ fn lb_endpoint(at: &At<'_>, e: &endpoint::LbEndpoint) -> Result<EndpointConfig, 
         hostname: _, observability_name: _,
     } = ep;
     let at_ep = at.field("endpoint");
-    unsupported!(at_ep, health_check_config, additional_addresses);
+    unsupported!(at_ep, additional_addresses);
+    let active_health_check = match health_check_config {
+        None => true,
+        Some(hc) => {
+            let endpoint::endpoint::HealthCheckConfig {
+                disable_active_health_check,
+                port_value,
+                hostname,
+                address,
+            } = hc;
+            let at = at_ep.field("health_check_config");
+            unsupported!(at, port_value, hostname, address);
+            !disable_active_health_check
+        }
+    };
     let address = socket_address(&at_ep.field("address"), address)?;
     let weight = load_balancing_weight.as_ref().map_or(1, |w| w.value);
     if weight == 0 {
@@ -140,5 +154,6 @@ fn lb_endpoint(at: &At<'_>, e: &endpoint::LbEndpoint) -> Result<EndpointConfig, 
         sni: causeway_metadata(metadata, "sni"),
         pod: causeway_metadata(metadata, "endpoint"),
         workload: causeway_metadata(metadata, "workload"),
+        active_health_check,
     })
 }

@@ -9,6 +9,7 @@ pub mod bootstrap;
 mod check;
 mod cluster;
 mod endpoint;
+mod health;
 pub mod http;
 mod listener;
 pub mod rbac;
@@ -20,8 +21,9 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 pub use bootstrap::{read_static_bootstrap, static_snapshot, StaticBootstrap};
-pub use cluster::cluster_config;
+pub use cluster::{cluster_config, DEFAULT_MAX_RETRIES};
 pub use endpoint::load_assignment;
+pub use health::HealthCheckConfig;
 pub use listener::listener_config;
 pub use weighted::Upstreams;
 
@@ -121,6 +123,11 @@ pub struct ClusterConfig {
     pub healthy_panic_threshold_percent: f64,
     /// `namespace/name` of the mesh service (Causeway's cluster metadata), for metrics.
     pub service: Option<String>,
+    /// Retries in flight at once across the cluster's requests (Envoy's `max_retries` circuit
+    /// breaker, 3 unless set); a retry past it is not made.
+    pub max_retries: u32,
+    /// Active health checking of its endpoints; `None`: only outlier detection.
+    pub health_check: Option<HealthCheckConfig>,
 }
 
 #[derive(Debug, serde::Serialize, Clone, PartialEq)]
@@ -184,6 +191,8 @@ pub struct EndpointConfig {
     pub pod: Option<String>,
     /// Its workload, when known (for operators).
     pub workload: Option<String>,
+    /// Whether the cluster's active health check covers it (EDS may opt an endpoint out).
+    pub active_health_check: bool,
 }
 
 /// Everything a Causeway proxy runs on, replaced as a whole on every accepted update.

@@ -29,6 +29,7 @@ pub fn ep(address: SocketAddr, weight: u32, healthy: bool) -> EndpointConfig {
         sni: None,
         pod: None,
         workload: None,
+        active_health_check: false,
     }
 }
 
@@ -57,6 +58,8 @@ pub fn cluster_by_priority(
         connect_timeout: Duration::from_secs(1),
         lb_policy: LbPolicy::RoundRobin,
         outlier_detection: None,
+        health_check: None,
+        max_retries: causeway_xds::dataplane::DEFAULT_MAX_RETRIES,
         healthy_panic_threshold_percent: 0.0,
         service: None,
     }
