@@ -142,3 +142,102 @@ pub(super) fn health_check(
         close_connections_on_failure: close_connections,
     }))
 }
+
+#[cfg(test)]
+mod tests {
+    use envoy_types::pb::google::protobuf::{BoolValue, Duration as PbDuration, UInt32Value};
+
+    use super::*;
+
+    fn ms(n: i32) -> Option<PbDuration> {
+        Some(PbDuration {
+            seconds: 0,
+            nanos: n * 1_000_000,
+        })
+    }
+
+    fn check() -> core::HealthCheck {
+        core::HealthCheck {
+            timeout: ms(200),
+            interval: ms(300),
+            no_traffic_interval: ms(300),
+            unhealthy_threshold: Some(UInt32Value { value: 2 }),
+            healthy_threshold: Some(UInt32Value { value: 3 }),
+            reuse_connection: Some(BoolValue { value: false }),
+            health_checker: Some(core::health_check::HealthChecker::TcpHealthCheck(
+                Default::default(),
+            )),
+            ..Default::default()
+        }
+    }
+
+    fn convert(
+        checks: &[core::HealthCheck],
+        close: bool,
+    ) -> Result<Option<HealthCheckConfig>, ConfigError> {
+        health_check(&At::resource("Cluster c"), checks, close)
+    }
+
+    #[test]
+    fn a_connect_only_tcp_check_is_honoured() {
+        let got = convert(&[check()], true)
+            .expect("accepted")
+            .expect("a check");
+        assert_eq!(
+            got,
+            HealthCheckConfig {
+                interval: Duration::from_millis(300),
+                timeout: Duration::from_millis(200),
+                unhealthy_threshold: 2,
+                healthy_threshold: 3,
+                close_connections_on_failure: true,
+            }
+        );
+        assert_eq!(convert(&[], false).expect("none"), None);
+    }
+
+    #[test]
+    fn what_is_not_honoured_is_refused_with_the_field() {
+        let mut http = check();
+        http.health_checker = Some(core::health_check::HealthChecker::HttpHealthCheck(
+            Default::default(),
+        ));
+        let mut idle = check();
+        idle.no_traffic_interval = Some(PbDuration {
+            seconds: 60,
+            nanos: 0,
+        });
+        let mut reuse = check();
+        reuse.reuse_connection = None;
+        let mut jitter = check();
+        jitter.interval_jitter = ms(10);
+        let mut zero = check();
+        zero.unhealthy_threshold = Some(UInt32Value { value: 0 });
+        let mut payload = check();
+        payload.health_checker = Some(core::health_check::HealthChecker::TcpHealthCheck(
+            core::health_check::TcpHealthCheck {
+                send: Some(core::health_check::Payload::default()),
+                ..Default::default()
+            },
+        ));
+        let cases = [
+            (vec![http], false, "health_checks[0].http_health_check"),
+            (vec![idle], false, "health_checks[0].no_traffic_interval"),
+            (vec![reuse], false, "health_checks[0].reuse_connection"),
+            (vec![jitter], false, "health_checks[0].interval_jitter"),
+            (vec![zero], false, "health_checks[0].unhealthy_threshold"),
+            (
+                vec![payload],
+                false,
+                "health_checks[0].tcp_health_check.send",
+            ),
+            (vec![check(), check()], false, "health_checks[1]"),
+            (vec![], true, "close_connections_on_host_health_failure"),
+        ];
+        for (checks, close, field) in cases {
+            let e = convert(&checks, close).expect_err(field);
+            assert_eq!(e.field, field, "{e}");
+            assert_eq!(e.resource, "Cluster c");
+        }
+    }
+}

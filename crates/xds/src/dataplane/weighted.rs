@@ -174,4 +174,32 @@ mod tests {
         assert_eq!(Upstreams::One("a".into()).pick(7), "a");
         assert_eq!(u.clusters(), ["blue", "green", "off"]);
     }
+
+    #[test]
+    fn tcp_weights_are_at_least_one_and_names_unique() {
+        let at = At::resource("Listener l");
+        let split = |items: &[(&str, u32)]| tcp::tcp_proxy::WeightedCluster {
+            clusters: items
+                .iter()
+                .map(|(name, weight)| tcp::tcp_proxy::weighted_cluster::ClusterWeight {
+                    name: (*name).to_owned(),
+                    weight: *weight,
+                    metadata_match: None,
+                })
+                .collect(),
+        };
+        assert_eq!(
+            tcp_weighted(&at, &split(&[("a", 3), ("b", 1)])).expect("split"),
+            Upstreams::Weighted {
+                clusters: vec![("a".into(), 3), ("b".into(), 1)],
+                total: 4
+            }
+        );
+        let e = tcp_weighted(&at, &split(&[("a", 0)])).expect_err("zero");
+        assert_eq!(e.field, "clusters[0].weight");
+        let e = tcp_weighted(&at, &split(&[("a", 1), ("a", 2)])).expect_err("twice");
+        assert_eq!(e.field, "clusters[1].name");
+        let e = tcp_weighted(&at, &split(&[])).expect_err("empty");
+        assert_eq!(e.field, "clusters");
+    }
 }
