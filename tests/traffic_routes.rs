@@ -82,9 +82,16 @@ fn blue_green(data_plane: &str, port_base: u16) {
     write_routes(&mesh_dir, 0, 100);
     let samples = load.join().expect("load thread");
 
-    let failed: Vec<_> = samples
+    let failed: Vec<String> = samples
         .iter()
-        .filter_map(|s| s.answer.as_ref().err())
+        .filter_map(|s| {
+            let e = s.answer.as_ref().err()?;
+            let when = match s.at.checked_duration_since(switched) {
+                Some(d) => format!("{d:?} after the change"),
+                None => format!("{:?} before the change", switched - s.at),
+            };
+            Some(format!("{e} ({when})"))
+        })
         .collect();
     let before: Vec<&Sample> = samples.iter().filter(|s| s.at < switched).collect();
     let after: Vec<&Sample> = samples.iter().filter(|s| s.at >= switched).collect();
@@ -112,6 +119,20 @@ fn blue_green(data_plane: &str, port_base: u16) {
         failed.len(),
         moved_in,
     );
+    if !failed.is_empty() {
+        let admin = mesh.admin(CLIENT);
+        for path in ["/stats", "/clusters"] {
+            if let Ok((_, text)) = http_get(admin, path) {
+                let lines: Vec<&str> = text
+                    .lines()
+                    .filter(|l| {
+                        l.contains("all.gamma") && !l.ends_with(": 0") && !l.ends_with("::0")
+                    })
+                    .collect();
+                eprintln!("{CLIENT} {path}:\n{}", lines.join("\n"));
+            }
+        }
+    }
     assert!(failed.is_empty(), "failed requests: {failed:?}");
     assert!(before.len() > 100 && after.len() > 100, "too little load");
     assert_eq!(answered(&before, "beta"), before.len(), "blue is beta");

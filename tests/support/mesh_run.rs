@@ -213,6 +213,42 @@ impl MeshRun {
             local.is_some(),
             "the mesh did not reach steady state: client -> echo never answered by alpha"
         );
+        self.wait_for_health_checks();
+    }
+
+    /// Waits until no Envoy sidecar holds an endpoint its active health checks have not passed
+    /// yet: Envoy admits an endpoint behind a gateway after its first passed check, and at
+    /// start-up the gateways come up with the sidecars, so the first checks can fail. (The
+    /// Causeway proxy admits endpoints at once and only ejects those that fail.)
+    fn wait_for_health_checks(&self) {
+        let sidecars: Vec<&serde_json::Value> = self.plan["processes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|s| s["kind"] == "sidecar" && s["admin"].is_string())
+            .collect();
+        for s in sidecars {
+            let Some(admin) = s["admin"].as_str().and_then(|a| a.parse().ok()) else {
+                continue;
+            };
+            let mut pending = Vec::new();
+            let settled = wait_for(Duration::from_secs(20), || {
+                let (_, clusters) = http_get(admin, "/clusters").ok()?;
+                pending = clusters
+                    .lines()
+                    .filter(|l| l.contains("::health_flags::") && l.contains("active_hc"))
+                    .map(str::to_owned)
+                    .collect();
+                pending.is_empty().then_some(())
+            });
+            // A Causeway proxy's admin has no Envoy /clusters: nothing to wait for.
+            if settled.is_none() && !pending.is_empty() {
+                panic!(
+                    "{}: endpoints never passed a health check: {pending:#?}",
+                    s["name"]
+                );
+            }
+        }
     }
 
     fn spawn(&mut self, name: &str, args: &[String]) {

@@ -256,6 +256,26 @@ fn a_blue_green_switch_changes_only_the_route_never_the_clusters() {
                 upstream_tls(&after, &cluster_name(route))
             );
         }
+        // Not one cluster resource changes: a changed cluster is warmed anew by Envoy (its
+        // endpoints wait for their first health check) and would fail requests meanwhile.
+        let clusters = |r: &Resources| {
+            let mut all = common::decoded::<Cluster>(r, TypeUrl::Cluster);
+            all.sort_by(|a, b| a.name.cmp(&b.name));
+            all
+        };
+        assert!(clusters(&before) == clusters(&after), "{data_plane:?}");
+        // Nor does the version the server announces for any of them.
+        let versions = |r: &Resources| {
+            let mut v: Vec<(String, String)> = r
+                .of(TypeUrl::Cluster)
+                .into_iter()
+                .flatten()
+                .map(|(name, res)| (name.clone(), res.version.clone()))
+                .collect();
+            v.sort();
+            v
+        };
+        assert_eq!(versions(&before), versions(&after), "{data_plane:?}");
         let gamma = assignment(&after, &cluster_name("all.gamma"));
         assert!(!gamma.is_empty());
         assert!(

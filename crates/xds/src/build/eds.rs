@@ -59,12 +59,16 @@ pub(super) fn with_gateway_health_check(mut c: cluster::Cluster) -> cluster::Clu
     c
 }
 
-pub(super) fn eds_cluster(
-    name: &str,
-    transport: Option<core::TransportSocket>,
-    metadata: core::Metadata,
-) -> cluster::Cluster {
-    eds_cluster_with(name, transport, metadata, &Default::default())
+/// A gateway's cluster of local pods: no outlier detection. A gateway passes connections
+/// through, so the only failures it sees are connects refused by pods still starting, and
+/// ejecting those would black-hole the pods for every caller for seconds; callers see the
+/// whole path and check it (active health checks and their own outlier detection), and pods
+/// leave the gateway's endpoints when the registry says they are not ready.
+pub(super) fn gateway_cluster(name: &str, metadata: core::Metadata) -> cluster::Cluster {
+    cluster::Cluster {
+        outlier_detection: None,
+        ..eds_cluster_with(name, None, metadata, &Default::default())
+    }
 }
 
 /// [`eds_cluster`] with `outlier` detection settings.

@@ -9,7 +9,7 @@ use envoy_types::pb::envoy::config::listener::v3 as listener;
 use envoy_types::pb::envoy::extensions::filters::listener::tls_inspector::v3 as tls_inspector;
 use envoy_types::util::pack_any;
 
-use super::eds::{eds_cluster, group_by_locality, load_assignment, single_endpoint_cluster};
+use super::eds::{gateway_cluster, group_by_locality, load_assignment, single_endpoint_cluster};
 use super::envoy::{causeway_metadata, duration_ms, network_filter, socket_address, tcp_proxy};
 use super::{outbound_cluster_name, route_cluster_name};
 use crate::resources::{Resources, TypeUrl};
@@ -77,7 +77,7 @@ fn route_chain(r: &GatewayRoute, out: &mut Resources) -> listener::FilterChain {
     out.insert(
         TypeUrl::Cluster,
         &name,
-        pack_any(eds_cluster(&name, None, metadata)),
+        pack_any(gateway_cluster(&name, metadata)),
         &("gateway-cluster", &r.key, &r.port, &r.subset),
     );
     let groups = group_by_locality(&r.endpoints);

@@ -181,11 +181,13 @@ mod tests {
         let split = |items: &[(&str, u32)]| tcp::tcp_proxy::WeightedCluster {
             clusters: items
                 .iter()
-                .map(|(name, weight)| tcp::tcp_proxy::weighted_cluster::ClusterWeight {
-                    name: (*name).to_owned(),
-                    weight: *weight,
-                    metadata_match: None,
-                })
+                .map(
+                    |(name, weight)| tcp::tcp_proxy::weighted_cluster::ClusterWeight {
+                        name: (*name).to_owned(),
+                        weight: *weight,
+                        metadata_match: None,
+                    },
+                )
                 .collect(),
         };
         assert_eq!(
