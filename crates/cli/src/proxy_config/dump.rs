@@ -80,14 +80,14 @@ fn chain(c: &Value) -> String {
     }
     let action = &c["action"];
     if let Some(tcp) = action.get("TcpProxy") {
-        parts.push(format!("tcp -> {}", text(&tcp["cluster"])));
+        parts.push(format!("tcp -> {}", upstreams(&tcp["clusters"])));
     } else if let Some(http) = action.get("Http") {
         let mut clusters: Vec<String> = http["routes"]["virtual_hosts"]
             .as_array()
             .into_iter()
             .flatten()
             .flat_map(|v| v["routes"].as_array().into_iter().flatten())
-            .map(|r| text(&r["action"]["cluster"]))
+            .map(|r| upstreams(&r["action"]["clusters"]))
             .collect();
         clusters.dedup();
         let rbac = http["rbac"].as_array().map_or(0, Vec::len);
@@ -139,3 +139,26 @@ fn clusters(out: &mut String, config: &Value) {
         let _ = writeln!(out, "{name:<52} {sni:<52} {}", endpoints.join("; "));
     }
 }
+
+/// Where a route or TCP proxy sends traffic, from the dump's `Upstreams`: `cluster`, or
+/// `a 95%,b 5%` for weighted clusters.
+fn upstreams(v: &serde_json::Value) -> String {
+    if let Some(one) = v.get("One") {
+        return text(one);
+    }
+    let Some(w) = v.get("Weighted") else {
+        return text(v);
+    };
+    let total = w["total"].as_u64().unwrap_or(0).max(1);
+    w["clusters"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|c| {
+            let weight = c[1].as_u64().unwrap_or(0);
+            format!("{} {}%", text(&c[0]), weight * 100 / total)
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+

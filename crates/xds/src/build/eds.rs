@@ -26,11 +26,12 @@ fn outlier_detection(o: &causeway_model::OutlierDetection) -> cluster::OutlierDe
     }
 }
 
-/// How often a gateway path is checked, how long a check may take, and the failed checks in a
-/// row that mark it unhealthy: a dead gateway, network or remote cluster is out of the
-/// balancing within 2 × (interval + timeout) = 800 ms at worst, under the second.
-const HEALTH_INTERVAL_MS: u64 = 200;
-const HEALTH_TIMEOUT_MS: u64 = 200;
+/// How often a gateway path is checked, how long a check (a handshake across the gateway) may
+/// take, and the failed checks in a row that mark it unhealthy: a dead gateway, network or
+/// remote cluster is out of the balancing within 2 × (interval + timeout) = 1 s at worst, and
+/// one slow handshake on a busy host does not fail a path over.
+const HEALTH_INTERVAL_MS: u64 = 150;
+const HEALTH_TIMEOUT_MS: u64 = 350;
 const UNHEALTHY_THRESHOLD: u32 = 2;
 /// Passed checks in a row that bring it back (one lucky handshake is not a recovery).
 const HEALTHY_THRESHOLD: u32 = 2;
