@@ -3,7 +3,7 @@ CARGO ?= cargo
 MESH_DIR ?= examples/three-clusters
 DEBUG_DIR := $(or $(CARGO_TARGET_DIR),target)/debug
 
-.PHONY: demo tour test test-bin lint bench soak build fuzz
+.PHONY: demo tour test test-bin lint bench bench-failover soak build fuzz
 
 build:
 	$(CARGO) build -p causeway
@@ -43,12 +43,18 @@ lint:
 	$(CARGO) clippy -p causeway --all-targets --features test-hooks -- -D warnings
 
 ## Benchmarks (release build): the mesh index, then the mesh path against Envoy, then
-## Kubernetes sync against fake API servers.
+## Kubernetes sync against fake API servers, then failover from a dead gateway.
 bench:
 	$(CARGO) build --release -p causeway -p causeway-bench
 	./target/release/index-bench
 	CAUSEWAY_ENVOY="$$(./scripts/ensure-envoy)" ./target/release/mesh-path
 	./target/release/kube-sync
+	CAUSEWAY_ENVOY="$$(./scripts/ensure-envoy)" ./target/release/failover
+
+## Failover alone: how long a frozen east-west gateway keeps traffic, Envoy and Causeway.
+bench-failover:
+	$(CARGO) build --release -p causeway -p causeway-bench
+	CAUSEWAY_ENVOY="$$(./scripts/ensure-envoy)" ./target/release/failover $(FAILOVER_ARGS)
 
 ## Soak: 1,000,000 requests across networks while the mesh directory changes every second and
 ## the control plane restarts once; prints failures, p99 and every process's RSS start/end.

@@ -43,6 +43,21 @@ pub fn envoy_bin() -> anyhow::Result<PathBuf> {
     Ok(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
 }
 
+/// Copies a directory tree (the example mesh) so the churn never touches the committed one.
+pub fn copy_tree(from: &Path, to: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let dest = to.join(entry.file_name());
+        if entry.file_type()?.is_dir() {
+            copy_tree(&entry.path(), &dest)?;
+        } else {
+            std::fs::copy(entry.path(), &dest)?;
+        }
+    }
+    Ok(())
+}
+
 /// One blocking HTTP/1.1 GET with `Connection: close` (debug API, Envoy admin); `None` on any
 /// failure or a non-2xx status.
 pub fn http_get(addr: SocketAddr, path: &str) -> Option<String> {
@@ -286,6 +301,24 @@ impl DemoMesh {
             .with_context(|| format!("{sidecar} has no outbound listener for {service}"))?
             .parse()
             .context("listener address")
+    }
+
+    /// Sends `signal` (`STOP`, `CONT`) to the process called `name` with kill(1): a stopped
+    /// process keeps its sockets open and answers nothing, what callers see of a hung host or
+    /// a black-holed network.
+    pub fn signal(&self, name: &str, signal: &str) -> anyhow::Result<()> {
+        let pid = self
+            .pid_of(name)
+            .with_context(|| format!("no process {name}"))?;
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(pid.to_string())
+            .status()
+            .context("kill(1)")?;
+        if !status.success() {
+            bail!("kill -{signal} {pid} ({name}) failed");
+        }
+        Ok(())
     }
 
     /// Kills the process called `name` and starts it again with the same arguments (its log

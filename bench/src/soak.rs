@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use causeway_bench::demo_mesh::{causeway_bin, envoy_bin, workspace, DemoMesh};
+use causeway_bench::demo_mesh::{causeway_bin, copy_tree, envoy_bin, workspace, DemoMesh};
 use causeway_bench::http_load::{self, LoadSpec};
 use causeway_bench::procfs::rss_mib;
 use report::{ProcessMemory, Report};
@@ -66,7 +66,7 @@ fn main() -> anyhow::Result<()> {
     let envoy = envoy_bin()?;
     let run_dir = std::env::temp_dir().join(format!("causeway-soak-{}", std::process::id()));
     let mesh_dir = run_dir.join("mesh");
-    churn::copy_tree(&workspace().join("examples/three-clusters"), &mesh_dir)?;
+    copy_tree(&workspace().join("examples/three-clusters"), &mesh_dir)?;
     churn::write(&mesh_dir, 0)?;
     let plan = DemoMesh::plan(&bin, &envoy, &mesh_dir, &run_dir, 32000)?;
     let mut mesh = DemoMesh::start(&bin, plan, &run_dir)?;

@@ -43,22 +43,6 @@ pub fn write(mesh_dir: &Path, step: u64) -> std::io::Result<()> {
     std::fs::write(&tmp, documents(step))?;
     std::fs::rename(&tmp, &target)
 }
-
-/// Copies a directory tree (the example mesh) so the churn never touches the committed one.
-pub fn copy_tree(from: &Path, to: &Path) -> std::io::Result<()> {
-    std::fs::create_dir_all(to)?;
-    for entry in std::fs::read_dir(from)? {
-        let entry = entry?;
-        let dest = to.join(entry.file_name());
-        if entry.file_type()?.is_dir() {
-            copy_tree(&entry.path(), &dest)?;
-        } else {
-            std::fs::copy(entry.path(), &dest)?;
-        }
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -161,4 +161,3 @@ fn upstreams(v: &serde_json::Value) -> String {
         .collect::<Vec<_>>()
         .join(",")
 }
-
