@@ -7,79 +7,11 @@
 //! with every proxy on Envoy and once on Causeway's own data plane. Needs root, iproute2 and
 //! iptables (CI runs as root and installs them).
 
-use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
+use causeway_e2e::netns::{curl_in, sh, start_in, Namespaces};
 use causeway_e2e::*;
-
-struct Netns {
-    names: Vec<String>,
-}
-
-fn sh(args: &[&str]) -> String {
-    let out = Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .unwrap_or_else(|e| panic!("{args:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{args:?} failed (this test needs root and iproute2): {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-impl Netns {
-    fn create(a: &str, b: &str) -> Self {
-        for ns in [a, b] {
-            let _ = Command::new("ip").args(["netns", "del", ns]).output();
-            sh(&["ip", "netns", "add", ns]);
-            sh(&["ip", "-n", ns, "link", "set", "lo", "up"]);
-        }
-        let me = Self {
-            names: vec![a.into(), b.into()],
-        };
-        sh(&[
-            "ip", "link", "add", "cwa0", "netns", a, "type", "veth", "peer", "name", "cwb0",
-            "netns", b,
-        ]);
-        sh(&["ip", "-n", a, "addr", "add", "172.30.0.1/30", "dev", "cwa0"]);
-        sh(&["ip", "-n", b, "addr", "add", "172.30.0.2/30", "dev", "cwb0"]);
-        sh(&["ip", "-n", a, "link", "set", "cwa0", "up"]);
-        sh(&["ip", "-n", b, "link", "set", "cwb0", "up"]);
-        // The same pod IP in both clusters; a second pod in a for the client.
-        sh(&["ip", "-n", a, "addr", "add", "10.244.0.2/32", "dev", "lo"]);
-        sh(&["ip", "-n", a, "addr", "add", "10.244.0.3/32", "dev", "lo"]);
-        sh(&["ip", "-n", b, "addr", "add", "10.244.0.2/32", "dev", "lo"]);
-        me
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        for ns in &self.names {
-            let _ = Command::new("ip").args(["netns", "del", ns]).output();
-        }
-    }
-}
-
-fn start_in(ns: &str, args: &[&str], log: &Path) -> Process {
-    let bin = causeway_bin();
-    let mut all = vec!["netns", "exec", ns, bin.to_str().expect("utf-8")];
-    all.extend_from_slice(args);
-    Process::start_program("ip", &all, log)
-}
-
-fn curl_in(ns: &str, url: &str) -> Option<String> {
-    let out = Command::new("ip")
-        .args(["netns", "exec", ns, "curl", "-s", "-m", "3", url])
-        .output()
-        .ok()?;
-    out.status
-        .success()
-        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
-}
 
 const MESH: &str = "apiVersion: causeway.io/v1alpha1
 kind: Mesh
@@ -134,7 +66,12 @@ fn overlapping_pod_ips_only_gateways_between_namespaces(data_plane: &str) {
     let pid = std::process::id();
     let tag = &data_plane[..1];
     let (a, b) = (format!("cwa{pid}{tag}"), format!("cwb{pid}{tag}"));
-    let _ns = Netns::create(&a, &b);
+    let ns = Namespaces::create(&[&a, &b]);
+    ns.veth((&a, "cwa0", "172.30.0.1/30"), (&b, "cwb0", "172.30.0.2/30"));
+    // The same pod IP in both clusters; a second pod in a for the client.
+    ns.loopback_address(&a, "10.244.0.2/32");
+    ns.loopback_address(&a, "10.244.0.3/32");
+    ns.loopback_address(&b, "10.244.0.2/32");
     sh(&[
         "ip",
         "netns",

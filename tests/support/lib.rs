@@ -6,6 +6,7 @@ pub mod kube_mesh;
 pub mod mesh_client;
 mod mesh_run;
 pub mod mtls;
+pub mod netns;
 pub mod upstream;
 
 pub use mesh_run::{mesh_lock, set_data_plane, MeshRun};
