@@ -8,6 +8,7 @@
 
 mod check;
 mod cluster_index;
+mod failover_priority;
 mod gateway;
 mod index;
 mod names;

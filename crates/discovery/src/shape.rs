@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use causeway_model::{
     ClusterId, Gateway, Locality, MeshConfig, NetworkId, ServiceKey, ServicePort, SpiffeId,
-    TrafficPolicy, TrafficRoute,
+    TrafficMode, TrafficPolicy, TrafficRoute,
 };
 
 use crate::cluster_index::ResolvedEndpoint;
@@ -198,6 +198,9 @@ pub(crate) fn shape(
             &mut remote,
             hidden,
         );
+        if policy.mode == TrafficMode::Locality && !policy.failover_priority.is_empty() {
+            by_failover_priority(scope, candidates, policy, &mut endpoints, &mut remote);
+        }
     }
     let identities = crate::traffic::identities_of(&endpoints, &remote);
     let groups = group(endpoints, &mut remote);
@@ -205,6 +208,88 @@ pub(crate) fn shape(
         groups,
         remote,
         identities,
+    }
+}
+
+/// Refines priorities by the policy's `failoverPriority` (see `failover_priority`). A gateway
+/// aggregate takes the best label priority of the pods behind it: its SNI reaches any pod of
+/// the service there, so an Envoy caller cannot tell them apart (a Causeway caller balances
+/// the pods themselves, each at its own priority).
+fn by_failover_priority(
+    scope: PortScope<'_>,
+    candidates: &Candidates<'_>,
+    policy: &TrafficPolicy,
+    endpoints: &mut [ViewEndpoint],
+    remote: &mut [ViewEndpoint],
+) {
+    use crate::failover_priority::{combine, label_priority, Side};
+    let ctx = scope.ctx;
+    let caller = Side {
+        labels: &ctx.labels,
+        locality: &ctx.locality,
+        network: &ctx.network,
+        cluster: &ctx.identity.cluster,
+    };
+    let list = &policy.failover_priority;
+    let mut by_endpoint: BTreeMap<(&ClusterId, std::net::IpAddr, u16), u32> = BTreeMap::new();
+    for (e, labels) in &candidates.direct {
+        let side = Side {
+            labels,
+            locality: &e.locality,
+            network: &e.network,
+            cluster: &e.cluster,
+        };
+        by_endpoint.insert(
+            (&e.cluster, e.address, e.port),
+            label_priority(list, &caller, &side),
+        );
+    }
+    for p in &candidates.pending {
+        let side = Side {
+            labels: &p.endpoint.labels,
+            locality: &p.endpoint.locality,
+            network: &p.endpoint.network,
+            cluster: p.cluster,
+        };
+        let key = (p.cluster, p.endpoint.address, p.endpoint.port);
+        by_endpoint.insert(key, label_priority(list, &caller, &side));
+    }
+    let n = list.len();
+    let of = |e: &ViewEndpoint| by_endpoint.get(&(&e.cluster, e.address, e.port)).copied();
+    let note = |e: &mut ViewEndpoint, label: u32| {
+        e.reason = format!(
+            "{}; failoverPriority: matches the caller on {} of {n} labels",
+            e.reason,
+            n as u32 - label
+        );
+    };
+    let remote_labels: Vec<(Option<Gateway>, Locality, u32)> = remote
+        .iter()
+        .map(|r| (r.via, r.locality.clone(), of(r).unwrap_or(n as u32)))
+        .collect();
+    // Alone, the labels decide (list the topology labels to keep locality in the order); with
+    // the policy's region `failover`, they order endpoints within its priorities.
+    let base = |p: u32| if policy.failover.is_empty() { 0 } else { p };
+    for r in remote.iter_mut() {
+        let label = of(r).unwrap_or(n as u32);
+        r.priority = combine(base(r.priority), label, n);
+        note(r, label);
+    }
+    for e in endpoints.iter_mut() {
+        let label = match e.kind {
+            EndpointKind::Gateway => remote_labels
+                .iter()
+                .filter(|(via, locality, _)| {
+                    *locality == e.locality
+                        && via.is_some_and(|g| (g.address, g.port) == (e.address, e.port))
+                })
+                .map(|(_, _, l)| *l)
+                .min()
+                .unwrap_or(n as u32),
+            _ => of(e).unwrap_or(n as u32),
+        };
+        e.priority = combine(base(e.priority), label, n);
+        note(e, label);
     }
 }
 
@@ -281,9 +366,15 @@ fn via_gateways(
     remote
 }
 
-/// Renumbers priorities without gaps (in `remote` too), then groups by (priority, locality).
+/// Renumbers priorities in order, one numbering for `endpoints` and `remote` (a pod behind a
+/// gateway may rank apart from its aggregate under `failoverPriority`, so the aggregates alone
+/// may skip a number the data planes then close up), then groups by (priority, locality).
 fn group(endpoints: Vec<ViewEndpoint>, remote: &mut [ViewEndpoint]) -> Vec<LocalityGroup> {
-    let raw: BTreeSet<u32> = endpoints.iter().map(|e| e.priority).collect();
+    let raw: BTreeSet<u32> = endpoints
+        .iter()
+        .chain(remote.iter())
+        .map(|e| e.priority)
+        .collect();
     let renumber: BTreeMap<u32, u32> = raw.into_iter().zip(0u32..).collect();
     let renumbered = |p: u32| renumber.get(&p).copied().unwrap_or(p);
     let mut groups: BTreeMap<(u32, Locality), Vec<ViewEndpoint>> = BTreeMap::new();

@@ -3,7 +3,8 @@
 //! weights, and either leaves out every endpoint of an unlisted cluster (with the reason).
 //! `Locality` (the default) keeps the locality priorities, with Istio's region `failover`:
 //! for callers in a `from` region the `to` region comes right after their own, before every
-//! other region. The data planes need nothing new:
+//! other region; and Istio's `distribute`: callers in a `from` locality send each `to`
+//! locality its share, on one priority. The data planes need nothing new:
 //! priorities and weights are what EDS already carries, for Envoy and the Causeway proxy alike.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -36,6 +37,7 @@ pub fn apply(
 ) {
     if policy.mode == TrafficMode::Locality {
         region_failover(policy, caller, endpoints, remote);
+        distribute(policy, caller, endpoints, remote, hidden);
         return;
     }
     let choices: BTreeMap<&ClusterId, Choice> = policy
@@ -137,22 +139,51 @@ fn active_active(
     endpoints: &mut [ViewEndpoint],
     remote: &mut [ViewEndpoint],
 ) {
-    // Each cluster's present weight: its direct endpoints and its pods behind gateways (an
+    let share = |e: &ViewEndpoint| {
+        choices
+            .get(&e.cluster)
+            .map(|c| (e.cluster.to_string(), u64::from(c.weight.unwrap_or(1))))
+    };
+    share_by(&share, endpoints, remote);
+    for e in endpoints.iter_mut().chain(remote.iter_mut()) {
+        e.priority = 0;
+        if let Some(c) = choices.get(&e.cluster) {
+            e.reason = format!(
+                "{}; ActiveActive (TrafficPolicy {name}): cluster {} weight {}",
+                e.reason,
+                e.cluster,
+                c.weight.unwrap_or(1)
+            );
+        }
+    }
+}
+
+/// Sets endpoint weights so that each share group's endpoints (`share`: the group and its
+/// share, `None` for an endpoint in no group) add up to the group's share, split by the
+/// endpoints' own weights. A gateway aggregate weighs what the pods behind it now weigh.
+fn share_by(
+    share: &dyn Fn(&ViewEndpoint) -> Option<(String, u64)>,
+    endpoints: &mut [ViewEndpoint],
+    remote: &mut [ViewEndpoint],
+) {
+    // Each group's present weight: its direct endpoints and its pods behind gateways (an
     // aggregate only stands for pods counted already).
-    let mut present: BTreeMap<ClusterId, u64> = BTreeMap::new();
+    let mut present: BTreeMap<String, u64> = BTreeMap::new();
     for e in endpoints
         .iter()
         .filter(|e| e.kind == EndpointKind::Direct)
         .chain(remote.iter())
     {
-        *present.entry(e.cluster.clone()).or_default() += u64::from(e.weight.max(1));
+        if let Some((group, _)) = share(e) {
+            *present.entry(group).or_default() += u64::from(e.weight.max(1));
+        }
     }
     let scaled = |e: &ViewEndpoint| -> u32 {
-        let (Some(c), Some(&total)) = (choices.get(&e.cluster), present.get(&e.cluster)) else {
+        let Some((group, part)) = share(e) else {
             return e.weight;
         };
-        let share = u64::from(c.weight.unwrap_or(1)) * WEIGHT_SCALE;
-        let w = u64::from(e.weight.max(1)) * share / total.max(1);
+        let total = present.get(&group).copied().unwrap_or(1);
+        let w = u64::from(e.weight.max(1)) * part * WEIGHT_SCALE / total.max(1);
         w.clamp(1, u64::from(u32::MAX)) as u32
     };
     for e in remote.iter_mut() {
@@ -174,14 +205,52 @@ fn active_active(
             _ => scaled(e),
         };
     }
+}
+
+/// Istio's `distribute`: for callers in a `from` locality, every endpoint in a `to` locality
+/// goes to one priority with its locality's share of the weight; endpoints in no `to`
+/// locality get nothing (hidden with the reason).
+fn distribute(
+    policy: &TrafficPolicy,
+    caller: &Locality,
+    endpoints: &mut Vec<ViewEndpoint>,
+    remote: &mut Vec<ViewEndpoint>,
+    hidden: &mut Vec<HiddenEndpoint>,
+) {
+    let Some(rule) = policy.distribute.iter().find(|d| d.from.matches(caller)) else {
+        return;
+    };
+    let name = format!("{}/{}", policy.namespace, policy.name);
+    let target = |l: &Locality| rule.to.iter().find(|(pattern, _)| pattern.matches(l));
+    for e in endpoints.iter().chain(remote.iter()) {
+        if target(&e.locality).is_none() && e.kind != EndpointKind::Gateway {
+            hidden.push(HiddenEndpoint {
+                address: e.address,
+                port: e.port,
+                cluster: e.cluster.clone(),
+                network: e.network.clone(),
+                workload: e.workload.clone(),
+                reason: format!(
+                    "TrafficPolicy {name} distributes callers in {} to {}; locality {} is not among them",
+                    rule.from,
+                    rule.to.keys().map(ToString::to_string).collect::<Vec<_>>().join(", "),
+                    e.locality
+                ),
+            });
+        }
+    }
+    endpoints.retain(|e| target(&e.locality).is_some());
+    remote.retain(|e| target(&e.locality).is_some());
+    let share = |e: &ViewEndpoint| {
+        target(&e.locality).map(|(pattern, percent)| (pattern.to_string(), u64::from(*percent)))
+    };
+    share_by(&share, endpoints, remote);
     for e in endpoints.iter_mut().chain(remote.iter_mut()) {
         e.priority = 0;
-        if let Some(c) = choices.get(&e.cluster) {
+        if let Some((pattern, percent)) = target(&e.locality) {
             e.reason = format!(
-                "{}; ActiveActive (TrafficPolicy {name}): cluster {} weight {}",
-                e.reason,
-                e.cluster,
-                c.weight.unwrap_or(1)
+                "{}; distribute (TrafficPolicy {name}): {percent}% to {pattern} for callers in {}",
+                e.reason, rule.from
             );
         }
     }

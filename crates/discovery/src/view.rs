@@ -59,6 +59,9 @@ pub struct ProxyContext {
     pub service_account: Option<String>,
     /// Whether its workload was found in its cluster's registry (else cluster defaults apply).
     pub workload_found: bool,
+    /// Its workload's labels (what a policy's `failoverPriority` compares with endpoints').
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
 }
 
 impl ProxyContext {
@@ -81,6 +84,7 @@ impl ProxyContext {
             locality: placement.map_or_else(|| spec.locality.clone(), |p| p.locality.clone()),
             service_account: placement.map(|p| p.service_account.clone()),
             workload_found: placement.is_some(),
+            labels: placement.map(|p| p.labels.clone()).unwrap_or_default(),
             identity,
         })
     }
@@ -225,6 +229,9 @@ pub struct PolicyInForce {
     pub name: String,
     /// Its mode.
     pub mode: TrafficMode,
+    /// Whether it set the endpoints' weights as the user's split (`ActiveActive`, or a
+    /// `distribute` rule for this caller): balanced by weight, not by latency.
+    pub weighted: bool,
 }
 
 impl ViewPort {
@@ -366,6 +373,9 @@ fn view_port(
         policy: policy.map(|p| PolicyInForce {
             name: format!("{}/{}", p.namespace, p.name),
             mode: p.mode,
+            weighted: p.mode == TrafficMode::ActiveActive
+                || (p.mode == TrafficMode::Locality
+                    && p.distribute.iter().any(|d| d.from.matches(&ctx.locality))),
         }),
         routes,
     }

@@ -332,3 +332,70 @@ fn retries_timeout_and_outlier_detection_of_a_policy_reach_the_route_and_the_clu
         Some(3)
     );
 }
+
+#[test]
+fn failover_priority_orders_endpoints_by_the_labels_they_share_with_the_caller() {
+    // A second echo pod in beta labelled gold; `tier=gold` ranks endpoints with that value.
+    let gold_echo = "apiVersion: causeway.io/v1alpha1\nkind: WorkloadEntry\nmetadata: {name: echo-beta-2, namespace: demo}\nspec:\n  address: 127.2.0.12\n  labels: {app: echo, tier: gold}\n  serviceAccount: echo\n  ports: {http: 8080}\n";
+    let index = example_with(&[
+        ("clusters/beta/gold.yaml", gold_echo),
+        (
+            "policies/echo.yaml",
+            &policy("  callers: {clusters: [alpha]}\n  failoverPriority: [topology.istio.io/network, tier=gold]\n"),
+        ),
+    ]);
+    let port = echo_port(&index, "alpha", "client");
+    let priority_of = |addr: &str| {
+        port.endpoints()
+            .find(|e| e.address.to_string() == addr)
+            .map(|e| e.priority)
+            .unwrap_or_else(|| panic!("{addr} not in {port:#?}"))
+    };
+    // Same network and gold: first, though beta is farther than alpha's own echo; same
+    // network only: second; gamma's gateway (another network): last.
+    let gold = priority_of("127.2.0.12");
+    let alpha = priority_of("127.1.0.11");
+    let beta = priority_of("127.2.0.11");
+    let gamma = priority_of("127.3.255.1");
+    assert_eq!(gold, 0, "{port:#?}");
+    assert_eq!((alpha, beta), (1, 1), "{port:#?}");
+    assert_eq!(gamma, 2, "{port:#?}");
+    let reason = &port
+        .endpoints()
+        .find(|e| e.address.to_string() == "127.2.0.12")
+        .expect("gold")
+        .reason;
+    assert!(
+        reason.contains("failoverPriority: matches the caller on 2 of 2 labels"),
+        "{reason}"
+    );
+}
+
+#[test]
+fn distribute_sends_each_listed_locality_its_share_and_hides_the_rest() {
+    let index = example_with(&[(
+        "policies/echo.yaml",
+        &policy("  distribute:\n  - from: us-east/us-east-1a/*\n    to: {\"us-east/us-east-1b/*\": 80, \"eu-west/*\": 20}\n"),
+    )]);
+    let port = echo_port(&index, "alpha", "client");
+    let got = by_cluster(&port);
+    // alpha's own zone is not listed: its echo is left out, with the reason.
+    assert!(!got.contains_key("alpha"), "{got:?}");
+    assert!(
+        port.hidden.iter().any(|h| h.cluster.as_str() == "alpha"
+            && h.reason
+                .contains("distributes callers in us-east/us-east-1a/*")),
+        "{:#?}",
+        port.hidden
+    );
+    let (beta, gamma) = (got["beta"], got["gamma"]);
+    assert_eq!((beta.0, gamma.0), (0, 0), "one priority: {got:?}");
+    let share = f64::from(beta.1) / f64::from(beta.1 + gamma.1);
+    assert!((share - 0.8).abs() < 0.001, "{got:?}");
+    // Callers elsewhere keep the locality priorities.
+    let from_gamma = by_cluster(&echo_port(&index, "gamma", "greeter"));
+    assert!(
+        from_gamma.contains_key("alpha") && from_gamma["gamma"].0 == 0,
+        "{from_gamma:?}"
+    );
+}

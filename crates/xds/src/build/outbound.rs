@@ -1,13 +1,13 @@
 //! A sidecar's resources for one service: per visible port, an EDS cluster with upstream mTLS
 //! (Istio SNI, exact SAN check), its endpoints, and an outbound listener at the service's slot.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use causeway_discovery::view::{self, ViewService};
 use causeway_discovery::{
     EndpointKind, LocalityGroup, MeshIndex, ProxyContext, ViewEndpoint, ViewPort, ViewRoute,
 };
-use causeway_model::{OutlierDetection, ServiceKey, SpiffeId, TrafficPolicy};
+use causeway_model::{Locality, OutlierDetection, ServiceKey, SpiffeId, TrafficPolicy};
 use envoy_types::pb::envoy::config::core::v3 as core;
 use envoy_types::pb::envoy::config::listener::v3 as listener;
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3 as tls;
@@ -132,10 +132,7 @@ fn outbound_cluster(
     let causeway = node.data_plane == DataPlane::Causeway;
     // Weights a policy set between clusters are the user's split: round robin honours them
     // exactly, where the latency balancer would move traffic off the slower cluster.
-    let weighted = port
-        .policy
-        .as_ref()
-        .is_some_and(|p| p.mode == causeway_model::TrafficMode::ActiveActive);
+    let weighted = port.policy.as_ref().is_some_and(|p| p.weighted);
     if causeway && !weighted {
         metadata.push((LOAD_BALANCER_KEY, PEAK_EWMA.to_owned()));
     }
@@ -162,11 +159,11 @@ fn outbound_cluster(
         ))),
         &inputs,
     );
-    let groups = if causeway {
+    let groups = contiguous(if causeway {
         per_endpoint_groups(dest.groups, dest.remote)
     } else {
         dest.groups.to_vec()
-    };
+    });
     out.insert(
         TypeUrl::ClusterLoadAssignment,
         name,
@@ -191,29 +188,54 @@ fn per_endpoint_groups(groups: &[LocalityGroup], remote: &[ViewEndpoint]) -> Vec
             .cloned()
             .collect()
     };
-    groups
-        .iter()
-        .map(|g| {
-            let mut endpoints = Vec::with_capacity(g.endpoints.len());
-            for e in &g.endpoints {
-                let pods = if e.kind == EndpointKind::Gateway {
-                    behind(g, e)
-                } else {
-                    Vec::new()
-                };
-                if pods.is_empty() || pods.iter().any(|p| p.sni.is_none()) {
-                    endpoints.push(e.clone());
-                } else {
-                    endpoints.extend(pods);
+    // Each pod at its own priority (under `failoverPriority` it may rank apart from its
+    // aggregate).
+    let mut regrouped: BTreeMap<(u32, Locality), Vec<ViewEndpoint>> = BTreeMap::new();
+    for g in groups {
+        for e in &g.endpoints {
+            let pods = if e.kind == EndpointKind::Gateway {
+                behind(g, e)
+            } else {
+                Vec::new()
+            };
+            if pods.is_empty() || pods.iter().any(|p| p.sni.is_none()) {
+                regrouped
+                    .entry((g.priority, g.locality.clone()))
+                    .or_default()
+                    .push(e.clone());
+            } else {
+                for p in pods {
+                    regrouped
+                        .entry((p.priority, p.locality.clone()))
+                        .or_default()
+                        .push(p);
                 }
             }
-            LocalityGroup {
-                locality: g.locality.clone(),
-                priority: g.priority,
-                endpoints,
-            }
+        }
+    }
+    regrouped
+        .into_iter()
+        .map(|((priority, locality), endpoints)| LocalityGroup {
+            locality,
+            priority,
+            endpoints,
         })
         .collect()
+}
+
+/// The groups with their priorities numbered 0, 1, 2, ... in order: a view's numbering may skip
+/// one that only pods behind a gateway have (see `per_endpoint_groups`), and a load assignment
+/// names priorities without gaps.
+fn contiguous(mut groups: Vec<LocalityGroup>) -> Vec<LocalityGroup> {
+    let present: BTreeSet<u32> = groups.iter().map(|g| g.priority).collect();
+    let renumber: BTreeMap<u32, u32> = present.into_iter().zip(0u32..).collect();
+    for g in &mut groups {
+        g.priority = renumber.get(&g.priority).copied().unwrap_or(g.priority);
+        for e in &mut g.endpoints {
+            e.priority = g.priority;
+        }
+    }
+    groups
 }
 
 /// The outbound listener of one service port at the service's slot in the proxy's block.
