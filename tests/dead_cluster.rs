@@ -6,11 +6,10 @@
 //! moves to beta, and no idempotent request fails: the ones caught on the dead path are
 //! retried. Prints how long the shift took — on Causeway's data plane and on Envoy.
 
-use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use causeway_e2e::load::{answered_after, fixed_rate, shift};
 use causeway_e2e::*;
 
 const CALLER: &str = "gamma-greeter-gamma-1-sidecar";
@@ -31,41 +30,6 @@ fn write_policy(mesh_dir: &Path, extra: &str) {
         format!("apiVersion: causeway.io/v1alpha1\nkind: TrafficPolicy\nmetadata: {{name: echo, namespace: demo}}\nspec:\n  service: echo\n  callers: {{clusters: [gamma]}}\n  mode: FailOver\n  clusters:\n  - {{name: alpha}}\n  - {{name: beta}}\n{extra}"),
     )
     .expect("write policy");
-}
-
-struct Sample {
-    /// When it started, from the start of the load.
-    at: Duration,
-    took: Duration,
-    answer: Result<String, String>,
-}
-
-/// GET / every [`PERIOD`] for `length` (at most [`MAX_REQUESTS`]), all answers collected.
-fn load(addr: SocketAddr, length: Duration) -> Vec<Sample> {
-    let start = Instant::now();
-    let (tx, rx) = mpsc::channel();
-    let mut sent = 0;
-    while start.elapsed() < length && sent < MAX_REQUESTS {
-        let tx = tx.clone();
-        std::thread::spawn(move || {
-            let at = start.elapsed();
-            let answer = call(addr).map(|v| v["cluster"].as_str().unwrap_or("?").to_owned());
-            let _ = tx.send(Sample {
-                at,
-                took: start.elapsed() - at,
-                answer,
-            });
-        });
-        sent += 1;
-        let next = start + PERIOD * sent as u32;
-        if let Some(wait) = next.checked_duration_since(Instant::now()) {
-            std::thread::sleep(wait);
-        }
-    }
-    drop(tx);
-    let mut out: Vec<Sample> = rx.iter().collect();
-    out.sort_by_key(|s| s.at);
-    out
 }
 
 /// `policy_extra` is added to the policy's spec.
@@ -92,73 +56,45 @@ fn dead_gateway(data_plane: &str, port_base: u16, policy_extra: &str) {
             .map(|_| ())
     });
     assert!(first.is_some(), "alpha never answered");
-    let load = std::thread::spawn(move || load(echo, BEFORE + AFTER));
+    let load = std::thread::spawn(move || fixed_rate(echo, PERIOD, BEFORE + AFTER, MAX_REQUESTS));
     std::thread::sleep(BEFORE);
     mesh.freeze(DEAD);
     let samples = load.join().expect("load thread");
     mesh.thaw(DEAD);
 
-    let fault = BEFORE;
-    let failed: Vec<String> = samples
-        .iter()
-        .filter_map(|s| {
-            let e = s.answer.as_ref().err()?;
-            Some(format!(
-                "{e} (sent {:?} after the fault, {:?})",
-                s.at.saturating_sub(BEFORE),
-                s.took
-            ))
-        })
-        .collect();
-    let after: Vec<&Sample> = samples.iter().filter(|s| s.at >= fault).collect();
-    // Traffic has left the dead path once requests no longer reach it first: the last request
-    // that did started this long after the fault.
-    let shifted = after
-        .iter()
-        .filter(|s| s.took > SLOW || s.answer.as_deref() == Ok("alpha"))
-        .map(|s| s.at - fault)
-        .max()
-        .unwrap_or_default();
-    let slow = after.iter().filter(|s| s.took > SLOW).count();
-    let count = |cluster: &str| {
-        after
-            .iter()
-            .filter(|s| s.answer.as_deref() == Ok(cluster))
-            .count()
-    };
+    let s = shift(&samples, BEFORE, "alpha", "beta", SLOW);
     eprintln!(
-        "{data_plane}: {} requests, {} after the fault ({} alpha, {} beta, {slow} slow), {} \
-         failed; no request went to the dead gateway after {shifted:?}",
+        "{data_plane}: {} requests, {} after the fault ({} alpha, {} beta), {} failed; no \
+         request went to the dead gateway after {:?}",
         samples.len(),
-        after.len(),
-        count("alpha"),
-        count("beta"),
-        failed.len(),
+        s.after,
+        answered_after(&samples, BEFORE, "alpha"),
+        answered_after(&samples, BEFORE, "beta"),
+        s.failed.len(),
+        s.shifted,
     );
-    if !failed.is_empty() {
+    if !s.failed.is_empty() {
         let log = mesh.log(CALLER);
         let tail: Vec<&str> = log.lines().rev().take(40).collect();
         eprintln!("{CALLER} log, last lines first:\n{}", tail.join("\n"));
     }
     assert!(
-        failed.is_empty(),
-        "{} failed requests: {failed:?}",
-        failed.len()
+        s.failed.is_empty(),
+        "{} failed requests: {:?}",
+        s.failed.len(),
+        s.failed
     );
-    assert!(after.len() > 200, "too little load");
-    let settled: Vec<&&Sample> = after
-        .iter()
-        .filter(|s| s.at >= fault + shifted + Duration::from_millis(1))
-        .collect();
+    assert!(s.after > 200, "too little load");
     assert!(
-        settled.len() > 100 && settled.iter().all(|s| s.answer.as_deref() == Ok("beta")),
+        s.settled_on > 100 && s.all_settled,
         "traffic settled on beta"
     );
     // The shift's time is a benchmark figure (`bench/failover`, goal under a second); here it
     // must merely have happened well within the load.
     assert!(
-        shifted < Duration::from_secs(4),
-        "shifted after {shifted:?}"
+        s.shifted < Duration::from_secs(4),
+        "shifted after {:?}",
+        s.shifted
     );
 }
 

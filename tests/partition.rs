@@ -10,13 +10,14 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use causeway_e2e::load::{answered_after, fixed_rate, shift};
 use causeway_e2e::netns::{curl_in, enter, start_in, Namespaces};
 use causeway_e2e::*;
 
 const PERIOD: Duration = Duration::from_millis(10);
+const MAX_REQUESTS: usize = 1_000;
 const BEFORE: Duration = Duration::from_secs(2);
 const AFTER: Duration = Duration::from_secs(6);
 /// A request slower than this went to the dead path first.
@@ -186,41 +187,6 @@ impl Run<'_> {
     }
 }
 
-struct Sample {
-    at: Duration,
-    took: Duration,
-    answer: Result<String, String>,
-}
-
-/// From inside namespace `ns`: GET / every [`PERIOD`] for `length`, each on its own thread.
-fn load_in(ns: String, addr: SocketAddr, length: Duration) -> Vec<Sample> {
-    enter(&ns);
-    let start = Instant::now();
-    let (tx, rx) = mpsc::channel();
-    let mut sent = 0u32;
-    while start.elapsed() < length {
-        let tx = tx.clone();
-        // Threads inherit the namespace of the thread that starts them.
-        std::thread::spawn(move || {
-            let at = start.elapsed();
-            let answer = call(addr).map(|v| v["cluster"].as_str().unwrap_or("?").to_owned());
-            let _ = tx.send(Sample {
-                at,
-                took: start.elapsed() - at,
-                answer,
-            });
-        });
-        sent += 1;
-        if let Some(wait) = (start + PERIOD * sent).checked_duration_since(Instant::now()) {
-            std::thread::sleep(wait);
-        }
-    }
-    drop(tx);
-    let mut out: Vec<Sample> = rx.iter().collect();
-    out.sort_by_key(|s| s.at);
-    out
-}
-
 fn partition(data_plane: &str, policy_extra: &str) {
     let _guard = mesh_lock();
     let pid = std::process::id();
@@ -352,54 +318,39 @@ fn partition(data_plane: &str, policy_extra: &str) {
     }
 
     let caller_ns = a.clone();
-    let loader = std::thread::spawn(move || load_in(caller_ns, echo, BEFORE + AFTER));
+    // The load runs in a's namespace: a thread of its own moves there.
+    let loader = std::thread::spawn(move || {
+        enter(&caller_ns);
+        fixed_rate(echo, PERIOD, BEFORE + AFTER, MAX_REQUESTS)
+    });
     std::thread::sleep(BEFORE);
     ns.link(&b, "pba0", false);
     let samples = loader.join().expect("load thread");
 
-    let failed: Vec<String> = samples
-        .iter()
-        .filter_map(|s| {
-            let e = s.answer.as_ref().err()?;
-            Some(format!(
-                "{e} (sent {:?} after the fault)",
-                s.at.saturating_sub(BEFORE)
-            ))
-        })
-        .collect();
-    let after: Vec<&Sample> = samples.iter().filter(|s| s.at >= BEFORE).collect();
-    let shifted = after
-        .iter()
-        .filter(|s| s.took > SLOW || s.answer.as_deref() == Ok("b"))
-        .map(|s| s.at - BEFORE)
-        .max()
-        .unwrap_or_default();
-    let by = |cluster: &str| {
-        after
-            .iter()
-            .filter(|s| s.answer.as_deref() == Ok(cluster))
-            .count()
-    };
+    let s = shift(&samples, BEFORE, "b", "c", SLOW);
     eprintln!(
         "{data_plane}: {} requests, {} after b's veth went down ({} b, {} c), {} failed; no \
-         request went to the partitioned network after {shifted:?}",
+         request went to the partitioned network after {:?}",
         samples.len(),
-        after.len(),
-        by("b"),
-        by("c"),
-        failed.len(),
+        s.after,
+        answered_after(&samples, BEFORE, "b"),
+        answered_after(&samples, BEFORE, "c"),
+        s.failed.len(),
+        s.shifted,
     );
-    assert!(failed.is_empty(), "{} failed: {failed:?}", failed.len());
-    assert!(after.len() > 200, "too little load");
-    let settled: Vec<&&Sample> = after.iter().filter(|s| s.at > BEFORE + shifted).collect();
     assert!(
-        settled.len() > 100 && settled.iter().all(|s| s.answer.as_deref() == Ok("c")),
-        "traffic settled on c"
+        s.failed.is_empty(),
+        "{} failed: {:?}",
+        s.failed.len(),
+        s.failed
     );
+    assert!(s.after > 200, "too little load");
+    assert!(s.settled_on > 100 && s.all_settled, "traffic settled on c");
     // The time is a benchmark figure (goal under a second); here the shift must have happened.
     assert!(
-        shifted < Duration::from_secs(4),
-        "shifted after {shifted:?}"
+        s.shifted < Duration::from_secs(4),
+        "shifted after {:?}",
+        s.shifted
     );
     drop(procs);
 }

@@ -134,6 +134,27 @@ fn blue_green(data_plane: &str, port_base: u16) {
         }
     }
     assert!(failed.is_empty(), "failed requests: {failed:?}");
+    // What the control plane says the client sees: the policy and each route's share.
+    let out = run(&[
+        "proxy-config",
+        "endpoints",
+        "--cluster",
+        "alpha",
+        "--namespace",
+        "demo",
+        "--workload",
+        "client",
+        "--control-plane",
+        &mesh.debug.to_string(),
+    ]);
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{table}");
+    assert!(
+        table.contains("demo/echo:80 TrafficPolicy demo/echo (Locality)"),
+        "{table}"
+    );
+    assert!(table.contains("route all.beta 0% -> "), "{table}");
+    assert!(table.contains("route all.gamma 100% -> "), "{table}");
     assert!(before.len() > 100 && after.len() > 100, "too little load");
     assert_eq!(answered(&before, "beta"), before.len(), "blue is beta");
     assert!(moved_in < Duration::from_secs(1), "moved in {moved_in:?}");

@@ -3,6 +3,7 @@
 
 pub mod envoy;
 pub mod kube_mesh;
+pub mod load;
 pub mod mesh_client;
 mod mesh_run;
 pub mod mtls;

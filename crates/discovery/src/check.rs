@@ -225,15 +225,31 @@ pub fn check_mesh(
     out
 }
 
-/// Traffic policies that name clusters the mesh does not have (errors: their traffic would go
-/// nowhere) or a service that exists in no cluster (warnings: they do nothing yet).
+/// Traffic policies of every source (the mesh directory and member clusters' custom
+/// resources): conflicts between them (errors on the one that does not apply, see
+/// [`MeshIndex::traffic_policies`]), clusters the mesh does not have (errors: their traffic
+/// would go nowhere) and services that exist in no cluster (warnings: they do nothing yet).
 fn traffic_policies(mesh: &MeshConfig, index: &MeshIndex) -> Vec<Diagnostic> {
     let known: std::collections::BTreeSet<ClusterId> =
         mesh.clusters.iter().map(|c| c.id.clone()).collect();
     let services: std::collections::BTreeSet<causeway_model::ServiceKey> =
         index.services().keys().cloned().collect();
-    let mut out = Vec::new();
-    for p in &mesh.traffic_policies {
+    let mut out: Vec<Diagnostic> =
+        causeway_registry::check_traffic_policies(index.traffic_policies())
+            .into_iter()
+            .map(|e| Diagnostic {
+                severity: Severity::Error,
+                message: match e.field.as_deref() {
+                    Some("spec.callers") => format!("{}; this one does not apply", e.reason),
+                    _ => e.reason,
+                },
+                file: Some(e.file),
+                line: e.line,
+                object: e.object,
+                field: e.field,
+            })
+            .collect();
+    for p in index.traffic_policies() {
         let object = format!("TrafficPolicy {}/{}", p.namespace, p.name);
         let unknown = p.unknown_clusters(&known);
         if !unknown.is_empty() {

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use causeway_model::{
     AuthorizationPolicy, ClusterObjects, ClusterSpec, EndpointSlice, Health, Locality, MeshConfig,
     NetworkId, Service, ServiceExport, ServiceKey, ServicePort, SliceEndpoint, TargetPort,
-    WorkloadEntry,
+    TrafficPolicy, WorkloadEntry,
 };
 use serde::Serialize;
 
@@ -90,6 +90,9 @@ pub struct ClusterIndex {
     pub workloads: BTreeMap<(String, String), WorkloadPlacement>,
     /// Authorization policies declared in this cluster.
     pub policies: Vec<AuthorizationPolicy>,
+    /// Traffic policies declared in this cluster (mesh-wide: see
+    /// [`crate::MeshIndex::traffic_policies`]).
+    pub traffic_policies: Vec<TrafficPolicy>,
 }
 
 /// Where a workload runs and who it is: what a proxy beside it needs for its view.
@@ -160,6 +163,7 @@ impl ClusterIndex {
             orphan_exports,
             workloads,
             policies: objects.policies.values().cloned().collect(),
+            traffic_policies: objects.traffic_policies.clone(),
         }
     }
 

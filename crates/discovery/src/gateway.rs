@@ -90,8 +90,7 @@ fn routed_subsets<'a>(
 ) -> BTreeMap<&'a str, &'a Subset> {
     let mut out = BTreeMap::new();
     for policy in index
-        .mesh()
-        .traffic_policies
+        .traffic_policies()
         .iter()
         .filter(|p| &p.service == key)
     {

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use causeway_model::{
-    ClusterId, ClusterObjects, DiscoveryMode, MeshConfig, ServiceKey, ServicePort,
+    ClusterId, ClusterObjects, DiscoveryMode, MeshConfig, ServiceKey, ServicePort, TrafficPolicy,
 };
 use serde::Serialize;
 
@@ -145,12 +145,16 @@ pub struct MeshIndex {
     mesh: Arc<MeshConfig>,
     clusters: BTreeMap<ClusterId, Arc<ClusterIndex>>,
     services: BTreeMap<ServiceKey, Arc<MeshService>>,
+    /// The mesh directory's traffic policies, then every synced cluster's: see
+    /// [`Self::traffic_policies`].
+    traffic_policies: Arc<[TrafficPolicy]>,
 }
 
 impl MeshIndex {
     /// An index of `mesh` with no cluster synced yet.
     pub fn new(mesh: Arc<MeshConfig>) -> Self {
         Self {
+            traffic_policies: Arc::from(mesh.traffic_policies.clone()),
             mesh,
             clusters: BTreeMap::new(),
             services: BTreeMap::new(),
@@ -183,6 +187,7 @@ impl MeshIndex {
         for key in keys {
             index.remerge(&key);
         }
+        index.traffic_policies = merge_traffic_policies(&index.mesh, &index.clusters);
         index
     }
 
@@ -209,6 +214,21 @@ impl MeshIndex {
     /// One merged service.
     pub fn service(&self, key: &ServiceKey) -> Option<&Arc<MeshService>> {
         self.services.get(key)
+    }
+
+    /// Every traffic policy of the mesh, in precedence order: the mesh directory's (`mesh.yaml`,
+    /// then `policies/`), then each synced cluster's custom resources, clusters in `mesh.yaml`
+    /// order. Policies are mesh-wide wherever they are declared; when two apply to the same
+    /// service and caller the first one does ([`TrafficPolicy::select`]), and `causeway check`
+    /// reports the other. Computed when the index is built or a cluster changes.
+    pub fn traffic_policies(&self) -> &[TrafficPolicy] {
+        &self.traffic_policies
+    }
+
+    /// [`Self::traffic_policies`], shared: a new allocation exactly when they changed, so caches
+    /// of what they shape can tell by pointer.
+    pub fn shared_traffic_policies(&self) -> &Arc<[TrafficPolicy]> {
+        &self.traffic_policies
     }
 
     /// Replaces one cluster's objects and re-merges only the services that changed. Returns the
@@ -254,7 +274,16 @@ impl MeshIndex {
                 changed.insert(key.clone());
             }
         }
-        self.clusters.insert(id.clone(), Arc::new(next));
+        let prev_policies = self.clusters.get(id).map(|p| &p.traffic_policies);
+        if prev_policies.is_none_or(|p| *p != next.traffic_policies) {
+            // A policy shapes every caller's view of its service, wherever it is declared.
+            let old = prev_policies.into_iter().flatten();
+            changed.extend(old.chain(&next.traffic_policies).map(|p| p.service.clone()));
+            self.clusters.insert(id.clone(), Arc::new(next));
+            self.traffic_policies = merge_traffic_policies(&self.mesh, &self.clusters);
+        } else {
+            self.clusters.insert(id.clone(), Arc::new(next));
+        }
         for key in &changed {
             self.remerge(key);
         }
@@ -271,8 +300,12 @@ impl MeshIndex {
             .services
             .keys()
             .chain(prev.orphan_exports.iter().map(|e| &e.key))
+            .chain(prev.traffic_policies.iter().map(|p| &p.service))
             .cloned()
             .collect();
+        if !prev.traffic_policies.is_empty() {
+            self.traffic_policies = merge_traffic_policies(&self.mesh, &self.clusters);
+        }
         for key in &changed {
             self.remerge(key);
         }
@@ -326,6 +359,24 @@ impl MeshIndex {
             })
             .collect()
     }
+}
+
+/// The mesh directory's traffic policies followed by each synced cluster's, clusters in
+/// `mesh.yaml` order (see [`MeshIndex::traffic_policies`]).
+fn merge_traffic_policies(
+    mesh: &MeshConfig,
+    clusters: &BTreeMap<ClusterId, Arc<ClusterIndex>>,
+) -> Arc<[TrafficPolicy]> {
+    let from_clusters = mesh
+        .clusters
+        .iter()
+        .filter_map(|spec| clusters.get(&spec.id))
+        .flat_map(|c| c.traffic_policies.iter());
+    mesh.traffic_policies
+        .iter()
+        .chain(from_clusters)
+        .cloned()
+        .collect()
 }
 
 fn describe_age(e: &ExportState, order: usize) -> String {

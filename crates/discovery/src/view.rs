@@ -353,7 +353,7 @@ fn view_port(
     let mesh = index.mesh();
     let mut candidates = shape::candidates(index, ctx, key, sources, &port);
     let mut hidden = std::mem::take(&mut candidates.hidden);
-    let policy = TrafficPolicy::select(&mesh.traffic_policies, key, &ctx.identity.cluster);
+    let policy = TrafficPolicy::select(index.traffic_policies(), key, &ctx.identity.cluster);
     let all = |_: &ClusterId, _: &BTreeMap<String, String>| true;
     let scope = shape::PortScope {
         ctx,

@@ -35,6 +35,9 @@ pub struct ServerOptions {
     pub about_api: bool,
     /// Serve `causeway.io/v1alpha1` `authorizationpolicies` (namespaced).
     pub causeway_crds: bool,
+    /// Serve `causeway.io/v1alpha1` `trafficpolicies` (namespaced). Apart from
+    /// [`Self::causeway_crds`], so a test can have a cluster with only the older CRD.
+    pub traffic_policy_crd: bool,
     /// Interval between BOOKMARK events on watches that allow them (the real server: ~1 min).
     pub bookmark_interval: Duration,
     /// Server-side cap on every watch's duration, so tests can force frequent restarts.
@@ -58,6 +61,7 @@ impl Default for ServerOptions {
             mcs_versions: vec![McsVersion::V1beta1],
             about_api: false,
             causeway_crds: true,
+            traffic_policy_crd: true,
             bookmark_interval: Duration::from_secs(1),
             max_watch: None,
             seed_namespaces: true,

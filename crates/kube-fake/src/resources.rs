@@ -239,6 +239,14 @@ fn optional_specs(opts: &ServerOptions) -> Vec<ResourceSpec> {
             "authorizationpolicies",
         ));
     }
+    if opts.traffic_policy_crd {
+        specs.push(ResourceSpec::new(
+            "causeway.io",
+            "v1alpha1",
+            "TrafficPolicy",
+            "trafficpolicies",
+        ));
+    }
     specs
 }
 

@@ -1,5 +1,5 @@
 //! Which optional APIs a member cluster serves: the MCS API (v1beta1 preferred, else
-//! v1alpha1), the About API, and Causeway's AuthorizationPolicy CRD.
+//! v1alpha1), the About API, and Causeway's AuthorizationPolicy and TrafficPolicy CRDs.
 
 use std::time::Duration;
 
@@ -27,6 +27,8 @@ pub struct ServedApis {
     pub about_version: Option<String>,
     /// Whether `authorizationpolicies.causeway.io` is served.
     pub authorization_policies: bool,
+    /// Whether `trafficpolicies.causeway.io` is served.
+    pub traffic_policies: bool,
 }
 
 impl ServedApis {
@@ -155,18 +157,23 @@ pub async fn discover(
                 .await?;
             }
             CAUSEWAY_GROUP => {
-                let kinds = ["authorizationpolicies"];
-                served.authorization_policies = pick(
-                    cluster,
-                    client,
-                    CAUSEWAY_GROUP,
-                    &versions,
-                    &["v1alpha1"],
-                    &kinds,
-                    limit,
-                )
-                .await?
-                .is_some();
+                // Each CRD is installed on its own (an older `causeway crds` had only one).
+                for (kind, flag) in [
+                    ("authorizationpolicies", &mut served.authorization_policies),
+                    ("trafficpolicies", &mut served.traffic_policies),
+                ] {
+                    *flag = pick(
+                        cluster,
+                        client,
+                        CAUSEWAY_GROUP,
+                        &versions,
+                        &["v1alpha1"],
+                        &[kind],
+                        limit,
+                    )
+                    .await?
+                    .is_some();
+                }
             }
             _ => {}
         }

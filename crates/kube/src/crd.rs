@@ -1,10 +1,11 @@
 //! Causeway's own kinds as Kubernetes custom resources: `causeway.io/v1alpha1`
-//! `AuthorizationPolicy`, its conversion into the model, and the CustomResourceDefinitions that
-//! `causeway crds` prints (generated from these types, so `kubectl apply -f -` installs exactly
-//! what the control plane reads).
+//! `AuthorizationPolicy` (here) and `TrafficPolicy` ([`TrafficPolicy`]), their conversion into the
+//! model, and the CustomResourceDefinitions that `causeway crds` prints (generated from these
+//! types, so `kubectl apply -f -` installs exactly what the control plane reads).
 //!
-//! The spec is the mesh directory's wire type ([`causeway_registry::policy_wire`]) and is
-//! validated by the same function, so a policy means the same in a file and in a cluster.
+//! Each spec is the mesh directory's wire type ([`causeway_registry::policy_wire`],
+//! [`causeway_registry::traffic_wire`]) and is validated by the same function, so a policy
+//! means the same in a file and in a cluster.
 
 // `LoadError` is the registry's error for every object it reads (file, object, field, reason);
 // it is large, but policy conversion is a cold path and boxing it would buy nothing measurable.
@@ -20,6 +21,10 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
 use kube::{CustomResource, CustomResourceExt};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
+
+mod traffic;
+
+pub use traffic::{traffic_policy_to_model, TrafficPolicy, TrafficPolicySpec};
 
 /// API group of Causeway's custom resources.
 pub const GROUP: &str = "causeway.io";
@@ -122,7 +127,7 @@ pub enum CrdError {
 
 /// The CustomResourceDefinitions of every Causeway kind that lives in a member cluster.
 pub fn crds() -> Vec<CustomResourceDefinition> {
-    let mut crds = vec![AuthorizationPolicy::crd()];
+    let mut crds = vec![AuthorizationPolicy::crd(), TrafficPolicy::crd()];
     for crd in &mut crds {
         for version in &mut crd.spec.versions {
             if let Some(schema) = version
@@ -231,7 +236,15 @@ mod tests {
     #[test]
     fn crd_has_group_names_scope_and_version() {
         let crds = crds();
-        assert_eq!(crds.len(), 1);
+        let names: Vec<_> = crds.iter().map(|c| c.metadata.name.as_deref()).collect();
+        assert_eq!(
+            names,
+            [
+                Some("authorizationpolicies.causeway.io"),
+                Some("trafficpolicies.causeway.io")
+            ]
+        );
+        assert!(crds.iter().all(|c| c.spec.group == GROUP));
         let crd = &crds[0];
         assert_eq!(
             crd.metadata.name.as_deref(),
@@ -295,6 +308,59 @@ mod tests {
         if let Some(values) = obj.get("additionalProperties").filter(|v| v.is_object()) {
             assert_structural(&format!("{path}{{}}"), values);
         }
+    }
+
+    #[test]
+    fn every_schema_is_structural() {
+        for crd in crds() {
+            let name = crd.metadata.name.clone().unwrap_or_default();
+            let schema = crd.spec.versions[0]
+                .schema
+                .clone()
+                .and_then(|s| s.open_api_v3_schema)
+                .expect("the CRD has a schema");
+            let schema = serde_json::to_value(schema).expect("schema serialises");
+            assert_structural(&name, &schema);
+        }
+    }
+
+    #[test]
+    fn traffic_schema_has_every_field() {
+        let crd = crds().remove(1);
+        let schema = crd.spec.versions[0]
+            .schema
+            .clone()
+            .and_then(|s| s.open_api_v3_schema)
+            .expect("the CRD has a schema");
+        let schema = serde_json::to_value(schema).expect("schema serialises");
+        let spec = &schema["properties"]["spec"];
+        assert_eq!(spec["required"], serde_json::json!(["service"]), "{spec}");
+        let fields = &spec["properties"];
+        for field in [
+            "service",
+            "callers",
+            "mode",
+            "clusters",
+            "failoverPriority",
+            "failover",
+            "distribute",
+            "subsets",
+            "routes",
+            "retries",
+            "timeout",
+            "outlierDetection",
+        ] {
+            assert!(fields.get(field).is_some(), "{field} in {fields}");
+        }
+        assert_eq!(fields["callers"]["properties"]["clusters"]["type"], "array");
+        let weight = &fields["routes"]["items"]["properties"]["weight"];
+        assert_eq!(weight["type"], "integer");
+        assert!(weight.get("format").is_none(), "{weight}");
+        let share = &fields["distribute"]["items"]["properties"]["to"]["additionalProperties"];
+        assert_eq!(share["type"], "integer");
+        assert!(fields["outlierDetection"]["properties"]
+            .get("consecutive5xx")
+            .is_some());
     }
 
     #[test]

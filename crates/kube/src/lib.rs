@@ -2,10 +2,10 @@
 //!
 //! A `Cluster` in `mesh.yaml` with `spec.kubernetes` is watched with kube-rs: Services,
 //! EndpointSlices, Pods, Nodes, ServiceExports (MCS v1beta1 or v1alpha1, whichever the cluster
-//! serves), Causeway's AuthorizationPolicy CRD and the About API's cluster id. Objects become
-//! compact records at one boundary ([`translate`]) and are joined into the same
-//! [`causeway_model::ClusterObjects`] the mesh directory produces, so the index, views and xDS
-//! do not know where a cluster came from.
+//! serves), Causeway's AuthorizationPolicy and TrafficPolicy CRDs (each optional) and the About
+//! API's cluster id. Objects become compact records at one boundary ([`translate`]) and are
+//! joined into the same [`causeway_model::ClusterObjects`] the mesh directory produces, so the
+//! index, views and xDS do not know where a cluster came from.
 //!
 //! What the runtime guarantees, per cluster ([`registry::KubeRegistry`] runs one each):
 //! - nothing reaches the index before every watch has completed its initial list, and a

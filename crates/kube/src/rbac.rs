@@ -90,6 +90,7 @@ const IMPORTS: &str = "write the ServiceImports of services exported elsewhere (
 const CLUSTER_ID: &str =
     "the cluster's id from ClusterProperty cluster.clusterset.k8s.io (KEP-2149)";
 const POLICIES: &str = "Causeway AuthorizationPolicies";
+const TRAFFIC: &str = "Causeway TrafficPolicies (mesh-wide)";
 const TOKENS: &str = "verify workloads' service-account tokens when they ask for certificates";
 const SELF_CHECK: &str = "check these permissions";
 
@@ -132,6 +133,9 @@ pub const REQUIRED_ACCESS: &[AccessRequirement] = &[
     AccessRequirement::new("get", "causeway.io", "authorizationpolicies", POLICIES),
     AccessRequirement::new("list", "causeway.io", "authorizationpolicies", POLICIES),
     AccessRequirement::new("watch", "causeway.io", "authorizationpolicies", POLICIES),
+    AccessRequirement::new("get", "causeway.io", "trafficpolicies", TRAFFIC),
+    AccessRequirement::new("list", "causeway.io", "trafficpolicies", TRAFFIC),
+    AccessRequirement::new("watch", "causeway.io", "trafficpolicies", TRAFFIC),
     AccessRequirement::new("create", "authentication.k8s.io", "tokenreviews", TOKENS),
     AccessRequirement::new(
         "create",

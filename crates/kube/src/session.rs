@@ -8,7 +8,7 @@ use std::fmt::Debug;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use causeway_model::{AuthorizationPolicy, ClusterId, Service};
+use causeway_model::{AuthorizationPolicy, ClusterId, Service, TrafficPolicy};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1 as core;
 use k8s_openapi::api::discovery::v1 as discovery;
@@ -61,6 +61,8 @@ pub struct Stores {
     pub imports: KindStore<ImportRecord>,
     /// AuthorizationPolicies.
     pub policies: KindStore<AuthorizationPolicy>,
+    /// TrafficPolicies.
+    pub traffic_policies: KindStore<TrafficPolicy>,
     /// The About API's cluster id.
     pub cluster_id: KindStore<String>,
 }
@@ -75,6 +77,7 @@ impl Stores {
             && self.exports.synced()
             && self.imports.synced()
             && self.policies.synced()
+            && self.traffic_policies.synced()
             && self.cluster_id.synced()
     }
 
@@ -86,6 +89,7 @@ impl Stores {
         all.extend(self.pods.errors().map(ToString::to_string));
         all.extend(self.exports.errors().map(ToString::to_string));
         all.extend(self.policies.errors().map(ToString::to_string));
+        all.extend(self.traffic_policies.errors().map(ToString::to_string));
         all
     }
 }
@@ -316,10 +320,35 @@ fn optional_watches(ctx: &WatchContext, client: &kube::Client, served: &ServedAp
     if !served.authorization_policies {
         stores.policies = KindStore::absent();
     }
+    if !served.traffic_policies {
+        stores.traffic_policies = KindStore::absent();
+    }
     if served.cluster_property().is_none() {
         stores.cluster_id = KindStore::absent();
     }
     drop(stores);
+    tasks.extend(causeway_watches(ctx, client, served));
+    if let Some(property) = served.cluster_property() {
+        let named = cfg.fields(&format!("metadata.name={}", translate::CLUSTER_ID_PROPERTY));
+        tasks.push(watch(
+            ctx,
+            "ClusterProperty",
+            Api::<DynamicObject>::all_with(client.clone(), &property),
+            named,
+            |o| Ok(translate::cluster_property(o)),
+            |s| &mut s.cluster_id,
+        ));
+    }
+    tasks
+}
+
+/// Causeway's own kinds (AuthorizationPolicy, TrafficPolicy), each when its CRD is served. A
+/// CR that fails validation is reported; its store keeps its last good state, if it had one,
+/// and every other object.
+fn causeway_watches(ctx: &WatchContext, client: &kube::Client, served: &ServedApis) -> Vec<Watch> {
+    let mut tasks = Vec::new();
+    let cfg = ctx.config();
+    let cluster = ctx.cluster.clone();
     if served.authorization_policies {
         let c = cluster.clone();
         tasks.push(watch(
@@ -330,20 +359,24 @@ fn optional_watches(ctx: &WatchContext, client: &kube::Client, served: &ServedAp
             move |o| {
                 crate::crd::to_model(o, c.as_str())
                     .map(Some)
-                    .map_err(|e| policy_error(&c, o, e))
+                    .map_err(|e| policy_error(&c, "AuthorizationPolicy", &o.metadata, e))
             },
             |s| &mut s.policies,
         ));
     }
-    if let Some(property) = served.cluster_property() {
-        let named = cfg.fields(&format!("metadata.name={}", translate::CLUSTER_ID_PROPERTY));
+    if served.traffic_policies {
+        let c = cluster.clone();
         tasks.push(watch(
             ctx,
-            "ClusterProperty",
-            Api::<DynamicObject>::all_with(client.clone(), &property),
-            named,
-            |o| Ok(translate::cluster_property(o)),
-            |s| &mut s.cluster_id,
+            "TrafficPolicy",
+            Api::<crate::crd::TrafficPolicy>::all(client.clone()),
+            cfg.clone(),
+            move |o| {
+                crate::crd::traffic_policy_to_model(o, c.as_str())
+                    .map(Some)
+                    .map_err(|e| policy_error(&c, "TrafficPolicy", &o.metadata, e))
+            },
+            |s| &mut s.traffic_policies,
         ));
     }
     tasks
@@ -362,18 +395,21 @@ fn is_gone(e: &watcher::Error) -> bool {
     }
 }
 
+/// A Causeway custom resource (`kind`) that failed the registry's validation, as the error
+/// its store keeps (and reports) while the object is left out.
 fn policy_error(
     cluster: &ClusterId,
-    policy: &crate::crd::AuthorizationPolicy,
+    kind: &'static str,
+    meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
     e: causeway_registry::LoadError,
 ) -> TranslateError {
     TranslateError {
         cluster: cluster.clone(),
-        kind: "AuthorizationPolicy",
+        kind,
         object: format!(
             "{}/{}",
-            policy.metadata.namespace.as_deref().unwrap_or("default"),
-            policy.metadata.name.as_deref().unwrap_or("")
+            meta.namespace.as_deref().unwrap_or("default"),
+            meta.name.as_deref().unwrap_or("")
         ),
         field: e.field.clone().unwrap_or_else(|| "spec".to_owned()),
         reason: e.reason.clone(),

@@ -84,6 +84,7 @@ async fn a_kind_that_cannot_be_listed_holds_everything_back() {
         "serviceimports",
         "clusterproperties",
         "authorizationpolicies",
+        "trafficpolicies",
     ]
     .iter()
     .map(|r| causeway_kube_fake::Rule::new(&["get", "list", "watch"], &["*"], &[r]))
@@ -298,6 +299,7 @@ async fn a_cluster_without_optional_apis_syncs() {
     let server = fake(ServerOptions {
         mcs_versions: Vec::new(),
         causeway_crds: false,
+        traffic_policy_crd: false,
         about_api: false,
         ..ServerOptions::default()
     })
@@ -317,9 +319,10 @@ async fn a_cluster_without_optional_apis_syncs() {
         (
             apis.mcs_version,
             apis.about_version,
-            apis.authorization_policies
+            apis.authorization_policies,
+            apis.traffic_policies
         ),
-        (None, None, false)
+        (None, None, false, false)
     );
 }
 

@@ -244,4 +244,8 @@ pub struct ClusterObjects {
     pub exports: BTreeMap<ServiceKey, ServiceExport>,
     /// AuthorizationPolicies by (namespace, name).
     pub policies: BTreeMap<(String, String), crate::AuthorizationPolicy>,
+    /// TrafficPolicies read from the cluster (Kubernetes custom resources), in (namespace,
+    /// name) order. They are mesh-wide like the mesh directory's; a file cluster has none (its
+    /// directory's policies live in [`crate::MeshConfig::traffic_policies`]).
+    pub traffic_policies: Vec<crate::TrafficPolicy>,
 }

@@ -249,8 +249,9 @@ impl TrafficPolicy {
     }
 
     /// The policy of `policies` for `caller`'s traffic to `service`: the one that lists
-    /// `caller` among its callers, else the one without callers. (Validation ensures at most
-    /// one of each.)
+    /// `caller` among its callers, else the one without callers; the first of each, in
+    /// `policies`' order. (Validation ensures at most one of each; when policies from several
+    /// registries break that, `causeway check` reports the later ones.)
     pub fn select<'a>(
         policies: &'a [TrafficPolicy],
         service: &ServiceKey,

@@ -20,9 +20,9 @@ mod wire;
 pub use edit::{upsert_cluster, write_mesh_file, ClusterEntry, EditAction, EditError, Edited};
 pub use error::LoadError;
 pub use file::{
-    load_cluster_dir, load_mesh_file, parse_cluster_documents, parse_mesh_documents,
-    CLUSTER_LOCAL_ANNOTATION, EXPORT_TO_ANNOTATION, POLICIES_DIR, SERVICE_ACCOUNT_ANNOTATION,
-    SERVICE_NAME_LABEL,
+    check_traffic_policies, load_cluster_dir, load_mesh_file, parse_cluster_documents,
+    parse_mesh_documents, CLUSTER_LOCAL_ANNOTATION, EXPORT_TO_ANNOTATION, POLICIES_DIR,
+    SERVICE_ACCOUNT_ANNOTATION, SERVICE_NAME_LABEL,
 };
 pub use state::{ClusterSlot, MeshDirectory, ReloadOutcome, ReloadScope};
 
@@ -32,4 +32,16 @@ pub use state::{ClusterSlot, MeshDirectory, ReloadOutcome, ReloadScope};
 pub mod policy_wire {
     pub use crate::file::policy_from_spec;
     pub use crate::wire::{AuthorizationPolicySpec, PolicyRule, PolicySource, PolicyTarget};
+}
+
+/// The `causeway.io/v1alpha1` `TrafficPolicy` wire format, its validation into
+/// [`causeway_model::TrafficPolicy`] and the checks across policies, shared by every registry
+/// (the mesh directory and the Kubernetes custom resource) so both accept exactly the same
+/// policies.
+pub mod traffic_wire {
+    pub use crate::file::{check_traffic_policies, traffic_policy_from_spec};
+    pub use crate::wire::{
+        LocalityDistribute, RegionFailover, TrafficCallers, TrafficCluster,
+        TrafficOutlierDetection, TrafficPolicySpec, TrafficRetries, TrafficRoute, TrafficSubset,
+    };
 }

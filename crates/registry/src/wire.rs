@@ -1,6 +1,7 @@
 //! The mesh directory's YAML wire format. Only `file.rs` reads these types, except the
-//! `AuthorizationPolicy` spec, which is public ([`crate::policy_wire`]) so the Kubernetes registry
-//! shares it; everything else sees validated model types.
+//! `AuthorizationPolicy` and `TrafficPolicy` specs, which are public ([`crate::policy_wire`],
+//! [`crate::traffic_wire`]) so the Kubernetes registry shares them; everything else sees
+//! validated model types.
 
 use std::collections::BTreeMap;
 
@@ -254,89 +255,166 @@ pub struct PolicyTarget {
     pub paths: Vec<String>,
 }
 
-/// `causeway.io/v1alpha1` `TrafficPolicy` spec (mesh-wide: in `mesh.yaml` or `policies/`).
-#[derive(Debug, Deserialize)]
+/// `causeway.io/v1alpha1` `TrafficPolicy` spec: the one wire form, mesh-wide, read from the
+/// mesh directory (`mesh.yaml`, `policies/`) and, as a custom resource, from Kubernetes.
+/// Validated into the model by [`crate::traffic_wire::traffic_policy_from_spec`].
+#[derive(
+    Debug, Clone, PartialEq, Eq, Default, Deserialize, serde::Serialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct TrafficPolicySpec {
+    /// Name of the Service (in the policy's namespace) whose callers it shapes.
     pub service: String,
+    /// Caller clusters it applies to; omitted: every caller.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub callers: Option<TrafficCallers>,
+    /// Locality (the default), ActiveActive or FailOver.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mode: Option<String>,
-    #[serde(default)]
+    /// Clusters of ActiveActive (with weights) or FailOver (in order).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub clusters: Vec<TrafficCluster>,
-    #[serde(default)]
+    /// Label keys whose equality with the caller's orders failover (Locality mode).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub failover_priority: Vec<String>,
-    #[serde(default)]
+    /// Region to fail over to when a region has no healthy endpoint (Locality mode).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub failover: Vec<RegionFailover>,
-    #[serde(default)]
+    /// Shares of traffic from caller localities to endpoint localities (Locality mode).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub distribute: Vec<LocalityDistribute>,
-    #[serde(default)]
+    /// Named sets of endpoints by labels, for routes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub subsets: Vec<TrafficSubset>,
-    #[serde(default)]
+    /// Weighted split of requests over clusters and subsets.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub routes: Vec<TrafficRoute>,
+    /// Retries of failed requests.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retries: Option<TrafficRetries>,
+    /// Request timeout, e.g. `5s`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<String>,
+    /// Ejection of failing endpoints.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub outlier_detection: Option<TrafficOutlierDetection>,
 }
 
-#[derive(Debug, Deserialize)]
+/// `spec.callers`: which caller clusters a policy applies to.
+#[derive(
+    Debug, Clone, PartialEq, Eq, Default, Deserialize, serde::Serialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct TrafficCallers {
+    /// Caller cluster ids (at least one).
     pub clusters: Vec<String>,
 }
 
-#[derive(Debug, Deserialize)]
+/// One cluster of `spec.clusters`.
+#[derive(
+    Debug, Clone, PartialEq, Eq, Default, Deserialize, serde::Serialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct TrafficCluster {
+    /// Cluster id.
     pub name: String,
+    /// Share of traffic (ActiveActive only, at least 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub weight: Option<u32>,
 }
 
-#[derive(Debug, Deserialize)]
+/// One `spec.failover` entry: region `from` fails over to region `to`.
+#[derive(
+    Debug, Clone, PartialEq, Eq, Default, Deserialize, serde::Serialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RegionFailover {
+    /// Region of the caller.
     pub from: String,
+    /// Region to send to when `from` has no healthy endpoint.
     pub to: String,
 }
 
-#[derive(Debug, Deserialize)]
+/// One `spec.distribute` entry: callers in locality `from` send shares to localities `to`.
+#[derive(
+    Debug, Clone, PartialEq, Eq, Default, Deserialize, serde::Serialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct LocalityDistribute {
+    /// Caller locality (`region/zone/subzone`, `*` allowed).
     pub from: String,
+    /// Endpoint locality to percentage (adding up to 100).
     pub to: BTreeMap<String, u32>,
 }
 
-#[derive(Debug, Deserialize)]
+/// One `spec.subsets` entry.
+#[derive(
+    Debug, Clone, PartialEq, Eq, Default, Deserialize, serde::Serialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct TrafficSubset {
+    /// Subset name.
     pub name: String,
-    #[serde(default)]
+    /// Endpoint labels it selects.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
 }
 
-#[derive(Debug, Deserialize)]
+/// One `spec.routes` entry.
+#[derive(
+    Debug, Clone, PartialEq, Eq, Default, Deserialize, serde::Serialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct TrafficRoute {
+    /// Only this cluster's endpoints.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cluster: Option<String>,
+    /// Only this subset's endpoints.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub subset: Option<String>,
+    /// Share of requests.
     pub weight: u32,
 }
 
-#[derive(Debug, Deserialize)]
+/// `spec.retries`.
+#[derive(
+    Debug, Clone, PartialEq, Eq, Default, Deserialize, serde::Serialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct TrafficRetries {
+    /// Retries after the first attempt.
     pub attempts: u32,
+    /// Timeout of each attempt, e.g. `2s`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub per_try_timeout: Option<String>,
     /// Comma-separated Envoy conditions, as Istio writes them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_on: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+/// `spec.outlierDetection`.
+#[derive(
+    Debug, Clone, PartialEq, Eq, Default, Deserialize, serde::Serialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct TrafficOutlierDetection {
-    #[serde(rename = "consecutive5xx")]
+    /// Consecutive 5xx responses that eject an endpoint.
+    #[serde(
+        rename = "consecutive5xx",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub consecutive_5xx: Option<u32>,
+    /// Consecutive gateway failures (502, 503, 504) that eject an endpoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub consecutive_gateway_failure: Option<u32>,
+    /// Time between ejection sweeps, e.g. `10s`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub interval: Option<String>,
+    /// Minimum ejection time, e.g. `30s`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub base_ejection_time: Option<String>,
+    /// Largest percentage of endpoints ejected at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_ejection_percent: Option<u32>,
 }

@@ -1,6 +1,5 @@
 //! The JSON debug API: what the control plane knows and what each proxy sees, and why.
 
-use std::net::IpAddr;
 use std::sync::Arc;
 
 use axum::extract::{Query, State};
@@ -9,16 +8,15 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use causeway_discovery::view::{self, hidden_services};
-use causeway_discovery::{EndpointKind, HiddenService, MeshIndex, MeshService, ProxyContext};
-use causeway_model::{
-    ClusterId, Locality, NetworkId, ProxyIdentity, ProxyRole, ServiceKey, SpiffeId,
-};
+use causeway_discovery::{HiddenService, MeshIndex, MeshService, ProxyContext};
+use causeway_model::{ClusterId, Locality, NetworkId, ProxyIdentity, ProxyRole, ServiceKey};
 use serde::{Deserialize, Serialize};
 
 use causeway_xds::ProxyRegistry;
 
 use super::metrics::Metrics;
 use super::state::{ClusterStatus, Snapshot, StateHandle};
+use super::view_rows::{port_row, ServiceViewRow};
 
 #[derive(Clone)]
 struct AppState {
@@ -258,44 +256,6 @@ fn default_namespace() -> String {
     "default".to_owned()
 }
 
-/// One row of the view: any endpoint the proxy knows of, used or not.
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct EndpointRow {
-    kind: &'static str,
-    address: IpAddr,
-    port: u16,
-    cluster: ClusterId,
-    network: NetworkId,
-    locality: Option<Locality>,
-    priority: Option<u32>,
-    weight: u32,
-    via: Option<String>,
-    workload: Option<String>,
-    identity: Option<SpiffeId>,
-    reason: String,
-}
-
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct PortRow {
-    port: u16,
-    name: Option<String>,
-    protocol: String,
-    app_protocol: Option<String>,
-    sni: String,
-    endpoints: Vec<EndpointRow>,
-}
-
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct ServiceViewRow {
-    service: String,
-    hostname: String,
-    clusters: Vec<ClusterId>,
-    ports: Vec<PortRow>,
-}
-
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
 struct ViewResponse {
@@ -338,57 +298,6 @@ fn stale_clusters(
             })
         })
         .collect()
-}
-
-fn kind_name(kind: EndpointKind) -> &'static str {
-    match kind {
-        EndpointKind::Direct => "direct",
-        EndpointKind::Gateway => "gateway",
-        EndpointKind::Remote => "remote",
-    }
-}
-
-fn port_row(p: &causeway_discovery::ViewPort) -> PortRow {
-    let mut endpoints: Vec<EndpointRow> = p
-        .endpoints()
-        .chain(p.remote.iter())
-        .map(|e| EndpointRow {
-            kind: kind_name(e.kind),
-            address: e.address,
-            port: e.port,
-            cluster: e.cluster.clone(),
-            network: e.network.clone(),
-            locality: Some(e.locality.clone()),
-            priority: Some(e.priority),
-            weight: e.weight,
-            via: e.via.map(|g| g.to_string()),
-            workload: e.workload.clone(),
-            identity: e.identity.clone(),
-            reason: e.reason.clone(),
-        })
-        .collect();
-    endpoints.extend(p.hidden.iter().map(|h| EndpointRow {
-        kind: "hidden",
-        address: h.address,
-        port: h.port,
-        cluster: h.cluster.clone(),
-        network: h.network.clone(),
-        locality: None,
-        priority: None,
-        weight: 0,
-        via: None,
-        workload: h.workload.clone(),
-        identity: None,
-        reason: h.reason.clone(),
-    }));
-    PortRow {
-        port: p.port.port,
-        name: p.port.name.clone(),
-        protocol: p.port.protocol.clone(),
-        app_protocol: p.port.app_protocol.clone(),
-        sni: p.sni.clone(),
-        endpoints,
-    }
 }
 
 async fn proxy_view(

@@ -8,6 +8,7 @@ mod metrics;
 mod sources;
 mod state;
 mod trust;
+mod view_rows;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

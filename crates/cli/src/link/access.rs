@@ -261,16 +261,25 @@ pub(super) fn print_served_apis(cluster: &ClusterId, served: &ServedApis) {
             apis::MCS_GROUP
         ),
     }
-    if served.authorization_policies {
-        println!(
-            "cluster {cluster}: serves authorizationpolicies.{}",
-            apis::CAUSEWAY_GROUP
-        );
-    } else {
-        eprintln!(
-            "warning: cluster {cluster} does not serve authorizationpolicies.{}: no AuthorizationPolicy is read from it until `causeway crds | kubectl apply -f -` installs the CRD",
-            apis::CAUSEWAY_GROUP
-        );
+    for (served, resource, kind) in [
+        (
+            served.authorization_policies,
+            "authorizationpolicies",
+            "AuthorizationPolicy",
+        ),
+        (served.traffic_policies, "trafficpolicies", "TrafficPolicy"),
+    ] {
+        if served {
+            println!(
+                "cluster {cluster}: serves {resource}.{}",
+                apis::CAUSEWAY_GROUP
+            );
+        } else {
+            eprintln!(
+                "warning: cluster {cluster} does not serve {resource}.{}: no {kind} is read from it until `causeway crds | kubectl apply -f -` installs the CRD",
+                apis::CAUSEWAY_GROUP
+            );
+        }
     }
     if let Some(v) = &served.about_version {
         println!(

@@ -129,6 +129,60 @@ fn text(v: &Value) -> String {
     }
 }
 
+/// The `TrafficPolicy` in force for each service port of a `/debug/view` answer, and its
+/// routes (share and endpoints); the endpoints' reasons above say what the policy did to each.
+fn render_policies(view: &Value) -> String {
+    let mut out = String::new();
+    for svc in view["services"].as_array().into_iter().flatten() {
+        for port in svc["ports"].as_array().into_iter().flatten() {
+            let policy = &port["policy"];
+            if policy.is_null() {
+                continue;
+            }
+            let _ = writeln!(
+                out,
+                "\n{}:{} TrafficPolicy {} ({}{})",
+                text(&svc["service"]),
+                text(&port["port"]),
+                text(&policy["name"]),
+                text(&policy["mode"]),
+                if policy["weighted"] == Value::Bool(true) {
+                    ", balanced by weight"
+                } else {
+                    ""
+                }
+            );
+            for route in port["routes"].as_array().into_iter().flatten() {
+                let endpoints: Vec<String> = route["endpoints"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|e| {
+                        format!(
+                            "{}:{} ({})",
+                            text(&e["address"]),
+                            text(&e["port"]),
+                            text(&e["cluster"])
+                        )
+                    })
+                    .collect();
+                let _ = writeln!(
+                    out,
+                    "  route {} {}% -> {}",
+                    text(&route["name"]),
+                    text(&route["weight"]),
+                    if endpoints.is_empty() {
+                        "no endpoint".to_owned()
+                    } else {
+                        endpoints.join(", ")
+                    }
+                );
+            }
+        }
+    }
+    out
+}
+
 /// Renders a `/debug/view` answer as an aligned table.
 pub fn render_endpoints(view: &Value) -> String {
     let mut out = String::new();
@@ -188,6 +242,7 @@ pub fn render_endpoints(view: &Value) -> String {
             .collect();
         let _ = writeln!(out, "{}", line.join("  ").trim_end());
     }
+    out.push_str(&render_policies(view));
     for stale in view["staleClusters"].as_array().into_iter().flatten() {
         let _ = writeln!(
             out,

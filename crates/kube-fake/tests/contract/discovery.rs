@@ -18,6 +18,13 @@ async fn kube_discovery_finds_served_groups_and_versions() {
     ] {
         assert!(d.has_group("multicluster.x-k8s.io"));
         assert!(d.has_group("causeway.io"));
+        let causeway = d.get("causeway.io").unwrap();
+        for kind in ["AuthorizationPolicy", "TrafficPolicy"] {
+            let (_, caps) = causeway.recommended_kind(kind).unwrap();
+            assert_eq!(caps.scope, Scope::Namespaced, "{kind}");
+        }
+        let (traffic, _) = causeway.recommended_kind("TrafficPolicy").unwrap();
+        assert_eq!(traffic.plural, "trafficpolicies");
         assert!(!d.has_group("about.k8s.io"), "about API is off by default");
         let mcs = d.get("multicluster.x-k8s.io").unwrap();
         assert_eq!(mcs.preferred_version_or_latest(), "v1beta1");
@@ -45,6 +52,7 @@ async fn unserved_versions_and_groups_are_404() {
         mcs_versions: vec![McsVersion::V1alpha1],
         about_api: true,
         causeway_crds: false,
+        traffic_policy_crd: false,
         ..ServerOptions::default()
     })
     .await;

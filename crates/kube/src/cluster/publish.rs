@@ -37,6 +37,7 @@ impl Runtime {
                 nodes: stores.nodes.items(),
                 exports: stores.exports.items(),
                 policies: stores.policies.items(),
+                traffic_policies: stores.traffic_policies.items(),
             },
         );
         drop(stores);

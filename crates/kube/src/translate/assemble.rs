@@ -3,7 +3,8 @@
 use std::collections::BTreeMap;
 
 use causeway_model::{
-    AuthorizationPolicy, ClusterObjects, ClusterSpec, ObjectSource, Service, WorkloadEntry,
+    AuthorizationPolicy, ClusterObjects, ClusterSpec, ObjectSource, Service, TrafficPolicy,
+    WorkloadEntry,
 };
 
 use super::{ExportRecord, NodeRecord, PodRecord, SliceRecord};
@@ -26,6 +27,8 @@ pub struct Records {
     pub exports: BTreeMap<ObjectKey, ExportRecord>,
     /// AuthorizationPolicies.
     pub policies: BTreeMap<ObjectKey, AuthorizationPolicy>,
+    /// TrafficPolicies.
+    pub traffic_policies: BTreeMap<ObjectKey, TrafficPolicy>,
 }
 
 impl Records {
@@ -38,6 +41,7 @@ impl Records {
             nodes: &self.nodes,
             exports: &self.exports,
             policies: &self.policies,
+            traffic_policies: &self.traffic_policies,
         }
     }
 }
@@ -58,11 +62,13 @@ pub struct RecordsRef<'a> {
     pub exports: &'a BTreeMap<ObjectKey, ExportRecord>,
     /// AuthorizationPolicies.
     pub policies: &'a BTreeMap<ObjectKey, AuthorizationPolicy>,
+    /// TrafficPolicies.
+    pub traffic_policies: &'a BTreeMap<ObjectKey, TrafficPolicy>,
 }
 
 /// One cluster's objects: Services, EndpointSlices whose endpoints carry their Pod's service
 /// account and their Node's locality, Pods as workloads (where sidecars run, who they are),
-/// ServiceExports and AuthorizationPolicies.
+/// ServiceExports, AuthorizationPolicies and TrafficPolicies (in (namespace, name) order).
 pub fn assemble(spec: &ClusterSpec, records: &Records) -> ClusterObjects {
     assemble_borrowed(spec, records.borrowed())
 }
@@ -130,5 +136,6 @@ pub fn assemble_borrowed(spec: &ClusterSpec, records: RecordsRef<'_>) -> Cluster
             .map(|e| (e.export.key.clone(), e.export.clone()))
             .collect(),
         policies: records.policies.clone(),
+        traffic_policies: records.traffic_policies.values().cloned().collect(),
     }
 }

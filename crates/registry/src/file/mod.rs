@@ -31,8 +31,8 @@ use crate::LoadError;
 
 pub use cluster::parse_cluster_documents;
 pub use mesh::parse_mesh_documents;
-pub use objects::policy_from_spec;
-pub use policies::POLICIES_DIR;
+pub use objects::{policy_from_spec, traffic_policy_from_spec};
+pub use policies::{check_traffic_policies, POLICIES_DIR};
 
 /// Annotation on a Service: `"true"` keeps it in its cluster.
 pub const CLUSTER_LOCAL_ANNOTATION: &str = "causeway.io/cluster-local";

@@ -110,8 +110,10 @@ fn collect_files(
 /// Checks across the traffic policies of the mesh: each `TrafficPolicy` name once per
 /// namespace, and for each service at most one policy for any caller cluster (one without
 /// callers, and any number whose caller lists do not share a cluster). Errors are reported on
-/// the later declaration.
-pub(super) fn check_traffic_policies(policies: &[TrafficPolicy]) -> Vec<LoadError> {
+/// the later declaration, so with policies in precedence order (the mesh directory's, then each
+/// cluster's) the one reported is the one that does not apply. Any registry's policies may be
+/// checked together.
+pub fn check_traffic_policies(policies: &[TrafficPolicy]) -> Vec<LoadError> {
     let mut errors = Vec::new();
     let mut names: BTreeMap<(&str, &str), &TrafficPolicy> = BTreeMap::new();
     for (i, p) in policies.iter().enumerate() {
@@ -187,11 +189,14 @@ fn overlap(a: &TrafficPolicy, b: &TrafficPolicy) -> Option<Option<ClusterId>> {
     }
 }
 
+/// An error about `field` of `p`; a policy read from an API server (line 0) has no document or
+/// line.
 fn policy_error(p: &TrafficPolicy, field: &str, reason: String) -> LoadError {
+    let in_file = p.source.line > 0;
     LoadError {
         file: p.source.file.clone(),
-        document: Some(p.source.document),
-        line: Some(p.source.line),
+        document: in_file.then_some(p.source.document),
+        line: in_file.then_some(p.source.line),
         object: Some(format!("TrafficPolicy {}/{}", p.namespace, p.name)),
         field: Some(field.to_owned()),
         reason,

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use causeway_discovery::{ClusterService, MeshIndex, MeshService, ProxyContext};
-use causeway_model::{MeshConfig, ServiceKey};
+use causeway_model::{MeshConfig, ServiceKey, TrafficPolicy};
 
 use super::inbound::sidecar_inbound_resources;
 use super::outbound::sidecar_service_resources;
@@ -61,6 +61,9 @@ impl ServiceInputs {
 #[derive(Default)]
 pub struct SidecarCache {
     mesh: Option<Arc<MeshConfig>>,
+    /// Traffic policies shape every service's resources; a cluster's custom resources change
+    /// them without a new mesh configuration.
+    traffic_policies: Option<Arc<[TrafficPolicy]>>,
     ctx: Option<ProxyContext>,
     services: HashMap<ServiceKey, (ServiceInputs, Resources)>,
     rebuilt: usize,
@@ -73,9 +76,14 @@ impl SidecarCache {
             .mesh
             .as_ref()
             .is_some_and(|m| Arc::ptr_eq(m, index.mesh()));
-        if !mesh_same || self.ctx.as_ref() != Some(ctx) {
+        let policies_same = self
+            .traffic_policies
+            .as_ref()
+            .is_some_and(|p| Arc::ptr_eq(p, index.shared_traffic_policies()));
+        if !mesh_same || !policies_same || self.ctx.as_ref() != Some(ctx) {
             self.services.clear();
             self.mesh = Some(Arc::clone(index.mesh()));
+            self.traffic_policies = Some(Arc::clone(index.shared_traffic_policies()));
             self.ctx = Some(ctx.clone());
         }
         let slots = sidecar_slots(index, node);

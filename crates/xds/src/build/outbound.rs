@@ -38,7 +38,7 @@ pub fn sidecar_service_resources(
     let Some(service) = view::view_service(index, ctx, key) else {
         return;
     };
-    let policy = TrafficPolicy::select(&index.mesh().traffic_policies, key, &ctx.identity.cluster);
+    let policy = TrafficPolicy::select(index.traffic_policies(), key, &ctx.identity.cluster);
     let settings = RouteSettings {
         retries: policy.and_then(|p| p.retries.as_ref()),
         timeout: policy.and_then(|p| p.timeout),

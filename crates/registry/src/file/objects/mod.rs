@@ -13,4 +13,5 @@ pub use policy::policy_from_spec;
 pub(super) use service::parse_service;
 pub(super) use service_export::parse_service_export;
 pub(super) use traffic::parse_traffic_policy;
+pub use traffic::traffic_policy_from_spec;
 pub(super) use workload_entry::parse_workload_entry;

@@ -62,9 +62,11 @@ impl Check {
     }
 }
 
-/// Validates a `TrafficPolicy` spec into the model. Errors carry `source`, the object
-/// `TrafficPolicy <namespace>/<name>` and the field path, e.g. `spec.clusters[1].weight`.
-fn traffic_policy_from_spec(
+/// Validates a `TrafficPolicy` spec into the model: the one place where one policy's rules are
+/// checked, whichever registry it came from (the mesh directory or a Kubernetes custom
+/// resource). Errors carry `source`, the object `TrafficPolicy <namespace>/<name>` and the
+/// field path, e.g. `spec.clusters[1].weight`.
+pub fn traffic_policy_from_spec(
     namespace: &str,
     name: &str,
     spec: &wire::TrafficPolicySpec,
