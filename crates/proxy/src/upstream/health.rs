@@ -1,27 +1,43 @@
-//! Active health checks, per worker (Envoy's connect-only TCP health checker): every endpoint a
-//! cluster's check covers gets a task that connects to it each interval — TCP and, with
-//! upstream TLS, the whole mTLS handshake, so behind a gateway the check crosses the gateway to
-//! the pod — and marks it unhealthy after the failed checks in a row the cluster sets, healthy
-//! again after the passed ones. An unhealthy endpoint is left out of balancing like an ejected
-//! one (traffic moves to the next priority), and its pooled connections are closed so requests
-//! stuck on a dead path are reset and retried. Each worker checks on its own (no lock on the
-//! request path); with `--concurrency N` an endpoint sees N checks per interval.
+//! Active health checks, per worker (Envoy's connect-only TCP health checker, shared per
+//! address): every address a cluster's check covers — in a mesh, an east-west gateway — gets
+//! one task that connects to it each interval, TCP and, with upstream TLS, the whole mTLS
+//! handshake, so the check crosses the gateway to a pod behind it. After the failed checks in
+//! a row the cluster sets, every endpoint at that address (each pod behind the gateway, in
+//! every cluster that reaches it) is left out of balancing like an ejected one and traffic
+//! moves to the next priority; their pooled connections are cut, so requests stuck on the dead
+//! path are reset and retried. After the passed checks it sets, they return.
+//!
+//! One check per address, not per endpoint: the gateway and the network behind it are what
+//! fails as a whole, and a sidecar reaching a hundred pods through three gateways makes three
+//! checks per interval, not a hundred (a pod that dies alone is outlier detection's). The check
+//! uses the first cluster and endpoint (in name order) that needs the address for its TLS
+//! settings and SNI. Each worker checks on its own (no lock on the request path); with
+//! `--concurrency N` a gateway sees N checks per interval.
 
 use std::cell::{Cell, RefCell};
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::SocketAddr;
 use std::rc::Rc;
-use std::sync::atomic::Ordering;
 
-use causeway_xds::dataplane::{HealthCheckConfig, Snapshot};
+use causeway_xds::dataplane::{HealthCheckConfig, LoadAssignmentConfig, Snapshot};
 use tokio::task::JoinHandle;
 
 use super::connect::connect;
 use super::Target;
 use crate::worker::WorkerState;
 
-/// One endpoint's check task; dropping it stops the task.
-struct Running {
+/// What one address's check connects as: a cluster that reaches it and one of its endpoints
+/// there (for the TLS settings and SNI), with the cluster's check settings.
+#[derive(Clone, PartialEq)]
+struct Probe {
+    cluster: String,
+    target: Target,
     config: HealthCheckConfig,
+}
+
+/// One address's check task; dropping it stops the task.
+struct Running {
+    probe: Probe,
     task: JoinHandle<()>,
 }
 
@@ -34,28 +50,36 @@ impl Drop for Running {
 /// One worker's health checks and what they found.
 #[derive(Default)]
 pub struct HealthChecks {
-    /// Endpoints found unhealthy, by cluster.
-    down: RefCell<HashMap<String, BTreeSet<Target>>>,
+    /// Addresses found unhealthy.
+    down: RefCell<BTreeSet<SocketAddr>>,
     /// Changes whenever `down` does (balancers rebuild on it).
     epoch: Cell<u64>,
-    running: RefCell<HashMap<(String, Target), Running>>,
+    running: RefCell<HashMap<SocketAddr, Running>>,
 }
 
 impl HealthChecks {
-    /// The endpoints of `cluster` found unhealthy, and the epoch they belong to.
-    pub fn unhealthy(&self, cluster: &str) -> (u64, BTreeSet<Target>) {
+    /// The endpoints of `la` (under active checks) whose address was found unhealthy, and the
+    /// epoch they belong to.
+    pub fn unhealthy(&self, la: &LoadAssignmentConfig) -> (u64, BTreeSet<Target>) {
         let down = self.down.borrow();
-        (
-            self.epoch.get(),
-            down.get(cluster).cloned().unwrap_or_default(),
-        )
+        let targets = if down.is_empty() {
+            BTreeSet::new()
+        } else {
+            la.localities
+                .iter()
+                .flat_map(|l| &l.endpoints)
+                .filter(|e| e.active_health_check && down.contains(&e.address))
+                .map(Target::of)
+                .collect()
+        };
+        (self.epoch.get(), targets)
     }
 
     /// Starts the checks `snapshot` asks for that are not running, and stops those it no
-    /// longer has (or whose settings changed; they restart with the new ones).
+    /// longer has (or whose probe changed; they restart with the new one).
     pub fn sync(state: &Rc<WorkerState>, snapshot: &Snapshot) {
         let health = &state.upstreams.health;
-        let mut wanted: HashMap<(String, Target), HealthCheckConfig> = HashMap::new();
+        let mut wanted: BTreeMap<SocketAddr, Probe> = BTreeMap::new();
         for (name, cluster) in &snapshot.clusters {
             let Some(cfg) = &cluster.health_check else {
                 continue;
@@ -69,48 +93,35 @@ impl HealthChecks {
                 .flat_map(|l| &l.endpoints)
                 .filter(|e| e.active_health_check)
             {
-                let target = Target::of(e);
-                wanted.insert((name.clone(), target), cfg.clone());
+                wanted.entry(e.address).or_insert_with(|| Probe {
+                    cluster: name.clone(),
+                    target: Target::of(e),
+                    config: cfg.clone(),
+                });
             }
         }
         health
             .running
             .borrow_mut()
-            .retain(|key, r| wanted.get(key) == Some(&r.config));
-        let before = health
-            .down
-            .borrow()
-            .values()
-            .map(BTreeSet::len)
-            .sum::<usize>();
-        health.down.borrow_mut().retain(|cluster, targets| {
-            targets.retain(|t| wanted.contains_key(&(cluster.clone(), t.clone())));
-            !targets.is_empty()
-        });
-        if health
-            .down
-            .borrow()
-            .values()
-            .map(BTreeSet::len)
-            .sum::<usize>()
-            != before
-        {
+            .retain(|addr, r| wanted.get(addr) == Some(&r.probe));
+        let forgotten = {
+            let mut down = health.down.borrow_mut();
+            let before = down.len();
+            down.retain(|addr| wanted.contains_key(addr));
+            down.len() != before
+        };
+        if forgotten {
             health.bump();
         }
-        for (key, config) in wanted {
-            if health.running.borrow().contains_key(&key) {
+        for (addr, probe) in wanted {
+            if health.running.borrow().contains_key(&addr) {
                 continue;
             }
-            let task = tokio::task::spawn_local(check_loop(
-                Rc::clone(state),
-                key.0.clone(),
-                key.1.clone(),
-                config.clone(),
-            ));
+            let task = tokio::task::spawn_local(check_loop(Rc::clone(state), probe.clone()));
             health
                 .running
                 .borrow_mut()
-                .insert(key, Running { config, task });
+                .insert(addr, Running { probe, task });
         }
     }
 
@@ -118,17 +129,12 @@ impl HealthChecks {
         self.epoch.set(self.epoch.get() + 1);
     }
 
-    /// Records a change of `target`'s health in `cluster`.
-    fn mark(&self, cluster: &str, target: &Target, healthy: bool) {
-        let mut down = self.down.borrow_mut();
+    /// Records a change of `addr`'s health.
+    fn mark(&self, addr: SocketAddr, healthy: bool) {
         let changed = if healthy {
-            let removed = down.get_mut(cluster).is_some_and(|s| s.remove(target));
-            down.retain(|_, s| !s.is_empty());
-            removed
+            self.down.borrow_mut().remove(&addr)
         } else {
-            down.entry(cluster.to_owned())
-                .or_default()
-                .insert(target.clone())
+            self.down.borrow_mut().insert(addr)
         };
         if changed {
             self.bump();
@@ -136,39 +142,42 @@ impl HealthChecks {
     }
 }
 
-/// Checks `target` of `cluster` every interval until stopped.
-async fn check_loop(
-    state: Rc<WorkerState>,
-    cluster: String,
-    target: Target,
-    cfg: HealthCheckConfig,
-) {
-    let stats = state.upstreams.book.stats(&cluster, &target);
+/// Checks `probe`'s address every interval until stopped.
+async fn check_loop(state: Rc<WorkerState>, probe: Probe) {
+    let Probe {
+        cluster,
+        target,
+        config: cfg,
+    } = &probe;
+    let addr = target.address;
+    // Counted under the probing cluster's endpoint, so the address shows in the book even
+    // before any request went to it.
+    let _stats = state.upstreams.book.stats(cluster, target);
     let (mut failed, mut passed, mut healthy) = (0u32, 0u32, true);
     loop {
-        match probe(&state, &cluster, &target, &cfg).await {
+        match check(&state, &probe).await {
             Ok(()) => {
                 failed = 0;
                 passed = passed.saturating_add(1);
                 if !healthy && passed >= cfg.healthy_threshold {
                     healthy = true;
-                    state.upstreams.health.mark(&cluster, &target, true);
-                    stats.unhealthy.store(false, Ordering::Relaxed);
-                    tracing::info!(%cluster, endpoint = %target, "endpoint passed its health checks: healthy again");
+                    state.upstreams.health.mark(addr, true);
+                    state.upstreams.book.set_unhealthy_at(addr, false);
+                    tracing::info!(%cluster, endpoint = %addr, "passed its health checks: healthy again, traffic returns");
                 }
             }
             Err(reason) => {
                 passed = 0;
                 failed = failed.saturating_add(1);
-                state.upstreams.book.count_health_failure(&cluster);
+                state.upstreams.book.count_health_failure(cluster);
                 if healthy && failed >= cfg.unhealthy_threshold {
                     healthy = false;
-                    state.upstreams.health.mark(&cluster, &target, false);
-                    stats.unhealthy.store(true, Ordering::Relaxed);
+                    state.upstreams.health.mark(addr, false);
+                    state.upstreams.book.set_unhealthy_at(addr, true);
                     if cfg.close_connections_on_failure {
-                        state.upstreams.pools.close(&cluster, &target);
+                        state.upstreams.pools.close_address(addr);
                     }
-                    tracing::warn!(%cluster, endpoint = %target, %reason, failed, "endpoint failed its health checks: unhealthy, traffic moves to the others");
+                    tracing::warn!(%cluster, endpoint = %addr, %reason, failed, "failed its health checks: unhealthy, traffic moves to the other endpoints");
                 }
             }
         }
@@ -177,24 +186,20 @@ async fn check_loop(
 }
 
 /// One check: a new connection (and handshake) within the check's timeout.
-async fn probe(
-    state: &Rc<WorkerState>,
-    cluster: &str,
-    target: &Target,
-    cfg: &HealthCheckConfig,
-) -> Result<(), String> {
+async fn check(state: &Rc<WorkerState>, probe: &Probe) -> Result<(), String> {
     let snapshot = state.snapshot();
-    let Some(config) = snapshot.clusters.get(cluster) else {
-        // Gone with the last update; the next sync stops this check.
+    let Some(config) = snapshot.clusters.get(&probe.cluster) else {
+        // Gone with the last update; the next sync stops or moves this check.
         return Ok(());
     };
     let tls = state
         .upstreams
         .client_tls(snapshot.generation, config, false)
         .map_err(|e| e.to_string())?;
-    match tokio::time::timeout(cfg.timeout, connect(config, target, tls)).await {
+    let timeout = probe.config.timeout;
+    match tokio::time::timeout(timeout, connect(config, &probe.target, tls)).await {
         Ok(Ok(_connection)) => Ok(()),
         Ok(Err(e)) => Err(e.to_string()),
-        Err(_) => Err(format!("no connection within {:?}", cfg.timeout)),
+        Err(_) => Err(format!("no connection within {timeout:?}")),
     }
 }

@@ -324,6 +324,23 @@ impl EndpointBook {
         count_in(&self.ejections, cluster);
     }
 
+    /// Marks every endpoint at `address` (in every cluster) as failing its health checks or not:
+    /// one check stands for all of them (`health`).
+    pub fn set_unhealthy_at(&self, address: std::net::SocketAddr, unhealthy: bool) {
+        let book = self
+            .by_cluster
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        for stats in book
+            .values()
+            .flat_map(|targets| targets.iter())
+            .filter(|(t, _)| t.address == address)
+            .map(|(_, s)| s)
+        {
+            stats.unhealthy.store(unhealthy, Ordering::Relaxed);
+        }
+    }
+
     /// Counts a failed health check in `cluster`.
     pub fn count_health_failure(&self, cluster: &str) {
         count_in(&self.health_failures, cluster);

@@ -99,7 +99,7 @@ impl Upstreams {
         let name = &cluster.name;
         let now = Instant::now();
         let (outlier_epoch, mut ejected) = self.outliers.borrow_mut().ejected(name, now);
-        let (health_epoch, unhealthy) = self.health.unhealthy(name);
+        let (health_epoch, unhealthy) = self.health.unhealthy(la);
         ejected.extend(unhealthy);
         // Both only grow, so their sum changes whenever either does.
         let epoch = outlier_epoch.wrapping_add(health_epoch);

@@ -215,17 +215,21 @@ impl Pool {
 }
 
 impl Pools {
-    /// Closes every connection to `target` of `cluster`, requests in flight included (they
-    /// fail as reset, so the router retries them elsewhere): the endpoint was found dead, and
-    /// a request waiting on a black hole would only time out.
-    pub fn close(&self, cluster: &str, target: &Target) {
-        let pool = self
-            .by_key
-            .borrow_mut()
-            .remove(&(cluster.to_owned(), target.clone()));
-        for connection in pool.iter().flat_map(|p| &p.connections) {
-            if let Some(cut) = connection.upgrade() {
-                cut.pull();
+    /// Cuts every connection to `address` (each cluster and SNI through it), requests in
+    /// flight included (they fail as resets, so the router retries them elsewhere): the
+    /// address was found dead, and a request waiting on a black hole would only time out.
+    pub fn close_address(&self, address: std::net::SocketAddr) {
+        let mut pools = self.by_key.borrow_mut();
+        let dead: Vec<(String, Target)> = pools
+            .keys()
+            .filter(|(_, t)| t.address == address)
+            .cloned()
+            .collect();
+        for key in dead {
+            for connection in pools.remove(&key).iter().flat_map(|p| &p.connections) {
+                if let Some(cut) = connection.upgrade() {
+                    cut.pull();
+                }
             }
         }
     }
