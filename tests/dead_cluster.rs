@@ -6,7 +6,6 @@
 //! moves to beta, and no idempotent request fails: the ones caught on the dead path are
 //! retried. Prints how long the shift took — on Causeway's data plane and on Envoy.
 
-use std::path::Path;
 use std::time::Duration;
 
 use causeway_e2e::load::{answered_after, fixed_rate, shift};
@@ -23,39 +22,20 @@ const MAX_REQUESTS: usize = 1_000;
 /// A request slower than this went to the dead path first.
 const SLOW: Duration = Duration::from_millis(150);
 
-fn write_policy(mesh_dir: &Path, extra: &str) {
-    std::fs::create_dir_all(mesh_dir.join("policies")).expect("mkdir");
-    std::fs::write(
-        mesh_dir.join("policies/echo.yaml"),
-        format!("apiVersion: causeway.io/v1alpha1\nkind: TrafficPolicy\nmetadata: {{name: echo, namespace: demo}}\nspec:\n  service: echo\n  callers: {{clusters: [gamma]}}\n  mode: FailOver\n  clusters:\n  - {{name: alpha}}\n  - {{name: beta}}\n{extra}"),
-    )
-    .expect("write policy");
-}
-
 /// `policy_extra` is added to the policy's spec.
 fn dead_gateway(data_plane: &str, port_base: u16, policy_extra: &str) {
     let _guard = mesh_lock();
-    // Not `start_on`: its warm-up waits for gamma's own echo, which this policy leaves out.
-    let dir = tempfile::tempdir().expect("tmp");
-    let mesh_dir = dir.path().join("mesh");
-    copy_dir(&workspace().join("examples/three-clusters"), &mesh_dir);
-    write_policy(&mesh_dir, policy_extra);
-    let mesh = MeshRun::launch_with(
-        dir,
-        mesh_dir,
-        port_base,
-        &[],
-        &[],
-        &["--data-plane", data_plane],
+    let spec = format!(
+        "  callers: {{clusters: [gamma]}}\n  mode: FailOver\n  clusters:\n  - {{name: alpha}}\n  - {{name: beta}}\n{policy_extra}"
     );
-    let echo = mesh.outbound(CALLER, "demo/echo").expect("echo listener");
-    let first = wait_for(Duration::from_secs(30), || {
-        call(echo)
-            .ok()
-            .filter(|v| v["cluster"] == "alpha")
-            .map(|_| ())
+    let mesh = MeshRun::start_cold(data_plane, "three-clusters", port_base, |dir| {
+        write_echo_policy(dir, &spec)
     });
-    assert!(first.is_some(), "alpha never answered");
+    let echo = mesh.outbound(CALLER, "demo/echo").expect("echo listener");
+    assert!(
+        wait_answered_by(echo, "alpha", Duration::from_secs(30)),
+        "alpha never answered"
+    );
     let load = std::thread::spawn(move || fixed_rate(echo, PERIOD, BEFORE + AFTER, MAX_REQUESTS));
     std::thread::sleep(BEFORE);
     mesh.freeze(DEAD);

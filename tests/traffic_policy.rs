@@ -11,15 +11,12 @@ use causeway_e2e::*;
 
 const CLIENT: &str = "alpha-client-sidecar";
 
+/// The policy for alpha's callers of echo.
 fn write_policy(mesh_dir: &Path, spec: &str) {
-    std::fs::create_dir_all(mesh_dir.join("policies")).expect("mkdir");
-    std::fs::write(
-        mesh_dir.join("policies/echo.yaml"),
-        format!(
-            "apiVersion: causeway.io/v1alpha1\nkind: TrafficPolicy\nmetadata: {{name: echo, namespace: demo}}\nspec:\n  service: echo\n  callers: {{clusters: [alpha]}}\n{spec}"
-        ),
-    )
-    .expect("write policy");
+    write_echo_policy(
+        mesh_dir,
+        &format!("  callers: {{clusters: [alpha]}}\n{spec}"),
+    );
 }
 
 /// Which cluster answered each of `n` calls (a new connection each), and the failures.
@@ -83,52 +80,34 @@ fn active_active_splits_70_30_on_envoy() {
 fn fail_over(data_plane: &str, port_base: u16) {
     let _guard = mesh_lock();
     // Not `start_on`: its warm-up waits for alpha's own echo, which this policy leaves out.
-    let dir = tempfile::tempdir().expect("tmp");
-    let mesh_dir = dir.path().join("mesh");
-    copy_dir(&workspace().join("examples/three-clusters"), &mesh_dir);
-    write_policy(
-        &mesh_dir,
-        "  mode: FailOver\n  clusters:\n  - {name: beta}\n  - {name: gamma}\n",
-    );
-    let mut mesh = MeshRun::launch_with(
-        dir,
-        mesh_dir,
-        port_base,
-        &[],
-        &[],
-        &["--data-plane", data_plane],
-    );
+    let mut mesh = MeshRun::start_cold(data_plane, "three-clusters", port_base, |dir| {
+        write_policy(
+            dir,
+            "  mode: FailOver\n  clusters:\n  - {name: beta}\n  - {name: gamma}\n",
+        )
+    });
     let echo = mesh.outbound(CLIENT, "demo/echo").expect("echo listener");
     // The first choice takes everything, though alpha's own echo is nearer.
-    let first = wait_for(Duration::from_secs(20), || {
-        call(echo)
-            .ok()
-            .filter(|v| v["cluster"] == "beta")
-            .map(|_| ())
-    });
-    assert!(first.is_some(), "beta never answered");
+    assert!(
+        wait_answered_by(echo, "beta", Duration::from_secs(20)),
+        "beta never answered"
+    );
     let (by, failed) = clusters_answering(echo, 50);
     assert_eq!((by.get("beta"), failed), (Some(&50), 0), "{by:?}");
     // beta's endpoints stop: traffic moves to gamma, the second choice.
     mesh.stop("beta-echo-beta-1-app-8080");
-    let moved = wait_for(Duration::from_secs(20), || {
-        call(echo)
-            .ok()
-            .filter(|v| v["cluster"] == "gamma")
-            .map(|_| ())
-    });
-    assert!(moved.is_some(), "traffic never moved to gamma");
+    assert!(
+        wait_answered_by(echo, "gamma", Duration::from_secs(20)),
+        "traffic never moved to gamma"
+    );
     let (by, failed) = clusters_answering(echo, 50);
     assert_eq!((by.get("gamma"), failed), (Some(&50), 0), "{by:?}");
     // beta returns: traffic comes back once its ejection ends.
     mesh.restart("beta-echo-beta-1-app-8080");
-    let back = wait_for(Duration::from_secs(40), || {
-        call(echo)
-            .ok()
-            .filter(|v| v["cluster"] == "beta")
-            .map(|_| ())
-    });
-    assert!(back.is_some(), "traffic never came back to beta");
+    assert!(
+        wait_answered_by(echo, "beta", Duration::from_secs(40)),
+        "traffic never came back to beta"
+    );
 }
 
 #[test]
@@ -189,13 +168,10 @@ fn region_failover(data_plane: &str, port_base: u16) {
     // gamma's eu-west is just as far by locality.
     mesh.stop("alpha-echo-alpha-1-app-8080");
     mesh.stop("beta-echo-beta-1-app-8080");
-    let moved = wait_for(Duration::from_secs(30), || {
-        call(echo)
-            .ok()
-            .filter(|v| v["cluster"] == "delta")
-            .map(|_| ())
-    });
-    assert!(moved.is_some(), "traffic never reached delta");
+    assert!(
+        wait_answered_by(echo, "delta", Duration::from_secs(30)),
+        "traffic never reached delta"
+    );
     let (by, failed) = clusters_answering(echo, 50);
     assert_eq!((by.get("delta"), failed), (Some(&50), 0), "{by:?}");
 }

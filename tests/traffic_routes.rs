@@ -3,14 +3,14 @@
 //! fixed rate. No request fails, and within a second of the change every request is answered
 //! by gamma — on Causeway's data plane and on Envoy, asserting which cluster answered.
 
-use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use causeway_e2e::load::{answered_after, fixed_rate, shift, Sample};
 use causeway_e2e::*;
 
 const CLIENT: &str = "alpha-client-sidecar";
-/// One request every this long, on a new connection each.
+/// A new request this often, each on its own connection.
 const PERIOD: Duration = Duration::from_millis(10);
 /// Load before the switch, and after it.
 const BEFORE: Duration = Duration::from_secs(3);
@@ -19,105 +19,51 @@ const AFTER: Duration = Duration::from_secs(5);
 const MAX_REQUESTS: usize = 1_500;
 
 fn write_routes(mesh_dir: &Path, beta: u32, gamma: u32) {
-    std::fs::create_dir_all(mesh_dir.join("policies")).expect("mkdir");
-    let text = format!(
-        "apiVersion: causeway.io/v1alpha1\nkind: TrafficPolicy\nmetadata: {{name: echo, namespace: demo}}\nspec:\n  service: echo\n  callers: {{clusters: [alpha]}}\n  routes:\n  - {{cluster: beta, weight: {beta}}}\n  - {{cluster: gamma, weight: {gamma}}}\n"
+    write_echo_policy(
+        mesh_dir,
+        &format!(
+            "  callers: {{clusters: [alpha]}}\n  routes:\n  - {{cluster: beta, weight: {beta}}}\n  - {{cluster: gamma, weight: {gamma}}}\n"
+        ),
     );
-    // Written whole and renamed over the old file, as an editor or a deploy tool does.
-    let tmp = mesh_dir.join("policies/.echo.yaml.tmp");
-    std::fs::write(&tmp, text).expect("write policy");
-    std::fs::rename(&tmp, mesh_dir.join("policies/echo.yaml")).expect("rename policy");
-}
-
-/// One request of the load: when it started, and which cluster answered (or the error).
-struct Sample {
-    at: Instant,
-    answer: Result<String, String>,
-}
-
-/// Calls `addr` every [`PERIOD`] until `until` (or [`MAX_REQUESTS`]).
-fn load(addr: SocketAddr, until: Instant) -> Vec<Sample> {
-    let mut out = Vec::new();
-    let mut next = Instant::now();
-    while Instant::now() < until && out.len() < MAX_REQUESTS {
-        let at = Instant::now();
-        let answer = call(addr).map(|v| v["cluster"].as_str().unwrap_or("?").to_owned());
-        out.push(Sample { at, answer });
-        next += PERIOD;
-        if let Some(wait) = next.checked_duration_since(Instant::now()) {
-            std::thread::sleep(wait);
-        }
-    }
-    out
 }
 
 fn blue_green(data_plane: &str, port_base: u16) {
     let _guard = mesh_lock();
     // Not `start_on`: its warm-up waits for alpha's own echo, which the routes leave out.
-    let dir = tempfile::tempdir().expect("tmp");
-    let mesh_dir = dir.path().join("mesh");
-    copy_dir(&workspace().join("examples/three-clusters"), &mesh_dir);
-    write_routes(&mesh_dir, 100, 0);
-    let mesh = MeshRun::launch_with(
-        dir,
-        mesh_dir.clone(),
-        port_base,
-        &[],
-        &[],
-        &["--data-plane", data_plane],
-    );
-    let echo = mesh.outbound(CLIENT, "demo/echo").expect("echo listener");
-    let blue = wait_for(Duration::from_secs(30), || {
-        call(echo)
-            .ok()
-            .filter(|v| v["cluster"] == "beta")
-            .map(|_| ())
+    let mesh = MeshRun::start_cold(data_plane, "three-clusters", port_base, |dir| {
+        write_routes(dir, 100, 0)
     });
-    assert!(blue.is_some(), "beta never answered");
+    let echo = mesh.outbound(CLIENT, "demo/echo").expect("echo listener");
+    assert!(
+        wait_answered_by(echo, "beta", Duration::from_secs(30)),
+        "beta never answered"
+    );
 
     let start = Instant::now();
-    let load = std::thread::spawn(move || load(echo, start + BEFORE + AFTER));
+    let load = std::thread::spawn(move || fixed_rate(echo, PERIOD, BEFORE + AFTER, MAX_REQUESTS));
     std::thread::sleep(BEFORE);
-    let switched = Instant::now();
-    write_routes(&mesh_dir, 0, 100);
+    let switched = start.elapsed();
+    write_routes(&mesh.mesh_dir, 0, 100);
     let samples = load.join().expect("load thread");
 
-    let failed: Vec<String> = samples
+    // Only which cluster answers matters here, not how long it took.
+    let s = shift(&samples, switched, "beta", "gamma", Duration::MAX);
+    let failed = &s.failed;
+    let before: Vec<&Sample> = samples.iter().filter(|x| x.at < switched).collect();
+    let beta_before = before
         .iter()
-        .filter_map(|s| {
-            let e = s.answer.as_ref().err()?;
-            let when = match s.at.checked_duration_since(switched) {
-                Some(d) => format!("{d:?} after the change"),
-                None => format!("{:?} before the change", switched - s.at),
-            };
-            Some(format!("{e} ({when})"))
-        })
-        .collect();
-    let before: Vec<&Sample> = samples.iter().filter(|s| s.at < switched).collect();
-    let after: Vec<&Sample> = samples.iter().filter(|s| s.at >= switched).collect();
-    let answered = |set: &[&Sample], cluster: &str| {
-        set.iter()
-            .filter(|s| s.answer.as_deref() == Ok(cluster))
-            .count()
-    };
-    // From the change until the last request beta answered (0 if none did after it).
-    let moved_in = after
-        .iter()
-        .filter(|s| s.answer.as_deref() == Ok("beta"))
-        .map(|s| s.at - switched)
-        .max()
-        .unwrap_or_default();
+        .filter(|x| x.answer.as_deref() == Ok("beta"))
+        .count();
+    let moved_in = s.shifted;
     eprintln!(
-        "{data_plane}: {} requests ({} before the switch: {} beta; {} after: {} beta, {} gamma), \
-         {} failed; the share moved {:?} after the file change",
+        "{data_plane}: {} requests ({} before the switch: {beta_before} beta; {} after: {} beta, \
+         {} gamma), {} failed; the share moved {moved_in:?} after the file change",
         samples.len(),
         before.len(),
-        answered(&before, "beta"),
-        after.len(),
-        answered(&after, "beta"),
-        answered(&after, "gamma"),
+        s.after,
+        answered_after(&samples, switched, "beta"),
+        answered_after(&samples, switched, "gamma"),
         failed.len(),
-        moved_in,
     );
     if !failed.is_empty() {
         let admin = mesh.admin(CLIENT);
@@ -155,16 +101,16 @@ fn blue_green(data_plane: &str, port_base: u16) {
     );
     assert!(table.contains("route all.beta 0% -> "), "{table}");
     assert!(table.contains("route all.gamma 100% -> "), "{table}");
-    assert!(before.len() > 100 && after.len() > 100, "too little load");
-    assert_eq!(answered(&before, "beta"), before.len(), "blue is beta");
+    assert!(before.len() > 100 && s.after > 100, "too little load");
+    assert_eq!(beta_before, before.len(), "blue is beta");
     assert!(moved_in < Duration::from_secs(1), "moved in {moved_in:?}");
-    let settled: Vec<&&Sample> = after
+    let settled: Vec<&Sample> = samples
         .iter()
-        .filter(|s| s.at >= switched + Duration::from_secs(1))
+        .filter(|x| x.at >= switched + Duration::from_secs(1))
         .collect();
     assert!(!settled.is_empty());
     assert!(
-        settled.iter().all(|s| s.answer.as_deref() == Ok("gamma")),
+        settled.iter().all(|x| x.answer.as_deref() == Ok("gamma")),
         "green is gamma a second after the change"
     );
 }

@@ -500,6 +500,30 @@ pub fn call(addr: SocketAddr) -> Result<serde_json::Value, String> {
     serde_json::from_str(&body).map_err(|e| format!("{e}: {body}"))
 }
 
+/// Waits up to `limit` for a call to `addr` that `cluster` answers.
+pub fn wait_answered_by(addr: SocketAddr, cluster: &str, limit: Duration) -> bool {
+    wait_for(limit, || {
+        call(addr)
+            .ok()
+            .filter(|v| v["cluster"] == cluster)
+            .map(|_| ())
+    })
+    .is_some()
+}
+
+/// Writes the `TrafficPolicy` demo/echo for the example's echo service into the mesh
+/// directory `mesh_dir` (`policies/echo.yaml`), `spec` being the lines after `service: echo`.
+/// Written whole and renamed over the old file, as an editor or a deploy tool does.
+pub fn write_echo_policy(mesh_dir: &Path, spec: &str) {
+    std::fs::create_dir_all(mesh_dir.join("policies")).expect("mkdir");
+    let text = format!(
+        "apiVersion: causeway.io/v1alpha1\nkind: TrafficPolicy\nmetadata: {{name: echo, namespace: demo}}\nspec:\n  service: echo\n{spec}"
+    );
+    let tmp = mesh_dir.join("policies/.echo.yaml.tmp");
+    std::fs::write(&tmp, text).expect("write policy");
+    std::fs::rename(&tmp, mesh_dir.join("policies/echo.yaml")).expect("rename policy");
+}
+
 /// POST with an empty body; returns (status, body).
 pub fn http_post(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
     http_request("POST", addr, path)

@@ -84,14 +84,24 @@ pub fn to_model(
     policy: &AuthorizationPolicy,
     cluster: &str,
 ) -> Result<causeway_model::AuthorizationPolicy, LoadError> {
-    // A namespaced object from the API server always has a namespace; "default" is what
-    // Kubernetes (and the mesh directory) assume when it is omitted.
-    let namespace = policy.metadata.namespace.as_deref().unwrap_or("default");
-    let name = policy.metadata.name.as_deref().unwrap_or_default();
+    let (namespace, name, source) = identity(&policy.metadata, cluster, "AuthorizationPolicy")?;
+    policy_wire::policy_from_spec(namespace, name, &policy.spec.0, source).map_err(off_file)
+}
+
+/// The namespace, name and source of a custom resource of `kind` read from `cluster`; an error
+/// (naming `metadata.name`) when it has no name. A namespaced object from the API server always
+/// has a namespace; "default" is what Kubernetes (and the mesh directory) assume without one.
+pub(crate) fn identity<'a>(
+    meta: &'a kube::api::ObjectMeta,
+    cluster: &str,
+    kind: &str,
+) -> Result<(&'a str, &'a str, ObjectSource), LoadError> {
+    let namespace = meta.namespace.as_deref().unwrap_or("default");
+    let name = meta.name.as_deref().unwrap_or_default();
     let source = kubernetes_object_source(
         cluster,
         &format!("{GROUP}/{VERSION}"),
-        "AuthorizationPolicy",
+        kind,
         namespace,
         name,
     );
@@ -100,16 +110,19 @@ pub fn to_model(
             file: source.file,
             document: None,
             line: None,
-            object: Some("AuthorizationPolicy".into()),
+            object: Some(kind.into()),
             field: Some("metadata.name".into()),
             reason: "missing".into(),
         });
     }
-    policy_wire::policy_from_spec(namespace, name, &policy.spec.0, source).map_err(|mut e| {
-        e.document = None;
-        e.line = None;
-        e
-    })
+    Ok((namespace, name, source))
+}
+
+/// An object from an API server has no document or line: the validation's are dropped.
+pub(crate) fn off_file(mut e: LoadError) -> LoadError {
+    e.document = None;
+    e.line = None;
+    e
 }
 
 /// Why the CustomResourceDefinitions could not be rendered.

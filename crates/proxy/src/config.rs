@@ -63,7 +63,7 @@ mod tests {
             handshake_timeout: None,
             action: ChainAction::TcpProxy(TcpProxyConfig {
                 stat_prefix: name.into(),
-                clusters: causeway_xds::dataplane::Upstreams::One(name.into()),
+                clusters: causeway_xds::dataplane::ClusterSplit::One(name.into()),
                 idle_timeout: None,
                 connect_after_tls_handshake: false,
                 rbac: Vec::new(),

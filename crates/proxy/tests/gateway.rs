@@ -102,7 +102,7 @@ fn chain(sni: &str, cluster: &str) -> FilterChainConfig {
         handshake_timeout: None,
         action: ChainAction::TcpProxy(TcpProxyConfig {
             stat_prefix: sni.into(),
-            clusters: causeway_xds::dataplane::Upstreams::One(cluster.into()),
+            clusters: causeway_xds::dataplane::ClusterSplit::One(cluster.into()),
             idle_timeout: Some(Duration::from_secs(5)),
             connect_after_tls_handshake: false,
             rbac: Vec::new(),

@@ -11,7 +11,7 @@ use causeway_xds::dataplane::http::{
     http_manager_config, Codec, HttpManagerConfig, PathMatch, RetryBackoff, RetryOn, XfccConfig,
 };
 use causeway_xds::dataplane::rbac::RbacAction;
-use causeway_xds::dataplane::{ConfigError, Upstreams};
+use causeway_xds::dataplane::{ClusterSplit, ConfigError};
 use causeway_xds::resources::{Resources, TypeUrl};
 use envoy_types::pb::envoy::config::listener::v3::{filter, Listener};
 use envoy_types::pb::envoy::config::route::v3 as route;
@@ -317,7 +317,7 @@ fn weighted_clusters_become_a_split_and_bad_ones_are_refused() {
     let clusters = &cfg.routes.virtual_hosts[0].routes[0].action.clusters;
     assert_eq!(
         clusters,
-        &Upstreams::Weighted {
+        &ClusterSplit::Weighted {
             clusters: vec![("blue".into(), 95), ("green".into(), 5), ("old".into(), 0)],
             total: 100
         }

@@ -140,7 +140,7 @@ fn clusters(out: &mut String, config: &Value) {
     }
 }
 
-/// Where a route or TCP proxy sends traffic, from the dump's `Upstreams`: `cluster`, or
+/// Where a route or TCP proxy sends traffic, from the dump's `ClusterSplit`: `cluster`, or
 /// `a 95%,b 5%` for weighted clusters.
 fn upstreams(v: &serde_json::Value) -> String {
     if let Some(one) = v.get("One") {

@@ -8,7 +8,7 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::{kubernetes_object_source, GROUP, VERSION};
+use super::{identity, off_file};
 
 /// Which service (in the policy's namespace), for which caller clusters, and how their traffic
 /// is spread (mode, clusters, locality rules, routes, retries, timeout, outlier detection).
@@ -45,33 +45,9 @@ pub fn traffic_policy_to_model(
     policy: &TrafficPolicy,
     cluster: &str,
 ) -> Result<causeway_model::TrafficPolicy, LoadError> {
-    // "default" is what Kubernetes (and the mesh directory) assume when it is omitted.
-    let namespace = policy.metadata.namespace.as_deref().unwrap_or("default");
-    let name = policy.metadata.name.as_deref().unwrap_or_default();
-    let source = kubernetes_object_source(
-        cluster,
-        &format!("{GROUP}/{VERSION}"),
-        "TrafficPolicy",
-        namespace,
-        name,
-    );
-    if name.is_empty() {
-        return Err(LoadError {
-            file: source.file,
-            document: None,
-            line: None,
-            object: Some("TrafficPolicy".into()),
-            field: Some("metadata.name".into()),
-            reason: "missing".into(),
-        });
-    }
-    traffic_wire::traffic_policy_from_spec(namespace, name, &policy.spec.0, source).map_err(
-        |mut e| {
-            e.document = None;
-            e.line = None;
-            e
-        },
-    )
+    let (namespace, name, source) = identity(&policy.metadata, cluster, "TrafficPolicy")?;
+    traffic_wire::traffic_policy_from_spec(namespace, name, &policy.spec.0, source)
+        .map_err(off_file)
 }
 
 #[cfg(test)]

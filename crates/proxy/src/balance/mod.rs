@@ -155,15 +155,16 @@ pub struct Balancers {
 
 impl Balancers {
     /// The balancer of `cluster` for `la`, its assignment in snapshot `generation`, skipping
-    /// `ejected` (outlier detection, as of `epoch`), with the cluster's policy and panic
-    /// threshold.
+    /// the endpoints `ejected` gives (outlier detection and failed health checks, as of
+    /// `epoch`), with the cluster's policy and panic threshold. `ejected` runs only when the
+    /// balancer is rebuilt, not on every pick.
     pub fn of(
         &mut self,
         (generation, epoch): (u64, u64),
         cluster: &str,
         policy: LbPolicy,
         la: &LoadAssignmentConfig,
-        ejected: &BTreeSet<Target>,
+        ejected: impl FnOnce() -> BTreeSet<Target>,
         panic_threshold: f64,
     ) -> Option<&mut Balancer> {
         let current = self
@@ -171,7 +172,7 @@ impl Balancers {
             .get(cluster)
             .is_some_and(|(g, _)| *g == (generation, epoch));
         if !current {
-            let balancer = Balancer::with(policy, la, ejected, panic_threshold);
+            let balancer = Balancer::with(policy, la, &ejected(), panic_threshold);
             self.by_cluster
                 .insert(cluster.to_owned(), ((generation, epoch), balancer));
         }

@@ -72,7 +72,7 @@ mod tests {
             name: name.into(),
             matches: m,
             action: RouteAction {
-                clusters: causeway_xds::dataplane::Upstreams::One(name.into()),
+                clusters: causeway_xds::dataplane::ClusterSplit::One(name.into()),
                 timeout: None,
                 retry: None,
             },

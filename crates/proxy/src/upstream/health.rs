@@ -58,21 +58,23 @@ pub struct HealthChecks {
 }
 
 impl HealthChecks {
-    /// The endpoints of `la` (under active checks) whose address was found unhealthy, and the
-    /// epoch they belong to.
-    pub fn unhealthy(&self, la: &LoadAssignmentConfig) -> (u64, BTreeSet<Target>) {
+    /// Changes whenever the unhealthy addresses do: balancers rebuild on it.
+    pub fn epoch(&self) -> u64 {
+        self.epoch.get()
+    }
+
+    /// The endpoints of `la` (under active checks) whose address was found unhealthy.
+    pub fn unhealthy(&self, la: &LoadAssignmentConfig) -> BTreeSet<Target> {
         let down = self.down.borrow();
-        let targets = if down.is_empty() {
-            BTreeSet::new()
-        } else {
-            la.localities
-                .iter()
-                .flat_map(|l| &l.endpoints)
-                .filter(|e| e.active_health_check && down.contains(&e.address))
-                .map(Target::of)
-                .collect()
-        };
-        (self.epoch.get(), targets)
+        if down.is_empty() {
+            return BTreeSet::new();
+        }
+        la.localities
+            .iter()
+            .flat_map(|l| &l.endpoints)
+            .filter(|e| e.active_health_check && down.contains(&e.address))
+            .map(Target::of)
+            .collect()
     }
 
     /// Starts the checks `snapshot` asks for that are not running, and stops those it no

@@ -99,10 +99,12 @@ impl Upstreams {
         let name = &cluster.name;
         let now = Instant::now();
         let (outlier_epoch, mut ejected) = self.outliers.borrow_mut().ejected(name, now);
-        let (health_epoch, unhealthy) = self.health.unhealthy(la);
-        ejected.extend(unhealthy);
         // Both only grow, so their sum changes whenever either does.
-        let epoch = outlier_epoch.wrapping_add(health_epoch);
+        let epoch = outlier_epoch.wrapping_add(self.health.epoch());
+        let with_unhealthy = || {
+            ejected.extend(self.health.unhealthy(la));
+            ejected
+        };
         let panic = cluster.healthy_panic_threshold_percent;
         let loads = self.loads.borrow();
         self.balancers
@@ -112,7 +114,7 @@ impl Upstreams {
                 name,
                 cluster.lb_policy,
                 la,
-                &ejected,
+                with_unhealthy,
                 panic,
             )?
             .pick(|t| loads.cost(name, t, now))

@@ -14,7 +14,7 @@ use prost::Message;
 
 use super::check::{duration, duration_or, socket_address, unsupported, At};
 use super::rbac::{RbacConfig, NETWORK_RBAC};
-use super::Upstreams;
+use super::ClusterSplit;
 use super::{
     ChainAction, ChainMatch, ConfigError, FilterChainConfig, ListenerConfig, TcpProxyConfig,
 };
@@ -365,7 +365,7 @@ fn tcp_proxy(
         connect_mode(at, *upstream_connect_mode, max_early_data_bytes)?;
     let clusters = match cluster_specifier {
         Some(tcp::tcp_proxy::ClusterSpecifier::Cluster(c)) if !c.is_empty() => {
-            Upstreams::One(c.clone())
+            ClusterSplit::One(c.clone())
         }
         Some(tcp::tcp_proxy::ClusterSpecifier::WeightedClusters(w)) => {
             super::weighted::tcp_weighted(&at.field("weighted_clusters"), w)?

@@ -25,7 +25,7 @@ pub use cluster::{cluster_config, DEFAULT_MAX_RETRIES};
 pub use endpoint::load_assignment;
 pub use health::HealthCheckConfig;
 pub use listener::listener_config;
-pub use weighted::Upstreams;
+pub use weighted::ClusterSplit;
 
 /// Why a resource was refused: what the proxy NACKs with and logs.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -94,7 +94,7 @@ pub enum ChainAction {
 pub struct TcpProxyConfig {
     pub stat_prefix: String,
     /// Where connections go: one cluster, or several by weight (one pick per connection).
-    pub clusters: Upstreams,
+    pub clusters: ClusterSplit,
     /// Close a connection without bytes in either direction for this long (None: never).
     pub idle_timeout: Option<Duration>,
     /// Connect upstream only once the downstream TLS handshake completed (Envoy's

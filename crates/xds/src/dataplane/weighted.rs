@@ -1,5 +1,5 @@
 //! Where a route or a TCP proxy sends its traffic: one cluster, or Envoy's `weighted_clusters`
-//! (a `TrafficPolicy`'s blue-green or canary split) → [`Upstreams`], each request or connection
+//! (a `TrafficPolicy`'s blue-green or canary split) → [`ClusterSplit`], each request or connection
 //! picking one cluster by weight.
 
 use envoy_types::pb::envoy::config::route::v3 as route;
@@ -10,7 +10,7 @@ use super::ConfigError;
 
 /// One cluster, or several by weight.
 #[derive(Debug, serde::Serialize, Clone, PartialEq, Eq)]
-pub enum Upstreams {
+pub enum ClusterSplit {
     One(String),
     /// Clusters with their weights (at least one above 0), and the sum of the weights.
     Weighted {
@@ -19,14 +19,14 @@ pub enum Upstreams {
     },
 }
 
-impl Upstreams {
+impl ClusterSplit {
     /// The cluster for one request or connection, `roll` being a uniformly random number:
     /// Envoy's pick (`roll % total`, then the clusters' cumulative weights in order), so each
     /// cluster gets its weight's share.
     pub fn pick(&self, roll: u64) -> &str {
         match self {
-            Upstreams::One(c) => c,
-            Upstreams::Weighted { clusters, total } => {
+            ClusterSplit::One(c) => c,
+            ClusterSplit::Weighted { clusters, total } => {
                 let mut left = roll % (*total).max(1);
                 for (name, weight) in clusters {
                     let w = u64::from(*weight);
@@ -43,8 +43,8 @@ impl Upstreams {
     /// Every cluster named, in order.
     pub fn clusters(&self) -> Vec<&str> {
         match self {
-            Upstreams::One(c) => vec![c.as_str()],
-            Upstreams::Weighted { clusters, .. } => {
+            ClusterSplit::One(c) => vec![c.as_str()],
+            ClusterSplit::Weighted { clusters, .. } => {
                 clusters.iter().map(|(c, _)| c.as_str()).collect()
             }
         }
@@ -65,7 +65,7 @@ impl Upstreams {
                 .field("clusters")
                 .error(format!("the weights add up to {total}, above 4294967295")));
         }
-        Ok(Upstreams::Weighted { clusters, total })
+        Ok(ClusterSplit::Weighted { clusters, total })
     }
 }
 
@@ -87,7 +87,7 @@ fn cluster_name(at: &At<'_>, name: &str, seen: &[(String, u32)]) -> Result<Strin
 pub(crate) fn route_weighted(
     at: &At<'_>,
     w: &route::WeightedCluster,
-) -> Result<Upstreams, ConfigError> {
+) -> Result<ClusterSplit, ConfigError> {
     let route::WeightedCluster {
         clusters,
         total_weight,
@@ -117,8 +117,8 @@ pub(crate) fn route_weighted(
         let name = cluster_name(&at, name, &out)?;
         out.push((name, weight.value));
     }
-    let upstreams = Upstreams::weighted(at, out)?;
-    if let (Some(declared), Upstreams::Weighted { total, .. }) = (total_weight, &upstreams) {
+    let split = ClusterSplit::weighted(at, out)?;
+    if let (Some(declared), ClusterSplit::Weighted { total, .. }) = (total_weight, &split) {
         if u64::from(declared.value) != *total {
             return Err(at.field("total_weight").error(format!(
                 "{} is not the sum of the weights ({total})",
@@ -126,14 +126,14 @@ pub(crate) fn route_weighted(
             )));
         }
     }
-    Ok(upstreams)
+    Ok(split)
 }
 
 /// A TCP proxy's `weighted_clusters`.
 pub(crate) fn tcp_weighted(
     at: &At<'_>,
     w: &tcp::tcp_proxy::WeightedCluster,
-) -> Result<Upstreams, ConfigError> {
+) -> Result<ClusterSplit, ConfigError> {
     let tcp::tcp_proxy::WeightedCluster { clusters } = w;
     let mut out = Vec::with_capacity(clusters.len());
     for (i, c) in clusters.iter().enumerate() {
@@ -151,7 +151,7 @@ pub(crate) fn tcp_weighted(
         let name = cluster_name(&at, name, &out)?;
         out.push((name, *weight));
     }
-    Upstreams::weighted(at, out)
+    ClusterSplit::weighted(at, out)
 }
 
 #[cfg(test)]
@@ -160,7 +160,7 @@ mod tests {
 
     #[test]
     fn picks_follow_the_weights_in_order() {
-        let u = Upstreams::Weighted {
+        let u = ClusterSplit::Weighted {
             clusters: vec![("blue".into(), 95), ("green".into(), 5), ("off".into(), 0)],
             total: 100,
         };
@@ -171,7 +171,7 @@ mod tests {
         assert_eq!(u.pick(94), "blue");
         assert_eq!(u.pick(95), "green");
         assert_eq!(u.pick(u64::MAX), u.pick(u64::MAX % 100));
-        assert_eq!(Upstreams::One("a".into()).pick(7), "a");
+        assert_eq!(ClusterSplit::One("a".into()).pick(7), "a");
         assert_eq!(u.clusters(), ["blue", "green", "off"]);
     }
 
@@ -192,7 +192,7 @@ mod tests {
         };
         assert_eq!(
             tcp_weighted(&at, &split(&[("a", 3), ("b", 1)])).expect("split"),
-            Upstreams::Weighted {
+            ClusterSplit::Weighted {
                 clusters: vec![("a".into(), 3), ("b".into(), 1)],
                 total: 4
             }

@@ -78,7 +78,7 @@ pub fn route(matches: PathMatch, cluster: &str) -> RouteConfig {
         name: format!("{matches:?}"),
         matches,
         action: RouteAction {
-            clusters: causeway_xds::dataplane::Upstreams::One(cluster.into()),
+            clusters: causeway_xds::dataplane::ClusterSplit::One(cluster.into()),
             timeout: None,
             retry: None,
         },
@@ -168,7 +168,7 @@ pub fn http_listener(
 pub fn tcp_proxy(cluster: &str, idle_timeout: Option<Duration>) -> TcpProxyConfig {
     TcpProxyConfig {
         stat_prefix: cluster.into(),
-        clusters: causeway_xds::dataplane::Upstreams::One(cluster.into()),
+        clusters: causeway_xds::dataplane::ClusterSplit::One(cluster.into()),
         idle_timeout,
         connect_after_tls_handshake: false,
         rbac: Vec::new(),

@@ -109,7 +109,7 @@ pub enum PathMatch {
 /// staying with it).
 #[derive(Debug, serde::Serialize, Clone, PartialEq)]
 pub struct RouteAction {
-    pub clusters: super::Upstreams,
+    pub clusters: super::ClusterSplit,
     /// The whole request, retries included, must complete within this (None: no limit;
     /// Envoy's default is 15 s).
     pub timeout: Option<Duration>,

@@ -13,8 +13,8 @@ use super::{
 };
 use crate::dataplane::check::{duration, duration_or, u32_or, unsupported, At};
 use crate::dataplane::weighted::route_weighted;
+use crate::dataplane::ClusterSplit;
 use crate::dataplane::ConfigError;
-use crate::dataplane::Upstreams;
 
 pub(super) const PREVIOUS_HOSTS: &str =
     "type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate";
@@ -264,7 +264,7 @@ fn route_action(at: &At<'_>, a: &route::RouteAction) -> Result<RouteAction, Conf
             .error("not supported by the Causeway proxy (a cluster or weighted clusters)"))
     };
     let clusters = match cluster_specifier {
-        Some(C::Cluster(c)) if !c.is_empty() => Upstreams::One(c.clone()),
+        Some(C::Cluster(c)) if !c.is_empty() => ClusterSplit::One(c.clone()),
         Some(C::Cluster(_)) | None => return Err(at.field("cluster").error("missing")),
         Some(C::WeightedClusters(w)) => route_weighted(&at.field("weighted_clusters"), w)?,
         Some(C::ClusterHeader(_)) => return refused("cluster_header"),
