@@ -1,6 +1,7 @@
 //! A whole example mesh started process by process from `causeway demo --print-plan`, so a
 //! test can stop, restart or switch the data plane of any of them.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -238,10 +239,11 @@ impl MeshRun {
         self.wait_for_health_checks();
     }
 
-    /// Waits until no Envoy sidecar holds an endpoint its active health checks have not passed
-    /// yet: Envoy admits an endpoint behind a gateway after its first passed check, and at
-    /// start-up the gateways come up with the sidecars, so the first checks can fail. (The
-    /// Causeway proxy admits endpoints at once and only ejects those that fail.)
+    /// Waits until no sidecar holds an endpoint that its active health checks have not passed
+    /// (yet or again): at start-up the gateways come up with the sidecars, so the first checks
+    /// can fail. Envoy admits an endpoint behind a gateway after its first passed check
+    /// (`/clusters`: `failed_active_hc`); the Causeway proxy admits endpoints at once but takes
+    /// them out after failed checks until two pass (`/endpoints`: `failingHealthChecks`).
     fn wait_for_health_checks(&self) {
         let sidecars: Vec<&serde_json::Value> = self.plan["processes"]
             .as_array()
@@ -255,21 +257,14 @@ impl MeshRun {
             };
             let mut pending = Vec::new();
             let settled = wait_for(Duration::from_secs(20), || {
-                let (_, clusters) = http_get(admin, "/clusters").ok()?;
-                pending = clusters
-                    .lines()
-                    .filter(|l| l.contains("::health_flags::") && l.contains("active_hc"))
-                    .map(str::to_owned)
-                    .collect();
+                pending = failing_health_checks(admin)?;
                 pending.is_empty().then_some(())
             });
-            // A Causeway proxy's admin has no Envoy /clusters: nothing to wait for.
-            if settled.is_none() && !pending.is_empty() {
-                panic!(
-                    "{}: endpoints never passed a health check: {pending:#?}",
-                    s["name"]
-                );
-            }
+            assert!(
+                settled.is_some(),
+                "{}: endpoints never passed a health check: {pending:#?}",
+                s["name"]
+            );
         }
     }
 
@@ -398,4 +393,36 @@ pub fn set_data_plane(plan: &mut serde_json::Value, name: &str, data_plane: &str
         .position(|a| a == "--data-plane")
         .unwrap_or_else(|| panic!("{name} has no --data-plane"));
     args[at + 1] = serde_json::Value::from(data_plane);
+}
+
+/// The endpoints of the proxy with admin `admin` that its active health checks hold out, from
+/// Envoy's `/clusters` or the Causeway proxy's `/endpoints` (whichever it serves); `None` when
+/// neither answers.
+fn failing_health_checks(admin: SocketAddr) -> Option<Vec<String>> {
+    if let Ok((200, body)) = http_get(admin, "/endpoints") {
+        let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+        let failing = v["clusters"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|c| {
+                let name = c["name"].as_str().unwrap_or("?").to_owned();
+                c["endpoints"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter(|e| e["failingHealthChecks"] == true)
+                    .map(move |e| format!("{name} {}", e["address"]))
+            })
+            .collect();
+        return Some(failing);
+    }
+    let (_, clusters) = http_get(admin, "/clusters").ok()?;
+    Some(
+        clusters
+            .lines()
+            .filter(|l| l.contains("::health_flags::") && l.contains("active_hc"))
+            .map(str::to_owned)
+            .collect(),
+    )
 }
