@@ -51,7 +51,8 @@ bench:
 	./target/release/kube-sync
 	CAUSEWAY_ENVOY="$$(./scripts/ensure-envoy)" ./target/release/failover
 
-## Failover alone: how long a frozen east-west gateway keeps traffic, Envoy and Causeway.
+## Failover alone: how long a partitioned network and a frozen east-west gateway keep traffic,
+## Envoy and Causeway (the partition needs root and iproute2).
 bench-failover:
 	$(CARGO) build --release -p causeway -p causeway-bench
 	CAUSEWAY_ENVOY="$$(./scripts/ensure-envoy)" ./target/release/failover $(FAILOVER_ARGS)

@@ -8,6 +8,7 @@ pub mod mesh_client;
 mod mesh_run;
 pub mod mtls;
 pub mod netns;
+pub mod partition_mesh;
 pub mod upstream;
 
 pub use mesh_run::{mesh_lock, set_data_plane, MeshRun};
