@@ -719,6 +719,11 @@ fn api_server_stopped_then_back(w: &World) {
         text.contains("cluster west is stale for"),
         "proxy-config shows the stale cluster:\n{text}"
     );
+    assert!(
+        text.lines()
+            .any(|l| l.contains(" west ") && l.contains("stale for") && l.contains("demo/echo")),
+        "and each of its endpoints says so (REGISTRY column):\n{text}"
+    );
     // While it is down, a pod goes away (and the endpoint controller updates the slice).
     w.west
         .server

@@ -3,16 +3,17 @@
 //! down. The client sidecar's health checks find the path dead and traffic moves to c; no
 //! idempotent request fails (Envoy with the policy's per-try timeout, which it needs for
 //! requests caught in flight; the Causeway proxy cuts those itself). Prints the time from the
-//! fault until no request went to b first (`bench/failover` reports it as a figure). Runs on
+//! fault until no request went to b first (`bench/failover` reports it as a figure), and checks
+//! that the control plane's gateway probes mark b's gateway down. Runs on
 //! Envoy and on Causeway's data plane. Needs root and iproute2 (CI runs as root and installs
 //! them).
 
 use std::time::Duration;
 
 use causeway_e2e::load::{answered_after, fixed_rate, shift};
-use causeway_e2e::mesh_lock;
 use causeway_e2e::netns::enter;
 use causeway_e2e::partition_mesh::PartitionMesh;
+use causeway_e2e::{mesh_lock, wait_for};
 
 const PERIOD: Duration = Duration::from_millis(10);
 const MAX_REQUESTS: usize = 1_000;
@@ -33,8 +34,26 @@ fn partition(data_plane: &str, policy_extra: &str) {
         fixed_rate(echo, PERIOD, BEFORE + AFTER, MAX_REQUESTS)
     });
     std::thread::sleep(BEFORE);
+    assert!(
+        mesh.gateway_health().iter().all(|(_, down)| down.is_none()),
+        "no gateway is marked down before the cut: {:?}",
+        mesh.gateway_health()
+    );
     mesh.cut();
     let samples = loader.join().expect("load thread");
+    // The control plane's own probes (a second signal beside the proxy's checks) mark b's
+    // gateway down, and only b's: two failed probes a second apart, long done by now.
+    let marked = wait_for(Duration::from_secs(5), || {
+        let health = mesh.gateway_health();
+        let b_down = health.iter().any(|(c, down)| c == "b" && down.is_some());
+        let c_up = health.iter().any(|(c, down)| c == "c" && down.is_none());
+        (b_down && c_up).then_some(health)
+    });
+    assert!(
+        marked.is_some(),
+        "the control plane never marked b's gateway down alone: {:?}",
+        mesh.gateway_health()
+    );
 
     let s = shift(&samples, BEFORE, "b", "c", SLOW);
     eprintln!(

@@ -311,6 +311,27 @@ impl PartitionMesh {
     pub fn cut(&self) {
         self.ns.link(&self.b_ns, "pba0", false);
     }
+
+    /// What the control plane's view of a's client says against each gateway of demo/echo:
+    /// the cluster of the gateway, and why it is marked unhealthy (its probes), if it is.
+    pub fn gateway_health(&self) -> Vec<(String, Option<String>)> {
+        let url = "http://127.0.0.1:15010/debug/view?cluster=a&namespace=demo&workload=client&service=demo/echo";
+        let Some(view) = curl_in(&self.caller_ns, url)
+            .and_then(|b| serde_json::from_str::<serde_json::Value>(&b).ok())
+        else {
+            return Vec::new();
+        };
+        let endpoints = view["services"][0]["ports"][0]["endpoints"].as_array();
+        endpoints
+            .into_iter()
+            .flatten()
+            .filter(|e| e["kind"] == "gateway")
+            .map(|e| {
+                let cluster = e["cluster"].as_str().unwrap_or_default().to_owned();
+                (cluster, e["unhealthy"].as_str().map(str::to_owned))
+            })
+            .collect()
+    }
 }
 
 /// The control plane, in a's namespace: debug API on its loopback, xDS and CA on every address

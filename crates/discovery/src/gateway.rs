@@ -140,6 +140,7 @@ fn local_endpoints(
                 e.port,
             )),
             reason: "local endpoint behind the gateway".to_owned(),
+            unhealthy: None,
         })
         .collect()
 }

@@ -5,7 +5,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use causeway_model::{
-    ClusterId, ClusterObjects, DiscoveryMode, MeshConfig, ServiceKey, ServicePort, TrafficPolicy,
+    ClusterId, ClusterObjects, DiscoveryMode, Gateway, MeshConfig, ServiceKey, ServicePort,
+    TrafficPolicy,
 };
 use serde::Serialize;
 
@@ -148,6 +149,8 @@ pub struct MeshIndex {
     /// The mesh directory's traffic policies, then every synced cluster's: see
     /// [`Self::traffic_policies`].
     traffic_policies: Arc<[TrafficPolicy]>,
+    /// Gateways the control plane's probes find dead, with the reason (see `gateway_health`).
+    pub(crate) gateways_down: Arc<BTreeMap<Gateway, String>>,
 }
 
 impl MeshIndex {
@@ -155,6 +158,7 @@ impl MeshIndex {
     pub fn new(mesh: Arc<MeshConfig>) -> Self {
         Self {
             traffic_policies: Arc::from(mesh.traffic_policies.clone()),
+            gateways_down: Arc::default(),
             mesh,
             clusters: BTreeMap::new(),
             services: BTreeMap::new(),
@@ -372,11 +376,24 @@ fn merge_traffic_policies(
         .iter()
         .filter_map(|spec| clusters.get(&spec.id))
         .flat_map(|c| c.traffic_policies.iter());
-    mesh.traffic_policies
-        .iter()
-        .chain(from_clusters)
-        .cloned()
-        .collect()
+    // The same custom resource applied to several clusters (one manifest rolled out to all)
+    // is one policy: later copies equal to an earlier one but for where they were read are
+    // dropped, so only real conflicts reach `causeway check`.
+    let mut merged: Vec<TrafficPolicy> = Vec::new();
+    for p in mesh.traffic_policies.iter().chain(from_clusters) {
+        let copy = merged.iter().any(|q| {
+            q.namespace == p.namespace
+                && q.name == p.name
+                && TrafficPolicy {
+                    source: q.source.clone(),
+                    ..p.clone()
+                } == *q
+        });
+        if !copy {
+            merged.push(p.clone());
+        }
+    }
+    merged.into()
 }
 
 fn describe_age(e: &ExportState, order: usize) -> String {

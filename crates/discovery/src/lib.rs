@@ -10,6 +10,7 @@ mod check;
 mod cluster_index;
 mod failover_priority;
 mod gateway;
+mod gateway_health;
 mod index;
 mod names;
 pub mod policy;

@@ -17,7 +17,7 @@ use crate::view::{
     identity_of, EndpointKind, HiddenEndpoint, LocalityGroup, ProxyContext, ViewEndpoint,
     ViewRoute, NO_IDENTITY_REASON,
 };
-use crate::MeshIndex;
+use crate::{gateway_health, MeshIndex};
 
 /// Labels of an endpoint, for subsets.
 type Labels = BTreeMap<String, String>;
@@ -133,11 +133,13 @@ pub(crate) fn candidates<'a>(
                     identity: Some(identity),
                     sni: None,
                     reason,
+                    unhealthy: None,
                 };
                 out.direct.push((direct, &ep.labels));
                 continue;
             }
-            let gateways = gateways_for(mesh, cluster, &ep.network);
+            let gateways =
+                gateway_health::live_gateways(index, gateways_for(mesh, cluster, &ep.network));
             if gateways.is_empty() {
                 out.hidden.push(hide(format!(
                     "network {} has no east-west gateway; unreachable from network {}",
@@ -342,6 +344,7 @@ fn via_gateways(
                 "network {} is not the proxy's {}; via east-west gateway {gateway} of cluster {owner}",
                 p.endpoint.network, ctx.network
             ),
+            unhealthy: None,
         });
     }
     for ((locality, gateway), (owner, network, weight, count)) in aggregates {
@@ -361,6 +364,7 @@ fn via_gateways(
             reason: format!(
                 "east-west gateway of cluster {owner} (network {network}) for {count} endpoint(s) behind it"
             ),
+            unhealthy: None,
         });
     }
     remote

@@ -24,9 +24,9 @@ use serde::Serialize;
 use crate::cluster_index::ResolvedEndpoint;
 pub use crate::gateway::{gateway_routes, GatewayRoute};
 pub use crate::names::{endpoint_sni, service_slots, sni, subset_sni};
-use crate::shape;
 pub use crate::shape::route_name;
 use crate::MeshIndex;
+use crate::{gateway_health, shape};
 
 /// Why a view cannot be computed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -135,6 +135,11 @@ pub struct ViewEndpoint {
     pub sni: Option<String>,
     /// Why it is reached this way.
     pub reason: String,
+    /// Why the control plane marks it unhealthy: its gateway fails the control plane's probes
+    /// ([`MeshIndex::set_gateways_down`]). Data planes then skip it. `None`: nothing known
+    /// against it (the data plane's own checks still apply).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unhealthy: Option<String>,
 }
 
 /// Endpoints of one locality, at one priority: Envoy's `LocalityLbEndpoints`.
@@ -361,8 +366,12 @@ fn view_port(
         port: port.port,
         mesh,
     };
-    let whole = shape::shape(scope, &candidates, &all, policy, &mut hidden);
-    let routes = policy.map_or_else(Vec::new, |p| shape::routes(scope, &candidates, p));
+    let mut whole = shape::shape(scope, &candidates, &all, policy, &mut hidden);
+    gateway_health::mark(index, &mut whole.groups, &mut whole.remote);
+    let mut routes = policy.map_or_else(Vec::new, |p| shape::routes(scope, &candidates, p));
+    for r in &mut routes {
+        gateway_health::mark(index, &mut r.groups, &mut r.remote);
+    }
     ViewPort {
         sni: sni(key, port.port),
         port,

@@ -17,7 +17,7 @@ pub use ids::{validate_dns_label, ClusterId, IdError, NetworkId, ServiceKey};
 pub use locality::{Locality, LocalityError, LocalityPattern, LocalityPatternError};
 pub use mesh::{
     ClusterLocalRule, ClusterSpec, DiscoveryMode, Gateway, GatewayIdentity, KubernetesSource,
-    MeshConfig, MeshSpec,
+    MeshConfig, MeshSpec, GATEWAY_PROBE_SNI,
 };
 pub use objects::{
     ClusterObjects, DemoFaults, EndpointSlice, Health, ObjectSource, Service, ServiceExport,

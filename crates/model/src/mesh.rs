@@ -31,6 +31,11 @@ pub struct Gateway {
     pub port: u16,
 }
 
+/// The server name of the control plane's gateway probes: under `.invalid` (RFC 2606), so never
+/// a service's. A gateway has no route for it and closes the connection at once, which is what
+/// the probe waits for; gateways count these connections apart from real misroutes.
+pub const GATEWAY_PROBE_SNI: &str = "gateway-probe.causeway.invalid";
+
 impl Gateway {
     /// The gateway as a socket address.
     pub fn socket_addr(&self) -> SocketAddr {

@@ -52,7 +52,7 @@ type Durations = Family<DurationLabels, Histogram, fn() -> Histogram>;
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ConnectionLabels {
     pub listener: String,
-    /// `forwarded`, or why not (`plaintext`, `no_route`, `no_endpoint`, `connect_failed`, …).
+    /// `forwarded`, or why not (`plaintext`, `no_route`, `probe` (the control plane's gateway probes), `no_endpoint`, `connect_failed`, …).
     pub outcome: String,
 }
 

@@ -232,3 +232,43 @@ fn conflicting_policies_across_sources_are_reported_and_the_first_applies() {
         );
     }
 }
+
+#[test]
+fn the_same_policy_rolled_out_to_every_cluster_is_one_policy() {
+    let (mesh, mut objects) = objects_with(
+        "gamma",
+        vec![from_cluster("gamma", "echo", &["gamma", "beta"])],
+    );
+    // One manifest applied to beta and gamma alike: the same name and spec, read twice.
+    let beta = ClusterId::new("beta").expect("id");
+    objects.get_mut(&beta).expect("beta").traffic_policies =
+        vec![from_cluster("beta", "echo", &["gamma", "beta"])];
+    let index = index_of(&mesh, &objects);
+    assert_eq!(index.traffic_policies().len(), 1, "one policy");
+    let diagnostics = check_mesh(&mesh, &objects, &index);
+    assert!(
+        diagnostics
+            .iter()
+            .all(|d| d.severity != Severity::Error || !d.message.contains("TrafficPolicy")),
+        "{diagnostics:#?}"
+    );
+    assert!(
+        diagnostics
+            .iter()
+            .all(|d| d.object.as_deref() != Some("TrafficPolicy demo/echo")),
+        "{diagnostics:#?}"
+    );
+
+    // The same name with another spec is still a conflict.
+    objects.get_mut(&beta).expect("beta").traffic_policies =
+        vec![from_cluster("beta", "echo", &["beta", "gamma"])];
+    let index = index_of(&mesh, &objects);
+    assert_eq!(index.traffic_policies().len(), 2);
+    let diagnostics = check_mesh(&mesh, &objects, &index);
+    assert!(
+        diagnostics.iter().any(|d| d.severity == Severity::Error
+            && d.message
+                .starts_with("duplicate object; first declared at kubernetes:beta")),
+        "{diagnostics:#?}"
+    );
+}

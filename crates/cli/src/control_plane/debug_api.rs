@@ -1,5 +1,6 @@
 //! The JSON debug API: what the control plane knows and what each proxy sees, and why.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::extract::{Query, State};
@@ -16,7 +17,7 @@ use causeway_xds::ProxyRegistry;
 
 use super::metrics::Metrics;
 use super::state::{ClusterStatus, Snapshot, StateHandle};
-use super::view_rows::{port_row, ServiceViewRow};
+use super::view_rows::{port_row, RegistryStates, ServiceViewRow};
 
 #[derive(Clone)]
 struct AppState {
@@ -115,6 +116,9 @@ struct ClusterRow {
     network: NetworkId,
     locality: Locality,
     gateways: Vec<String>,
+    /// Its gateways the control plane's probes find dead, with the reason.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    gateways_down: BTreeMap<String, String>,
     /// `directory` or `kubernetes`.
     source: &'static str,
     synced: bool,
@@ -145,6 +149,11 @@ async fn clusters(State(app): State<AppState>) -> Result<Json<Vec<ClusterRow>>, 
                 network: spec.network.clone(),
                 locality: spec.locality.clone(),
                 gateways: spec.gateways.iter().map(ToString::to_string).collect(),
+                gateways_down: spec
+                    .gateways
+                    .iter()
+                    .filter_map(|g| Some((g.to_string(), index.gateway_down(g)?.to_owned())))
+                    .collect(),
                 synced: status.is_some_and(|s| s.synced),
                 generation: status.map_or(0, |s| s.generation),
                 services: indexed.map_or(0, |c| c.services.len()),
@@ -300,6 +309,21 @@ fn stale_clusters(
         .collect()
 }
 
+/// How each stale cluster's registry reads in the view's rows.
+fn registry_states(stale: &[StaleCluster]) -> RegistryStates {
+    stale
+        .iter()
+        .filter_map(|s| {
+            let state = if s.withdrawn {
+                format!("withdrawn (stale for {} s)", s.stale_seconds)
+            } else {
+                format!("stale for {} s", s.stale_seconds)
+            };
+            Some((ClusterId::new(&s.cluster).ok()?, state))
+        })
+        .collect()
+}
+
 async fn proxy_view(
     State(app): State<AppState>,
     Query(q): Query<ViewQuery>,
@@ -337,6 +361,8 @@ async fn proxy_view(
     if let Some(key) = &only {
         hidden.retain(|h| &h.key == key);
     }
+    let stale = stale_clusters(&snap, &services);
+    let registry = registry_states(&stale);
     Ok(Json(ViewResponse {
         version: snap.version,
         services: services
@@ -345,11 +371,11 @@ async fn proxy_view(
                 service: s.key.to_string(),
                 hostname: s.hostname.clone(),
                 clusters: s.clusters.clone(),
-                ports: s.ports.iter().map(port_row).collect(),
+                ports: s.ports.iter().map(|p| port_row(p, &registry)).collect(),
             })
             .collect(),
         hidden_services: hidden,
-        stale_clusters: stale_clusters(&snap, &services),
+        stale_clusters: stale,
         proxy: ctx,
     }))
 }
@@ -494,7 +520,8 @@ endpoints:
         .expect("context");
         let service = view::view_service(&index, &ctx, &ServiceKey::new("demo", "legacy"))
             .expect("legacy visible");
-        let row = serde_json::to_value(port_row(&service.ports[0])).expect("json");
+        let row = serde_json::to_value(port_row(&service.ports[0], &RegistryStates::new()))
+            .expect("json");
         let endpoints = row["endpoints"].as_array().cloned().unwrap_or_default();
         assert_eq!(endpoints.len(), 1, "{row}");
         let e = &endpoints[0];

@@ -3,6 +3,7 @@
 
 mod debug_api;
 mod debug_server;
+mod gateway_probe;
 mod mcs;
 mod metrics;
 mod sources;
@@ -63,6 +64,11 @@ pub struct Args {
     /// instead of paged LIST.
     #[arg(long)]
     pub kube_streaming_lists: bool,
+    /// How often the control plane probes each declared east-west gateway (milliseconds; 0
+    /// turns the probes off). A gateway failing two probes in a row is marked down and proxies
+    /// skip the endpoints behind it, unless nothing else is left (see docs/failure-modes.md).
+    #[arg(long, default_value_t = 1000)]
+    pub gateway_probe_interval_ms: u64,
     /// Enable test-only debug endpoints (e.g. making a proxy's config invalid to test NACKs).
     /// Exists only in builds with the `test-hooks` feature (`make test`).
     #[cfg(feature = "test-hooks")]
@@ -148,6 +154,16 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     .context("starting the mesh directory watch")?;
     let state = started.handle;
     tokio::spawn(refresh_cluster_metrics(state.clone(), Arc::clone(&metrics)));
+    if args.gateway_probe_interval_ms > 0 {
+        let interval = Duration::from_millis(args.gateway_probe_interval_ms.max(100));
+        let (state, metrics) = (state.clone(), Arc::clone(&metrics));
+        let down = started.gateways_down;
+        tokio::spawn(async move {
+            if let Err(e) = gateway_probe::run(state, down, &metrics, interval).await {
+                tracing::error!(error = %e, "gateway probes stopped");
+            }
+        });
+    }
     let ca = trust::start(
         &root,
         &args.ca_dir,

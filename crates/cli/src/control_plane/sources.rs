@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use causeway_discovery::MeshIndex;
 use causeway_kube::{ClusterSyncStatus, ClusterUpdate};
-use causeway_model::{ClusterId, ClusterObjects, ServiceKey};
+use causeway_model::{ClusterId, ClusterObjects, Gateway, ServiceKey};
 use causeway_registry::{LoadError, MeshDirectory, ReloadOutcome};
 use serde::Serialize;
 
@@ -54,6 +54,8 @@ pub struct Sources {
     pub dir: MeshDirectory,
     /// Kubernetes members by cluster id.
     pub kube: BTreeMap<String, KubeSlot>,
+    /// Gateways the control plane's probes find dead, with the reason (kept across rebuilds).
+    pub gateways_down: BTreeMap<Gateway, String>,
 }
 
 impl Sources {
@@ -164,7 +166,9 @@ impl Sources {
             return Changes::default();
         };
         let objects = self.all_objects();
-        let built = MeshIndex::build(Arc::clone(mesh), objects.iter().map(|(id, o)| (id, &**o)));
+        let mut built =
+            MeshIndex::build(Arc::clone(mesh), objects.iter().map(|(id, o)| (id, &**o)));
+        built.set_gateways_down(self.gateways_down.clone());
         *index = Some(Arc::new(built));
         Changes {
             all: true,
@@ -199,6 +203,25 @@ impl Sources {
             set_cluster(index, name, objects, &mut changes);
         }
         changes
+    }
+
+    /// Records the gateways the probes now find dead; a change reshapes every view.
+    pub fn apply_probes(
+        &mut self,
+        index: &mut Option<Arc<MeshIndex>>,
+        down: BTreeMap<Gateway, String>,
+    ) -> Option<Changes> {
+        if self.gateways_down == down {
+            return None;
+        }
+        self.gateways_down = down;
+        if let Some(current) = index.as_mut() {
+            Arc::make_mut(current).set_gateways_down(self.gateways_down.clone());
+        }
+        Some(Changes {
+            all: true,
+            services: BTreeSet::new(),
+        })
     }
 
     /// Records Kubernetes updates and applies the changed objects to the index.
@@ -324,6 +347,7 @@ mod tests {
         let sources = Sources {
             dir: MeshDirectory::open(mesh),
             kube: BTreeMap::new(),
+            gateways_down: BTreeMap::new(),
         };
         let mut index = None;
         sources.rebuild(&mut index);

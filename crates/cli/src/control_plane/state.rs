@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use causeway_discovery::MeshIndex;
 use causeway_kube::{ClientFactory, ClusterUpdate, KubeOptions, KubeRegistry, TokenReviewer};
+use causeway_model::Gateway;
 use causeway_registry::watch::{self, WatchError};
 use causeway_registry::{LoadError, MeshDirectory, ReloadOutcome, ReloadScope};
 use tokio::sync::{mpsc, watch as channel};
@@ -50,20 +51,26 @@ pub struct Started {
     pub handle: StateHandle,
     /// TokenReview against each Kubernetes member.
     pub reviewer: TokenReviewer,
+    /// Where the gateway prober sends the gateways it finds dead (see `gateway_probe`).
+    pub gateways_down: mpsc::Sender<BTreeMap<Gateway, String>>,
 }
 
 /// What woke the state loop.
 enum Input {
     Files(ReloadScope),
     Kube(Vec<ClusterUpdate>),
+    Probes(BTreeMap<Gateway, String>),
 }
 
 async fn next_input(
     watcher: &mut watch::DirectoryWatcher,
     kube: &mut mpsc::UnboundedReceiver<ClusterUpdate>,
+    probes: &mut mpsc::Receiver<BTreeMap<Gateway, String>>,
 ) -> Option<Input> {
     tokio::select! {
         scope = watcher.next() => scope.map(Input::Files),
+        // With probing off the sender is gone: this branch is disabled, never an end.
+        Some(down) = probes.recv() => Some(Input::Probes(down)),
         first = kube.recv() => {
             let mut all = vec![first?];
             while let Ok(more) = kube.try_recv() {
@@ -89,10 +96,12 @@ pub async fn start(
     let (mut registry, mut kube_updates) =
         KubeRegistry::new(root.clone(), kube.factory, kube.options);
     let reviewer = registry.token_reviewer();
+    let (gateways_down, mut probes) = mpsc::channel(4);
     let (sources, mut index) = tokio::task::block_in_place(|| {
         let sources = Sources {
             dir: MeshDirectory::open(root.clone()),
             kube: BTreeMap::new(),
+            gateways_down: BTreeMap::new(),
         };
         let mut index = None;
         sources.rebuild(&mut index);
@@ -120,8 +129,9 @@ pub async fn start(
         let mut sources = sources;
         let mut version = 1;
         let mut gate = mcs::WriteBackGate::default();
-        while let Some(input) = next_input(&mut watcher, &mut kube_updates).await {
+        while let Some(input) = next_input(&mut watcher, &mut kube_updates, &mut probes).await {
             let started = Instant::now();
+            let from_registry = !matches!(input, Input::Probes(_));
             let (changes, changed) = match input {
                 Input::Files(scope) => {
                     let span = tracing::info_span!("reload", scope = ?scope);
@@ -146,9 +156,19 @@ pub async fn start(
                         tokio::task::block_in_place(|| sources.apply_kube(&mut index, updates));
                     (changes, true)
                 }
+                Input::Probes(down) => {
+                    let span = tracing::info_span!("gateway_probes", down = down.len());
+                    let _guard = span.enter();
+                    match sources.apply_probes(&mut index, down) {
+                        Some(changes) => (changes, true),
+                        None => continue,
+                    }
+                }
             };
-            metrics.observe(&sources.dir, index.as_deref(), started.elapsed());
-            metrics.observe_kubernetes(&sources.status());
+            if from_registry {
+                metrics.observe(&sources.dir, index.as_deref(), started.elapsed());
+                metrics.observe_kubernetes(&sources.status());
+            }
             if !changed {
                 continue;
             }
@@ -181,6 +201,7 @@ pub async fn start(
     Ok(Started {
         handle: rx,
         reviewer,
+        gateways_down,
     })
 }
 

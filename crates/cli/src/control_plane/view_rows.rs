@@ -1,7 +1,9 @@
 //! The rows `/debug/view` answers with: every endpoint a proxy knows of per service port, used
 //! or not and why, the `TrafficPolicy` in force for the proxy's cluster and the endpoints of
-//! each of its weighted routes.
+//! each of its weighted routes. Each row also says what is known against the endpoint: its
+//! gateway found dead by the control plane's probes, its cluster's registry stale.
 
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use causeway_discovery::{EndpointKind, PolicyInForce, ViewEndpoint, ViewPort, ViewRoute};
@@ -24,6 +26,22 @@ pub struct EndpointRow {
     workload: Option<String>,
     identity: Option<SpiffeId>,
     reason: String,
+    /// Why the control plane marks it unhealthy (its gateway fails the probes), if it does.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    unhealthy: Option<String>,
+    /// Its cluster's registry: `current`, or `stale for N s` (its last good state is served
+    /// until the data plane finds the endpoint dead), or `withdrawn`.
+    registry: String,
+}
+
+/// What each cluster's registry state reads as in a row (clusters absent are current).
+pub type RegistryStates = BTreeMap<ClusterId, String>;
+
+fn registry_of(registry: &RegistryStates, cluster: &ClusterId) -> String {
+    registry
+        .get(cluster)
+        .cloned()
+        .unwrap_or_else(|| "current".to_owned())
 }
 
 /// One weighted route of the policy in force, with its own endpoints.
@@ -72,7 +90,7 @@ fn kind_name(kind: EndpointKind) -> &'static str {
     }
 }
 
-fn endpoint_row(e: &ViewEndpoint) -> EndpointRow {
+fn endpoint_row(e: &ViewEndpoint, registry: &RegistryStates) -> EndpointRow {
     EndpointRow {
         kind: kind_name(e.kind),
         address: e.address,
@@ -86,10 +104,12 @@ fn endpoint_row(e: &ViewEndpoint) -> EndpointRow {
         workload: e.workload.clone(),
         identity: e.identity.clone(),
         reason: e.reason.clone(),
+        unhealthy: e.unhealthy.clone(),
+        registry: registry_of(registry, &e.cluster),
     }
 }
 
-fn route_row(r: &ViewRoute) -> RouteRow {
+fn route_row(r: &ViewRoute, registry: &RegistryStates) -> RouteRow {
     RouteRow {
         name: r.name.clone(),
         cluster: r.cluster.clone(),
@@ -101,16 +121,17 @@ fn route_row(r: &ViewRoute) -> RouteRow {
             .iter()
             .flat_map(|g| &g.endpoints)
             .chain(r.remote.iter())
-            .map(endpoint_row)
+            .map(|e| endpoint_row(e, registry))
             .collect(),
     }
 }
 
-pub fn port_row(p: &ViewPort) -> PortRow {
+/// The rows of one port; `registry` as [`RegistryStates`] says.
+pub fn port_row(p: &ViewPort, registry: &RegistryStates) -> PortRow {
     let mut endpoints: Vec<EndpointRow> = p
         .endpoints()
         .chain(p.remote.iter())
-        .map(endpoint_row)
+        .map(|e| endpoint_row(e, registry))
         .collect();
     endpoints.extend(p.hidden.iter().map(|h| EndpointRow {
         kind: "hidden",
@@ -125,6 +146,8 @@ pub fn port_row(p: &ViewPort) -> PortRow {
         workload: h.workload.clone(),
         identity: None,
         reason: h.reason.clone(),
+        unhealthy: None,
+        registry: registry_of(registry, &h.cluster),
     }));
     PortRow {
         port: p.port.port,
@@ -134,6 +157,6 @@ pub fn port_row(p: &ViewPort) -> PortRow {
         sni: p.sni.clone(),
         endpoints,
         policy: p.policy.clone(),
-        routes: p.routes.iter().map(route_row).collect(),
+        routes: p.routes.iter().map(|r| route_row(r, registry)).collect(),
     }
 }

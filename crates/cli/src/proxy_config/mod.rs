@@ -184,6 +184,24 @@ fn render_policies(view: &Value) -> String {
 }
 
 /// Renders a `/debug/view` answer as an aligned table.
+/// What the control plane knows of an endpoint's health: `down` when its gateway fails the
+/// control plane's probes (the proxy skips it), else `-` (the proxy's own checks decide:
+/// `--admin` shows them).
+fn health(ep: &Value) -> String {
+    if ep["unhealthy"].is_string() {
+        "down".to_owned()
+    } else {
+        "-".to_owned()
+    }
+}
+
+fn reason(ep: &Value) -> String {
+    match ep["unhealthy"].as_str() {
+        Some(why) => format!("{}; unhealthy: {why}", text(&ep["reason"])),
+        None => text(&ep["reason"]),
+    }
+}
+
 pub fn render_endpoints(view: &Value) -> String {
     let mut out = String::new();
     let proxy = &view["proxy"];
@@ -203,7 +221,7 @@ pub fn render_endpoints(view: &Value) -> String {
     );
     let header = [
         "SERVICE", "PORT", "KIND", "ENDPOINT", "CLUSTER", "NETWORK", "LOCALITY", "PRIO", "WEIGHT",
-        "VIA", "REASON",
+        "VIA", "HEALTH", "REGISTRY", "REASON",
     ];
     let mut rows: Vec<Vec<String>> = vec![header.iter().map(|h| (*h).to_owned()).collect()];
     for svc in view["services"].as_array().into_iter().flatten() {
@@ -220,7 +238,9 @@ pub fn render_endpoints(view: &Value) -> String {
                     text(&ep["priority"]),
                     text(&ep["weight"]),
                     text(&ep["via"]),
-                    text(&ep["reason"]),
+                    health(ep),
+                    text(&ep["registry"]),
+                    reason(ep),
                 ]);
             }
         }

@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::BytesMut;
+use causeway_model::GATEWAY_PROBE_SNI;
 use causeway_xds::dataplane::ChainAction;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -28,6 +29,8 @@ pub enum GatewayError {
         listener: String,
         sni: Option<String>,
     },
+    #[error("a control plane's probe ({GATEWAY_PROBE_SNI}) on {0}: answered by closing")]
+    Probe(String),
     #[error(
         "filter chain {chain} of {listener} is not a TCP proxy; a gateway forwards bytes only"
     )]
@@ -58,6 +61,7 @@ impl GatewayError {
             GatewayError::ListenerGone(_) => "listener_gone",
             GatewayError::ClientHello(e) => e.reason(),
             GatewayError::NoRoute { .. } => "no_route",
+            GatewayError::Probe(_) => "probe",
             GatewayError::NotTcp { .. } => "not_tcp",
             GatewayError::NoCluster(_) => "no_cluster",
             GatewayError::NoEndpoint(_) => "no_endpoint",
@@ -95,6 +99,9 @@ fn route(
         .listeners
         .get(listener)
         .ok_or_else(|| GatewayError::ListenerGone(listener.to_owned()))?;
+    if sni == Some(GATEWAY_PROBE_SNI) {
+        return Err(GatewayError::Probe(listener.to_owned()));
+    }
     let chain = chain_for_sni(l, sni).ok_or_else(|| GatewayError::NoRoute {
         listener: listener.to_owned(),
         sni: sni.map(str::to_owned),

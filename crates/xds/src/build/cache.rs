@@ -1,11 +1,11 @@
 //! Per-service reuse across builds: a sidecar's resources are kept per service, keyed by the
 //! index's shared per-service entries, so a change to one service rebuilds only its resources.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use causeway_discovery::{ClusterService, MeshIndex, MeshService, ProxyContext};
-use causeway_model::{MeshConfig, ServiceKey, TrafficPolicy};
+use causeway_model::{Gateway, MeshConfig, ServiceKey, TrafficPolicy};
 
 use super::inbound::sidecar_inbound_resources;
 use super::outbound::sidecar_service_resources;
@@ -64,6 +64,8 @@ pub struct SidecarCache {
     /// Traffic policies shape every service's resources; a cluster's custom resources change
     /// them without a new mesh configuration.
     traffic_policies: Option<Arc<[TrafficPolicy]>>,
+    /// The gateways found dead reshape every service reached through a gateway.
+    gateways_down: Option<Arc<BTreeMap<Gateway, String>>>,
     ctx: Option<ProxyContext>,
     services: HashMap<ServiceKey, (ServiceInputs, Resources)>,
     rebuilt: usize,
@@ -80,10 +82,15 @@ impl SidecarCache {
             .traffic_policies
             .as_ref()
             .is_some_and(|p| Arc::ptr_eq(p, index.shared_traffic_policies()));
-        if !mesh_same || !policies_same || self.ctx.as_ref() != Some(ctx) {
+        let probes_same = self
+            .gateways_down
+            .as_ref()
+            .is_some_and(|d| Arc::ptr_eq(d, index.gateways_down()));
+        if !mesh_same || !policies_same || !probes_same || self.ctx.as_ref() != Some(ctx) {
             self.services.clear();
             self.mesh = Some(Arc::clone(index.mesh()));
             self.traffic_policies = Some(Arc::clone(index.shared_traffic_policies()));
+            self.gateways_down = Some(Arc::clone(index.gateways_down()));
             self.ctx = Some(ctx.clone());
         }
         let slots = sidecar_slots(index, node);

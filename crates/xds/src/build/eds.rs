@@ -149,7 +149,13 @@ fn lb_endpoint(e: &ViewEndpoint) -> endpoint::LbEndpoint {
         )),
         load_balancing_weight: u32v(e.weight.max(1)),
         metadata: Some(causeway_metadata(&metadata)),
-        ..Default::default()
+        // The control plane's gateway probes found its gateway dead: out of the balancing
+        // before the proxy's own checks tell (they keep running and decide once it is back).
+        health_status: if e.unhealthy.is_some() {
+            core::HealthStatus::Unhealthy as i32
+        } else {
+            core::HealthStatus::Unknown as i32
+        },
     }
 }
 
