@@ -133,6 +133,7 @@ fn cluster(name: &str, endpoints: &[(SocketAddr, u32)]) -> ClusterConfig {
                         pod: None,
                         workload: None,
                         active_health_check: false,
+                        through_gateway: false,
                     })
                     .collect(),
             }],

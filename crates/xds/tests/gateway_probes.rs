@@ -34,6 +34,11 @@ fn echo_health(
         for (e, c) in group.lb_endpoints.iter().zip(&converted.endpoints) {
             let unhealthy = e.health_status == HealthStatus::Unhealthy as i32;
             assert_eq!(!c.healthy, unhealthy, "the data plane reads the EDS health");
+            assert_eq!(
+                c.through_gateway,
+                c.address.to_string() == GAMMA_GATEWAY,
+                "only paths through a gateway get the gateway's liveness check: {c:?}"
+            );
             out.push((c.address.to_string(), unhealthy));
         }
     }

@@ -3,7 +3,7 @@
 //!
 //! Each gateway is probed every interval (`--gateway-probe-interval-ms`, 1 s by default;
 //! Linkerd's probes run every 3 s): a TCP connect, then a TLS ClientHello for
-//! [`GATEWAY_PROBE_SNI`], a name no service can have. A live gateway reacts at once (it closes
+//! `gateway-probe.causeway.invalid`, a name no service can have. A live gateway reacts at once (it closes
 //! the connection: no route for that name); a frozen one accepts in the kernel and then says
 //! nothing; a partitioned one never connects. Down after [`DOWN_AFTER`] failures in a row, up
 //! after one pass. Only gateways seen up once are ever marked down (a gateway declared but not
@@ -12,74 +12,24 @@
 //! unhealthy in every view (`causeway_discovery::MeshIndex::set_gateways_down`).
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use causeway_model::{ClusterId, Gateway, GATEWAY_PROBE_SNI};
+use causeway_model::{ClusterId, Gateway};
+use causeway_proxy::gateway::probe::{client_hello, probe, ProbeError};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 
 use super::metrics::Metrics;
 use super::state::StateHandle;
 
-/// How long a probe waits to connect, and then for the gateway's reaction.
+/// How long a probe may take in all (connect, then the gateway's reaction).
 const TIMEOUT: Duration = Duration::from_millis(800);
 /// Failures in a row before a gateway is marked down.
 const DOWN_AFTER: u32 = 2;
-
-/// Why a probe failed.
-#[derive(Debug, thiserror::Error)]
-pub enum ProbeError {
-    #[error("no TCP connection within {0:?}")]
-    ConnectTimeout(Duration),
-    #[error("connection refused or failed: {0}")]
-    Connect(std::io::Error),
-    #[error("the gateway accepted the connection but did not react to a ClientHello within {0:?} (hung?)")]
-    NoReaction(Duration),
-    #[error("could not build the probe's ClientHello: {0}")]
-    Tls(String),
-}
-
-/// One probe of `gateway`, within [`TIMEOUT`] in all.
-async fn probe(gateway: SocketAddr, hello: &[u8]) -> Result<(), ProbeError> {
-    let deadline = tokio::time::Instant::now() + TIMEOUT;
-    let mut conn = tokio::time::timeout_at(deadline, tokio::net::TcpStream::connect(gateway))
-        .await
-        .map_err(|_| ProbeError::ConnectTimeout(TIMEOUT))?
-        .map_err(ProbeError::Connect)?;
-    let react = async {
-        // A write error already is a reaction (a reset): the gateway process is alive.
-        if conn.write_all(hello).await.is_err() {
-            return;
-        }
-        let mut buf = [0u8; 256];
-        let _ = conn.read(&mut buf).await;
-    };
-    tokio::time::timeout_at(deadline, react)
-        .await
-        .map_err(|_| ProbeError::NoReaction(TIMEOUT))
-}
-
-/// The probe's ClientHello, made by rustls (no trust anchors: the handshake never gets that far).
-fn client_hello() -> Result<Vec<u8>, ProbeError> {
-    let tls = |e: &dyn std::fmt::Display| ProbeError::Tls(e.to_string());
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| tls(&e))?
-        .with_root_certificates(rustls::RootCertStore::empty())
-        .with_no_client_auth();
-    let name = rustls::pki_types::ServerName::try_from(GATEWAY_PROBE_SNI).map_err(|e| tls(&e))?;
-    let mut conn = rustls::ClientConnection::new(Arc::new(config), name).map_err(|e| tls(&e))?;
-    let mut out = Vec::new();
-    conn.write_tls(&mut out).map_err(|e| tls(&e))?;
-    Ok(out)
-}
 
 /// What the prober knows of one gateway.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -185,7 +135,7 @@ pub async fn run(
     metrics: &Metrics,
     interval: Duration,
 ) -> Result<(), ProbeError> {
-    let hello: Arc<[u8]> = Arc::from(client_hello()?);
+    let hello = client_hello()?;
     let probe_metrics = ProbeMetrics::register(metrics);
     let mut states = BTreeMap::new();
     let mut sent = BTreeMap::new();
@@ -198,7 +148,7 @@ pub async fn run(
         for gateway in gateways.keys().copied() {
             let hello = Arc::clone(&hello);
             round.spawn(async move {
-                let result = probe(gateway.socket_addr(), &hello).await;
+                let result = probe(gateway.socket_addr(), &hello, TIMEOUT).await;
                 (gateway, result.map_err(|e| e.to_string()))
             });
         }
@@ -321,35 +271,5 @@ mod tests {
         round(&mut s, &[(1, false), (2, true)]);
         assert_eq!(round(&mut s, &[(1, false), (2, true)]), [gw(1)]);
         assert!(round(&mut s, &[(2, true)]).is_empty());
-    }
-
-    #[tokio::test]
-    async fn a_live_gateway_passes_and_a_silent_or_closed_one_fails() {
-        let hello = client_hello().expect("hello");
-        // Live: reads the hello and closes, as a gateway without a route for the name does.
-        let live = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let live_addr = live.local_addr().expect("addr");
-        tokio::spawn(async move {
-            if let Ok((mut conn, _)) = live.accept().await {
-                let mut buf = [0u8; 512];
-                let _ = conn.read(&mut buf).await;
-            }
-        });
-        probe(live_addr, &hello)
-            .await
-            .expect("a live gateway passes");
-        // Frozen: the kernel accepts (backlog), nothing ever reads.
-        let frozen = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        let err = probe(frozen.local_addr().expect("addr"), &hello)
-            .await
-            .expect_err("a frozen gateway fails");
-        assert!(matches!(err, ProbeError::NoReaction(_)), "{err}");
-        // Gone: nothing listens.
-        let gone = frozen.local_addr().expect("addr");
-        drop(frozen);
-        let err = probe(gone, &hello).await.expect_err("no gateway");
-        assert!(matches!(err, ProbeError::Connect(_)), "{err}");
     }
 }

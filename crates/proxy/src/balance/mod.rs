@@ -202,6 +202,7 @@ mod tests {
             pod: None,
             workload: None,
             active_health_check: false,
+            through_gateway: false,
         }
     }
 

@@ -3,6 +3,7 @@
 
 pub mod client_hello;
 mod forward;
+pub mod probe;
 
 use std::rc::Rc;
 use std::sync::Arc;

@@ -1,17 +1,18 @@
 //! Active health checks, per worker (Envoy's connect-only TCP health checker, shared per
 //! address): every address a cluster's check covers — in a mesh, an east-west gateway — gets
-//! one task that connects to it each interval, TCP and, with upstream TLS, the whole mTLS
-//! handshake, so the check crosses the gateway to a pod behind it. After the failed checks in
+//! one task that checks it each interval (see below for how). After the failed checks in
 //! a row the cluster sets, every endpoint at that address (each pod behind the gateway, in
 //! every cluster that reaches it) is left out of balancing like an ejected one and traffic
 //! moves to the next priority; their pooled connections are cut, so requests stuck on the dead
 //! path are reset and retried. After the passed checks it sets, they return.
 //!
-//! One check per address, not per endpoint: the gateway and the network behind it are what
-//! fails as a whole, and a sidecar reaching a hundred pods through three gateways makes three
-//! checks per interval, not a hundred (a pod that dies alone is outlier detection's). The check
-//! uses the first cluster and endpoint (in name order) that needs the address for its TLS
-//! settings and SNI. Each worker checks on its own (no lock on the request path); with
+//! One check per address, not per endpoint: the gateway and the network to it are what fails
+//! as a whole, and a sidecar reaching a hundred pods through three gateways makes three checks
+//! per interval, not a hundred (a pod that dies alone is outlier detection's). At a gateway
+//! (endpoints the control plane marks as reached through one) the check is its liveness probe, which no service
+//! behind it can fail: a check through one service's pod would take every service behind the
+//! gateway down with that pod. Elsewhere it uses the first cluster and endpoint (in name
+//! order) that needs the address for its TLS settings. Each worker checks on its own (no lock on the request path); with
 //! `--concurrency N` a gateway sees N checks per interval.
 
 use std::cell::{Cell, RefCell};
@@ -24,6 +25,7 @@ use tokio::task::JoinHandle;
 
 use super::connect::connect;
 use super::Target;
+use crate::gateway::probe as gateway_probe;
 use crate::worker::WorkerState;
 
 /// What one address's check connects as: a cluster that reaches it and one of its endpoints
@@ -33,6 +35,8 @@ struct Probe {
     cluster: String,
     target: Target,
     config: HealthCheckConfig,
+    /// Some endpoint at the address is reached through an east-west gateway.
+    gateway: bool,
 }
 
 /// One address's check task; dropping it stops the task.
@@ -95,11 +99,13 @@ impl HealthChecks {
                 .flat_map(|l| &l.endpoints)
                 .filter(|e| e.active_health_check)
             {
-                wanted.entry(e.address).or_insert_with(|| Probe {
+                let probe = wanted.entry(e.address).or_insert_with(|| Probe {
                     cluster: name.clone(),
                     target: Target::of(e),
                     config: cfg.clone(),
+                    gateway: false,
                 });
+                probe.gateway |= e.through_gateway;
             }
         }
         health
@@ -150,6 +156,7 @@ async fn check_loop(state: Rc<WorkerState>, probe: Probe) {
         cluster,
         target,
         config: cfg,
+        ..
     } = &probe;
     let addr = target.address;
     // Counted under the probing cluster's endpoint, so the address shows in the book even
@@ -187,8 +194,17 @@ async fn check_loop(state: Rc<WorkerState>, probe: Probe) {
     }
 }
 
-/// One check: a new connection (and handshake) within the check's timeout.
+/// One check within the check's timeout. At an east-west gateway the check is its liveness
+/// probe ([`gateway_probe`]), so the gateway and the network to it are what it finds dead,
+/// never one service's pods. Any other address: a new connection and, with upstream TLS, the
+/// whole handshake (Envoy's connect-only check).
 async fn check(state: &Rc<WorkerState>, probe: &Probe) -> Result<(), String> {
+    if probe.gateway {
+        let hello = gateway_probe::client_hello().map_err(|e| e.to_string())?;
+        return gateway_probe::probe(probe.target.address, &hello, probe.config.timeout)
+            .await
+            .map_err(|e| format!("gateway probe: {e}"));
+    }
     let snapshot = state.snapshot();
     let Some(config) = snapshot.clusters.get(&probe.cluster) else {
         // Gone with the last update; the next sync stops or moves this check.

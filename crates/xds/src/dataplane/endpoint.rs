@@ -146,12 +146,15 @@ fn lb_endpoint(at: &At<'_>, e: &endpoint::LbEndpoint) -> Result<EndpointConfig, 
                 .error(format!("unknown value {health_status}")))
         }
     };
+    let sni = causeway_metadata(metadata, "sni");
+    let kind = causeway_metadata(metadata, "kind");
     Ok(EndpointConfig {
         address,
         weight,
         healthy,
         cluster: causeway_metadata(metadata, "cluster"),
-        sni: causeway_metadata(metadata, "sni"),
+        through_gateway: sni.is_some() || matches!(kind.as_deref(), Some("gateway" | "remote")),
+        sni,
         pod: causeway_metadata(metadata, "endpoint"),
         workload: causeway_metadata(metadata, "workload"),
         active_health_check,

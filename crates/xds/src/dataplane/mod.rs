@@ -193,6 +193,10 @@ pub struct EndpointConfig {
     pub workload: Option<String>,
     /// Whether the cluster's active health check covers it (EDS may opt an endpoint out).
     pub active_health_check: bool,
+    /// Reached through an east-west gateway (a gateway aggregate or a pod behind one: the
+    /// Causeway metadata's `kind`, or an SNI of its own): its health check is the gateway's
+    /// liveness probe, not a handshake with one service.
+    pub through_gateway: bool,
 }
 
 /// Everything a Causeway proxy runs on, replaced as a whole on every accepted update.

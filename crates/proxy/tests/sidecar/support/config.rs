@@ -30,6 +30,7 @@ pub fn ep(address: SocketAddr, weight: u32, healthy: bool) -> EndpointConfig {
         pod: None,
         workload: None,
         active_health_check: false,
+        through_gateway: false,
     }
 }
 
