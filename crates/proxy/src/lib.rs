@@ -6,6 +6,11 @@
 //! (balancer, outlier detection, connections, pools) and `copy` (bytes between sockets);
 //! `config` is the snapshot they read, `tls` and `credentials` the mesh certificates.
 
+/// The hash map of the per-request lookups (cluster names, endpoints): foldhash instead of the
+/// standard library's SipHash, which costs more per lookup than it protects here (the keys come
+/// from the proxy's own configuration, not from callers).
+pub(crate) type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+
 pub mod admin;
 pub mod balance;
 pub mod config;

@@ -127,6 +127,78 @@ fn declared(state: &StateHandle) -> BTreeMap<Gateway, ClusterId> {
         .collect()
 }
 
+/// One probe of every gateway in `gateways`, all at once.
+async fn probe_round(
+    gateways: &BTreeMap<Gateway, ClusterId>,
+    hello: &Arc<[u8]>,
+) -> BTreeMap<Gateway, Result<(), String>> {
+    let mut round = tokio::task::JoinSet::new();
+    for gateway in gateways.keys().copied() {
+        let hello = Arc::clone(hello);
+        round.spawn(async move {
+            let result = probe(gateway.socket_addr(), &hello, TIMEOUT).await;
+            (gateway, result.map_err(|e| e.to_string()))
+        });
+    }
+    let mut results = BTreeMap::new();
+    while let Some(joined) = round.join_next().await {
+        if let Ok((gateway, result)) = joined {
+            results.insert(gateway, result);
+        }
+    }
+    results
+}
+
+fn labels(gateways: &BTreeMap<Gateway, ClusterId>, gateway: &Gateway) -> GatewayLabels {
+    GatewayLabels {
+        cluster: gateways
+            .get(gateway)
+            .map(ToString::to_string)
+            .unwrap_or_default(),
+        gateway: gateway.to_string(),
+    }
+}
+
+impl ProbeMetrics {
+    /// Records one round; the series of gateways no longer declared go.
+    fn record(
+        &self,
+        gateways: &BTreeMap<Gateway, ClusterId>,
+        results: &BTreeMap<Gateway, Result<(), String>>,
+        previous: &mut Vec<GatewayLabels>,
+    ) {
+        let now: Vec<GatewayLabels> = results.keys().map(|g| labels(gateways, g)).collect();
+        for gone in previous.iter().filter(|l| !now.contains(l)) {
+            self.up.remove(gone);
+            self.failures.remove(gone);
+        }
+        for ((gateway, result), labels) in results.iter().zip(&now) {
+            self.up.get_or_create(labels).set(i64::from(result.is_ok()));
+            if let Err(e) = result {
+                self.failures.get_or_create(labels).inc();
+                tracing::debug!(cluster = %labels.cluster, %gateway, error = %e, "gateway probe failed");
+            }
+        }
+        *previous = now;
+    }
+}
+
+/// Logs what changed between the set last sent and `down`.
+fn log_changes(
+    gateways: &BTreeMap<Gateway, ClusterId>,
+    sent: &BTreeMap<Gateway, String>,
+    down: &BTreeMap<Gateway, String>,
+) {
+    for (gateway, why) in down.iter().filter(|(g, _)| !sent.contains_key(*g)) {
+        let cluster = labels(gateways, gateway).cluster;
+        tracing::warn!(%cluster, %gateway, reason = %why, "east-west gateway marked down: proxies skip it");
+    }
+    for gateway in sent.keys().filter(|g| !down.contains_key(*g)) {
+        let cluster = labels(gateways, gateway).cluster;
+        tracing::info!(%cluster, %gateway, "east-west gateway back up (or its probes stand down)");
+    }
+}
+
 /// Probes every declared gateway every `interval` and sends the set found dead to the state
 /// loop whenever it changes. Runs until the state loop goes.
 pub async fn run(
@@ -137,56 +209,19 @@ pub async fn run(
 ) -> Result<(), ProbeError> {
     let hello = client_hello()?;
     let probe_metrics = ProbeMetrics::register(metrics);
-    let mut states = BTreeMap::new();
-    let mut sent = BTreeMap::new();
+    let (mut states, mut sent, mut series) = (BTreeMap::new(), BTreeMap::new(), Vec::new());
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
         let gateways = declared(&state);
-        let mut round = tokio::task::JoinSet::new();
-        for gateway in gateways.keys().copied() {
-            let hello = Arc::clone(&hello);
-            round.spawn(async move {
-                let result = probe(gateway.socket_addr(), &hello, TIMEOUT).await;
-                (gateway, result.map_err(|e| e.to_string()))
-            });
-        }
-        let mut results = BTreeMap::new();
-        while let Some(joined) = round.join_next().await {
-            if let Ok((gateway, result)) = joined {
-                results.insert(gateway, result);
-            }
-        }
-        for (gateway, result) in &results {
-            let labels = GatewayLabels {
-                cluster: gateways
-                    .get(gateway)
-                    .map(ToString::to_string)
-                    .unwrap_or_default(),
-                gateway: gateway.to_string(),
-            };
-            probe_metrics
-                .up
-                .get_or_create(&labels)
-                .set(i64::from(result.is_ok()));
-            if let Err(e) = result {
-                probe_metrics.failures.get_or_create(&labels).inc();
-                tracing::debug!(cluster = %labels.cluster, gateway = %gateway, error = %e, "gateway probe failed");
-            }
-        }
+        let results = probe_round(&gateways, &hello).await;
+        probe_metrics.record(&gateways, &results, &mut series);
         let down = fold(&mut states, &results);
         if down == sent {
             continue;
         }
-        for (gateway, why) in &down {
-            if !sent.contains_key(gateway) {
-                tracing::warn!(cluster = %gateways.get(gateway).map(ToString::to_string).unwrap_or_default(), gateway = %gateway, reason = %why, "east-west gateway marked down: proxies skip it");
-            }
-        }
-        for gateway in sent.keys().filter(|g| !down.contains_key(*g)) {
-            tracing::info!(cluster = %gateways.get(gateway).map(ToString::to_string).unwrap_or_default(), gateway = %gateway, "east-west gateway back up (or its probes stand down)");
-        }
+        log_changes(&gateways, &sent, &down);
         if down_tx.send(down.clone()).await.is_err() {
             return Ok(());
         }

@@ -15,7 +15,8 @@
 mod p2c;
 mod smooth;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use crate::FastMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use causeway_xds::dataplane::{EndpointConfig, LbPolicy, LoadAssignmentConfig};
 
@@ -150,7 +151,7 @@ impl Balancer {
 /// ejected endpoints changes.
 #[derive(Debug, Default)]
 pub struct Balancers {
-    by_cluster: HashMap<String, ((u64, u64), Balancer)>,
+    by_cluster: FastMap<String, ((u64, u64), Balancer)>,
 }
 
 impl Balancers {
@@ -184,6 +185,7 @@ impl Balancers {
 mod tests {
     use super::*;
     use causeway_xds::dataplane::LocalityEndpoints;
+    use std::collections::HashMap;
     use std::net::SocketAddr;
 
     impl Balancer {

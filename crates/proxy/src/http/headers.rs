@@ -8,24 +8,31 @@ use std::fmt::Write as _;
 use base64::Engine as _;
 use causeway_xds::dataplane::http::{HttpManagerConfig, XfccConfig};
 use causeway_xds::dataplane::rbac::{self, Call, Peer};
-use http::header::{HeaderName, HeaderValue, HOST};
+use http::header::{
+    HeaderName, HeaderValue, CONNECTION, HOST, PROXY_AUTHENTICATE, PROXY_AUTHORIZATION, TE,
+    TRANSFER_ENCODING, UPGRADE,
+};
 use http::{Request, Response, Uri, Version};
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 
 use super::Connection;
 use crate::tls::Caller;
 
-const XFCC: &str = "x-forwarded-client-cert";
+// Header names as `HeaderName` constants: a `&str` name is parsed and validated again on every
+// lookup, and these run on every request.
+const XFCC: HeaderName = HeaderName::from_static("x-forwarded-client-cert");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// Connection-specific headers, never forwarded (RFC 9110 §7.6.1; HTTP/2 forbids them).
-const HOP_BY_HOP: [&str; 7] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "transfer-encoding",
-    "upgrade",
-    "proxy-authenticate",
-    "proxy-authorization",
+const HOP_BY_HOP: [HeaderName; 7] = [
+    CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    TRANSFER_ENCODING,
+    UPGRADE,
+    PROXY_AUTHENTICATE,
+    PROXY_AUTHORIZATION,
 ];
 
 /// Runs the chain's RBAC filters on a request with `path`.
@@ -58,7 +65,7 @@ pub fn peer_of(caller: &Caller) -> Peer {
 fn remove_hop_by_hop(headers: &mut http::HeaderMap) {
     // Headers named by `Connection` are connection-specific too.
     let named: Vec<HeaderName> = headers
-        .get_all(http::header::CONNECTION)
+        .get_all(CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
@@ -67,14 +74,11 @@ fn remove_hop_by_hop(headers: &mut http::HeaderMap) {
     for n in named {
         headers.remove(n);
     }
-    for n in HOP_BY_HOP {
+    for n in &HOP_BY_HOP {
         headers.remove(n);
     }
-    if headers
-        .get(http::header::TE)
-        .is_some_and(|v| v != "trailers")
-    {
-        headers.remove(http::header::TE);
+    if headers.get(TE).is_some_and(|v| v != "trailers") {
+        headers.remove(TE);
     }
 }
 
@@ -85,9 +89,13 @@ pub fn prepare_request<B>(req: &mut Request<B>, manager: &HttpManagerConfig, con
     // SANITIZE(_SET): a caller's own XFCC header is never trusted.
     headers.remove(XFCC);
     if let (Some(cfg), Some(caller)) = (manager.forward_client_cert, conn.caller.as_ref()) {
-        let value = xfcc(cfg, caller, conn.own_uri.as_deref());
-        if let Ok(v) = HeaderValue::from_str(&value) {
-            headers.insert(XFCC, v);
+        // The caller and the configuration are the connection's: one value for all its
+        // requests (a certificate digest and its encoding are not per-request work).
+        let value = conn.xfcc.get_or_init(|| {
+            HeaderValue::from_str(&xfcc(cfg, caller, conn.own_uri.as_deref())).ok()
+        });
+        if let Some(v) = value {
+            headers.insert(XFCC, v.clone());
         }
     }
     let proto = if conn.caller.is_some() {
@@ -95,11 +103,9 @@ pub fn prepare_request<B>(req: &mut Request<B>, manager: &HttpManagerConfig, con
     } else {
         "http"
     };
-    headers.insert("x-forwarded-proto", HeaderValue::from_static(proto));
-    if !headers.contains_key("x-request-id") {
-        if let Ok(v) = HeaderValue::from_str(&request_id()) {
-            headers.insert("x-request-id", v);
-        }
+    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
+    if !headers.contains_key(X_REQUEST_ID) {
+        headers.insert(X_REQUEST_ID, request_id());
     }
 }
 
@@ -156,23 +162,25 @@ pub fn for_http2<B>(req: &mut Request<B>) {
     *req.version_mut() = Version::HTTP_2;
 }
 
-/// A random UUID (version 4), Envoy's `x-request-id` form.
-fn request_id() -> String {
+/// A random UUID (version 4) in Envoy's `x-request-id` form, written straight into the
+/// header's bytes (one per request without one).
+fn request_id() -> HeaderValue {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut b = fastrand::u128(..).to_be_bytes();
     b[6] = (b[6] & 0x0f) | 0x40;
     b[8] = (b[8] & 0x3f) | 0x80;
-    let h: String = b.iter().fold(String::new(), |mut s, x| {
-        let _ = write!(s, "{x:02x}");
-        s
-    });
-    format!(
-        "{}-{}-{}-{}-{}",
-        &h[0..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..32]
-    )
+    let mut out = [0u8; 36];
+    let mut at = 0;
+    for (i, byte) in b.iter().enumerate() {
+        if matches!(i, 4 | 6 | 8 | 10) {
+            out[at] = b'-';
+            at += 1;
+        }
+        out[at] = HEX[usize::from(byte >> 4)];
+        out[at + 1] = HEX[usize::from(byte & 0x0f)];
+        at += 2;
+    }
+    HeaderValue::from_bytes(&out).unwrap_or_else(|_| HeaderValue::from_static("-"))
 }
 
 /// Characters Envoy's XFCC encoding leaves alone in URL-encoded PEM.

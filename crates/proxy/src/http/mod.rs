@@ -70,6 +70,8 @@ pub struct Connection {
     pub peer: Option<SocketAddr>,
     pub metrics: Arc<Metrics>,
     pub handles: MetricHandles,
+    /// The `x-forwarded-client-cert` value of this connection's requests, once computed.
+    pub xfcc: std::cell::OnceCell<Option<http::HeaderValue>>,
 }
 
 impl Connection {

@@ -36,6 +36,7 @@ pub async fn serve(ctx: Accepted, conn: TcpStream) {
                 peer: ctx.peer,
                 metrics: ctx.metrics.clone(),
                 handles: Default::default(),
+                xfcc: Default::default(),
             });
             if let Err(e) = serve_http(Rc::clone(&ctx.state), http, conn).await {
                 tracing::debug!(error = %e, "outbound HTTP connection ended");

@@ -14,8 +14,9 @@
 //! not taken from tower: tower's balancer owns its services behind a `Discover` stream, while
 //! ours picks targets for pools keyed per worker, with Envoy's priorities around it.
 
+use crate::FastMap;
 use std::cell::Cell;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
@@ -208,7 +209,7 @@ impl Drop for InFlight {
 /// One worker's endpoint loads, by cluster and target.
 #[derive(Debug, Default)]
 pub struct Loads {
-    by_cluster: HashMap<String, HashMap<Target, Rc<EndpointLoad>>>,
+    by_cluster: FastMap<String, FastMap<Target, Rc<EndpointLoad>>>,
 }
 
 impl Loads {

@@ -9,8 +9,8 @@ pub mod outlier;
 pub mod pool;
 mod target;
 
+use crate::FastMap;
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Instant;
@@ -37,12 +37,12 @@ pub struct Upstreams {
     outliers: RefCell<Outliers>,
     loads: RefCell<Loads>,
     /// Retries in flight by cluster (the `max_retries` circuit breaker, per worker).
-    retries: Rc<RefCell<HashMap<String, u32>>>,
+    retries: Rc<RefCell<FastMap<String, u32>>>,
 }
 
 /// One retry in flight; dropping it frees its slot.
 pub struct RetrySlot {
-    retries: Rc<RefCell<HashMap<String, u32>>>,
+    retries: Rc<RefCell<FastMap<String, u32>>>,
     cluster: String,
 }
 

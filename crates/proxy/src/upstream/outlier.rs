@@ -9,7 +9,8 @@
 //! requests it carries (Envoy shares the detector between workers), so ejection takes the
 //! same number of failures per worker. The demo runs one worker per proxy.
 
-use std::collections::{BTreeSet, HashMap};
+use crate::FastMap;
+use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use super::Target;
@@ -40,13 +41,13 @@ struct Host {
 
 #[derive(Debug, Default)]
 struct ClusterHosts {
-    hosts: HashMap<Target, Host>,
+    hosts: FastMap<Target, Host>,
 }
 
 /// One worker's detector state by cluster.
 #[derive(Debug, Default)]
 pub struct Outliers {
-    clusters: HashMap<String, ClusterHosts>,
+    clusters: FastMap<String, ClusterHosts>,
     /// Changes whenever the set of ejected endpoints does (balancers rebuild on it).
     epoch: u64,
 }

@@ -5,8 +5,8 @@
 //! HTTP/1.1 connections are kept while idle and reused once their previous response is done,
 //! at most [`MAX_CONNECTIONS`] per key (Envoy's default circuit breaker), with an idle limit.
 
+use crate::FastMap;
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::rc::{Rc, Weak};
 use std::time::{Duration, Instant};
 
@@ -73,7 +73,7 @@ struct Pool {
 /// One worker's pools.
 #[derive(Default)]
 pub struct Pools {
-    by_key: RefCell<HashMap<(String, Target), Pool>>,
+    by_key: RefCell<FastMap<(String, Target), Pool>>,
 }
 
 type Attempt =
