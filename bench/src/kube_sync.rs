@@ -8,8 +8,6 @@
 //! `./target/release/kube-sync [--clusters N] [--services N] [--endpoints N] [--changes N]
 //! [--json] [--causeway PATH]`.
 
-#[path = "kube_sync/control_plane.rs"]
-mod control_plane;
 #[path = "kube_sync/objects.rs"]
 mod objects;
 
@@ -18,8 +16,8 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+use causeway_bench::control_plane::{get_json, ControlPlane};
 use causeway_kube_fake::{FakeApiServer, Permissions, ServerOptions};
-use control_plane::{get_json, ControlPlane};
 use objects::{
     cluster_id, endpoint_slice, mesh_yaml, pod_ip, pod_name, populate, service_name, NS,
 };

@@ -1,4 +1,5 @@
-//! The `causeway control-plane` child process and the bits of its debug API the benchmark reads.
+//! The `causeway control-plane` child process of the benchmarks and the bits of its debug API
+//! they read.
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -51,12 +52,25 @@ pub struct ControlPlane {
     child: Child,
     /// Its debug API.
     pub debug: SocketAddr,
+    /// Its ADS server.
+    pub xds: SocketAddr,
     log: PathBuf,
 }
 
 impl ControlPlane {
     /// Starts it with free ports on 127.0.0.1, its output in `log`.
     pub fn spawn(bin: &Path, mesh_dir: &Path, ca_dir: &Path, log: PathBuf) -> anyhow::Result<Self> {
+        Self::spawn_with(bin, mesh_dir, ca_dir, log, &[])
+    }
+
+    /// [`Self::spawn`] with more arguments.
+    pub fn spawn_with(
+        bin: &Path,
+        mesh_dir: &Path,
+        ca_dir: &Path,
+        log: PathBuf,
+        extra: &[&str],
+    ) -> anyhow::Result<Self> {
         let debug = SocketAddr::from(([127, 0, 0, 1], free_port()?));
         let xds = SocketAddr::from(([127, 0, 0, 1], free_port()?));
         let ca = SocketAddr::from(([127, 0, 0, 1], free_port()?));
@@ -71,16 +85,39 @@ impl ControlPlane {
             .arg("--ca-dir")
             .arg(ca_dir)
             .arg("--read-only-clusters")
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(out.try_clone()?)
             .stderr(out)
             .spawn()
             .with_context(|| format!("starting {}", bin.display()))?;
-        Ok(Self { child, debug, log })
+        Ok(Self {
+            child,
+            debug,
+            xds,
+            log,
+        })
+    }
+
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Fails when it has exited.
+    pub fn check_running(&mut self) -> anyhow::Result<()> {
+        if let Some(status) = self.child.try_wait()? {
+            bail!(
+                "control plane exited ({status}); log {}:\n{}",
+                self.log.display(),
+                self.log_tail()
+            );
+        }
+        Ok(())
     }
 
     /// The last lines of its log, for error messages.
-    fn log_tail(&self) -> String {
+    pub fn log_tail(&self) -> String {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
         lines[lines.len().saturating_sub(20)..].join("\n")
