@@ -43,12 +43,14 @@ lint:
 	$(CARGO) clippy -p causeway --all-targets --features test-hooks -- -D warnings
 
 ## Benchmarks (release build): the mesh index, then the mesh path against Envoy, then
-## Kubernetes sync against fake API servers, then failover from a dead gateway.
+## Kubernetes sync against fake API servers, the control plane at scale (2,000 simulated
+## proxies), then failover from a dead gateway.
 bench:
 	$(CARGO) build --release -p causeway -p causeway-bench
 	./target/release/index-bench
 	CAUSEWAY_ENVOY="$$(./scripts/ensure-envoy)" ./target/release/mesh-path
 	./target/release/kube-sync
+	./target/release/xds-scale
 	CAUSEWAY_ENVOY="$$(./scripts/ensure-envoy)" ./target/release/failover
 
 ## Failover alone: how long a partitioned network and a frozen east-west gateway keep traffic,

@@ -77,7 +77,9 @@ pub struct Progress {
     /// The last change during which it received a response.
     pub pushed_change: AtomicUsize,
     pub responses: AtomicU64,
+    /// The last connection or stream error, and how often it reconnected.
     pub error: Mutex<Option<String>>,
+    pub reconnects: AtomicU64,
 }
 
 /// Every proxy's progress and the change being measured.
@@ -187,18 +189,24 @@ async fn channel(
 }
 
 impl SimProxy {
-    /// Runs until the stream ends; the error, if any, lands on the board.
+    /// Runs for as long as the benchmark does: like Envoy, reconnects with backoff (100 ms
+    /// doubling to 5 s) when a connection fails or a stream breaks, starting afresh; the last
+    /// error and the number of reconnects land on the board.
     pub async fn run(self, xds: SocketAddr, delta: bool, board: Arc<Board>) {
-        let index = self.index;
-        let result = if delta {
-            self.run_delta(xds, &board).await
-        } else {
-            self.run_sotw(xds, &board).await
-        };
-        if let Err(e) = result {
-            if let Ok(mut slot) = board.proxies[index].error.lock() {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let result = if delta {
+                self.run_delta(xds, &board).await
+            } else {
+                self.run_sotw(xds, &board).await
+            };
+            let p = &board.proxies[self.index];
+            if let (Err(e), Ok(mut slot)) = (result, p.error.lock()) {
                 *slot = Some(format!("{e:#}"));
             }
+            p.reconnects.fetch_add(1, Ordering::Relaxed);
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(5));
         }
     }
 

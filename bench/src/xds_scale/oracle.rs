@@ -65,7 +65,7 @@ impl Oracle {
             .collect::<anyhow::Result<_>>()?;
         let mesh = Arc::clone(dir.mesh().context("mesh.yaml not loaded")?);
         let index = MeshIndex::build(mesh, objects.iter().map(|(i, o)| (i, &**o)));
-        let subjects = nodes
+        let subjects: Vec<Subject> = nodes
             .iter()
             .map(|n| {
                 let node = ProxyNode::from_node(Some(n))?;
@@ -74,6 +74,18 @@ impl Oracle {
                 Ok(Subject { node, ctx, slots })
             })
             .collect::<anyhow::Result<_>>()?;
+        if std::env::var_os("XDS_SCALE_SIZES").is_some() {
+            for s in subjects.iter().step_by(20).take(2) {
+                let r = match s.node.identity.role {
+                    ProxyRole::Sidecar => build::sidecar_resources(&index, &s.node, &s.ctx),
+                    ProxyRole::Gateway => build::gateway_resources(&index, &s.ctx),
+                };
+                for (t, m) in &r.by_type {
+                    let bytes: usize = m.values().map(|r| r.body.value.len()).sum();
+                    eprintln!("{}: {t:?}: {} resources, {bytes} bytes", s.node.id, m.len());
+                }
+            }
+        }
         Ok(Self {
             root: root.to_path_buf(),
             dir,

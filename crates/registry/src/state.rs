@@ -8,8 +8,8 @@ use std::sync::Arc;
 
 use causeway_model::{ClusterObjects, MeshConfig, TrafficPolicy};
 
-use crate::file::load_mesh_scope;
-use crate::{load_cluster_dir, LoadError};
+use crate::file::{load_cluster_dir_cached, load_mesh_scope, FileCache};
+use crate::LoadError;
 
 /// What to read again after a change.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -81,6 +81,8 @@ pub struct MeshDirectory {
     mesh_errors: Vec<LoadError>,
     clusters: BTreeMap<String, ClusterSlot>,
     stray: Vec<LoadError>,
+    /// Cluster files as last parsed: a reload reparses only the files that changed.
+    file_cache: FileCache,
 }
 
 impl MeshDirectory {
@@ -93,6 +95,7 @@ impl MeshDirectory {
             mesh_errors: Vec::new(),
             clusters: BTreeMap::new(),
             stray: Vec::new(),
+            file_cache: FileCache::default(),
         };
         dir.reload(ReloadScope::All);
         dir
@@ -192,7 +195,7 @@ impl MeshDirectory {
                 continue;
             }
             let slot = self.clusters.entry(name.clone()).or_default();
-            match load_cluster_dir(&self.root, &name) {
+            match load_cluster_dir_cached(&self.root, &name, &mut self.file_cache) {
                 Ok(objects) => {
                     slot.errors.clear();
                     if slot.objects.as_deref() != Some(&objects) {

@@ -133,14 +133,28 @@ impl Resources {
     }
 }
 
-/// A version for a set of resources given as `(name, version)` in name order: what a proxy
-/// holds of one type, as the server reports it (`/debug/proxies`) and sends it as SotW
-/// `version_info`.
+/// A version for a set of resources given as `(name, version)`: what a proxy holds of one
+/// type, as the server reports it (`/debug/proxies`) and sends it as `version_info`. The sum of
+/// each entry's hash, so it does not depend on order and a server can keep it current as
+/// single resources come and go ([`entry_hash`]) instead of rehashing every name per push.
 pub fn set_version<'a>(entries: impl IntoIterator<Item = (&'a str, &'a str)>) -> String {
-    let mut bytes = Vec::new();
-    for (name, version) in entries {
-        bytes.extend_from_slice(name.as_bytes());
-        bytes.extend_from_slice(version.as_bytes());
-    }
-    format!("{:016x}", content_hash(&bytes))
+    format_set_version(
+        entries
+            .into_iter()
+            .fold(0u64, |sum, (n, v)| sum.wrapping_add(entry_hash(n, v))),
+    )
+}
+
+/// One entry's share of [`set_version`].
+pub fn entry_hash(name: &str, version: &str) -> u64 {
+    let mut bytes = Vec::with_capacity(name.len() + 1 + version.len());
+    bytes.extend_from_slice(name.as_bytes());
+    bytes.push(0);
+    bytes.extend_from_slice(version.as_bytes());
+    content_hash(&bytes)
+}
+
+/// [`set_version`] from a sum of [`entry_hash`]es.
+pub fn format_set_version(sum: u64) -> String {
+    format!("{sum:016x}")
 }

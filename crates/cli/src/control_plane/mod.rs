@@ -36,12 +36,15 @@ pub struct Args {
     /// agent's mesh certificate).
     #[arg(long, default_value = "127.0.0.1:15011")]
     pub xds_addr: SocketAddr,
-    /// How long to wait after a file change for the rest of a burst (milliseconds).
-    #[arg(long, default_value_t = 50)]
+    /// How long to wait after a file change for the rest of a burst (milliseconds). Zero by
+    /// default: a change is loaded at once, and the changes that arrive while a load runs are
+    /// loaded together after it.
+    #[arg(long, default_value_t = 0)]
     pub settle_ms: u64,
-    /// Changes closer together than this are pushed to proxies together (milliseconds); the
-    /// first change after a quiet period is pushed at once.
-    #[arg(long, default_value_t = 100)]
+    /// The least time between two pushes to one proxy (milliseconds). Zero by default: a
+    /// change is pushed as soon as it is built, and changes arriving during a build are built
+    /// and pushed together.
+    #[arg(long, default_value_t = 0)]
     pub coalesce_ms: u64,
     /// Directory of the mesh CA: `root/` (generated on first start unless you provide one, or
     /// absent when the root is kept offline) and one cacerts directory per cluster.

@@ -15,6 +15,7 @@
 // location in the error keeps every call site simple; boxing would buy nothing measurable.
 #![allow(clippy::result_large_err)]
 
+mod cache;
 mod cluster;
 mod documents;
 mod fields;
@@ -29,6 +30,7 @@ use causeway_model::{ClusterObjects, MeshConfig, TrafficPolicy};
 
 use crate::LoadError;
 
+pub use cache::FileCache;
 pub use cluster::parse_cluster_documents;
 pub use mesh::parse_mesh_documents;
 pub use objects::{policy_from_spec, traffic_policy_from_spec};
@@ -114,6 +116,15 @@ pub(crate) fn load_mesh_scope(
 /// Reads and parses every `*.yaml`/`*.yml` file of `<root>/clusters/<dir_name>/`, in name order.
 /// A missing directory is a cluster with no objects.
 pub fn load_cluster_dir(root: &Path, dir_name: &str) -> Result<ClusterObjects, Vec<LoadError>> {
+    load_cluster_dir_cached(root, dir_name, &mut FileCache::default())
+}
+
+/// [`load_cluster_dir`], reparsing only the files whose text changed since `cache` saw them.
+pub fn load_cluster_dir_cached(
+    root: &Path,
+    dir_name: &str,
+    cache: &mut FileCache,
+) -> Result<ClusterObjects, Vec<LoadError>> {
     let rel_dir = Path::new("clusters").join(dir_name);
     let dir = root.join(&rel_dir);
     let mut objects = ClusterObjects::default();
@@ -136,13 +147,16 @@ pub fn load_cluster_dir(root: &Path, dir_name: &str) -> Result<ClusterObjects, V
             files.insert(name, entry.path());
         }
     }
+    let mut seen = Vec::with_capacity(files.len());
     for (name, path) in files {
         let rel = rel_dir.join(&name);
         match read_limited(&path, MAX_FILE_BYTES) {
-            Ok(text) => parse_cluster_documents(&rel, &text, &mut objects, &mut errors),
+            Ok(text) => cache.merge_file(&rel, &text, &mut objects, &mut errors),
             Err(e) => errors.push(LoadError::file(&rel, e)),
         }
+        seen.push(rel);
     }
+    cache.retain_dir(&rel_dir, &seen);
     if errors.is_empty() {
         Ok(objects)
     } else {

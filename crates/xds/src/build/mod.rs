@@ -6,7 +6,8 @@
 //! By concern: `outbound` (a service's clusters, endpoints and outbound listeners),
 //! `inbound` (the workload's own ports), `rbac` (authorization policies as Envoy RBAC),
 //! `gateway` (east-west SNI routing), `tls` (SDS secrets, SAN checks), `slots` (outbound
-//! addresses), `cache` (per-service reuse across builds); `envoy` and `eds` hold the small
+//! addresses), `cache` (per-service reuse across builds), `shared` (resource sets shared by proxies with
+//! equal inputs, built once per change); `envoy` and `eds` hold the small
 //! message constructors they share.
 
 mod cache;
@@ -16,6 +17,7 @@ mod gateway;
 mod inbound;
 mod outbound;
 mod rbac;
+mod shared;
 mod slots;
 mod tls;
 
@@ -29,6 +31,7 @@ pub use cache::SidecarCache;
 pub use gateway::gateway_resources;
 pub use inbound::sidecar_inbound_resources;
 pub use outbound::sidecar_service_resources;
+pub use shared::{diff_names, sidecar_class, ClassBuild, ServiceSet, SharedBuilds};
 pub use slots::{outbound_address, sidecar_slots};
 pub use tls::{SDS_CLUSTER, SECRET_CERT, SECRET_ROOT};
 

@@ -11,7 +11,6 @@ use tokio::sync::mpsc;
 use tonic::Status;
 
 use super::holdings::Holdings;
-use super::sotw::version_of;
 use super::stream::Session;
 use crate::resources::TypeUrl;
 
@@ -20,6 +19,9 @@ use crate::resources::TypeUrl;
 /// a stream could grow without end; this is the size of one request message, far beyond what a
 /// real mesh needs. Beyond it the stream ends with `RESOURCE_EXHAUSTED`.
 pub(super) const MAX_SUBSCRIBED_BYTES: usize = super::MAX_REQUEST_BYTES;
+
+/// The size a delta response is cut at (a single larger resource goes out alone).
+pub(super) const MAX_RESPONSE_BYTES: usize = 256 * 1024;
 
 #[derive(Default)]
 struct DeltaType {
@@ -51,76 +53,143 @@ impl Delta {
         }
     }
 
-    async fn push(&mut self, t: TypeUrl, force: bool) -> Result<(), ()> {
+    /// Sends what the proxy lacks of `t`. `candidates` are the only names that may have
+    /// changed since the last push (`None`: look at every name); `force` sends a response even
+    /// when nothing differs.
+    async fn push(
+        &mut self,
+        t: TypeUrl,
+        force: bool,
+        candidates: Option<&BTreeSet<String>>,
+    ) -> Result<(), ()> {
         let Some(st) = self.types.get_mut(&t) else {
             return Ok(());
         };
         if !st.started || !self.session.built {
             return Ok(());
         }
-        let empty = BTreeMap::new();
-        let desired = self.session.desired.of(t).unwrap_or(&empty);
+        let desired = &self.session.desired;
         let in_scope = |name: &str| st.wildcard || st.subscribed.contains(name);
         let held = &mut st.holdings;
         held.prune_rejected(|name| {
             desired
-                .get(name)
+                .get(t, name)
                 .filter(|_| in_scope(name))
                 .map(|r| r.version.clone())
         });
         let mut resources = Vec::new();
         let mut changes: BTreeMap<String, Option<String>> = BTreeMap::new();
-        for (name, r) in desired.iter().filter(|(n, _)| in_scope(n)) {
-            if held.known.get(name) != Some(&r.version) {
-                changes.insert(name.clone(), Some(r.version.clone()));
-                resources.push(DeltaResource {
-                    name: name.clone(),
-                    version: r.version.clone(),
-                    resource: Some((*r.body).clone()),
-                    ..Default::default()
-                });
+        let mut removed: Vec<String> = Vec::new();
+        let mut consider = |name: &String| match desired.get(t, name) {
+            Some(r) if in_scope(name) => {
+                if held.known.get(name) != Some(&r.version) {
+                    changes.insert(name.clone(), Some(r.version.clone()));
+                    resources.push(DeltaResource {
+                        name: name.clone(),
+                        version: r.version.clone(),
+                        resource: Some((*r.body).clone()),
+                        ..Default::default()
+                    });
+                }
+            }
+            Some(_) => {}
+            None => {
+                if held.known.contains_key(name) {
+                    removed.push(name.clone());
+                }
+            }
+        };
+        match candidates {
+            Some(names) => {
+                names.iter().for_each(&mut consider);
+                // Refused resources are offered again with every push.
+                let refused: Vec<String> = held
+                    .rejected
+                    .keys()
+                    .filter(|n| !names.contains(*n))
+                    .cloned()
+                    .collect();
+                refused.iter().for_each(&mut consider);
+            }
+            None => {
+                let mut all: BTreeSet<&String> = desired.iter(t).map(|(n, _)| n).collect();
+                all.extend(held.known.keys());
+                all.into_iter().for_each(&mut consider);
             }
         }
-        let removed: Vec<String> = held
-            .known
-            .keys()
-            .filter(|n| !desired.contains_key(*n))
-            .cloned()
-            .collect();
         if resources.is_empty() && removed.is_empty() && !force {
             if held.settled() {
                 self.session
                     .registry
-                    .settled(self.session.conn, t, &version_of(&held.known));
+                    .settled(self.session.conn, t, &held.known.version());
             }
             return Ok(());
         }
-        changes.extend(removed.iter().map(|n| (n.clone(), None)));
-        self.nonce += 1;
-        let nonce = format!("{}-{}", self.session.conn, self.nonce);
-        let version = held.sent(nonce.clone(), changes);
-        self.session.registry.sent(
-            self.session.conn,
-            t,
-            &version,
-            held.known.len(),
-            self.session.mesh_version,
-        );
         tracing::debug!(node = %self.session.node.id, r#type = t.short(), updated = resources.len(), removed = removed.len(), "pushed (delta)");
-        let response = DeltaDiscoveryResponse {
-            system_version_info: version,
-            resources,
-            type_url: t.as_str().to_owned(),
-            removed_resources: removed,
-            nonce,
-            ..Default::default()
-        };
-        self.out.send(Ok(response)).await.map_err(|_| ())
+        // Large updates go out in parts of about MAX_RESPONSE_BYTES, removals with the last
+        // part: each part is a response of its own (delta xDS allows any subset), so no stream
+        // holds one huge encoded message (its buffer would stay that size for the stream's
+        // life).
+        let mut parts: Vec<Vec<DeltaResource>> = vec![Vec::new()];
+        let mut bytes = 0usize;
+        for r in resources {
+            let size = r.name.len() + r.resource.as_ref().map_or(0, |a| a.value.len());
+            if bytes > 0 && bytes + size > MAX_RESPONSE_BYTES {
+                parts.push(Vec::new());
+                bytes = 0;
+            }
+            bytes += size;
+            if let Some(p) = parts.last_mut() {
+                p.push(r);
+            }
+        }
+        let count = parts.len();
+        let mut responses = Vec::with_capacity(count);
+        let mut removed = Some(removed);
+        for (i, part) in parts.into_iter().enumerate() {
+            let mut part_changes: BTreeMap<String, Option<String>> = part
+                .iter()
+                .map(|r| (r.name.clone(), changes.get(&r.name).cloned().flatten()))
+                .collect();
+            let removed_here = if i + 1 == count {
+                removed.take().unwrap_or_default()
+            } else {
+                Vec::new()
+            };
+            part_changes.extend(removed_here.iter().map(|n| (n.clone(), None)));
+            self.nonce += 1;
+            let nonce = format!("{}-{}", self.session.conn, self.nonce);
+            let version = held.sent(nonce.clone(), part_changes);
+            self.session.registry.sent(
+                self.session.conn,
+                t,
+                &version,
+                held.known.len(),
+                self.session.mesh_version,
+            );
+            responses.push(DeltaDiscoveryResponse {
+                system_version_info: version,
+                resources: part,
+                type_url: t.as_str().to_owned(),
+                removed_resources: removed_here,
+                nonce,
+                ..Default::default()
+            });
+        }
+        for response in responses {
+            self.out.send(Ok(response)).await.map_err(|_| ())?;
+        }
+        Ok(())
     }
 
-    pub(super) async fn push_all(&mut self) -> Result<(), ()> {
+    pub(super) async fn push_all(
+        &mut self,
+        candidates: Option<&BTreeMap<TypeUrl, BTreeSet<String>>>,
+    ) -> Result<(), ()> {
+        let none = BTreeSet::new();
         for t in TypeUrl::ORDER {
-            self.push(t, false).await?;
+            let names = candidates.map(|c| c.get(&t).unwrap_or(&none));
+            self.push(t, false, names).await?;
         }
         Ok(())
     }
@@ -155,7 +224,8 @@ impl Delta {
             registry.nacked(conn, t, &refused.version, &err.message, names);
         } else if held.ack(&req.response_nonce).is_some() {
             let outstanding = !held.rejected.is_empty();
-            registry.delta_acked(conn, t, &version_of(&held.acked), outstanding);
+            registry.delta_acked(conn, t, &held.acked.version(), outstanding);
+            self.session.acked(t);
         }
     }
 
@@ -210,7 +280,7 @@ impl Delta {
         let subscription_changed =
             !req.resource_names_subscribe.is_empty() || !req.resource_names_unsubscribe.is_empty();
         if first || subscription_changed {
-            self.push(t, first).await
+            self.push(t, first, None).await
         } else {
             Ok(())
         }

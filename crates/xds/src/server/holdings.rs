@@ -8,8 +8,54 @@
 //! fixed) and records them as rejected until a later version of each is acknowledged.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::ops::Deref;
 
-use super::sotw::version_of;
+use crate::resources::{entry_hash, format_set_version};
+
+/// Name → version, with its [`crate::resources::set_version`] kept current on every insert and
+/// removal (a push then costs what it changes, not what the proxy holds).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub(super) struct VersionedMap {
+    map: BTreeMap<String, String>,
+    sum: u64,
+}
+
+impl VersionedMap {
+    pub(super) fn insert(&mut self, name: String, version: String) {
+        self.sum = self.sum.wrapping_add(entry_hash(&name, &version));
+        if let Some(old) = self.map.insert(name.clone(), version) {
+            self.sum = self.sum.wrapping_sub(entry_hash(&name, &old));
+        }
+    }
+
+    pub(super) fn remove(&mut self, name: &str) {
+        if let Some(old) = self.map.remove(name) {
+            self.sum = self.sum.wrapping_sub(entry_hash(name, &old));
+        }
+    }
+
+    /// The set's version.
+    pub(super) fn version(&self) -> String {
+        format_set_version(self.sum)
+    }
+}
+
+impl Deref for VersionedMap {
+    type Target = BTreeMap<String, String>;
+
+    fn deref(&self) -> &Self::Target {
+        &self.map
+    }
+}
+
+impl From<BTreeMap<String, String>> for VersionedMap {
+    fn from(map: BTreeMap<String, String>) -> Self {
+        let sum = map
+            .iter()
+            .fold(0u64, |s, (n, v)| s.wrapping_add(entry_hash(n, v)));
+        Self { map, sum }
+    }
+}
 
 /// A response the proxy has not answered yet.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -25,16 +71,16 @@ pub(super) struct Pending {
 /// Responses kept per type while unanswered. Envoy answers every response, so this is only
 /// reached by a client that stops answering; the oldest are then forgotten (their changes stay
 /// in `known`, never confirmed).
-const MAX_IN_FLIGHT: usize = 64;
+const MAX_IN_FLIGHT: usize = 256;
 
 /// One type's resources as a delta proxy holds them.
 #[derive(Debug, Default)]
 pub(super) struct Holdings {
     /// What the proxy holds once every response in flight is accepted: what the next response
     /// is diffed against.
-    pub(super) known: BTreeMap<String, String>,
+    pub(super) known: VersionedMap,
     /// What the proxy has confirmed holding (its initial versions, then ACKs).
-    pub(super) acked: BTreeMap<String, String>,
+    pub(super) acked: VersionedMap,
     /// Unanswered responses, oldest first.
     in_flight: VecDeque<Pending>,
     /// Resources of NACKed responses at the version refused, until a later version of each is
@@ -45,6 +91,7 @@ pub(super) struct Holdings {
 impl Holdings {
     /// What a reconnecting proxy says it already has.
     pub(super) fn initial(versions: BTreeMap<String, String>) -> Self {
+        let versions = VersionedMap::from(versions);
         Self {
             known: versions.clone(),
             acked: versions,
@@ -70,7 +117,7 @@ impl Holdings {
                 None => self.known.remove(name),
             };
         }
-        let version = version_of(&self.known);
+        let version = self.known.version();
         self.in_flight.push_back(Pending {
             nonce,
             version: version.clone(),
@@ -154,7 +201,7 @@ impl Holdings {
     /// gives its desired version, `None` when not wanted), or what the proxy holds already is
     /// what it should (nothing will be sent to fix it).
     pub(super) fn prune_rejected(&mut self, wanted: impl Fn(&str) -> Option<String>) {
-        let known = &self.known;
+        let known = &*self.known;
         self.rejected.retain(|name, refused| match wanted(name) {
             None => false,
             Some(v) => v == *refused || known.get(name) != Some(&v),
@@ -165,6 +212,7 @@ impl Holdings {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::server::sotw::version_of;
 
     fn changes(items: &[(&str, Option<&str>)]) -> BTreeMap<String, Option<String>> {
         items
@@ -193,8 +241,8 @@ mod tests {
         let refused = h.nack("n1").map(|p| p.version);
         assert_eq!(refused, Some(version_of(&map(&[("a", "a1"), ("b", "b0")]))));
         assert!(h.ack("n2").is_some());
-        assert_eq!(h.known, map(&[("a", "a0"), ("b", "b1")]));
-        assert_eq!(h.acked, map(&[("a", "a0"), ("b", "b1")]));
+        assert_eq!(*h.known, map(&[("a", "a0"), ("b", "b1")]));
+        assert_eq!(*h.acked, map(&[("a", "a0"), ("b", "b1")]));
         assert_eq!(h.rejected, map(&[("a", "a1")]));
         assert!(!h.settled());
         // a1 is still wanted and still refused: the rejection stands.
@@ -205,16 +253,16 @@ mod tests {
         h.sent("n3".into(), changes(&[("a", Some("a2"))]));
         assert!(h.ack("n3").is_some());
         assert!(h.settled());
-        assert_eq!(h.acked, map(&[("a", "a2"), ("b", "b1")]));
+        assert_eq!(*h.acked, map(&[("a", "a2"), ("b", "b1")]));
     }
 
     #[test]
     fn ack_of_an_earlier_response_confirms_exactly_its_changes() {
         let mut h = two_in_flight();
         assert!(h.ack("n1").is_some());
-        assert_eq!(h.acked, map(&[("a", "a1"), ("b", "b0")]));
+        assert_eq!(*h.acked, map(&[("a", "a1"), ("b", "b0")]));
         assert!(h.nack("n2").is_some());
-        assert_eq!(h.known, map(&[("a", "a1"), ("b", "b0")]));
+        assert_eq!(*h.known, map(&[("a", "a1"), ("b", "b0")]));
         assert_eq!(h.rejected, map(&[("b", "b1")]));
         assert!(h.ack("n2").is_none(), "answered once");
         assert!(h.ack("unknown").is_none());
@@ -227,13 +275,13 @@ mod tests {
         h.sent("n2".into(), changes(&[("a", Some("a2"))]));
         // Refusing the older one leaves the newer one in charge of what is expected.
         assert!(h.nack("n1").is_some());
-        assert_eq!(h.known, map(&[("a", "a2")]));
+        assert_eq!(*h.known, map(&[("a", "a2")]));
         // Refusing the newer one falls back to the older one still in flight.
         let mut h2 = Holdings::initial(map(&[("a", "a0")]));
         h2.sent("n1".into(), changes(&[("a", Some("a1"))]));
         h2.sent("n2".into(), changes(&[("a", None)]));
         assert!(h2.nack("n2").is_some());
-        assert_eq!(h2.known, map(&[("a", "a1")]));
+        assert_eq!(*h2.known, map(&[("a", "a1")]));
         // An ACK of the newer one is not overwritten by a late ACK of the older one.
         assert!(h.ack("n2").is_some());
         let mut h3 = Holdings::initial(map(&[("a", "a0")]));
@@ -241,7 +289,7 @@ mod tests {
         h3.sent("n2".into(), changes(&[("a", Some("a2"))]));
         assert!(h3.ack("n2").is_some());
         assert!(h3.ack("n1").is_some());
-        assert_eq!(h3.acked, map(&[("a", "a2")]));
+        assert_eq!(*h3.acked, map(&[("a", "a2")]));
     }
 
     #[test]

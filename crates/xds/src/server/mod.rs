@@ -11,8 +11,16 @@
 //! alone, and a proxy whose resources did not change gets nothing. ACKs and NACKs are matched
 //! by nonce (SotW: the latest of a type; delta: every response still in flight); after a NACK
 //! the server diffs against what the proxy last accepted, and Envoy keeps serving its last good
-//! config. Bursts of changes are coalesced, but the first change after a quiet period is pushed
-//! at once.
+//! config.
+//!
+//! The push path: for every new mesh state, one task builds the resource set of every live
+//! class (sidecars with equal inputs share one, see `crate::build::shared`; only the changed
+//! services are rebuilt) on at most one thread per core off the async runtime, then hands the
+//! state to the sessions. Each session takes its class's set, rebuilds its own inbound
+//! resources only if what they depend on changed, and looks only at the names that changed
+//! between the sets it held and the new ones: a proxy the change did not touch sends nothing
+//! and is recorded at the new mesh version. Changes that arrive during a build are built
+//! together; nothing waits on a timer.
 
 mod delta;
 mod holdings;
@@ -38,15 +46,16 @@ use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
 };
 use futures::{Stream, StreamExt};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, watch, Semaphore};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::auth;
+use crate::build::{ClassBuild, SharedBuilds};
 use crate::status::ProxyRegistry;
 use delta::Delta;
 use sotw::Sotw;
-use stream::{drive, open_session, Pacer, Session};
+use stream::{drive, open_session, Pacer, Session, WarmingSlot};
 
 /// Largest request message accepted (bytes): a longer one is refused with `OUT_OF_RANGE` as
 /// soon as its length prefix is read, before it is buffered.
@@ -56,6 +65,16 @@ pub const MAX_REQUEST_BYTES: usize = 4 * 1024 * 1024;
 /// read (HTTP/2 flow control): a proxy that stops reading stalls only its own stream, and each
 /// later push is computed from the mesh state of its time, so no backlog builds up.
 pub const MAX_QUEUED_RESPONSES: usize = 8;
+
+/// Proxies receiving their first full config at once, at most: the others wait for a place
+/// before their first build. A first config is the whole mesh view (megabytes for a thousand
+/// services), so a reconnect storm of thousands of proxies would otherwise hold all their
+/// first responses in memory at once.
+pub const MAX_WARMING: usize = 16;
+
+/// A proxy that has not ACKed its endpoints this long after its first build gives its place
+/// to the next.
+pub const WARMING_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// The mesh state the server serves from.
 #[derive(Debug, Clone, Default)]
@@ -67,41 +86,55 @@ pub struct MeshState {
 }
 
 /// Server settings.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct ServerConfig {
-    /// Changes closer together than this are pushed together.
+    /// The least time between two pushes to one proxy: changes closer together are pushed
+    /// together. Zero by default: a change is pushed as soon as it is built, and changes that
+    /// arrive while a build runs are built together.
     pub coalesce: Duration,
-}
-
-impl Default for ServerConfig {
-    fn default() -> Self {
-        Self {
-            coalesce: Duration::from_millis(100),
-        }
-    }
 }
 
 /// The ADS service.
 #[derive(Clone)]
 pub struct AdsServer {
+    /// The mesh state once every live class's resources are built for it: what sessions
+    /// serve from.
     state: watch::Receiver<Arc<MeshState>>,
     registry: Arc<ProxyRegistry>,
     config: ServerConfig,
     next_conn: Arc<AtomicU64>,
+    shared: Arc<SharedBuilds>,
+    /// Bounds the builds of connecting sessions running off the async runtime at once.
+    build_slots: Arc<Semaphore>,
+    /// Places among the proxies receiving their first config ([`MAX_WARMING`]).
+    warming: Arc<Semaphore>,
+}
+
+/// Threads building class resource sets at once: one per core.
+fn build_threads() -> usize {
+    std::thread::available_parallelism().map_or(2, usize::from)
 }
 
 impl AdsServer {
-    /// A server over `state`, recording into `registry`.
+    /// A server over `state`, recording into `registry`. Starts the task that builds every
+    /// live class's resources for each new state before sessions push it (call it inside a
+    /// Tokio runtime).
     pub fn new(
         state: watch::Receiver<Arc<MeshState>>,
         registry: Arc<ProxyRegistry>,
         config: ServerConfig,
     ) -> Self {
+        let shared = Arc::new(SharedBuilds::default());
+        let (built, built_rx) = watch::channel(state.borrow().clone());
+        tokio::spawn(build_ahead(state, Arc::clone(&shared), built));
         Self {
-            state,
+            state: built_rx,
             registry,
             config,
             next_conn: Arc::new(AtomicU64::new(1)),
+            shared,
+            build_slots: Arc::new(Semaphore::new(build_threads())),
+            warming: Arc::new(Semaphore::new(MAX_WARMING)),
         }
     }
 
@@ -109,6 +142,55 @@ impl AdsServer {
     pub fn into_service(self) -> AggregatedDiscoveryServiceServer<Self> {
         AggregatedDiscoveryServiceServer::new(self).max_decoding_message_size(MAX_REQUEST_BYTES)
     }
+}
+
+/// For every new mesh state: builds every live class's resources on at most
+/// [`build_threads`] threads off the async runtime, then hands the state to the sessions. A
+/// state that arrives during a build waits for it, and only the newest waiting one is built
+/// (changes coalesce only while a build runs; there is no fixed delay).
+async fn build_ahead(
+    mut state: watch::Receiver<Arc<MeshState>>,
+    shared: Arc<SharedBuilds>,
+    built: watch::Sender<Arc<MeshState>>,
+) {
+    loop {
+        let current = state.borrow_and_update().clone();
+        if let Some(index) = current.index.clone() {
+            let (shared, version) = (Arc::clone(&shared), current.version);
+            let started = std::time::Instant::now();
+            let classes = tokio::task::spawn_blocking(move || {
+                let classes = shared.live();
+                build_classes(&classes, &index, version);
+                classes.len()
+            })
+            .await
+            .unwrap_or(0);
+            tracing::debug!(
+                version,
+                classes,
+                elapsed_us = started.elapsed().as_micros() as u64,
+                "resource sets built"
+            );
+        }
+        built.send_replace(current);
+        if state.changed().await.is_err() {
+            break;
+        }
+    }
+}
+
+fn build_classes(classes: &[Arc<ClassBuild>], index: &MeshIndex, version: u64) {
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let workers = build_threads().min(classes.len());
+    std::thread::scope(|s| {
+        for _ in 0..workers {
+            s.spawn(|| loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some(class) = classes.get(i) else { break };
+                class.set(index, version);
+            });
+        }
+    });
 }
 
 type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
@@ -157,15 +239,52 @@ async fn first_request<T>(inbound: &mut Streaming<T>) -> Result<T, Status> {
 
 impl AdsServer {
     /// A connection's session, validated from its first request's node and the connection's
-    /// certificate.
-    fn session(
+    /// certificate, its first resources built off the async runtime (at most
+    /// [`build_threads`] at once).
+    async fn session(
         &self,
-        node: Option<&envoy_types::pb::envoy::config::core::v3::Node>,
-        peer: Option<&auth::PeerCert>,
+        node: Option<envoy_types::pb::envoy::config::core::v3::Node>,
+        peer: Option<Arc<auth::PeerCert>>,
         stream: &'static str,
     ) -> Result<Session, Status> {
         let conn = self.next_conn.fetch_add(1, Ordering::Relaxed);
-        open_session(&self.registry, &self.state, conn, node, peer, stream)
+        let closed = || Status::unavailable("the xDS server is shutting down");
+        let warming = Arc::clone(&self.warming)
+            .acquire_owned()
+            .await
+            .map_err(|_| closed())?;
+        let warming: WarmingSlot = Arc::new(std::sync::Mutex::new(Some(warming)));
+        let expiry = Arc::clone(&warming);
+        tokio::spawn(async move {
+            tokio::time::sleep(WARMING_TIMEOUT).await;
+            if let Ok(mut permit) = expiry.lock() {
+                permit.take();
+            }
+        });
+        let _slot = Arc::clone(&self.build_slots)
+            .acquire_owned()
+            .await
+            .map_err(|_| closed())?;
+        let (registry, shared, state) = (
+            Arc::clone(&self.registry),
+            Arc::clone(&self.shared),
+            self.state.clone(),
+        );
+        let mut session = tokio::task::spawn_blocking(move || {
+            open_session(
+                &registry,
+                &shared,
+                &state,
+                conn,
+                node.as_ref(),
+                peer.as_deref(),
+                stream,
+            )
+        })
+        .await
+        .map_err(|_| Status::internal("building the proxy's first resources failed"))??;
+        session.warming = Some(warming);
+        Ok(session)
     }
 
     /// A pacer that ignores changes from before the connection.
@@ -196,7 +315,7 @@ impl AggregatedDiscoveryService for AdsServer {
         let peer = peer_of(&request);
         let mut inbound = request.into_inner();
         let first = first_request(&mut inbound).await?;
-        let session = self.session(first.node.as_ref(), peer.as_deref(), "sotw")?;
+        let session = self.session(first.node.clone(), peer, "sotw").await?;
         let (tx, rx) = mpsc::channel(MAX_QUEUED_RESPONSES);
         let mut pacer = self.pacer();
         let state = self.state.clone();
@@ -220,7 +339,7 @@ impl AggregatedDiscoveryService for AdsServer {
         let peer = peer_of(&request);
         let mut inbound = request.into_inner();
         let first = first_request(&mut inbound).await?;
-        let session = self.session(first.node.as_ref(), peer.as_deref(), "delta")?;
+        let session = self.session(first.node.clone(), peer, "delta").await?;
         let (tx, rx) = mpsc::channel(MAX_QUEUED_RESPONSES);
         let mut pacer = self.pacer();
         let state = self.state.clone();

@@ -20,6 +20,9 @@ struct SotwType {
     acked: BTreeMap<String, String>,
     nonce: String,
     version_info: String,
+    /// A NACK took `sent` back to what was ACKed: the next push looks at every name again
+    /// (what was refused is offered again once anything changes).
+    rescan: bool,
 }
 
 pub(super) struct Sotw {
@@ -48,33 +51,57 @@ impl Sotw {
     }
 
     /// Sends `t` if the proxy lacks anything of it; `force` sends the requested set regardless.
-    async fn push(&mut self, t: TypeUrl, force: bool) -> Result<(), ()> {
+    /// `candidates` are the only names that may have changed since the last push (`None`:
+    /// look at every name).
+    async fn push(
+        &mut self,
+        t: TypeUrl,
+        force: bool,
+        candidates: Option<&BTreeSet<String>>,
+    ) -> Result<(), ()> {
         let Some(st) = self.types.get_mut(&t) else {
             return Ok(());
         };
         if !st.subscribed || !self.session.built {
             return Ok(());
         }
-        let empty = BTreeMap::new();
-        let desired = self.session.desired.of(t).unwrap_or(&empty);
+        let candidates = candidates.filter(|_| !st.rescan);
+        let desired = &self.session.desired;
         let in_scope = |name: &String| st.wildcard || st.names.contains(name);
+        let settled = |st: &SotwType, session: &super::stream::Session| {
+            if st.sent == st.acked {
+                session
+                    .registry
+                    .settled(session.conn, t, &version_of(&st.acked));
+            }
+        };
+        if let (Some(names), false) = (candidates, force) {
+            // Nothing to send unless a candidate in scope differs from what was sent.
+            let differs = names.iter().any(|n| {
+                let want = desired
+                    .get(t, n)
+                    .filter(|_| in_scope(n))
+                    .map(|r| &r.version);
+                want != st.sent.get(n)
+            });
+            if !differs {
+                settled(st, &self.session);
+                return Ok(());
+            }
+        }
         let (to_send, next_sent): (Vec<(String, Any)>, BTreeMap<String, String>) = if t.full_state()
         {
             let all: BTreeMap<String, String> = desired
-                .iter()
+                .iter(t)
                 .filter(|(n, _)| in_scope(n))
                 .map(|(n, r)| (n.clone(), r.version.clone()))
                 .collect();
             if !force && all == st.sent {
-                if st.sent == st.acked {
-                    self.session
-                        .registry
-                        .settled(self.session.conn, t, &version_of(&st.acked));
-                }
+                settled(st, &self.session);
                 return Ok(());
             }
             let bodies = desired
-                .iter()
+                .iter(t)
                 .filter(|(n, _)| in_scope(n))
                 .map(|(n, r)| (n.clone(), (*r.body).clone()))
                 .collect();
@@ -83,8 +110,12 @@ impl Sotw {
             let mut next = st.sent.clone();
             next.retain(|n, _| st.names.contains(n));
             let mut bodies = Vec::new();
-            for name in &st.names {
-                if let Some(r) = desired.get(name) {
+            let names: Box<dyn Iterator<Item = &String>> = match candidates {
+                Some(c) if !force => Box::new(c.iter().filter(|n| st.names.contains(*n))),
+                _ => Box::new(st.names.iter()),
+            };
+            for name in names {
+                if let Some(r) = desired.get(t, name) {
                     if force || st.sent.get(name) != Some(&r.version) {
                         bodies.push((name.clone(), (*r.body).clone()));
                         next.insert(name.clone(), r.version.clone());
@@ -92,11 +123,7 @@ impl Sotw {
                 }
             }
             if bodies.is_empty() && !force {
-                if st.sent == st.acked {
-                    self.session
-                        .registry
-                        .settled(self.session.conn, t, &version_of(&st.acked));
-                }
+                settled(st, &self.session);
                 return Ok(());
             }
             (bodies, next)
@@ -114,6 +141,7 @@ impl Sotw {
         };
         let sent_count = response.resources.len();
         st.sent = next_sent;
+        st.rescan = false;
         st.nonce = nonce;
         st.version_info = version_info.clone();
         self.session.registry.sent(
@@ -127,9 +155,14 @@ impl Sotw {
         self.out.send(Ok(response)).await.map_err(|_| ())
     }
 
-    pub(super) async fn push_all(&mut self) -> Result<(), ()> {
+    pub(super) async fn push_all(
+        &mut self,
+        candidates: Option<&BTreeMap<TypeUrl, BTreeSet<String>>>,
+    ) -> Result<(), ()> {
+        let none = BTreeSet::new();
         for t in TypeUrl::ORDER {
-            self.push(t, false).await?;
+            let names = candidates.map(|c| c.get(&t).unwrap_or(&none));
+            self.push(t, false, names).await?;
         }
         Ok(())
     }
@@ -168,11 +201,13 @@ impl Sotw {
                     refused,
                 );
                 st.sent = st.acked.clone();
+                st.rescan = true;
             } else {
                 st.acked = st.sent.clone();
                 self.session
                     .registry
                     .acked(self.session.conn, t, &req.version_info);
+                self.session.acked(t);
             }
         }
         let names: BTreeSet<String> = req.resource_names.iter().cloned().collect();
@@ -183,9 +218,9 @@ impl Sotw {
         st.subscribed = true;
         if initial {
             // A first request (or a reconnect's): answer with everything requested.
-            self.push(t, true).await
+            self.push(t, true, None).await
         } else if changed {
-            self.push(t, false).await
+            self.push(t, false, None).await
         } else {
             Ok(())
         }

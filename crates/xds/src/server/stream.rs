@@ -12,11 +12,13 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tonic::Status;
 
+use std::collections::{BTreeMap, BTreeSet};
+
 use super::MeshState;
 use crate::auth::{self, PeerCert, Refusal};
-use crate::build;
+use crate::build::{self, ClassBuild, ServiceSet, SharedBuilds};
 use crate::node::ProxyNode;
-use crate::resources::{Resources, TypeUrl};
+use crate::resources::{Resource, Resources, TypeUrl};
 use crate::status::ProxyRegistry;
 
 /// A listener Envoy refuses (its filter has no registered implementation); only ever built for
@@ -49,51 +51,179 @@ fn poison_listener() -> Any {
     })
 }
 
+/// What a proxy should hold: its own inbound resources, the set its class shares (sidecars:
+/// outbound; gateways: everything) and the test hook's poison.
+#[derive(Default)]
+pub(super) struct Desired {
+    pub(super) own: Resources,
+    pub(super) shared: Option<Arc<ServiceSet>>,
+}
+
+impl Desired {
+    /// The resource `name` of type `t`.
+    pub(super) fn get(&self, t: TypeUrl, name: &str) -> Option<&Resource> {
+        self.own
+            .of(t)
+            .and_then(|m| m.get(name))
+            .or_else(|| self.shared.as_ref()?.resources.of(t)?.get(name))
+    }
+
+    /// Every resource of type `t` (own first, then shared; a name is in one of them only).
+    pub(super) fn iter(&self, t: TypeUrl) -> impl Iterator<Item = (&String, &Resource)> {
+        let own = self.own.of(t).into_iter().flatten();
+        let shared = self
+            .shared
+            .as_ref()
+            .and_then(|s| s.resources.of(t))
+            .into_iter()
+            .flatten();
+        own.chain(shared)
+    }
+
+    /// Names of type `t` whose resource may differ between `older` and `self`.
+    fn changed_from(&self, older: &Desired, t: TypeUrl) -> BTreeSet<String> {
+        let mut names = build::diff_names(&older.own, &self.own, t);
+        match (&older.shared, &self.shared) {
+            (Some(a), Some(b)) if Arc::ptr_eq(a, b) => {}
+            (Some(a), Some(b)) => names.extend(b.changed_from(a, t)),
+            (a, b) => {
+                let empty = Resources::default();
+                names.extend(build::diff_names(
+                    a.as_ref().map_or(&empty, |s| &s.resources),
+                    b.as_ref().map_or(&empty, |s| &s.resources),
+                    t,
+                ));
+            }
+        }
+        names
+    }
+}
+
+/// Per type, the names a push must look at: `None` when every name must be (the first build).
+pub(super) type Candidates = Option<BTreeMap<TypeUrl, BTreeSet<String>>>;
+
+/// What the inbound resources were built from: rebuilt only when one of these changes.
+struct OwnInputs {
+    mesh: Arc<causeway_model::MeshConfig>,
+    cluster: Option<Arc<causeway_discovery::ClusterIndex>>,
+    ctx: causeway_discovery::ProxyContext,
+    poisoned: bool,
+}
+
 /// What both protocol variants share: the node, its desired resources and the coalescing clock.
 pub(super) struct Session {
     pub(super) conn: u64,
     pub(super) node: ProxyNode,
     pub(super) registry: Arc<ProxyRegistry>,
-    pub(super) desired: Resources,
+    pub(super) desired: Desired,
     pub(super) mesh_version: u64,
     pub(super) built: bool,
-    pub(super) cache: build::SidecarCache,
+    pub(super) shared: Arc<SharedBuilds>,
+    class: Option<(String, Arc<ClassBuild>)>,
+    own_inputs: Option<OwnInputs>,
+    /// Held until the proxy first ACKs its endpoints (see [`super::MAX_WARMING`]).
+    pub(super) warming: Option<WarmingSlot>,
 }
 
+/// A place among the proxies receiving their first full config, given back at the first EDS
+/// ACK, when the stream ends, or after [`super::WARMING_TIMEOUT`], whichever comes first.
+pub(super) type WarmingSlot = Arc<std::sync::Mutex<Option<tokio::sync::OwnedSemaphorePermit>>>;
+
 impl Session {
-    /// Rebuilds the desired resources from `state`. When the node no longer resolves (its
-    /// workload was removed), the last resources are kept: traffic keeps flowing.
-    pub(super) fn rebuild(&mut self, state: &MeshState) {
-        let Some(index) = &state.index else {
-            return;
+    /// The proxy ACKed `t`: its first endpoints accepted, it no longer counts as warming.
+    pub(super) fn acked(&mut self, t: TypeUrl) {
+        if t == TypeUrl::ClusterLoadAssignment {
+            if let Some(slot) = self.warming.take() {
+                if let Ok(mut permit) = slot.lock() {
+                    permit.take();
+                }
+            }
+        }
+    }
+
+    /// Rebuilds the desired resources from `state` and returns the names that may have changed.
+    /// The class's set is normally built already (the server builds every live class before it
+    /// tells sessions); the proxy's own resources are rebuilt only when what they depend on
+    /// changed. When the node no longer resolves (its workload was removed), the last
+    /// resources are kept: traffic keeps flowing.
+    pub(super) fn rebuild(&mut self, state: &MeshState) -> Candidates {
+        let Some(index) = state.index.as_ref() else {
+            return Some(BTreeMap::new());
         };
         let ctx = match self.node.resolve(index) {
             Ok(ctx) => ctx,
             Err(e) => {
                 tracing::warn!(node = %self.node.id, error = %e, "proxy no longer matches the registry; keeping its last config");
-                return;
+                return Some(BTreeMap::new());
             }
         };
         let span = tracing::debug_span!("build", cluster = %self.node.identity.cluster, workload = %self.node.identity.workload);
         let _guard = span.enter();
-        let mut desired = match self.node.identity.role {
-            ProxyRole::Sidecar => self.cache.build(index, &self.node, &ctx),
-            ProxyRole::Gateway => build::gateway_resources(index, &ctx),
+        let key = match self.node.identity.role {
+            ProxyRole::Sidecar => {
+                format!("sidecar|{}", build::sidecar_class(index, &self.node, &ctx))
+            }
+            ProxyRole::Gateway => format!("gateway|{}", ctx.identity.cluster),
         };
-        if self.registry.is_poisoned(
+        if self.class.as_ref().is_none_or(|(k, _)| *k != key) {
+            let class = match self.node.identity.role {
+                ProxyRole::Sidecar => self.shared.sidecar(index, &self.node, &ctx),
+                ProxyRole::Gateway => self.shared.gateway(&ctx),
+            };
+            self.class = Some((key, class));
+        }
+        let shared = self
+            .class
+            .as_ref()
+            .map(|(_, c)| c.set(index, state.version));
+        let poisoned = self.registry.is_poisoned(
             self.node.identity.cluster.as_str(),
             &self.node.identity.workload,
-        ) {
-            desired.insert(
-                TypeUrl::Listener,
-                "causeway-test-poison",
-                poison_listener(),
-                &"poison",
-            );
-        }
-        self.desired = desired;
+        );
+        let cluster = index.cluster(&ctx.identity.cluster).cloned();
+        let own_same = self.own_inputs.as_ref().is_some_and(|o| {
+            Arc::ptr_eq(&o.mesh, index.mesh())
+                && o.cluster.as_ref().map(Arc::as_ptr) == cluster.as_ref().map(Arc::as_ptr)
+                && o.ctx == ctx
+                && o.poisoned == poisoned
+        });
+        let own = if own_same {
+            self.desired.own.clone()
+        } else {
+            let mut own = match self.node.identity.role {
+                ProxyRole::Sidecar => build::sidecar_inbound_resources(index, &self.node, &ctx),
+                ProxyRole::Gateway => Resources::default(),
+            };
+            if poisoned {
+                own.insert(
+                    TypeUrl::Listener,
+                    "causeway-test-poison",
+                    poison_listener(),
+                    &"poison",
+                );
+            }
+            self.own_inputs = Some(OwnInputs {
+                mesh: Arc::clone(index.mesh()),
+                cluster,
+                ctx,
+                poisoned,
+            });
+            own
+        };
+        let next = Desired { own, shared };
+        let first = !self.built;
+        let candidates = TypeUrl::ORDER
+            .into_iter()
+            .map(|t| (t, next.changed_from(&self.desired, t)))
+            .collect();
+        self.desired = next;
         self.mesh_version = state.version;
         self.built = true;
+        if first {
+            None
+        } else {
+            Some(candidates)
+        }
     }
 }
 
@@ -101,6 +231,7 @@ impl Session {
 /// current mesh, and refuses it with the reason otherwise.
 pub(super) fn open_session(
     registry: &Arc<ProxyRegistry>,
+    shared: &Arc<SharedBuilds>,
     state: &watch::Receiver<Arc<MeshState>>,
     conn: u64,
     node: Option<&envoy_types::pb::envoy::config::core::v3::Node>,
@@ -135,10 +266,13 @@ pub(super) fn open_session(
         conn,
         node: parsed,
         registry: Arc::clone(registry),
-        desired: Resources::default(),
+        desired: Desired::default(),
         mesh_version: 0,
         built: false,
-        cache: build::SidecarCache::default(),
+        shared: Arc::clone(shared),
+        class: None,
+        own_inputs: None,
+        warming: None,
     };
     session.rebuild(&current);
     Ok(session)
@@ -206,9 +340,9 @@ macro_rules! drive {
                     }
                 } => {
                     let current = $state.borrow().clone();
-                    proto.session.rebuild(&current);
+                    let candidates = proto.session.rebuild(&current);
                     pacer.pushed();
-                    if proto.push_all().await.is_err() { break; }
+                    if proto.push_all(candidates.as_ref()).await.is_err() { break; }
                     // After the pushes, so a proxy owing ACKs is not shown in sync meanwhile.
                     proto.session.registry.built(proto.session.conn, proto.session.mesh_version);
                 }
@@ -221,106 +355,5 @@ macro_rules! drive {
 pub(super) use drive;
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use causeway_discovery::MeshIndex;
-    use causeway_model::{ClusterId, ClusterObjects, Health, ProxyIdentity, ServiceKey};
-    use std::collections::BTreeMap;
-
-    /// The example mesh and its objects.
-    fn example() -> (MeshIndex, BTreeMap<ClusterId, ClusterObjects>) {
-        let root =
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/three-clusters");
-        let dir = causeway_registry::MeshDirectory::open(root);
-        let objects: BTreeMap<ClusterId, ClusterObjects> = dir
-            .clusters()
-            .iter()
-            .map(|(n, s)| {
-                (
-                    ClusterId::new(n).expect("id"),
-                    (*s.objects.clone().expect("loaded")).clone(),
-                )
-            })
-            .collect();
-        let index = MeshIndex::build(Arc::clone(dir.mesh().expect("mesh")), objects.iter());
-        (index, objects)
-    }
-
-    fn versions(r: &Resources) -> BTreeMap<(TypeUrl, String), String> {
-        r.by_type
-            .iter()
-            .flat_map(|(t, m)| {
-                m.iter()
-                    .map(move |(n, res)| ((*t, n.clone()), res.version.clone()))
-            })
-            .collect()
-    }
-
-    #[test]
-    fn cached_build_equals_full_build_and_rebuilds_only_what_changed() {
-        let (mut index, mut objects) = example();
-        let identity = ProxyIdentity {
-            cluster: ClusterId::new("alpha").expect("id"),
-            namespace: "demo".into(),
-            workload: "client".into(),
-            role: ProxyRole::Sidecar,
-        };
-        let node = ProxyNode {
-            id: "client".into(),
-            identity: identity.clone(),
-            app_address: None,
-            outbound: crate::node::OutboundBlock::parse("127.200.0.0/16").ok(),
-            network: None,
-            data_plane: Default::default(),
-        };
-        let ctx = causeway_discovery::ProxyContext::resolve(&index, identity).expect("ctx");
-        let mut session = Session {
-            conn: 1,
-            node: node.clone(),
-            registry: Arc::new(ProxyRegistry::new(false)),
-            desired: Resources::default(),
-            mesh_version: 0,
-            built: false,
-            cache: build::SidecarCache::default(),
-        };
-        let cached = session.cache.build(&index, &node, &ctx);
-        assert_eq!(
-            versions(&cached),
-            versions(&build::sidecar_resources(&index, &node, &ctx))
-        );
-        let greeter_before = Arc::clone(
-            &session
-                .cache
-                .cached(&ServiceKey::new("demo", "greeter"))
-                .expect("cached")
-                .by_type[&TypeUrl::ClusterLoadAssignment]
-                ["outbound|80||greeter.demo.svc.cluster.local"]
-                .body,
-        );
-
-        // echo-gamma-1 becomes unhealthy: only echo's resources change.
-        let gamma = ClusterId::new("gamma").expect("id");
-        let o = objects.get_mut(&gamma).expect("gamma");
-        if let Some(we) = o
-            .workload_entries
-            .get_mut(&("demo".to_owned(), "echo-gamma-1".to_owned()))
-        {
-            we.health = Health::Unhealthy;
-        }
-        index.set_cluster(&gamma, o).expect("set");
-        let cached = session.cache.build(&index, &node, &ctx);
-        let full = build::sidecar_resources(&index, &node, &ctx);
-        assert_eq!(versions(&cached), versions(&full));
-        let greeter_after = &session
-            .cache
-            .cached(&ServiceKey::new("demo", "greeter"))
-            .expect("cached")
-            .by_type[&TypeUrl::ClusterLoadAssignment]
-            ["outbound|80||greeter.demo.svc.cluster.local"]
-            .body;
-        assert!(
-            Arc::ptr_eq(&greeter_before, greeter_after),
-            "greeter was not rebuilt"
-        );
-    }
-}
+#[path = "stream_tests.rs"]
+mod tests;

@@ -1,0 +1,426 @@
+//! Resource sets shared between proxies with equal inputs. A sidecar's outbound resources
+//! depend on the index and on its class: cluster, network, locality, the labels a policy's
+//! `failoverPriority` compares, its data plane and its outbound block, never on which workload
+//! it is. So every sidecar of a class shares one [`ServiceSet`], built once per mesh version and
+//! only for the services that changed; an east-west gateway's resources depend on its cluster
+//! alone and are shared the same way. The xDS server builds these off its async runtime and
+//! each session diffs only what changed between the sets it held and the new ones.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+
+use causeway_discovery::{ClusterIndex, ClusterService, MeshIndex, MeshService, ProxyContext};
+use causeway_model::{ClusterId, Gateway, MeshConfig, ServiceKey, TrafficPolicy};
+
+use super::gateway::gateway_resources;
+use super::outbound::sidecar_service_resources;
+use super::slots::sidecar_slots;
+use crate::node::ProxyNode;
+use crate::resources::{Resource, Resources, TypeUrl};
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// What every set depends on across services: when any of these is replaced, every cached
+/// service is rebuilt. Holding the `Arc`s keeps them alive, so pointer equality means
+/// "unchanged".
+#[derive(Clone)]
+struct Globals {
+    mesh: Arc<MeshConfig>,
+    traffic_policies: Arc<[TrafficPolicy]>,
+    gateways_down: Arc<BTreeMap<Gateway, String>>,
+}
+
+impl Globals {
+    fn of(index: &MeshIndex) -> Self {
+        Self {
+            mesh: Arc::clone(index.mesh()),
+            traffic_policies: Arc::clone(index.shared_traffic_policies()),
+            gateways_down: Arc::clone(index.gateways_down()),
+        }
+    }
+
+    fn same(&self, index: &MeshIndex) -> bool {
+        Arc::ptr_eq(&self.mesh, index.mesh())
+            && Arc::ptr_eq(&self.traffic_policies, index.shared_traffic_policies())
+            && Arc::ptr_eq(&self.gateways_down, index.gateways_down())
+    }
+}
+
+/// The class of a sidecar: everything besides the index its outbound resources are built
+/// from (see the module comment). Two sidecars of one class get identical outbound resources.
+pub fn sidecar_class(index: &MeshIndex, node: &ProxyNode, ctx: &ProxyContext) -> String {
+    let compared: BTreeSet<&str> = index
+        .traffic_policies()
+        .iter()
+        .flat_map(|p| p.failover_priority.iter().map(String::as_str))
+        .collect();
+    let labels: BTreeMap<&str, &str> = ctx
+        .labels
+        .iter()
+        .filter(|(k, _)| compared.contains(k.as_str()))
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    format!(
+        "{}|{}|{:?}|{labels:?}|{:?}|{:?}",
+        ctx.identity.cluster, ctx.network, ctx.locality, node.data_plane, node.outbound
+    )
+}
+
+/// One service's resources with what they were built from.
+struct Cached {
+    merged: Arc<MeshService>,
+    entries: Vec<Option<Arc<ClusterService>>>,
+    slot: Option<u32>,
+    resources: Arc<Resources>,
+}
+
+impl Cached {
+    /// Whether `key` is still built from the same inputs (without allocating).
+    fn same(
+        &self,
+        index: &MeshIndex,
+        key: &ServiceKey,
+        merged: &Arc<MeshService>,
+        slot: Option<u32>,
+    ) -> bool {
+        Arc::ptr_eq(&self.merged, merged)
+            && self.slot == slot
+            && self.entries.len() == index.clusters().len()
+            && index
+                .clusters()
+                .values()
+                .zip(&self.entries)
+                .all(|(c, seen)| match (c.services.get(key), seen) {
+                    (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                    (None, None) => true,
+                    _ => false,
+                })
+    }
+}
+
+/// Names per type whose resource was added, changed or removed.
+pub type ChangedNames = BTreeMap<TypeUrl, BTreeSet<String>>;
+
+/// The resources of one class (or one gateway cluster) for one mesh version, by type and
+/// name, with what changed since the set built before it.
+#[derive(Debug, Default)]
+pub struct ServiceSet {
+    /// Mesh version it was built for.
+    pub version: u64,
+    /// Every resource.
+    pub resources: Resources,
+    /// The set this one replaced and the names whose resource differs from it, per type
+    /// (added, changed or removed); `None` when built from nothing.
+    pub changed_since: Option<(Weak<ServiceSet>, ChangedNames)>,
+}
+
+impl ServiceSet {
+    /// Names of type `t` that may differ between `older` and `self`: exact when `older` is the
+    /// set this one replaced, else every name of both.
+    pub fn changed_from(&self, older: &Arc<ServiceSet>, t: TypeUrl) -> BTreeSet<String> {
+        if let Some((prev, changed)) = &self.changed_since {
+            if prev.upgrade().is_some_and(|p| Arc::ptr_eq(&p, older)) {
+                return changed.get(&t).cloned().unwrap_or_default();
+            }
+        }
+        diff_names(&older.resources, &self.resources, t)
+    }
+}
+
+/// Names of type `t` whose resource differs between `a` and `b`.
+pub fn diff_names(a: &Resources, b: &Resources, t: TypeUrl) -> BTreeSet<String> {
+    let empty = BTreeMap::new();
+    let (a, b) = (a.of(t).unwrap_or(&empty), b.of(t).unwrap_or(&empty));
+    let mut out: BTreeSet<String> = a
+        .iter()
+        .filter(|(n, r)| b.get(*n).map(|x| &x.version) != Some(&r.version))
+        .map(|(n, _)| n.clone())
+        .collect();
+    out.extend(b.keys().filter(|n| !a.contains_key(*n)).cloned());
+    out
+}
+
+/// Per-type names whose resource differs between two resource sets.
+fn diff_all(a: &Resources, b: &Resources) -> BTreeMap<TypeUrl, BTreeSet<String>> {
+    TypeUrl::ORDER
+        .into_iter()
+        .map(|t| (t, diff_names(a, b, t)))
+        .filter(|(_, n)| !n.is_empty())
+        .collect()
+}
+
+/// One sidecar class's build state.
+struct SidecarBuild {
+    node: ProxyNode,
+    ctx: ProxyContext,
+    globals: Option<Globals>,
+    services: HashMap<ServiceKey, Cached>,
+    latest: Option<Arc<ServiceSet>>,
+    /// The mesh version `latest` is current for (it stays the same `Arc` while nothing the
+    /// class depends on changes, so its sessions see at once that nothing is owed).
+    built_for: u64,
+}
+
+impl SidecarBuild {
+    /// The set for `index` at `version`: the latest one when nothing it depends on changed,
+    /// else a new one in which only the changed services were rebuilt.
+    fn build(&mut self, index: &MeshIndex, version: u64) -> Arc<ServiceSet> {
+        if let Some(latest) = self.latest.as_ref().filter(|_| self.built_for == version) {
+            return Arc::clone(latest);
+        }
+        self.built_for = version;
+        if !self.globals.as_ref().is_some_and(|g| g.same(index)) {
+            self.services.clear();
+            self.globals = Some(Globals::of(index));
+        }
+        let slots = sidecar_slots(index, &self.node);
+        let mut changed: BTreeMap<TypeUrl, BTreeSet<String>> = BTreeMap::new();
+        let mut resources = self
+            .latest
+            .as_ref()
+            .map(|l| l.resources.clone())
+            .unwrap_or_default();
+        let mut rebuilt = 0usize;
+        for (key, merged) in index.services() {
+            let slot = slots.get(key).copied();
+            if self
+                .services
+                .get(key)
+                .is_some_and(|c| c.same(index, key, merged, slot))
+            {
+                continue;
+            }
+            let mut fresh = Resources::default();
+            sidecar_service_resources(index, &self.node, &self.ctx, key, slot, &mut fresh);
+            let old = self.services.remove(key).map(|c| c.resources);
+            replace(&mut resources, old.as_deref(), &fresh, &mut changed);
+            let entries = index
+                .clusters()
+                .values()
+                .map(|c| c.services.get(key).cloned())
+                .collect();
+            self.services.insert(
+                key.clone(),
+                Cached {
+                    merged: Arc::clone(merged),
+                    entries,
+                    slot,
+                    resources: Arc::new(fresh),
+                },
+            );
+            rebuilt += 1;
+        }
+        let gone: Vec<ServiceKey> = self
+            .services
+            .keys()
+            .filter(|k| !index.services().contains_key(*k))
+            .cloned()
+            .collect();
+        for key in gone {
+            if let Some(c) = self.services.remove(&key) {
+                replace(
+                    &mut resources,
+                    Some(&c.resources),
+                    &Resources::default(),
+                    &mut changed,
+                );
+            }
+        }
+        tracing::debug!(cluster = %self.ctx.identity.cluster, rebuilt, services = index.services().len(), "sidecar class built");
+        let set = match &self.latest {
+            Some(latest) if changed.is_empty() => return Arc::clone(latest),
+            Some(latest) => Arc::new(ServiceSet {
+                version,
+                resources,
+                changed_since: Some((Arc::downgrade(latest), changed)),
+            }),
+            None => Arc::new(ServiceSet {
+                version,
+                resources,
+                changed_since: None,
+            }),
+        };
+        self.latest = Some(Arc::clone(&set));
+        set
+    }
+}
+
+/// Takes `old`'s resources out of `into`, puts `fresh`'s in, and notes the names that differ.
+fn replace(
+    into: &mut Resources,
+    old: Option<&Resources>,
+    fresh: &Resources,
+    changed: &mut BTreeMap<TypeUrl, BTreeSet<String>>,
+) {
+    if let Some(old) = old {
+        for (t, map) in &old.by_type {
+            let into_t = into.by_type.entry(*t).or_default();
+            for name in map.keys() {
+                let stays = fresh.of(*t).and_then(|m| m.get(name));
+                if stays.map(|r| &r.version) != map.get(name).map(|r| &r.version) {
+                    changed.entry(*t).or_default().insert(name.clone());
+                }
+                if stays.is_none() {
+                    into_t.remove(name);
+                }
+            }
+        }
+    }
+    for (t, map) in &fresh.by_type {
+        let into_t = into.by_type.entry(*t).or_default();
+        for (name, r) in map {
+            let before: Option<&Resource> = old.and_then(|o| o.of(*t)).and_then(|m| m.get(name));
+            if before.map(|b| &b.version) != Some(&r.version) {
+                changed.entry(*t).or_default().insert(name.clone());
+            }
+            into_t.insert(name.clone(), r.clone());
+        }
+    }
+}
+
+/// One cluster's gateway build state.
+struct GatewayBuild {
+    ctx: ProxyContext,
+    globals: Option<Globals>,
+    /// The gateway's own cluster and the merged services it routes, as last built.
+    cluster: Option<Arc<ClusterIndex>>,
+    merged: Vec<Option<Arc<MeshService>>>,
+    latest: Option<Arc<ServiceSet>>,
+    built_for: u64,
+}
+
+impl GatewayBuild {
+    fn inputs_same(&self, index: &MeshIndex) -> bool {
+        let Some(own) = index.cluster(&self.ctx.identity.cluster) else {
+            return self.cluster.is_none();
+        };
+        self.globals.as_ref().is_some_and(|g| g.same(index))
+            && self.cluster.as_ref().is_some_and(|c| Arc::ptr_eq(c, own))
+            && own.services.len() == self.merged.len()
+            && own.services.keys().zip(&self.merged).all(|(k, seen)| {
+                match (index.service(k), seen) {
+                    (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                    (None, None) => true,
+                    _ => false,
+                }
+            })
+    }
+
+    fn build(&mut self, index: &MeshIndex, version: u64) -> Arc<ServiceSet> {
+        if let Some(latest) = self.latest.as_ref().filter(|_| self.built_for == version) {
+            return Arc::clone(latest);
+        }
+        self.built_for = version;
+        if let Some(latest) = self.latest.as_ref().filter(|_| self.inputs_same(index)) {
+            return Arc::clone(latest);
+        }
+        let resources = gateway_resources(index, &self.ctx);
+        self.globals = Some(Globals::of(index));
+        let own = index.cluster(&self.ctx.identity.cluster);
+        self.cluster = own.cloned();
+        self.merged = own
+            .map(|c| {
+                c.services
+                    .keys()
+                    .map(|k| index.service(k).cloned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        let changed_since = self
+            .latest
+            .as_ref()
+            .map(|l| (Arc::downgrade(l), diff_all(&l.resources, &resources)));
+        let set = Arc::new(ServiceSet {
+            version,
+            resources,
+            changed_since,
+        });
+        self.latest = Some(Arc::clone(&set));
+        set
+    }
+}
+
+/// A class's build, shared by its sessions (each holds the `Arc`; the registry only a `Weak`,
+/// so a class with no proxy left is dropped).
+pub struct ClassBuild {
+    state: Mutex<ClassState>,
+}
+
+enum ClassState {
+    Sidecar(Box<SidecarBuild>),
+    Gateway(Box<GatewayBuild>),
+}
+
+impl ClassBuild {
+    /// The class's set for `index` at `version` (built now unless already built for it).
+    pub fn set(&self, index: &MeshIndex, version: u64) -> Arc<ServiceSet> {
+        match &mut *lock(&self.state) {
+            ClassState::Sidecar(b) => b.build(index, version),
+            ClassState::Gateway(b) => b.build(index, version),
+        }
+    }
+}
+
+/// Every live class's build.
+#[derive(Default)]
+pub struct SharedBuilds {
+    classes: Mutex<HashMap<String, Weak<ClassBuild>>>,
+}
+
+impl SharedBuilds {
+    fn class(&self, key: String, make: impl FnOnce() -> ClassState) -> Arc<ClassBuild> {
+        let mut classes = lock(&self.classes);
+        if let Some(c) = classes.get(&key).and_then(Weak::upgrade) {
+            return c;
+        }
+        let c = Arc::new(ClassBuild {
+            state: Mutex::new(make()),
+        });
+        classes.insert(key, Arc::downgrade(&c));
+        c
+    }
+
+    /// The build a sidecar shares with its class.
+    pub fn sidecar(
+        &self,
+        index: &MeshIndex,
+        node: &ProxyNode,
+        ctx: &ProxyContext,
+    ) -> Arc<ClassBuild> {
+        let key = format!("sidecar|{}", sidecar_class(index, node, ctx));
+        self.class(key, || {
+            ClassState::Sidecar(Box::new(SidecarBuild {
+                node: node.clone(),
+                ctx: ctx.clone(),
+                globals: None,
+                services: HashMap::new(),
+                latest: None,
+                built_for: 0,
+            }))
+        })
+    }
+
+    /// The build every gateway of `ctx`'s cluster shares.
+    pub fn gateway(&self, ctx: &ProxyContext) -> Arc<ClassBuild> {
+        let cluster: &ClusterId = &ctx.identity.cluster;
+        self.class(format!("gateway|{cluster}"), || {
+            ClassState::Gateway(Box::new(GatewayBuild {
+                ctx: ctx.clone(),
+                globals: None,
+                cluster: None,
+                merged: Vec::new(),
+                latest: None,
+                built_for: 0,
+            }))
+        })
+    }
+
+    /// Every class some proxy still belongs to (forgetting the others).
+    pub fn live(&self) -> Vec<Arc<ClassBuild>> {
+        let mut classes = lock(&self.classes);
+        classes.retain(|_, w| w.strong_count() > 0);
+        classes.values().filter_map(Weak::upgrade).collect()
+    }
+}
