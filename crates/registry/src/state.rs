@@ -195,7 +195,11 @@ impl MeshDirectory {
                 continue;
             }
             let slot = self.clusters.entry(name.clone()).or_default();
-            match load_cluster_dir_cached(&self.root, &name, &mut self.file_cache) {
+            let Some(loaded) = load_cluster_dir_cached(&self.root, &name, &mut self.file_cache)
+            else {
+                continue; // not one file changed
+            };
+            match loaded {
                 Ok(objects) => {
                     slot.errors.clear();
                     if slot.objects.as_deref() != Some(&objects) {

@@ -57,6 +57,9 @@ pub fn watch(root: &Path, settle: Duration) -> Result<DirectoryWatcher, WatchErr
     let root_owned = root.to_path_buf();
     let mut watcher =
         notify::recommended_watcher(move |res: notify::Result<notify::Event>| match res {
+            // Reads (ours included: every reload opens every file of a cluster) change nothing;
+            // reloading on them would reload forever.
+            Ok(event) if matches!(event.kind, notify::EventKind::Access(_)) => {}
             Ok(event) => {
                 for path in &event.paths {
                     if let Some(scope) = scope_for(&root_owned, path) {

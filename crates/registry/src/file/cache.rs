@@ -19,10 +19,10 @@ struct ParsedFile {
     errors: Vec<LoadError>,
 }
 
-/// Parsed cluster files by path (relative to the mesh directory).
+/// Parsed cluster files by cluster directory, then path (relative to the mesh directory).
 #[derive(Debug, Default)]
 pub struct FileCache {
-    files: HashMap<PathBuf, ParsedFile>,
+    dirs: HashMap<PathBuf, HashMap<PathBuf, ParsedFile>>,
 }
 
 /// FNV-1a 64 of a file's text: the cache key (the text is read anyway; only parsing is saved).
@@ -33,6 +33,20 @@ fn text_hash(text: &str) -> u64 {
 }
 
 impl FileCache {
+    /// Whether `files` (path and text, the whole directory `dir`) are exactly what the cache
+    /// last parsed of `dir`: then nothing in the cluster changed.
+    pub fn unchanged(&self, dir: &Path, files: &[(PathBuf, String)]) -> bool {
+        let Some(cached) = self.dirs.get(dir) else {
+            return false;
+        };
+        cached.len() == files.len()
+            && files.iter().all(|(rel, text)| {
+                cached
+                    .get(rel)
+                    .is_some_and(|p| p.text_len == text.len() && p.text_hash == text_hash(text))
+            })
+    }
+
     /// Adds the objects of file `rel` (text `text`) to `into`, parsing it only when its text
     /// changed since the last call. Duplicates across files are errors, as within one file.
     pub fn merge_file(
@@ -43,15 +57,16 @@ impl FileCache {
         errors: &mut Vec<LoadError>,
     ) {
         let hash = text_hash(text);
-        let fresh = self
-            .files
+        let dir = rel.parent().unwrap_or(Path::new("")).to_path_buf();
+        let files = self.dirs.entry(dir).or_default();
+        let fresh = files
             .get(rel)
             .is_none_or(|p| p.text_hash != hash || p.text_len != text.len());
         if fresh {
             let mut objects = ClusterObjects::default();
             let mut file_errors = Vec::new();
             parse_cluster_documents(rel, text, &mut objects, &mut file_errors);
-            self.files.insert(
+            files.insert(
                 rel.to_path_buf(),
                 ParsedFile {
                     text_hash: hash,
@@ -61,7 +76,7 @@ impl FileCache {
                 },
             );
         }
-        let Some(parsed) = self.files.get(rel) else {
+        let Some(parsed) = files.get(rel) else {
             return;
         };
         errors.extend(parsed.errors.iter().cloned());
@@ -106,8 +121,9 @@ impl FileCache {
     /// Forgets the files of `dir` (relative) not in `keep`.
     pub fn retain_dir(&mut self, dir: &Path, keep: &[PathBuf]) {
         let keep: std::collections::HashSet<&PathBuf> = keep.iter().collect();
-        self.files
-            .retain(|path, _| !path.starts_with(dir) || keep.contains(path));
+        if let Some(files) = self.dirs.get_mut(dir) {
+            files.retain(|path, _| keep.contains(path));
+        }
     }
 }
 

@@ -117,26 +117,31 @@ pub(crate) fn load_mesh_scope(
 /// A missing directory is a cluster with no objects.
 pub fn load_cluster_dir(root: &Path, dir_name: &str) -> Result<ClusterObjects, Vec<LoadError>> {
     load_cluster_dir_cached(root, dir_name, &mut FileCache::default())
+        .unwrap_or_else(|| Ok(ClusterObjects::default()))
 }
 
-/// [`load_cluster_dir`], reparsing only the files whose text changed since `cache` saw them.
+/// [`load_cluster_dir`], reparsing only the files whose text changed since `cache` saw them;
+/// `None` when no file of the directory changed at all (the last result stands).
 pub fn load_cluster_dir_cached(
     root: &Path,
     dir_name: &str,
     cache: &mut FileCache,
-) -> Result<ClusterObjects, Vec<LoadError>> {
+) -> Option<Result<ClusterObjects, Vec<LoadError>>> {
     let rel_dir = Path::new("clusters").join(dir_name);
     let dir = root.join(&rel_dir);
     let mut objects = ClusterObjects::default();
     let mut errors = Vec::new();
     let entries = match std::fs::read_dir(&dir) {
         Ok(entries) => entries,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(objects),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            cache.retain_dir(&rel_dir, &[]);
+            return Some(Ok(objects));
+        }
         Err(e) => {
-            return Err(vec![LoadError::file(
+            return Some(Err(vec![LoadError::file(
                 &rel_dir,
                 format!("cannot read directory: {e}"),
-            )])
+            )]))
         }
     };
     let mut files: BTreeMap<String, PathBuf> = BTreeMap::new();
@@ -147,26 +152,78 @@ pub fn load_cluster_dir_cached(
             files.insert(name, entry.path());
         }
     }
-    let mut seen = Vec::with_capacity(files.len());
+    let mut texts = Vec::with_capacity(files.len());
     for (name, path) in files {
         let rel = rel_dir.join(&name);
         match read_limited(&path, MAX_FILE_BYTES) {
-            Ok(text) => cache.merge_file(&rel, &text, &mut objects, &mut errors),
+            Ok(text) => texts.push((rel, text)),
             Err(e) => errors.push(LoadError::file(&rel, e)),
         }
-        seen.push(rel);
     }
+    if errors.is_empty() && cache.unchanged(&rel_dir, &texts) {
+        return None;
+    }
+    let seen: Vec<PathBuf> = texts.iter().map(|(rel, _)| rel.clone()).collect();
     cache.retain_dir(&rel_dir, &seen);
-    if errors.is_empty() {
+    for (rel, text) in &texts {
+        cache.merge_file(rel, text, &mut objects, &mut errors);
+    }
+    Some(if errors.is_empty() {
         Ok(objects)
     } else {
         Err(errors)
-    }
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const SERVICE: &str = "apiVersion: v1\nkind: Service\nmetadata:\n  name: NAME\n  namespace: demo\nspec:\n  ports:\n  - port: 80\n";
+
+    #[test]
+    fn cached_loads_reparse_only_changed_files_and_still_catch_duplicates() {
+        let root = tempfile::tempdir().expect("dir");
+        let dir = root.path().join("clusters/east");
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        std::fs::write(dir.join("a.yaml"), SERVICE.replace("NAME", "a")).expect("write");
+        std::fs::write(dir.join("b.yaml"), SERVICE.replace("NAME", "b")).expect("write");
+        let mut cache = FileCache::default();
+        let first = load_cluster_dir_cached(root.path(), "east", &mut cache)
+            .expect("loaded")
+            .expect("good");
+        assert_eq!(first.services.len(), 2);
+        assert!(
+            load_cluster_dir_cached(root.path(), "east", &mut cache).is_none(),
+            "nothing changed"
+        );
+        // b now declares a as well: a duplicate across files, reported where the second is.
+        std::fs::write(dir.join("b.yaml"), SERVICE.replace("NAME", "a")).expect("write");
+        let errors = load_cluster_dir_cached(root.path(), "east", &mut cache)
+            .expect("reloaded")
+            .expect_err("duplicate");
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(errors[0].file.ends_with("b.yaml"), "{errors:?}");
+        assert!(
+            errors[0]
+                .reason
+                .contains("duplicate object; first declared at"),
+            "{errors:?}"
+        );
+        assert_eq!(
+            load_cluster_dir(root.path(), "east").expect_err("uncached agrees"),
+            errors
+        );
+        std::fs::remove_file(dir.join("b.yaml")).expect("rm");
+        let after = load_cluster_dir_cached(root.path(), "east", &mut cache)
+            .expect("reloaded")
+            .expect("good");
+        assert_eq!(
+            after,
+            load_cluster_dir(root.path(), "east").expect("uncached")
+        );
+        assert_eq!(after.services.len(), 1);
+    }
 
     #[test]
     fn files_past_the_limit_or_not_utf8_are_refused_with_why() {
