@@ -34,47 +34,60 @@ pub struct GatewayRoute {
 
 /// The routes of the east-west gateway of `cluster`: what it forwards (see the module doc).
 pub fn gateway_routes(index: &MeshIndex, cluster: &ClusterId) -> Vec<GatewayRoute> {
-    let Some(spec) = index.mesh().cluster(cluster) else {
+    index
+        .services()
+        .keys()
+        .flat_map(|key| service_gateway_routes(index, cluster, key))
+        .collect()
+}
+
+/// The routes of `cluster`'s east-west gateway for service `key` alone (none unless the
+/// service is exported from there): [`gateway_routes`] is these for every service in key
+/// order, so a gateway's routes can be rebuilt one changed service at a time.
+pub fn service_gateway_routes(
+    index: &MeshIndex,
+    cluster: &ClusterId,
+    key: &ServiceKey,
+) -> Vec<GatewayRoute> {
+    let (Some(spec), Some(merged)) = (index.mesh().cluster(cluster), index.service(key)) else {
         return Vec::new();
     };
+    let exported_here = merged
+        .exports
+        .iter()
+        .any(|e| &e.cluster == cluster && e.active);
+    if !exported_here {
+        return Vec::new();
+    }
+    let Some(entry) = index.cluster_service(cluster, key) else {
+        return Vec::new();
+    };
+    let subsets = routed_subsets(index, key, cluster);
     let mut routes = Vec::new();
-    for (key, merged) in index.services() {
-        let exported_here = merged
-            .exports
-            .iter()
-            .any(|e| &e.cluster == cluster && e.active);
-        if !exported_here {
-            continue;
-        }
-        let Some(entry) = index.cluster_service(cluster, key) else {
-            continue;
+    for port_eps in &entry.ports {
+        let endpoints = |keep: &dyn Fn(&ResolvedEndpoint) -> bool| {
+            local_endpoints(index, key, cluster, &spec.locality, port_eps, keep)
         };
-        let subsets = routed_subsets(index, key, cluster);
-        for port_eps in &entry.ports {
-            let endpoints = |keep: &dyn Fn(&ResolvedEndpoint) -> bool| {
-                local_endpoints(index, key, cluster, &spec.locality, port_eps, keep)
-            };
+        routes.push(GatewayRoute {
+            key: key.clone(),
+            port: port_eps.port.clone(),
+            subset: None,
+            sni: sni(key, port_eps.port.port),
+            endpoints: endpoints(&|_| true),
+        });
+        for (name, subset) in &subsets {
+            let endpoints = endpoints(&|e| subset.matches(&e.labels));
+            // No caller aggregates a subset the cluster has no endpoint of.
+            if endpoints.is_empty() {
+                continue;
+            }
             routes.push(GatewayRoute {
                 key: key.clone(),
                 port: port_eps.port.clone(),
-                subset: None,
-                sni: sni(key, port_eps.port.port),
-                endpoints: endpoints(&|_| true),
+                subset: Some((*name).to_owned()),
+                sni: subset_sni(key, port_eps.port.port, name),
+                endpoints,
             });
-            for (name, subset) in &subsets {
-                let endpoints = endpoints(&|e| subset.matches(&e.labels));
-                // No caller aggregates a subset the cluster has no endpoint of.
-                if endpoints.is_empty() {
-                    continue;
-                }
-                routes.push(GatewayRoute {
-                    key: key.clone(),
-                    port: port_eps.port.clone(),
-                    subset: Some((*name).to_owned()),
-                    sni: subset_sni(key, port_eps.port.port, name),
-                    endpoints,
-                });
-            }
         }
     }
     routes

@@ -22,7 +22,7 @@ use causeway_model::{
 use serde::Serialize;
 
 use crate::cluster_index::ResolvedEndpoint;
-pub use crate::gateway::{gateway_routes, GatewayRoute};
+pub use crate::gateway::{gateway_routes, service_gateway_routes, GatewayRoute};
 pub use crate::names::{endpoint_sni, service_slots, sni, subset_sni};
 pub use crate::shape::route_name;
 use crate::MeshIndex;

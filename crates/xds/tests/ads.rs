@@ -209,6 +209,7 @@ async fn a_change_that_does_not_touch_a_proxy_leaves_it_in_sync_at_the_new_versi
     assert!(s.quiet(Duration::from_millis(200)).await.is_none());
 
     h.publish();
+    h.wait_served().await;
     assert!(
         s.quiet(Duration::from_millis(300)).await.is_none(),
         "an unchanged index sends nothing"

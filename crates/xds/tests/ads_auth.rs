@@ -160,6 +160,7 @@ async fn a_proxy_of_a_cluster_that_has_not_loaded_is_refused() {
         objects.iter().map(|(c, o)| (c, o)),
     );
     h.publish();
+    h.wait_served().await;
     let client = h.client_as("beta", "demo", "echo").await;
     let result = first(client, node_in("beta", "demo", "echo-beta-1")).await;
     assert_refused(&h, result, "cluster_not_loaded");

@@ -9,10 +9,10 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
-use causeway_discovery::{ClusterIndex, ClusterService, MeshIndex, MeshService, ProxyContext};
+use causeway_discovery::{ClusterService, MeshIndex, MeshService, ProxyContext};
 use causeway_model::{ClusterId, Gateway, MeshConfig, ServiceKey, TrafficPolicy};
 
-use super::gateway::gateway_resources;
+use super::gateway::{gateway_listeners, service_gateway_part, GatewayPart};
 use super::outbound::sidecar_service_resources;
 use super::slots::sidecar_slots;
 use crate::node::ProxyNode;
@@ -140,15 +140,6 @@ pub fn diff_names(a: &Resources, b: &Resources, t: TypeUrl) -> BTreeSet<String> 
         .collect();
     out.extend(b.keys().filter(|n| !a.contains_key(*n)).cloned());
     out
-}
-
-/// Per-type names whose resource differs between two resource sets.
-fn diff_all(a: &Resources, b: &Resources) -> BTreeMap<TypeUrl, BTreeSet<String>> {
-    TypeUrl::ORDER
-        .into_iter()
-        .map(|t| (t, diff_names(a, b, t)))
-        .filter(|(_, n)| !n.is_empty())
-        .collect()
 }
 
 /// One sidecar class's build state.
@@ -280,63 +271,112 @@ fn replace(
     }
 }
 
-/// One cluster's gateway build state.
+/// One service's part of a gateway with what it was built from.
+struct GatewayCached {
+    merged: Arc<MeshService>,
+    entry: Option<Arc<ClusterService>>,
+    part: GatewayPart,
+}
+
+/// One cluster's gateway build state: each service's part, rebuilt only when the service
+/// changed, and the listeners over all parts, rebuilt only when some part's chains changed.
 struct GatewayBuild {
     ctx: ProxyContext,
     globals: Option<Globals>,
-    /// The gateway's own cluster and the merged services it routes, as last built.
-    cluster: Option<Arc<ClusterIndex>>,
-    merged: Vec<Option<Arc<MeshService>>>,
+    parts: BTreeMap<ServiceKey, GatewayCached>,
+    listeners: Resources,
     latest: Option<Arc<ServiceSet>>,
     built_for: u64,
 }
 
 impl GatewayBuild {
-    fn inputs_same(&self, index: &MeshIndex) -> bool {
-        let Some(own) = index.cluster(&self.ctx.identity.cluster) else {
-            return self.cluster.is_none();
-        };
-        self.globals.as_ref().is_some_and(|g| g.same(index))
-            && self.cluster.as_ref().is_some_and(|c| Arc::ptr_eq(c, own))
-            && own.services.len() == self.merged.len()
-            && own.services.keys().zip(&self.merged).all(|(k, seen)| {
-                match (index.service(k), seen) {
-                    (Some(a), Some(b)) => Arc::ptr_eq(a, b),
-                    (None, None) => true,
-                    _ => false,
-                }
-            })
-    }
-
     fn build(&mut self, index: &MeshIndex, version: u64) -> Arc<ServiceSet> {
         if let Some(latest) = self.latest.as_ref().filter(|_| self.built_for == version) {
             return Arc::clone(latest);
         }
         self.built_for = version;
-        if let Some(latest) = self.latest.as_ref().filter(|_| self.inputs_same(index)) {
-            return Arc::clone(latest);
+        let cluster = self.ctx.identity.cluster.clone();
+        let mut chains_changed = self.latest.is_none();
+        if !self.globals.as_ref().is_some_and(|g| g.same(index)) {
+            self.parts.clear();
+            self.globals = Some(Globals::of(index));
+            chains_changed = true;
         }
-        let resources = gateway_resources(index, &self.ctx);
-        self.globals = Some(Globals::of(index));
-        let own = index.cluster(&self.ctx.identity.cluster);
-        self.cluster = own.cloned();
-        self.merged = own
-            .map(|c| {
-                c.services
-                    .keys()
-                    .map(|k| index.service(k).cloned())
-                    .collect()
-            })
-            .unwrap_or_default();
-        let changed_since = self
+        let mut changed: ChangedNames = BTreeMap::new();
+        let mut resources = self
             .latest
             .as_ref()
-            .map(|l| (Arc::downgrade(l), diff_all(&l.resources, &resources)));
-        let set = Arc::new(ServiceSet {
-            version,
-            resources,
-            changed_since,
-        });
+            .map(|l| l.resources.clone())
+            .unwrap_or_default();
+        let mut rebuilt = 0usize;
+        for (key, merged) in index.services() {
+            let entry = index.cluster_service(&cluster, key);
+            if self.parts.get(key).is_some_and(|c| {
+                Arc::ptr_eq(&c.merged, merged)
+                    && match (&c.entry, entry) {
+                        (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                        (None, None) => true,
+                        _ => false,
+                    }
+            }) {
+                continue;
+            }
+            let part = service_gateway_part(index, &self.ctx, key);
+            let old = self.parts.remove(key).map(|c| c.part);
+            let old_resources = old.as_ref().map(|o| &o.resources);
+            replace(&mut resources, old_resources, &part.resources, &mut changed);
+            chains_changed |= old
+                .as_ref()
+                .unwrap_or(&GatewayPart::default())
+                .chains_differ(&part);
+            self.parts.insert(
+                key.clone(),
+                GatewayCached {
+                    merged: Arc::clone(merged),
+                    entry: entry.cloned(),
+                    part,
+                },
+            );
+            rebuilt += 1;
+        }
+        let gone: Vec<ServiceKey> = self
+            .parts
+            .keys()
+            .filter(|k| !index.services().contains_key(*k))
+            .cloned()
+            .collect();
+        for key in gone {
+            if let Some(c) = self.parts.remove(&key) {
+                let empty = GatewayPart::default();
+                replace(
+                    &mut resources,
+                    Some(&c.part.resources),
+                    &empty.resources,
+                    &mut changed,
+                );
+                chains_changed |= c.part.chains_differ(&empty);
+            }
+        }
+        if chains_changed {
+            let listeners =
+                gateway_listeners(index, &self.ctx, self.parts.values().map(|c| &c.part));
+            replace(
+                &mut resources,
+                Some(&self.listeners),
+                &listeners,
+                &mut changed,
+            );
+            self.listeners = listeners;
+        }
+        tracing::debug!(%cluster, rebuilt, chains_changed, "gateway class built");
+        let set = match &self.latest {
+            Some(latest) if changed.is_empty() => return Arc::clone(latest),
+            latest => Arc::new(ServiceSet {
+                version,
+                resources,
+                changed_since: latest.as_ref().map(|l| (Arc::downgrade(l), changed)),
+            }),
+        };
         self.latest = Some(Arc::clone(&set));
         set
     }
@@ -409,8 +449,8 @@ impl SharedBuilds {
             ClassState::Gateway(Box::new(GatewayBuild {
                 ctx: ctx.clone(),
                 globals: None,
-                cluster: None,
-                merged: Vec::new(),
+                parts: BTreeMap::new(),
+                listeners: Resources::default(),
                 latest: None,
                 built_for: 0,
             }))

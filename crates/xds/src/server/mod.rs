@@ -138,6 +138,12 @@ impl AdsServer {
         }
     }
 
+    /// The mesh state sessions serve from and check nodes against: the newest state once its
+    /// class resource sets are built (it can trail the input state by one build).
+    pub fn served(&self) -> watch::Receiver<Arc<MeshState>> {
+        self.state.clone()
+    }
+
     /// The tonic service to mount.
     pub fn into_service(self) -> AggregatedDiscoveryServiceServer<Self> {
         AggregatedDiscoveryServiceServer::new(self).max_decoding_message_size(MAX_REQUEST_BYTES)

@@ -407,6 +407,8 @@ pub struct Harness {
     pub index: MeshIndex,
     pub gamma: causeway_model::ClusterObjects,
     pub version: u64,
+    /// The state the server serves from (after its build of each published state).
+    pub served: watch::Receiver<Arc<MeshState>>,
 }
 
 impl Harness {
@@ -427,6 +429,7 @@ impl Harness {
         }));
         let registry = Arc::new(ProxyRegistry::new(true));
         let server = AdsServer::new(rx, Arc::clone(&registry), ServerConfig { coalesce });
+        let served = server.served();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
@@ -454,6 +457,7 @@ impl Harness {
             index,
             gamma,
             version: 1,
+            served,
         }
     }
 
@@ -485,6 +489,18 @@ impl Harness {
             .set_cluster(&ClusterId::new("gamma").expect("id"), objects)
             .expect("set");
         self.publish();
+    }
+
+    /// Waits until the server serves the last published state (nodes are checked against it).
+    pub async fn wait_served(&mut self) {
+        let version = self.version;
+        tokio::time::timeout(
+            SERVED_WITHIN,
+            self.served.wait_for(|s| s.version >= version),
+        )
+        .await
+        .expect("the published state served in time")
+        .expect("server running");
     }
 
     pub fn publish(&mut self) {
