@@ -242,6 +242,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
         "xds-scale: every proxy holds a full ACKed config after {:.1} s ({rss_connected:.0} MiB)",
         first_config.as_secs_f64()
     );
+    for (error, count) in common_errors(board.as_ref()) {
+        eprintln!("xds-scale: {count} proxies last reconnected after: {error}");
+    }
 
     let cpu_before = procfs::cpu_seconds(pid).unwrap_or(0.0);
     let mut moves = mesh::Moves::new(size);
@@ -304,6 +307,20 @@ async fn run(args: Args) -> anyhow::Result<()> {
             .with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(())
+}
+
+/// The proxies' last connection errors, most common first (three at most).
+fn common_errors(board: &Board) -> Vec<(String, usize)> {
+    let mut counts: std::collections::BTreeMap<String, usize> = Default::default();
+    for p in &board.proxies {
+        if let Some(e) = p.error.lock().ok().and_then(|e| e.clone()) {
+            *counts.entry(e).or_default() += 1;
+        }
+    }
+    let mut counts: Vec<(String, usize)> = counts.into_iter().collect();
+    counts.sort_by_key(|c| std::cmp::Reverse(c.1));
+    counts.truncate(3);
+    counts
 }
 
 fn proxy_errors(board: &Board) -> Vec<String> {

@@ -74,7 +74,7 @@ pub struct Resources {
 }
 
 /// Bump when resource builders change what they emit for the same inputs.
-pub const RESOURCE_SCHEMA: u32 = 3;
+pub const RESOURCE_SCHEMA: u32 = 4;
 
 /// FNV-1a 64 over bytes: a stable content hash for versions.
 pub fn content_hash(bytes: &[u8]) -> u64 {

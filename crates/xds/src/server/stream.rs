@@ -86,13 +86,16 @@ impl Desired {
         match (&older.shared, &self.shared) {
             (Some(a), Some(b)) if Arc::ptr_eq(a, b) => {}
             (Some(a), Some(b)) => names.extend(b.changed_from(a, t)),
+            // A set came or went: every name of the one there may differ.
             (a, b) => {
-                let empty = Resources::default();
-                names.extend(build::diff_names(
-                    a.as_ref().map_or(&empty, |s| &s.resources),
-                    b.as_ref().map_or(&empty, |s| &s.resources),
-                    t,
-                ));
+                for set in [a, b].into_iter().flatten() {
+                    names.extend(
+                        set.resources
+                            .of(t)
+                            .into_iter()
+                            .flat_map(|m| m.keys().cloned()),
+                    );
+                }
             }
         }
         names
