@@ -115,7 +115,7 @@ pub(super) fn eds_cluster_with(
 /// One endpoint of a load assignment. A remote pod (`EndpointKind::Remote`, Causeway proxies
 /// only) is addressed at its gateway, with the SNI that reaches just that pod and the pod's own
 /// address and workload for operators in the endpoint's Causeway metadata.
-fn lb_endpoint(e: &ViewEndpoint) -> endpoint::LbEndpoint {
+fn lb_endpoint(e: &ViewEndpoint, with: EndpointMetadata) -> endpoint::LbEndpoint {
     // Only what proxies read (Causeway's data plane: the answering cluster, the workload, the
     // per-endpoint SNI and pod address; a kind only when not implied): every byte here is sent
     // for each endpoint to each proxy, 100,000 times over in `bench/xds-scale`.
@@ -150,7 +150,7 @@ fn lb_endpoint(e: &ViewEndpoint) -> endpoint::LbEndpoint {
             },
         )),
         load_balancing_weight: u32v(e.weight.max(1)),
-        metadata: Some(causeway_metadata(&metadata)),
+        metadata: (with == EndpointMetadata::Causeway).then(|| causeway_metadata(&metadata)),
         // The control plane's gateway probes found its gateway dead: out of the balancing
         // before the proxy's own checks tell (they keep running and decide once it is back).
         health_status: if e.unhealthy.is_some() {
@@ -178,6 +178,7 @@ pub(super) fn single_endpoint_cluster(name: &str, e: &ViewEndpoint) -> cluster::
                 priority: 0,
                 endpoints: vec![e.clone()],
             }],
+            EndpointMetadata::Causeway,
         )),
         metadata: Some(causeway_metadata(&[("endpoint", e.address.to_string())])),
         ..Default::default()
@@ -192,9 +193,19 @@ fn locality(l: &causeway_model::Locality) -> core::Locality {
     }
 }
 
+/// Whether endpoints carry Causeway's metadata: Causeway proxies read it (answering cluster,
+/// workload, per-endpoint SNI); Envoy sidecars never do, and at 100,000 endpoints per proxy it
+/// was 60% of their load assignments' bytes. Gateways' sets are shared by both data planes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum EndpointMetadata {
+    Causeway,
+    Omitted,
+}
+
 pub(super) fn load_assignment(
     name: &str,
     groups: &[LocalityGroup],
+    metadata: EndpointMetadata,
 ) -> endpoint::ClusterLoadAssignment {
     endpoint::ClusterLoadAssignment {
         cluster_name: name.to_owned(),
@@ -202,7 +213,11 @@ pub(super) fn load_assignment(
             .iter()
             .map(|g| endpoint::LocalityLbEndpoints {
                 locality: Some(locality(&g.locality)),
-                lb_endpoints: g.endpoints.iter().map(lb_endpoint).collect(),
+                lb_endpoints: g
+                    .endpoints
+                    .iter()
+                    .map(|e| lb_endpoint(e, metadata))
+                    .collect(),
                 priority: g.priority,
                 ..Default::default()
             })

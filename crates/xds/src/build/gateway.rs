@@ -10,33 +10,47 @@ use envoy_types::pb::envoy::config::listener::v3 as listener;
 use envoy_types::pb::envoy::extensions::filters::listener::tls_inspector::v3 as tls_inspector;
 use envoy_types::util::pack_any;
 
-use super::eds::{gateway_cluster, group_by_locality, load_assignment, single_endpoint_cluster};
+use super::eds::{
+    gateway_cluster, group_by_locality, load_assignment, single_endpoint_cluster, EndpointMetadata,
+};
 use super::envoy::{causeway_metadata, duration_ms, network_filter, socket_address, tcp_proxy};
 use super::{outbound_cluster_name, route_cluster_name};
-use crate::resources::{Resources, TypeUrl};
+use crate::resources::{content_hash, Resources, TypeUrl};
 
 /// What one service adds to its cluster's east-west gateway: the clusters and load
-/// assignments of its routes, their SNI filter chains, and the chains of its per-endpoint
-/// SNIs. A gateway's resources are these for every service plus listeners holding all the
-/// chains, so a change to one service rebuilds its part and, only when its chains changed,
-/// the listeners.
+/// assignments of its routes, and their SNI filter chains (one per route, then one per
+/// per-endpoint SNI), already encoded. A gateway's resources are these for every service plus
+/// listeners holding all the chains, so a change to one service rebuilds its part and, only
+/// when its chains changed, the listeners, by concatenating the parts' encoded chains.
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct GatewayPart {
     /// Clusters and load assignments.
     pub resources: Resources,
-    route_chains: Vec<listener::FilterChain>,
-    endpoint_chains: Vec<listener::FilterChain>,
-    route_snis: Vec<String>,
-    endpoint_snis: Vec<String>,
+    /// The route chains, each encoded as a `Listener.filter_chains` field.
+    route_chains: Vec<u8>,
+    /// The per-endpoint chains, encoded the same way.
+    endpoint_chains: Vec<u8>,
+    /// Hash of both: what the listeners' versions are computed from.
+    chains_hash: u64,
+}
+
+/// `Listener.filter_chains` (see envoy.config.listener.v3.Listener).
+const FILTER_CHAINS_TAG: u32 = 3;
+
+/// Appends `chain` to `out` as one `filter_chains` field of a Listener message: protobuf
+/// merges concatenated fields, so a listener is its other fields followed by these.
+fn encode_chain_field(chain: &listener::FilterChain, out: &mut Vec<u8>) {
+    prost::encoding::message::encode(FILTER_CHAINS_TAG, chain, out);
 }
 
 impl GatewayPart {
-    /// Whether the service adds filter chains (or SNIs) different from `other`'s.
+    /// Whether the service adds filter chains different from `other`'s.
     pub fn chains_differ(&self, other: &GatewayPart) -> bool {
-        self.route_snis != other.route_snis
-            || self.endpoint_snis != other.endpoint_snis
-            || self.route_chains != other.route_chains
-            || self.endpoint_chains != other.endpoint_chains
+        self.route_chains != other.route_chains || self.endpoint_chains != other.endpoint_chains
+    }
+
+    fn has_chains(&self) -> bool {
+        !self.route_chains.is_empty() || !self.endpoint_chains.is_empty()
     }
 }
 
@@ -49,25 +63,26 @@ pub fn service_gateway_part(
     let mut part = GatewayPart::default();
     let routes = view::service_gateway_routes(index, &ctx.identity.cluster, key);
     for r in &routes {
-        part.route_chains.push(route_chain(r, &mut part.resources));
-        part.route_snis.push(r.sni.clone());
+        let chain = route_chain(r, &mut part.resources);
+        encode_chain_field(&chain, &mut part.route_chains);
     }
     // Per-endpoint chains once per port (a subset's endpoints are among the port's).
     for r in routes.iter().filter(|r| r.subset.is_none()) {
         for e in &r.endpoints {
             if let Some(chain) = endpoint_chain(r, e, &mut part.resources) {
-                part.endpoint_chains.push(chain);
+                encode_chain_field(&chain, &mut part.endpoint_chains);
             }
-            part.endpoint_snis.extend(e.sni.iter().cloned());
         }
     }
+    let mut both = part.route_chains.clone();
+    both.extend_from_slice(&part.endpoint_chains);
+    part.chains_hash = content_hash(&both);
     part
 }
 
 /// The listeners of the gateways of `ctx`'s cluster over every service's `parts` (in service
-/// order): one SNI filter chain per exported service port, subset and endpoint, TLS passed
-/// through without termination. No default chain: any other SNI (or none) gets its
-/// connection closed.
+/// order): every route chain, then every per-endpoint chain, TLS passed through without
+/// termination. No default chain: any other SNI (or none) gets its connection closed.
 pub fn gateway_listeners<'a>(
     index: &MeshIndex,
     ctx: &ProxyContext,
@@ -77,23 +92,16 @@ pub fn gateway_listeners<'a>(
     let Some(spec) = index.mesh().cluster(&ctx.identity.cluster) else {
         return out;
     };
-    let chains: Vec<listener::FilterChain> = parts
-        .clone()
-        .flat_map(|p| p.route_chains.iter())
-        .chain(parts.clone().flat_map(|p| p.endpoint_chains.iter()))
-        .cloned()
-        .collect();
-    let snis: Vec<&str> = parts
-        .clone()
-        .flat_map(|p| p.route_snis.iter())
-        .chain(parts.flat_map(|p| p.endpoint_snis.iter()))
-        .map(String::as_str)
-        .collect();
-    if chains.is_empty() {
+    if !parts.clone().any(GatewayPart::has_chains) {
         // Nothing exported: no listener at all (Envoy refuses a listener without filter
         // chains), so the gateway port refuses connections.
         return out;
     }
+    let hashes: Vec<u64> = parts
+        .clone()
+        .filter(|p| p.has_chains())
+        .map(|p| p.chains_hash)
+        .collect();
     for gw in &spec.gateways {
         let name = format!("gateway|{gw}");
         let listener = listener::Listener {
@@ -107,14 +115,20 @@ pub fn gateway_listeners<'a>(
                 ..Default::default()
             }],
             listener_filters_timeout: Some(duration_ms(5000)),
-            filter_chains: chains.clone(),
             ..Default::default()
         };
+        let mut any = pack_any(listener);
+        for p in parts.clone() {
+            any.value.extend_from_slice(&p.route_chains);
+        }
+        for p in parts.clone() {
+            any.value.extend_from_slice(&p.endpoint_chains);
+        }
         out.insert(
             TypeUrl::Listener,
             &name,
-            pack_any(listener),
-            &("gateway-listener", gw, &snis),
+            any,
+            &("gateway-listener", gw, &hashes),
         );
     }
     out
@@ -156,7 +170,7 @@ fn route_chain(r: &GatewayRoute, out: &mut Resources) -> listener::FilterChain {
     out.insert(
         TypeUrl::ClusterLoadAssignment,
         &name,
-        pack_any(load_assignment(&name, &groups)),
+        pack_any(load_assignment(&name, &groups, EndpointMetadata::Causeway)),
         &groups,
     );
     listener::FilterChain {

@@ -13,7 +13,7 @@ use envoy_types::pb::envoy::config::listener::v3 as listener;
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3 as tls;
 use envoy_types::util::pack_any;
 
-use super::eds::{eds_cluster_with, load_assignment, with_gateway_health_check};
+use super::eds::{eds_cluster_with, load_assignment, with_gateway_health_check, EndpointMetadata};
 use super::envoy::{
     causeway_metadata, http_manager, network_filter, outbound_route, socket_address, tcp_proxy_to,
     transport_socket, RouteSettings, Upstream,
@@ -164,11 +164,16 @@ fn outbound_cluster(
     } else {
         dest.groups.to_vec()
     });
+    let metadata = if causeway {
+        EndpointMetadata::Causeway
+    } else {
+        EndpointMetadata::Omitted
+    };
     out.insert(
         TypeUrl::ClusterLoadAssignment,
         name,
-        pack_any(load_assignment(name, &groups)),
-        &groups,
+        pack_any(load_assignment(name, &groups, metadata)),
+        &(&groups, metadata == EndpointMetadata::Causeway),
     );
 }
 
