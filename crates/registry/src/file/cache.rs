@@ -4,17 +4,48 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
 
 use causeway_model::{ClusterObjects, ObjectSource};
 
 use super::cluster::parse_cluster_documents;
 use crate::error::LoadError;
 
+/// What `stat` tells of a file: while it is the same, the file is not read again, unless it
+/// was modified within [`RACY_WINDOW`] of being read (a second write within the file system's
+/// timestamp granularity would leave the stamp as it was; git treats its index the same way).
+/// A rename onto the file changes the inode; a symbolic link is followed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stamp {
+    len: u64,
+    modified: SystemTime,
+    inode: u64,
+    device: u64,
+}
+
+/// How long after its last modification a stamp is trusted.
+const RACY_WINDOW: Duration = Duration::from_secs(2);
+
+impl Stamp {
+    /// The stamp of a file's metadata (`None` where the platform gives no modification time).
+    pub fn of(meta: &std::fs::Metadata) -> Option<Self> {
+        use std::os::unix::fs::MetadataExt;
+        Some(Self {
+            len: meta.len(),
+            modified: meta.modified().ok()?,
+            inode: meta.ino(),
+            device: meta.dev(),
+        })
+    }
+}
+
 /// One file's parse, keyed by a hash of its text.
 #[derive(Debug, Clone)]
 struct ParsedFile {
     text_hash: u64,
     text_len: usize,
+    /// Its stamp when read, if it may be trusted to tell the file did not change.
+    stamp: Option<Stamp>,
     objects: ClusterObjects,
     errors: Vec<LoadError>,
 }
@@ -33,48 +64,76 @@ fn text_hash(text: &str) -> u64 {
 }
 
 impl FileCache {
-    /// Whether `files` (path and text, the whole directory `dir`) are exactly what the cache
-    /// last parsed of `dir`: then nothing in the cluster changed.
-    pub fn unchanged(&self, dir: &Path, files: &[(PathBuf, String)]) -> bool {
+    /// Whether file `rel` is known unchanged from its stamp alone (then it need not be read).
+    pub fn known(&self, rel: &Path, stamp: Option<Stamp>) -> bool {
+        let dir = rel.parent().unwrap_or(Path::new(""));
+        stamp.is_some()
+            && self
+                .dirs
+                .get(dir)
+                .and_then(|files| files.get(rel))
+                .is_some_and(|p| p.stamp == stamp)
+    }
+
+    /// Whether `files` (path and text, `None` for a file [`FileCache::known`] unchanged; the
+    /// whole directory `dir`) are exactly what the cache last parsed of `dir`: then nothing
+    /// in the cluster changed.
+    pub fn unchanged(
+        &self,
+        dir: &Path,
+        files: &[(PathBuf, Option<String>, Option<Stamp>)],
+    ) -> bool {
         let Some(cached) = self.dirs.get(dir) else {
             return false;
         };
         cached.len() == files.len()
-            && files.iter().all(|(rel, text)| {
-                cached
-                    .get(rel)
-                    .is_some_and(|p| p.text_len == text.len() && p.text_hash == text_hash(text))
+            && files.iter().all(|(rel, text, _)| {
+                cached.get(rel).is_some_and(|p| match text {
+                    None => true,
+                    Some(text) => p.text_len == text.len() && p.text_hash == text_hash(text),
+                })
             })
     }
 
-    /// Adds the objects of file `rel` (text `text`) to `into`, parsing it only when its text
-    /// changed since the last call. Duplicates across files are errors, as within one file.
+    /// Adds the objects of file `rel` to `into`, parsing it only when its text (`None`: known
+    /// unchanged) changed since the last call; `stamp` is its stamp when read. Duplicates
+    /// across files are errors, as within one file.
     pub fn merge_file(
         &mut self,
         rel: &Path,
-        text: &str,
+        text: Option<&str>,
+        stamp: Option<Stamp>,
         into: &mut ClusterObjects,
         errors: &mut Vec<LoadError>,
     ) {
-        let hash = text_hash(text);
         let dir = rel.parent().unwrap_or(Path::new("")).to_path_buf();
         let files = self.dirs.entry(dir).or_default();
-        let fresh = files
-            .get(rel)
-            .is_none_or(|p| p.text_hash != hash || p.text_len != text.len());
-        if fresh {
-            let mut objects = ClusterObjects::default();
-            let mut file_errors = Vec::new();
-            parse_cluster_documents(rel, text, &mut objects, &mut file_errors);
-            files.insert(
-                rel.to_path_buf(),
-                ParsedFile {
-                    text_hash: hash,
-                    text_len: text.len(),
-                    objects,
-                    errors: file_errors,
-                },
-            );
+        if let Some(text) = text {
+            let hash = text_hash(text);
+            // Trusted from the next reload on only once the file has been still for a while.
+            let settled = stamp.filter(|s| {
+                s.modified
+                    .checked_add(RACY_WINDOW)
+                    .is_some_and(|t| t <= SystemTime::now())
+            });
+            match files.get_mut(rel) {
+                Some(p) if p.text_hash == hash && p.text_len == text.len() => p.stamp = settled,
+                _ => {
+                    let mut objects = ClusterObjects::default();
+                    let mut file_errors = Vec::new();
+                    parse_cluster_documents(rel, text, &mut objects, &mut file_errors);
+                    files.insert(
+                        rel.to_path_buf(),
+                        ParsedFile {
+                            text_hash: hash,
+                            text_len: text.len(),
+                            stamp: settled,
+                            objects,
+                            errors: file_errors,
+                        },
+                    );
+                }
+            }
         }
         let Some(parsed) = files.get(rel) else {
             return;

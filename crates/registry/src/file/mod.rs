@@ -30,7 +30,7 @@ use causeway_model::{ClusterObjects, MeshConfig, TrafficPolicy};
 
 use crate::LoadError;
 
-pub use cache::FileCache;
+pub use cache::{FileCache, Stamp};
 pub use cluster::parse_cluster_documents;
 pub use mesh::parse_mesh_documents;
 pub use objects::{policy_from_spec, traffic_policy_from_spec};
@@ -144,29 +144,41 @@ pub fn load_cluster_dir_cached(
             )]))
         }
     };
-    let mut files: BTreeMap<String, PathBuf> = BTreeMap::new();
+    let mut files: BTreeMap<String, (PathBuf, Option<Stamp>)> = BTreeMap::new();
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
         let is_yaml = name.ends_with(".yaml") || name.ends_with(".yml");
-        if is_yaml && !name.starts_with('.') && entry.path().is_file() {
-            files.insert(name, entry.path());
+        if !is_yaml || name.starts_with('.') {
+            continue;
+        }
+        // Following symbolic links (a mounted ConfigMap's files are links).
+        let path = entry.path();
+        if let Some(meta) = std::fs::metadata(&path)
+            .ok()
+            .filter(std::fs::Metadata::is_file)
+        {
+            files.insert(name, (path, Stamp::of(&meta)));
         }
     }
     let mut texts = Vec::with_capacity(files.len());
-    for (name, path) in files {
+    for (name, (path, stamp)) in files {
         let rel = rel_dir.join(&name);
+        if cache.known(&rel, stamp) {
+            texts.push((rel, None, stamp));
+            continue;
+        }
         match read_limited(&path, MAX_FILE_BYTES) {
-            Ok(text) => texts.push((rel, text)),
+            Ok(text) => texts.push((rel, Some(text), stamp)),
             Err(e) => errors.push(LoadError::file(&rel, e)),
         }
     }
     if errors.is_empty() && cache.unchanged(&rel_dir, &texts) {
         return None;
     }
-    let seen: Vec<PathBuf> = texts.iter().map(|(rel, _)| rel.clone()).collect();
+    let seen: Vec<PathBuf> = texts.iter().map(|(rel, _, _)| rel.clone()).collect();
     cache.retain_dir(&rel_dir, &seen);
-    for (rel, text) in &texts {
-        cache.merge_file(rel, text, &mut objects, &mut errors);
+    for (rel, text, stamp) in &texts {
+        cache.merge_file(rel, text.as_deref(), *stamp, &mut objects, &mut errors);
     }
     Some(if errors.is_empty() {
         Ok(objects)
@@ -223,6 +235,75 @@ mod tests {
             load_cluster_dir(root.path(), "east").expect("uncached")
         );
         assert_eq!(after.services.len(), 1);
+    }
+
+    /// Rewrites `path` in place (same inode) with `text` and gives it modification time `at`.
+    fn rewrite(path: &Path, text: &str, at: std::time::SystemTime) {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .truncate(true)
+            .open(path)
+            .expect("open");
+        f.write_all(text.as_bytes()).expect("write");
+        f.set_modified(at).expect("mtime");
+    }
+
+    #[test]
+    fn files_still_for_a_while_are_not_read_again_and_recent_ones_always_are() {
+        let root = tempfile::tempdir().expect("dir");
+        let dir = root.path().join("clusters/east");
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        let (a, b) = (dir.join("a.yaml"), dir.join("b.yaml"));
+        let old = std::time::SystemTime::now() - std::time::Duration::from_secs(60);
+        std::fs::write(&a, SERVICE.replace("NAME", "a")).expect("write");
+        rewrite(&a, &SERVICE.replace("NAME", "a"), old);
+        std::fs::write(&b, SERVICE.replace("NAME", "b")).expect("write");
+        let mut cache = FileCache::default();
+        let first = load_cluster_dir_cached(root.path(), "east", &mut cache)
+            .expect("loaded")
+            .expect("good");
+        assert_eq!(first.services.len(), 2);
+        // b was written just now: a same-length rewrite within the timestamp granularity
+        // would keep its stamp, so it is read again and the change is seen.
+        rewrite(
+            &b,
+            &SERVICE.replace("NAME", "c"),
+            std::fs::metadata(&b)
+                .expect("stat")
+                .modified()
+                .expect("mtime"),
+        );
+        let second = load_cluster_dir_cached(root.path(), "east", &mut cache)
+            .expect("reloaded")
+            .expect("good");
+        assert!(
+            second.services.keys().any(|k| k.name == "c"),
+            "{:?}",
+            second.services.keys()
+        );
+        // a has been still for a minute: its stamp is trusted, so a rewrite that keeps the
+        // stamp (same inode, length and time, which only a deliberate reset does) is not read.
+        rewrite(&a, &SERVICE.replace("NAME", "z"), old);
+        let third = load_cluster_dir_cached(root.path(), "east", &mut cache);
+        assert!(
+            third.is_none(),
+            "a's unchanged stamp means unchanged: {third:?}"
+        );
+        // Any change to the stamp is seen.
+        rewrite(
+            &a,
+            &SERVICE.replace("NAME", "z"),
+            old + std::time::Duration::from_secs(1),
+        );
+        let fourth = load_cluster_dir_cached(root.path(), "east", &mut cache)
+            .expect("reloaded")
+            .expect("good");
+        assert!(
+            fourth.services.keys().any(|k| k.name == "z"),
+            "{:?}",
+            fourth.services.keys()
+        );
     }
 
     #[test]
