@@ -150,7 +150,8 @@ fn lb_endpoint(e: &ViewEndpoint, with: EndpointMetadata) -> endpoint::LbEndpoint
             },
         )),
         load_balancing_weight: u32v(e.weight.max(1)),
-        metadata: (with == EndpointMetadata::Causeway).then(|| causeway_metadata(&metadata)),
+        metadata: (with == EndpointMetadata::Causeway || e.kind == EndpointKind::Gateway)
+            .then(|| causeway_metadata(&metadata)),
         // The control plane's gateway probes found its gateway dead: out of the balancing
         // before the proxy's own checks tell (they keep running and decide once it is back).
         health_status: if e.unhealthy.is_some() {
@@ -193,13 +194,16 @@ fn locality(l: &causeway_model::Locality) -> core::Locality {
     }
 }
 
-/// Whether endpoints carry Causeway's metadata: Causeway proxies read it (answering cluster,
-/// workload, per-endpoint SNI); Envoy sidecars never do, and at 100,000 endpoints per proxy it
-/// was 60% of their load assignments' bytes. Gateways' sets are shared by both data planes.
+/// Which endpoints carry Causeway's metadata: all for Causeway proxies, which read it
+/// (answering cluster, workload, per-endpoint SNI); for Envoy sidecars only the gateway
+/// aggregates (a static bootstrap written from their resources still tells the Causeway data
+/// plane which endpoints are paths through a gateway). At 100,000 endpoints per proxy it was
+/// 60% of an Envoy sidecar's load assignments' bytes. Gateways' sets, shared by both data
+/// planes, carry it all.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum EndpointMetadata {
     Causeway,
-    Omitted,
+    GatewaysOnly,
 }
 
 pub(super) fn load_assignment(

@@ -167,7 +167,7 @@ fn outbound_cluster(
     let metadata = if causeway {
         EndpointMetadata::Causeway
     } else {
-        EndpointMetadata::Omitted
+        EndpointMetadata::GatewaysOnly
     };
     out.insert(
         TypeUrl::ClusterLoadAssignment,
