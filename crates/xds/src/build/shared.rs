@@ -381,25 +381,16 @@ struct GatewayBuild {
 }
 
 impl GatewayBuild {
-    fn build(&mut self, index: &MeshIndex, version: u64) -> Arc<ServiceSet> {
-        if let Some(latest) = self.latest.as_ref().filter(|_| self.built_for == version) {
-            return Arc::clone(latest);
-        }
-        self.built_for = version;
-        let cluster = self.ctx.identity.cluster.clone();
-        let mut chains_changed = self.latest.is_none();
-        if !self.globals.as_ref().is_some_and(|g| g.same(index)) {
-            self.parts.clear();
-            self.globals = Some(Globals::of(index));
-            chains_changed = true;
-        }
-        let mut changed: ChangedNames = BTreeMap::new();
-        let mut resources = self
-            .latest
-            .as_ref()
-            .map(|l| l.resources.clone())
-            .unwrap_or_default();
-        let mut rebuilt = 0usize;
+    /// Rebuilds the parts of the services that changed (and drops those of services gone),
+    /// swapping their resources in `resources`: how many were rebuilt, and whether any
+    /// part's filter chains changed (then the listeners must be rebuilt).
+    fn update_parts(
+        &mut self,
+        index: &MeshIndex,
+        resources: &mut SharedResources,
+        changed: &mut ChangedNames,
+    ) -> (usize, bool) {
+        let (mut rebuilt, mut chains_changed) = (0usize, false);
         let dirty = self.seen.changed(index);
         for (key, merged) in index.services() {
             let same = self
@@ -412,7 +403,7 @@ impl GatewayBuild {
             let part = service_gateway_part(index, &self.ctx, key);
             let old = self.parts.remove(key).map(|c| c.part);
             let old_resources = old.as_ref().map(|o| &o.resources);
-            replace(&mut resources, old_resources, &part.resources, &mut changed);
+            replace(resources, old_resources, &part.resources, changed);
             chains_changed |= old
                 .as_ref()
                 .unwrap_or(&GatewayPart::default())
@@ -436,14 +427,39 @@ impl GatewayBuild {
             if let Some(c) = self.parts.remove(&key) {
                 let empty = GatewayPart::default();
                 replace(
-                    &mut resources,
+                    resources,
                     Some(&c.part.resources),
                     &empty.resources,
-                    &mut changed,
+                    changed,
                 );
                 chains_changed |= c.part.chains_differ(&empty);
             }
         }
+        (rebuilt, chains_changed)
+    }
+
+    /// The gateways' set for `index` at `version`: the latest one when nothing changed, else
+    /// one with the changed services' parts swapped (and new listeners if chains changed).
+    fn build(&mut self, index: &MeshIndex, version: u64) -> Arc<ServiceSet> {
+        if let Some(latest) = self.latest.as_ref().filter(|_| self.built_for == version) {
+            return Arc::clone(latest);
+        }
+        self.built_for = version;
+        let cluster = self.ctx.identity.cluster.clone();
+        let mut chains_changed = self.latest.is_none();
+        if !self.globals.as_ref().is_some_and(|g| g.same(index)) {
+            self.parts.clear();
+            self.globals = Some(Globals::of(index));
+            chains_changed = true;
+        }
+        let mut changed: ChangedNames = BTreeMap::new();
+        let mut resources = self
+            .latest
+            .as_ref()
+            .map(|l| l.resources.clone())
+            .unwrap_or_default();
+        let (rebuilt, parts_changed) = self.update_parts(index, &mut resources, &mut changed);
+        chains_changed |= parts_changed;
         if chains_changed {
             let listeners =
                 gateway_listeners(index, &self.ctx, self.parts.values().map(|c| &c.part));
