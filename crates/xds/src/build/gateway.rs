@@ -22,7 +22,7 @@ use crate::resources::{content_hash, Resources, TypeUrl};
 /// per-endpoint SNI), already encoded. A gateway's resources are these for every service plus
 /// listeners holding all the chains, so a change to one service rebuilds its part and, only
 /// when its chains changed, the listeners, by concatenating the parts' encoded chains.
-#[derive(Debug, Default, Clone, PartialEq)]
+#[derive(Debug, Default)]
 pub struct GatewayPart {
     /// Clusters and load assignments.
     pub resources: Resources,

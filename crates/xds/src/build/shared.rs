@@ -250,7 +250,7 @@ impl SidecarBuild {
         }
         let dirty = self.seen.changed(index);
         let slots = self.slots(index);
-        let mut changed: BTreeMap<TypeUrl, BTreeSet<String>> = BTreeMap::new();
+        let mut changed: ChangedNames = BTreeMap::new();
         let mut resources = self
             .latest
             .as_ref()
@@ -279,13 +279,7 @@ impl SidecarBuild {
             );
             rebuilt += 1;
         }
-        let gone: Vec<ServiceKey> = self
-            .services
-            .keys()
-            .filter(|k| !index.services().contains_key(*k))
-            .cloned()
-            .collect();
-        for key in gone {
+        for key in gone(self.services.keys(), index) {
             if let Some(c) = self.services.remove(&key) {
                 replace(
                     &mut resources,
@@ -331,12 +325,20 @@ impl SidecarBuild {
     }
 }
 
+/// The services of `cached` the index no longer has.
+fn gone<'a>(cached: impl Iterator<Item = &'a ServiceKey>, index: &MeshIndex) -> Vec<ServiceKey> {
+    cached
+        .filter(|k| !index.services().contains_key(*k))
+        .cloned()
+        .collect()
+}
+
 /// Takes `old`'s resources out of `into`, puts `fresh`'s in, and notes the names that differ.
 fn replace(
     into: &mut SharedResources,
     old: Option<&Resources>,
     fresh: &Resources,
-    changed: &mut BTreeMap<TypeUrl, BTreeSet<String>>,
+    changed: &mut ChangedNames,
 ) {
     if let Some(old) = old {
         for (t, map) in &old.by_type {
@@ -417,13 +419,7 @@ impl GatewayBuild {
             );
             rebuilt += 1;
         }
-        let gone: Vec<ServiceKey> = self
-            .parts
-            .keys()
-            .filter(|k| !index.services().contains_key(*k))
-            .cloned()
-            .collect();
-        for key in gone {
+        for key in gone(self.parts.keys(), index) {
             if let Some(c) = self.parts.remove(&key) {
                 let empty = GatewayPart::default();
                 replace(
