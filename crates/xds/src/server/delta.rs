@@ -11,6 +11,7 @@ use tokio::sync::mpsc;
 use tonic::Status;
 
 use super::holdings::Holdings;
+use super::names::{intern, version_id, Name};
 use super::stream::Session;
 use crate::resources::TypeUrl;
 
@@ -25,7 +26,7 @@ pub(super) const MAX_RESPONSE_BYTES: usize = 256 * 1024;
 
 #[derive(Default)]
 struct DeltaType {
-    subscribed: BTreeSet<String>,
+    subscribed: BTreeSet<Name>,
     wildcard: bool,
     /// Bytes of the names in `subscribed`, at most [`MAX_SUBSCRIBED_BYTES`].
     subscribed_bytes: usize,
@@ -75,17 +76,18 @@ impl Delta {
             desired
                 .get(t, name)
                 .filter(|_| in_scope(name))
-                .map(|r| r.version.clone())
+                .map(|r| version_id(&r.version))
         });
         let mut resources = Vec::new();
-        let mut changes: BTreeMap<String, Option<String>> = BTreeMap::new();
-        let mut removed: Vec<String> = Vec::new();
-        let mut consider = |name: &String| match desired.get(t, name) {
+        let mut changes: BTreeMap<Name, Option<u64>> = BTreeMap::new();
+        let mut removed: Vec<Name> = Vec::new();
+        let mut consider = |name: &str| match desired.get(t, name) {
             Some(r) if in_scope(name) => {
-                if held.known.get(name) != Some(&r.version) {
-                    changes.insert(name.clone(), Some(r.version.clone()));
+                let version = version_id(&r.version);
+                if held.known.get(name) != Some(version) {
+                    changes.insert(intern(name), Some(version));
                     resources.push(DeltaResource {
-                        name: name.clone(),
+                        name: name.to_owned(),
                         version: r.version.clone(),
                         resource: Some((*r.body).clone()),
                         ..Default::default()
@@ -95,25 +97,25 @@ impl Delta {
             Some(_) => {}
             None => {
                 if held.known.contains_key(name) {
-                    removed.push(name.clone());
+                    removed.push(intern(name));
                 }
             }
         };
         match candidates {
             Some(names) => {
-                names.iter().for_each(&mut consider);
+                names.iter().for_each(|n| consider(n));
                 // Refused resources are offered again with every push.
-                let refused: Vec<String> = held
+                let refused: Vec<Name> = held
                     .rejected
                     .keys()
-                    .filter(|n| !names.contains(*n))
+                    .filter(|n| !names.contains(&***n))
                     .cloned()
                     .collect();
-                refused.iter().for_each(&mut consider);
+                refused.iter().for_each(|n| consider(n));
             }
             None => {
-                let mut all: BTreeSet<&String> = desired.iter(t).map(|(n, _)| n).collect();
-                all.extend(held.known.keys());
+                let mut all: BTreeSet<&str> = desired.iter(t).map(|(n, _)| n.as_str()).collect();
+                all.extend(held.known.keys().map(|n| &**n));
                 all.into_iter().for_each(&mut consider);
             }
         }
@@ -147,16 +149,17 @@ impl Delta {
         let mut responses = Vec::with_capacity(count);
         let mut removed = Some(removed);
         for (i, part) in parts.into_iter().enumerate() {
-            let mut part_changes: BTreeMap<String, Option<String>> = part
+            let mut part_changes: BTreeMap<Name, Option<u64>> = part
                 .iter()
-                .map(|r| (r.name.clone(), changes.get(&r.name).cloned().flatten()))
+                .filter_map(|r| changes.get_key_value(r.name.as_str()))
+                .map(|(n, v)| (Name::clone(n), *v))
                 .collect();
             let removed_here = if i + 1 == count {
                 removed.take().unwrap_or_default()
             } else {
                 Vec::new()
             };
-            part_changes.extend(removed_here.iter().map(|n| (n.clone(), None)));
+            part_changes.extend(removed_here.iter().map(|n| (Name::clone(n), None)));
             self.nonce += 1;
             let nonce = format!("{}-{}", self.session.conn, self.nonce);
             let version = held.sent(nonce.clone(), part_changes);
@@ -171,7 +174,7 @@ impl Delta {
                 system_version_info: version,
                 resources: part,
                 type_url: t.as_str().to_owned(),
-                removed_resources: removed_here,
+                removed_resources: removed_here.iter().map(|n| n.to_string()).collect(),
                 nonce,
                 ..Default::default()
             });
@@ -210,7 +213,7 @@ impl Delta {
                 .changes
                 .iter()
                 .filter(|(_, v)| v.is_some())
-                .map(|(n, _)| n.clone())
+                .map(|(n, _)| n.to_string())
                 .collect();
             tracing::warn!(
                 node = %self.session.node.id,
@@ -224,7 +227,7 @@ impl Delta {
             registry.nacked(conn, t, &refused.version, &err.message, names);
         } else if held.ack(&req.response_nonce).is_some() {
             let outstanding = !held.rejected.is_empty();
-            registry.delta_acked(conn, t, &held.acked.version(), outstanding);
+            registry.delta_acked(conn, t, &held.acked_version(), outstanding);
             self.session.acked(t);
         }
     }
@@ -246,14 +249,14 @@ impl Delta {
             st.holdings = Holdings::initial(
                 req.initial_resource_versions
                     .iter()
-                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .map(|(k, v)| (intern(k), version_id(v)))
                     .collect(),
             );
         }
         for name in &req.resource_names_subscribe {
             if name == "*" {
                 st.wildcard = true;
-            } else if st.subscribed.insert(name.clone()) {
+            } else if st.subscribed.insert(intern(name)) {
                 st.subscribed_bytes += name.len();
             }
         }
@@ -261,7 +264,7 @@ impl Delta {
             if name == "*" {
                 st.wildcard = false;
             } else {
-                if st.subscribed.remove(name) {
+                if st.subscribed.remove(name.as_str()) {
                     st.subscribed_bytes -= name.len();
                 }
                 st.holdings.forget(name);

@@ -24,6 +24,7 @@
 
 mod delta;
 mod holdings;
+mod names;
 mod sotw;
 mod stream;
 mod tls;
