@@ -13,12 +13,12 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
-use super::names::{version_text, Name};
+use super::names::{version_digits, Name};
 use crate::resources::{entry_hash, format_set_version};
 
 /// One entry's share of the set version (the same as for its version's text).
 fn share(name: &str, version: u64) -> u64 {
-    entry_hash(name, &version_text(version))
+    entry_hash(name, version_digits(version))
 }
 
 /// Name → version, with its [`crate::resources::set_version`] kept current on every insert and
@@ -272,7 +272,7 @@ impl Holdings {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::server::names::{intern, version_id};
+    use crate::server::names::{intern, version_id, version_text};
     use crate::server::sotw::version_of;
 
     /// A version the builders could have made, from a short tag.

@@ -59,9 +59,22 @@ pub(super) fn version_id(version: &str) -> u64 {
     content_hash(version.as_bytes())
 }
 
-/// The text of a version id (what [`version_id`] read, for versions the builders made).
+/// The 16 lowercase hex digits of a version id (what [`version_id`] read, for versions the
+/// builders made), on the stack: set versions hash them for every changed resource of every
+/// push, and `format!` would allocate each time.
+pub(super) fn version_digits(id: u64) -> [u8; 16] {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut digits = [0u8; 16];
+    for (i, d) in digits.iter_mut().enumerate() {
+        *d = HEX[((id >> (60 - 4 * i)) & 0xf) as usize];
+    }
+    digits
+}
+
+/// The text of a version id.
+#[cfg(test)]
 pub(super) fn version_text(id: u64) -> String {
-    format!("{id:016x}")
+    String::from_utf8_lossy(&version_digits(id)).into_owned()
 }
 
 #[cfg(test)]
@@ -84,5 +97,8 @@ mod tests {
         );
         assert_ne!(version_id("v1"), version_id("v2"));
         assert_ne!(version_text(version_id("v1")), "v1");
+        for id in [0, 1, 0xabc, u64::MAX, 0x0123_4567_89ab_cdef] {
+            assert_eq!(version_text(id), format!("{id:016x}"));
+        }
     }
 }
