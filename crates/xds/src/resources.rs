@@ -1,9 +1,12 @@
 //! A proxy's resources by type and name, each with a content version, ready to diff and send.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
+use bytes::Bytes;
+use envoy_types::pb::envoy::service::discovery::v3::Resource as DeltaResource;
 use envoy_types::pb::google::protobuf::Any;
+use prost::Message;
 use serde::Serialize;
 
 /// The resource types Causeway serves over ADS.
@@ -58,12 +61,50 @@ impl TypeUrl {
 }
 
 /// One resource with its content version.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct Resource {
     /// Hash of the encoded resource: changes exactly when the content does.
     pub version: String,
     /// The encoded resource (shared: caches and pushes hold it without copying).
     pub body: Arc<Any>,
+    /// The resource as delta responses carry it, encoded the first time one does; clones
+    /// share it, so every proxy of a class sends the same bytes.
+    delta: Arc<OnceLock<Bytes>>,
+}
+
+impl PartialEq for Resource {
+    fn eq(&self, other: &Self) -> bool {
+        self.version == other.version && self.body == other.body
+    }
+}
+
+impl Resource {
+    /// A resource of `version` (its content hash).
+    pub fn new(version: String, body: Any) -> Self {
+        Self {
+            version,
+            body: Arc::new(body),
+            delta: Arc::default(),
+        }
+    }
+
+    /// The encoded `envoy.service.discovery.v3.Resource` of this resource under `name` (the
+    /// name it is kept under; one resource is never kept under two).
+    pub fn delta_encoded(&self, name: &str) -> Bytes {
+        self.delta
+            .get_or_init(|| {
+                Bytes::from(
+                    DeltaResource {
+                        name: name.to_owned(),
+                        version: self.version.clone(),
+                        resource: Some((*self.body).clone()),
+                        ..Default::default()
+                    }
+                    .encode_to_vec(),
+                )
+            })
+            .clone()
+    }
 }
 
 /// Every resource of a proxy, by type then name.
@@ -105,13 +146,10 @@ impl Resources {
             format!("{}/{RESOURCE_SCHEMA}/{name}", env!("CARGO_PKG_VERSION")).into_bytes();
         bytes.extend_from_slice(&encoded);
         let version = format!("{:016x}", content_hash(&bytes));
-        self.by_type.entry(type_url).or_default().insert(
-            name.to_owned(),
-            Resource {
-                version,
-                body: Arc::new(body),
-            },
-        );
+        self.by_type
+            .entry(type_url)
+            .or_default()
+            .insert(name.to_owned(), Resource::new(version, body));
     }
 
     /// Adds every resource of `other`.

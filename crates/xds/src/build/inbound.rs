@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
-use causeway_discovery::{policy, MeshIndex, ProxyContext};
+use causeway_discovery::{policy, MeshIndex, ProxyContext, WorkloadPlacement};
 use causeway_model::{AuthorizationPolicy, ServicePort};
 use envoy_types::pb::envoy::config::cluster::v3 as cluster;
 use envoy_types::pb::envoy::config::core::v3 as core;
@@ -32,8 +32,49 @@ pub fn sidecar_inbound_resources(
     node: &ProxyNode,
     ctx: &ProxyContext,
 ) -> Resources {
+    sidecar_inbound_from(&InboundInputs::of(index, ctx), node)
+}
+
+/// What a sidecar's inbound resources are built from besides its node: a session rebuilds them
+/// only when these differ, not whenever anything in its cluster changed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InboundInputs {
+    trust_domain: String,
+    placement: Option<WorkloadPlacement>,
+    ports: BTreeMap<u16, ServicePort>,
+    policies: Vec<AuthorizationPolicy>,
+}
+
+impl InboundInputs {
+    /// The inputs of the proxy of `ctx` in `index`.
+    pub fn of(index: &MeshIndex, ctx: &ProxyContext) -> Self {
+        let placement = index.cluster(&ctx.identity.cluster).and_then(|c| {
+            c.workloads
+                .get(&(
+                    ctx.identity.namespace.clone(),
+                    ctx.identity.workload.clone(),
+                ))
+                .cloned()
+        });
+        Self {
+            trust_domain: index.mesh().mesh.trust_domain.clone(),
+            ports: placement
+                .as_ref()
+                .map(|_| inbound_ports(index, ctx))
+                .unwrap_or_default(),
+            policies: placement
+                .as_ref()
+                .map(|_| policy::inbound_policies(index, ctx))
+                .unwrap_or_default(),
+            placement,
+        }
+    }
+}
+
+/// A sidecar's inbound resources from their inputs.
+pub fn sidecar_inbound_from(inputs: &InboundInputs, node: &ProxyNode) -> Resources {
     let mut out = Resources::default();
-    inbound(index, node, ctx, &index.mesh().mesh.trust_domain, &mut out);
+    inbound(inputs, node, &mut out);
     capture(node, &mut out);
     out
 }
@@ -114,25 +155,13 @@ fn inbound_ports(index: &MeshIndex, ctx: &ProxyContext) -> BTreeMap<u16, Service
     ports
 }
 
-fn inbound(
-    index: &MeshIndex,
-    node: &ProxyNode,
-    ctx: &ProxyContext,
-    trust_domain: &str,
-    out: &mut Resources,
-) {
-    let Some(cluster) = index.cluster(&ctx.identity.cluster) else {
+fn inbound(inputs: &InboundInputs, node: &ProxyNode, out: &mut Resources) {
+    let Some(placement) = &inputs.placement else {
         return;
     };
-    let Some(placement) = cluster.workloads.get(&(
-        ctx.identity.namespace.clone(),
-        ctx.identity.workload.clone(),
-    )) else {
-        return;
-    };
+    let (trust_domain, policies) = (inputs.trust_domain.as_str(), &inputs.policies);
     let app = node.app_address.unwrap_or(IpAddr::from([127, 0, 0, 1]));
-    let policies = policy::inbound_policies(index, ctx);
-    for (target_port, port) in inbound_ports(index, ctx) {
+    for (&target_port, port) in &inputs.ports {
         let cluster_name = format!("inbound|{target_port}||");
         out.insert(
             TypeUrl::Cluster,
@@ -145,10 +174,10 @@ fn inbound(
             name: name.clone(),
             address: Some(socket_address(placement.address, target_port)),
             filter_chains: vec![listener::FilterChain {
-                filters: inbound_filters(&policies, trust_domain, target_port, &port),
+                filters: inbound_filters(policies, trust_domain, target_port, port),
                 transport_socket: Some(transport_socket(pack_any(downstream_tls(
                     trust_domain,
-                    is_http(&port),
+                    is_http(port),
                 )))),
                 transport_socket_connect_timeout: Some(duration_ms(10_000)),
                 ..Default::default()
@@ -160,8 +189,8 @@ fn inbound(
             "inbound-listener",
             placement.address,
             target_port,
-            &port,
-            &policies,
+            port,
+            policies,
             trust_domain,
         );
         out.insert(TypeUrl::Listener, &name, pack_any(listener), &inputs);

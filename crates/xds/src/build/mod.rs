@@ -29,7 +29,7 @@ use crate::resources::Resources;
 
 pub use cache::SidecarCache;
 pub use gateway::gateway_resources;
-pub use inbound::sidecar_inbound_resources;
+pub use inbound::{sidecar_inbound_from, sidecar_inbound_resources, InboundInputs};
 pub use outbound::sidecar_service_resources;
 pub use shared::{diff_names, sidecar_class, ClassBuild, ServiceSet, SharedBuilds};
 pub use slots::{outbound_address, sidecar_slots};

@@ -25,9 +25,13 @@
 mod delta;
 mod holdings;
 mod names;
+mod service;
 mod sotw;
 mod stream;
 mod tls;
+mod wire;
+
+pub use service::AdsService;
 
 pub use tls::{
     serve_tls, serve_tls_with_limits, AuthenticatedConn, PeerInfo, XdsLimits, XdsTls,
@@ -40,11 +44,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use causeway_discovery::MeshIndex;
-use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::{
-    AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
-};
 use envoy_types::pb::envoy::service::discovery::v3::{
-    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
+    DeltaDiscoveryRequest, DiscoveryRequest, DiscoveryResponse,
 };
 use futures::{Stream, StreamExt};
 use tokio::sync::{mpsc, watch, Semaphore};
@@ -57,6 +58,7 @@ use crate::status::ProxyRegistry;
 use delta::Delta;
 use sotw::Sotw;
 use stream::{drive, open_session, Pacer, Session, WarmingSlot};
+use wire::DeltaResponseWire;
 
 /// Largest request message accepted (bytes): a longer one is refused with `OUT_OF_RANGE` as
 /// soon as its length prefix is read, before it is buffered.
@@ -70,8 +72,9 @@ pub const MAX_QUEUED_RESPONSES: usize = 8;
 /// Proxies receiving their first full config at once, at most: the others wait for a place
 /// before their first build. A first config is the whole mesh view (megabytes for a thousand
 /// services), so a reconnect storm of thousands of proxies would otherwise hold all their
-/// first responses in memory at once.
-pub const MAX_WARMING: usize = 16;
+/// first responses in memory at once; a warming stream holds at most
+/// [`MAX_QUEUED_RESPONSES`] responses of at most 32 KiB each (`delta::MAX_RESPONSE_BYTES`).
+pub const MAX_WARMING: usize = 64;
 
 /// A proxy that has not ACKed its endpoints this long after its first build gives its place
 /// to the next.
@@ -146,8 +149,8 @@ impl AdsServer {
     }
 
     /// The tonic service to mount.
-    pub fn into_service(self) -> AggregatedDiscoveryServiceServer<Self> {
-        AggregatedDiscoveryServiceServer::new(self).max_decoding_message_size(MAX_REQUEST_BYTES)
+    pub fn into_service(self) -> AdsService {
+        AdsService::new(self)
     }
 }
 
@@ -309,15 +312,12 @@ impl AdsServer {
     }
 }
 
-#[tonic::async_trait]
-impl AggregatedDiscoveryService for AdsServer {
-    type StreamAggregatedResourcesStream = ResponseStream<DiscoveryResponse>;
-    type DeltaAggregatedResourcesStream = ResponseStream<DeltaDiscoveryResponse>;
-
+impl AdsServer {
+    /// A state-of-the-world ADS stream.
     async fn stream_aggregated_resources(
         &self,
         request: Request<Streaming<DiscoveryRequest>>,
-    ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
+    ) -> Result<Response<ResponseStream<DiscoveryResponse>>, Status> {
         let slot = stream_slot(&request, &self.registry)?;
         let peer = peer_of(&request);
         let mut inbound = request.into_inner();
@@ -338,10 +338,11 @@ impl AggregatedDiscoveryService for AdsServer {
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
+    /// A delta ADS stream.
     async fn delta_aggregated_resources(
         &self,
         request: Request<Streaming<DeltaDiscoveryRequest>>,
-    ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
+    ) -> Result<Response<ResponseStream<DeltaResponseWire>>, Status> {
         let slot = stream_slot(&request, &self.registry)?;
         let peer = peer_of(&request);
         let mut inbound = request.into_inner();

@@ -105,10 +105,10 @@ impl Desired {
 /// Per type, the names a push must look at: `None` when every name must be (the first build).
 pub(super) type Candidates = Option<BTreeMap<TypeUrl, BTreeSet<String>>>;
 
-/// What the inbound resources were built from: rebuilt only when one of these changes.
+/// What the inbound resources were built from: rebuilt only when one of these changes (an
+/// endpoint change elsewhere in the proxy's cluster changes none of them).
 struct OwnInputs {
-    mesh: Arc<causeway_model::MeshConfig>,
-    cluster: Option<Arc<causeway_discovery::ClusterIndex>>,
+    inbound: Option<build::InboundInputs>,
     ctx: causeway_discovery::ProxyContext,
     poisoned: bool,
 }
@@ -183,19 +183,20 @@ impl Session {
             self.node.identity.cluster.as_str(),
             &self.node.identity.workload,
         );
-        let cluster = index.cluster(&ctx.identity.cluster).cloned();
-        let own_same = self.own_inputs.as_ref().is_some_and(|o| {
-            Arc::ptr_eq(&o.mesh, index.mesh())
-                && o.cluster.as_ref().map(Arc::as_ptr) == cluster.as_ref().map(Arc::as_ptr)
-                && o.ctx == ctx
-                && o.poisoned == poisoned
-        });
+        let inbound = match self.node.identity.role {
+            ProxyRole::Sidecar => Some(build::InboundInputs::of(index, &ctx)),
+            ProxyRole::Gateway => None,
+        };
+        let own_same = self
+            .own_inputs
+            .as_ref()
+            .is_some_and(|o| o.inbound == inbound && o.ctx == ctx && o.poisoned == poisoned);
         let own = if own_same {
             self.desired.own.clone()
         } else {
-            let mut own = match self.node.identity.role {
-                ProxyRole::Sidecar => build::sidecar_inbound_resources(index, &self.node, &ctx),
-                ProxyRole::Gateway => Resources::default(),
+            let mut own = match &inbound {
+                Some(inputs) => build::sidecar_inbound_from(inputs, &self.node),
+                None => Resources::default(),
             };
             if poisoned {
                 own.insert(
@@ -206,8 +207,7 @@ impl Session {
                 );
             }
             self.own_inputs = Some(OwnInputs {
-                mesh: Arc::clone(index.mesh()),
-                cluster,
+                inbound,
                 ctx,
                 poisoned,
             });
