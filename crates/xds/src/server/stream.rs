@@ -105,9 +105,12 @@ impl Desired {
 /// Per type, the names a push must look at: `None` when every name must be (the first build).
 pub(super) type Candidates = Option<BTreeMap<TypeUrl, BTreeSet<String>>>;
 
-/// What the inbound resources were built from: rebuilt only when one of these changes (an
-/// endpoint change elsewhere in the proxy's cluster changes none of them).
+/// What the inbound resources were built from: the mesh and the proxy's cluster (the same
+/// `Arc`s: nothing to look at), else what the inbound builder reads of them, so an endpoint
+/// change elsewhere in the proxy's cluster does not rebuild them.
 struct OwnInputs {
+    mesh: Arc<causeway_model::MeshConfig>,
+    cluster: Option<Arc<causeway_discovery::ClusterIndex>>,
     inbound: Option<build::InboundInputs>,
     ctx: causeway_discovery::ProxyContext,
     poisoned: bool,
@@ -142,6 +145,23 @@ impl Session {
                 }
             }
         }
+    }
+
+    /// The proxy's own resources: a sidecar's inbound side, and the test hook's poison.
+    fn own_resources(&self, inputs: &OwnInputs) -> Resources {
+        let mut own = match &inputs.inbound {
+            Some(inbound) => build::sidecar_inbound_from(inbound, &self.node),
+            None => Resources::default(),
+        };
+        if inputs.poisoned {
+            own.insert(
+                TypeUrl::Listener,
+                "causeway-test-poison",
+                poison_listener(),
+                &"poison",
+            );
+        }
+        own
     }
 
     /// Rebuilds the desired resources from `state` and returns the names that may have changed.
@@ -183,34 +203,36 @@ impl Session {
             self.node.identity.cluster.as_str(),
             &self.node.identity.workload,
         );
-        let inbound = match self.node.identity.role {
-            ProxyRole::Sidecar => Some(build::InboundInputs::of(index, &ctx)),
-            ProxyRole::Gateway => None,
-        };
-        let own_same = self
-            .own_inputs
-            .as_ref()
-            .is_some_and(|o| o.inbound == inbound && o.ctx == ctx && o.poisoned == poisoned);
-        let own = if own_same {
+        let cluster = index.cluster(&ctx.identity.cluster).cloned();
+        let same_sources = self.own_inputs.as_ref().is_some_and(|o| {
+            Arc::ptr_eq(&o.mesh, index.mesh())
+                && o.cluster.as_ref().map(Arc::as_ptr) == cluster.as_ref().map(Arc::as_ptr)
+                && o.ctx == ctx
+                && o.poisoned == poisoned
+        });
+        let own = if same_sources {
             self.desired.own.clone()
         } else {
-            let mut own = match &inbound {
-                Some(inputs) => build::sidecar_inbound_from(inputs, &self.node),
-                None => Resources::default(),
+            let inbound = match self.node.identity.role {
+                ProxyRole::Sidecar => Some(build::InboundInputs::of(index, &ctx)),
+                ProxyRole::Gateway => None,
             };
-            if poisoned {
-                own.insert(
-                    TypeUrl::Listener,
-                    "causeway-test-poison",
-                    poison_listener(),
-                    &"poison",
-                );
-            }
-            self.own_inputs = Some(OwnInputs {
+            let inputs = OwnInputs {
+                mesh: Arc::clone(index.mesh()),
+                cluster,
                 inbound,
                 ctx,
                 poisoned,
+            };
+            let same_inputs = self.own_inputs.as_ref().is_some_and(|o| {
+                o.inbound == inputs.inbound && o.ctx == inputs.ctx && o.poisoned == poisoned
             });
+            let own = if same_inputs {
+                self.desired.own.clone()
+            } else {
+                self.own_resources(&inputs)
+            };
+            self.own_inputs = Some(inputs);
             own
         };
         let next = Desired { own, shared };
