@@ -67,6 +67,8 @@ pub struct Resource {
     pub version: String,
     /// The encoded resource (shared: caches and pushes hold it without copying).
     pub body: Arc<Any>,
+    /// The version as a number ([`version_id`]), read once rather than on every push.
+    id: u64,
     /// The resource as delta responses carry it, encoded the first time one does; clones
     /// share it, so every proxy of a class sends the same bytes.
     delta: Arc<OnceLock<Bytes>>,
@@ -82,10 +84,16 @@ impl Resource {
     /// A resource of `version` (its content hash).
     pub fn new(version: String, body: Any) -> Self {
         Self {
+            id: version_id(&version),
             version,
             body: Arc::new(body),
             delta: Arc::default(),
         }
+    }
+
+    /// The version as a number ([`version_id`]).
+    pub fn version_id(&self) -> u64 {
+        self.id
     }
 
     /// The encoded `envoy.service.discovery.v3.Resource` of this resource under `name` (the
@@ -116,6 +124,19 @@ pub struct Resources {
 
 /// Bump when resource builders change what they emit for the same inputs.
 pub const RESOURCE_SCHEMA: u32 = 4;
+
+/// A resource version as a number: the value of its 16 hex digits (every version the builders
+/// make), else a hash of the text (a version a reconnecting proxy reports that this server did
+/// not make; it equals none of ours, so the resource is sent again).
+pub fn version_id(version: &str) -> u64 {
+    let lower_hex = |b: u8| b.is_ascii_digit() || (b'a'..=b'f').contains(&b);
+    if version.len() == 16 && version.bytes().all(lower_hex) {
+        if let Ok(v) = u64::from_str_radix(version, 16) {
+            return v;
+        }
+    }
+    content_hash(version.as_bytes())
+}
 
 /// FNV-1a 64 over bytes: a stable content hash for versions.
 pub fn content_hash(bytes: &[u8]) -> u64 {

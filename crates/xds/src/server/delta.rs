@@ -13,6 +13,7 @@ use super::holdings::Holdings;
 use super::names::{intern, version_id, Name};
 use super::stream::Session;
 use super::wire::DeltaResponseWire;
+use crate::resources::Resource;
 use crate::resources::TypeUrl;
 
 /// Bytes of resource names one delta stream may be subscribed to per type. Subscriptions add up
@@ -83,14 +84,15 @@ impl Delta {
             desired
                 .get(t, name)
                 .filter(|_| in_scope(name))
-                .map(|r| version_id(&r.version))
+                .map(Resource::version_id)
         });
         let mut resources: Vec<(Name, Bytes)> = Vec::new();
         let mut changes: BTreeMap<Name, Option<u64>> = BTreeMap::new();
         let mut removed: Vec<Name> = Vec::new();
-        let mut consider = |name: &str| match desired.get(t, name) {
+        // `name` with its desired resource, if any.
+        let mut consider = |name: &str, desired: Option<&Resource>| match desired {
             Some(r) if in_scope(name) => {
-                let version = version_id(&r.version);
+                let version = r.version_id();
                 if held.known.get(name) != Some(version) {
                     let name = intern(name);
                     changes.insert(Name::clone(&name), Some(version));
@@ -107,7 +109,7 @@ impl Delta {
         };
         match candidates {
             Some(names) => {
-                names.iter().for_each(|n| consider(n));
+                names.iter().for_each(|n| consider(n, desired.get(t, n)));
                 // Refused resources are offered again with every push.
                 let refused: Vec<Name> = held
                     .rejected
@@ -115,12 +117,19 @@ impl Delta {
                     .filter(|n| !names.contains(&***n))
                     .cloned()
                     .collect();
-                refused.iter().for_each(|n| consider(n));
+                refused.iter().for_each(|n| consider(n, desired.get(t, n)));
             }
             None => {
-                let mut all: BTreeSet<&str> = desired.iter(t).map(|(n, _)| n.as_str()).collect();
-                all.extend(held.known.keys().map(|n| &**n));
-                all.into_iter().for_each(&mut consider);
+                // Every desired resource as it comes (no lookups), then what is held but no
+                // longer desired.
+                desired.iter(t).for_each(|(n, r)| consider(n, Some(r)));
+                let gone: Vec<Name> = held
+                    .known
+                    .keys()
+                    .filter(|n| desired.get(t, n).is_none())
+                    .cloned()
+                    .collect();
+                gone.iter().for_each(|n| consider(n, None));
             }
         }
         if resources.is_empty() && removed.is_empty() && !force {
@@ -256,12 +265,17 @@ impl Delta {
                     .collect(),
             );
         }
+        let was_wildcard = st.wildcard;
+        let mut asked: BTreeSet<String> = BTreeSet::new();
         for name in &req.resource_names_subscribe {
             if name == "*" {
                 st.wildcard = true;
-            } else if st.subscribed.insert(intern(name)) {
+                continue;
+            }
+            if st.subscribed.insert(intern(name)) {
                 st.subscribed_bytes += name.len();
             }
+            asked.insert(name.clone());
         }
         for name in &req.resource_names_unsubscribe {
             if name == "*" {
@@ -283,10 +297,13 @@ impl Delta {
             let _ = self.out.try_send(Err(Status::resource_exhausted(message)));
             return Err(());
         }
-        let subscription_changed =
-            !req.resource_names_subscribe.is_empty() || !req.resource_names_unsubscribe.is_empty();
-        if first || subscription_changed {
+        if first || st.wildcard != was_wildcard {
             self.push(t, first, None).await
+        } else if !asked.is_empty() {
+            // Only what this request subscribes to can be owed (an Envoy subscribes to
+            // endpoints a cluster response at a time: looking at every name each time made a
+            // first config quadratic in its parts).
+            self.push(t, false, Some(&asked)).await
         } else {
             Ok(())
         }

@@ -6,8 +6,6 @@
 use std::collections::HashSet;
 use std::sync::{Arc, LazyLock, Mutex};
 
-use crate::resources::content_hash;
-
 /// A resource name shared between streams.
 pub(super) type Name = Arc<str>;
 
@@ -46,18 +44,7 @@ pub(super) fn intern(name: &str) -> Name {
     n
 }
 
-/// A resource version as a number: the value of its 16 hex digits (every version the builders
-/// make), else a hash of the text (a version a reconnecting proxy reports that this server did
-/// not make; it equals none of ours, so the resource is sent again).
-pub(super) fn version_id(version: &str) -> u64 {
-    let lower_hex = |b: u8| b.is_ascii_digit() || (b'a'..=b'f').contains(&b);
-    if version.len() == 16 && version.bytes().all(lower_hex) {
-        if let Ok(v) = u64::from_str_radix(version, 16) {
-            return v;
-        }
-    }
-    content_hash(version.as_bytes())
-}
+pub(super) use crate::resources::version_id;
 
 /// The 16 lowercase hex digits of a version id (what [`version_id`] read, for versions the
 /// builders made), on the stack: set versions hash them for every changed resource of every
