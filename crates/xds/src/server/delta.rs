@@ -24,9 +24,8 @@ pub(super) const MAX_SUBSCRIBED_BYTES: usize = super::MAX_REQUEST_BYTES;
 
 /// The size a delta response is cut at (a single larger resource goes out alone). gRPC's
 /// encoder keeps, for the stream's whole life, a buffer the size of the largest message it
-/// encoded (rounded up to a power of two), so this bounds what every connected proxy costs the
-/// control plane after its first config: 256 KiB parts kept ~512 KiB per proxy (1 GiB at
-/// 2,000 proxies in `bench/xds-scale`); 32 KiB parts keep at most 64 KiB.
+/// encoded (grown by doubling), so this bounds what that buffer costs every connected proxy:
+/// at most 64 KiB.
 pub(super) const MAX_RESPONSE_BYTES: usize = 32 * 1024;
 
 /// Bytes a resource adds to a response beyond its encoding (its field tag and length).
