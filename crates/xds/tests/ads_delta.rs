@@ -273,3 +273,41 @@ async fn an_ack_of_an_earlier_response_confirms_exactly_its_resources() {
     let st = eds_status(&h);
     assert_eq!(st.sent_version, st.acked_version, "in sync: {st:?}");
 }
+
+/// A subscription is answered from the names it asks for: a name the proxy dropped comes back
+/// in full, one it still holds is not sent again, and a name that does not exist gets nothing
+/// (the stream goes on: the probe listener still answers after it).
+#[tokio::test]
+async fn a_subscription_is_answered_with_exactly_what_it_asks_for_and_lacks() {
+    let h = Harness::start(Duration::from_millis(50)).await;
+    let (mut c, eds) = Delta::open(&h).await;
+    c.send(DeltaDiscoveryRequest {
+        type_url: EDS.into(),
+        resource_names_unsubscribe: vec![GREETER.into()],
+        ..Default::default()
+    })
+    .await;
+    c.send(DeltaDiscoveryRequest {
+        type_url: EDS.into(),
+        resource_names_subscribe: vec![
+            ECHO.into(),
+            GREETER.into(),
+            "outbound|80||nowhere.demo.svc.cluster.local".into(),
+        ],
+        ..Default::default()
+    })
+    .await;
+    let again = c.next(EDS).await;
+    assert_eq!(names(&again), vec![GREETER], "only the dropped name");
+    let before = eds
+        .resources
+        .iter()
+        .find(|r| r.name == GREETER)
+        .expect("greeter was sent first");
+    assert_eq!(again.resources[0].version, before.version);
+    assert!(again.removed_resources.is_empty(), "{again:?}");
+    c.ack(&again).await;
+    c.sync().await;
+    let st = eds_status(&h);
+    assert_eq!(st.sent_version, st.acked_version, "in sync: {st:?}");
+}
