@@ -85,8 +85,8 @@ impl Delta {
                 .filter(|_| in_scope(name))
                 .map(Resource::version_id)
         });
-        let mut resources: Vec<(Name, Bytes)> = Vec::new();
-        let mut changes: BTreeMap<Name, Option<u64>> = BTreeMap::new();
+        // Each with its version: what the proxy holds once it ACKs the part that carries it.
+        let mut resources: Vec<(Name, u64, Bytes)> = Vec::new();
         let mut removed: Vec<Name> = Vec::new();
         // `name` with its desired resource, if any.
         let mut consider = |name: &str, desired: Option<&Resource>| match desired {
@@ -94,9 +94,8 @@ impl Delta {
                 let version = r.version_id();
                 if held.known.get(name) != Some(version) {
                     let name = intern(name);
-                    changes.insert(Name::clone(&name), Some(version));
                     let encoded = r.delta_encoded(&name);
-                    resources.push((name, encoded));
+                    resources.push((name, version, encoded));
                 }
             }
             Some(_) => {}
@@ -144,10 +143,10 @@ impl Delta {
         // part: each part is a response of its own (delta xDS allows any subset), so no stream
         // holds one huge encoded message (its buffer would stay that size for the stream's
         // life).
-        let mut parts: Vec<Vec<(Name, Bytes)>> = vec![Vec::new()];
+        let mut parts: Vec<Vec<(Name, u64, Bytes)>> = vec![Vec::new()];
         let mut bytes = 0usize;
         for r in resources {
-            let size = r.1.len() + RESOURCE_OVERHEAD_BYTES;
+            let size = r.2.len() + RESOURCE_OVERHEAD_BYTES;
             if bytes > 0 && bytes + size > MAX_RESPONSE_BYTES {
                 parts.push(Vec::new());
                 bytes = 0;
@@ -163,8 +162,7 @@ impl Delta {
         for (i, part) in parts.into_iter().enumerate() {
             let mut part_changes: BTreeMap<Name, Option<u64>> = part
                 .iter()
-                .filter_map(|(name, _)| changes.get_key_value(name))
-                .map(|(n, v)| (Name::clone(n), *v))
+                .map(|(name, version, _)| (Name::clone(name), Some(*version)))
                 .collect();
             let removed_here = if i + 1 == count {
                 removed.take().unwrap_or_default()
@@ -184,7 +182,7 @@ impl Delta {
             );
             responses.push(DeltaResponseWire {
                 system_version_info: version,
-                resources: part.into_iter().map(|(_, bytes)| bytes).collect(),
+                resources: part.into_iter().map(|(_, _, bytes)| bytes).collect(),
                 type_url: t.as_str().to_owned(),
                 removed_resources: removed_here.iter().map(|n| n.to_string()).collect(),
                 nonce,
