@@ -20,7 +20,7 @@ pub mod view;
 
 pub use check::{check_mesh, Diagnostic, Severity};
 pub use cluster_index::{
-    ClusterIndex, ClusterService, PortEndpoints, ResolvedEndpoint, WorkloadPlacement,
+    ClusterIndex, ClusterService, Labels, PortEndpoints, ResolvedEndpoint, WorkloadPlacement,
 };
 pub use index::{
     AgeSource, Condition, ConditionKind, ExportState, MeshIndex, MeshService, ServiceImport,

@@ -84,7 +84,7 @@ impl ProxyContext {
             locality: placement.map_or_else(|| spec.locality.clone(), |p| p.locality.clone()),
             service_account: placement.map(|p| p.service_account.clone()),
             workload_found: placement.is_some(),
-            labels: placement.map(|p| p.labels.clone()).unwrap_or_default(),
+            labels: placement.map(|p| (*p.labels).clone()).unwrap_or_default(),
             identity,
         })
     }

@@ -35,16 +35,18 @@ pub fn validate_dns_label(name: &str) -> Result<(), IdError> {
 macro_rules! string_id {
     ($(#[$doc:meta])* $name:ident) => {
         $(#[$doc])*
+        /// (Shared text: every endpoint of a cluster carries its network and cluster, and a
+        /// clone is a count, not a copy.)
         #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
         #[serde(transparent)]
-        pub struct $name(String);
+        pub struct $name(std::sync::Arc<str>);
 
         impl $name {
             /// Builds the id after checking it is a DNS label.
             pub fn new(value: impl Into<String>) -> Result<Self, IdError> {
                 let value = value.into();
                 validate_dns_label(&value)?;
-                Ok(Self(value))
+                Ok(Self(value.into()))
             }
 
             /// The id as a string slice.

@@ -77,6 +77,9 @@ pub fn service_gateway_part(
     let mut both = part.route_chains.clone();
     both.extend_from_slice(&part.endpoint_chains);
     part.chains_hash = content_hash(&both);
+    // Kept for the class's life: no spare capacity.
+    part.route_chains.shrink_to_fit();
+    part.endpoint_chains.shrink_to_fit();
     part
 }
 

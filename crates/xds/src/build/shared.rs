@@ -16,7 +16,7 @@ use super::gateway::{gateway_listeners, service_gateway_part, GatewayPart};
 use super::outbound::sidecar_service_resources;
 use super::slots::sidecar_slots;
 use crate::node::ProxyNode;
-use crate::resources::{Resource, Resources, TypeUrl};
+use crate::resources::{Made, Resource, Resources, TypeUrl};
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -73,7 +73,7 @@ pub fn sidecar_class(index: &MeshIndex, node: &ProxyNode, ctx: &ProxyContext) ->
 struct Cached {
     merged: Arc<MeshService>,
     slot: Option<u32>,
-    resources: Arc<Resources>,
+    made: Made,
 }
 
 /// The cluster indexes a build last saw, to tell which services' entries changed since: a
@@ -105,18 +105,45 @@ impl SeenClusters {
     }
 }
 
-/// Keys whose entry differs between two versions of one cluster's services (by `Arc`).
+/// Keys whose entry differs between two versions of one cluster's services (by `Arc`): one
+/// walk of both maps in key order, so an unchanged entry costs a pointer comparison (looking
+/// every key of one up in the other compared each key's text a dozen times, for each class).
 fn changed_entries(
     a: &BTreeMap<ServiceKey, Arc<ClusterService>>,
     b: &BTreeMap<ServiceKey, Arc<ClusterService>>,
     into: &mut BTreeSet<ServiceKey>,
 ) {
-    for (k, x) in a {
-        if b.get(k).is_none_or(|y| !Arc::ptr_eq(x, y)) {
-            into.insert(k.clone());
+    let (mut a, mut b) = (a.iter().peekable(), b.iter().peekable());
+    loop {
+        match (a.peek(), b.peek()) {
+            (None, None) => break,
+            (Some((ka, _)), None) => {
+                into.insert((*ka).clone());
+                a.next();
+            }
+            (None, Some((kb, _))) => {
+                into.insert((*kb).clone());
+                b.next();
+            }
+            (Some((ka, va)), Some((kb, vb))) => match ka.cmp(kb) {
+                std::cmp::Ordering::Less => {
+                    into.insert((*ka).clone());
+                    a.next();
+                }
+                std::cmp::Ordering::Greater => {
+                    into.insert((*kb).clone());
+                    b.next();
+                }
+                std::cmp::Ordering::Equal => {
+                    if !Arc::ptr_eq(va, vb) {
+                        into.insert((*ka).clone());
+                    }
+                    a.next();
+                    b.next();
+                }
+            },
         }
     }
-    into.extend(b.keys().filter(|k| !a.contains_key(*k)).cloned());
 }
 
 /// Names per type whose resource was added, changed or removed.
@@ -267,14 +294,14 @@ impl SidecarBuild {
             }
             let mut fresh = Resources::default();
             sidecar_service_resources(index, &self.node, &self.ctx, key, slot, &mut fresh);
-            let old = self.services.remove(key).map(|c| c.resources);
-            replace(&mut resources, old.as_deref(), &fresh, &mut changed);
+            let old = self.services.remove(key).map(|c| c.made);
+            replace(&mut resources, old.as_ref(), &fresh, &mut changed);
             self.services.insert(
                 key.clone(),
                 Cached {
                     merged: Arc::clone(merged),
                     slot,
-                    resources: Arc::new(fresh),
+                    made: Made::of(&fresh),
                 },
             );
             rebuilt += 1;
@@ -283,7 +310,7 @@ impl SidecarBuild {
             if let Some(c) = self.services.remove(&key) {
                 replace(
                     &mut resources,
-                    Some(&c.resources),
+                    Some(&c.made),
                     &Resources::default(),
                     &mut changed,
                 );
@@ -336,27 +363,23 @@ fn gone<'a>(cached: impl Iterator<Item = &'a ServiceKey>, index: &MeshIndex) -> 
 /// Takes `old`'s resources out of `into`, puts `fresh`'s in, and notes the names that differ.
 fn replace(
     into: &mut SharedResources,
-    old: Option<&Resources>,
+    old: Option<&Made>,
     fresh: &Resources,
     changed: &mut ChangedNames,
 ) {
-    if let Some(old) = old {
-        for (t, map) in &old.by_type {
-            for (name, r) in map {
-                let stays = fresh.of(*t).and_then(|m| m.get(name));
-                if stays.map(|s| &s.version) != Some(&r.version) {
-                    changed.entry(*t).or_default().insert(name.clone());
-                }
-                if stays.is_none() {
-                    into.remove(*t, name);
-                }
-            }
+    for (t, name, version) in old.into_iter().flat_map(Made::iter) {
+        let stays = fresh.of(*t).and_then(|m| m.get(name));
+        if stays.map(Resource::version_id) != Some(*version) {
+            changed.entry(*t).or_default().insert(name.clone());
+        }
+        if stays.is_none() {
+            into.remove(*t, name);
         }
     }
     for (t, map) in &fresh.by_type {
         for (name, r) in map {
-            let before: Option<&Resource> = old.and_then(|o| o.of(*t)).and_then(|m| m.get(name));
-            if before.map(|b| &b.version) != Some(&r.version) {
+            let before = old.and_then(|o| o.version(*t, name));
+            if before != Some(r.version_id()) {
                 changed.entry(*t).or_default().insert(name.clone());
                 into.insert(*t, name.clone(), r.clone());
             }
@@ -367,7 +390,9 @@ fn replace(
 /// One service's part of a gateway with what it was built from.
 struct GatewayCached {
     merged: Arc<MeshService>,
+    /// Its chains (its resources are in the class's set: `made` names them).
     part: GatewayPart,
+    made: Made,
 }
 
 /// One cluster's gateway build state: each service's part, rebuilt only when the service
@@ -377,7 +402,7 @@ struct GatewayBuild {
     globals: Option<Globals>,
     seen: SeenClusters,
     parts: BTreeMap<ServiceKey, GatewayCached>,
-    listeners: Resources,
+    listeners: Made,
     latest: Option<Arc<ServiceSet>>,
     built_for: u64,
 }
@@ -402,19 +427,26 @@ impl GatewayBuild {
             if same {
                 continue;
             }
-            let part = service_gateway_part(index, &self.ctx, key);
-            let old = self.parts.remove(key).map(|c| c.part);
-            let old_resources = old.as_ref().map(|o| &o.resources);
-            replace(resources, old_resources, &part.resources, changed);
+            let mut part = service_gateway_part(index, &self.ctx, key);
+            let old = self.parts.remove(key);
+            replace(
+                resources,
+                old.as_ref().map(|o| &o.made),
+                &part.resources,
+                changed,
+            );
             chains_changed |= old
                 .as_ref()
-                .unwrap_or(&GatewayPart::default())
+                .map_or(&GatewayPart::default(), |o| &o.part)
                 .chains_differ(&part);
+            let made = Made::of(&part.resources);
+            part.resources = Resources::default();
             self.parts.insert(
                 key.clone(),
                 GatewayCached {
                     merged: Arc::clone(merged),
                     part,
+                    made,
                 },
             );
             rebuilt += 1;
@@ -422,12 +454,7 @@ impl GatewayBuild {
         for key in gone(self.parts.keys(), index) {
             if let Some(c) = self.parts.remove(&key) {
                 let empty = GatewayPart::default();
-                replace(
-                    resources,
-                    Some(&c.part.resources),
-                    &empty.resources,
-                    changed,
-                );
+                replace(resources, Some(&c.made), &empty.resources, changed);
                 chains_changed |= c.part.chains_differ(&empty);
             }
         }
@@ -465,7 +492,7 @@ impl GatewayBuild {
                 &listeners,
                 &mut changed,
             );
-            self.listeners = listeners;
+            self.listeners = Made::of(&listeners);
         }
         tracing::debug!(%cluster, rebuilt, chains_changed, "gateway class built");
         let set = match &self.latest {
@@ -552,7 +579,7 @@ impl SharedBuilds {
                 globals: None,
                 seen: SeenClusters::default(),
                 parts: BTreeMap::new(),
-                listeners: Resources::default(),
+                listeners: Made::default(),
                 latest: None,
                 built_for: 0,
             }))
@@ -566,3 +593,7 @@ impl SharedBuilds {
         classes.values().filter_map(Weak::upgrade).collect()
     }
 }
+
+#[cfg(test)]
+#[path = "shared_tests.rs"]
+mod tests;

@@ -4,7 +4,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use bytes::Bytes;
 use envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest;
 use tokio::sync::mpsc;
 use tonic::Status;
@@ -12,7 +11,7 @@ use tonic::Status;
 use super::holdings::Holdings;
 use super::names::{intern, version_id, Name};
 use super::stream::Session;
-use super::wire::DeltaResponseWire;
+use super::wire::{DeltaResponseWire, WireResource};
 use crate::resources::Resource;
 use crate::resources::TypeUrl;
 
@@ -86,16 +85,18 @@ impl Delta {
                 .map(Resource::version_id)
         });
         // Each with its version: what the proxy holds once it ACKs the part that carries it.
-        let mut resources: Vec<(Name, u64, Bytes)> = Vec::new();
+        let mut resources: Vec<WireResource> = Vec::new();
         let mut removed: Vec<Name> = Vec::new();
         // `name` with its desired resource, if any.
         let mut consider = |name: &str, desired: Option<&Resource>| match desired {
             Some(r) if in_scope(name) => {
                 let version = r.version_id();
                 if held.known.get(name) != Some(version) {
-                    let name = intern(name);
-                    let encoded = r.delta_encoded(&name);
-                    resources.push((name, version, encoded));
+                    resources.push(WireResource {
+                        name: intern(name),
+                        version,
+                        body: std::sync::Arc::clone(&r.body),
+                    });
                 }
             }
             Some(_) => {}
@@ -143,10 +144,10 @@ impl Delta {
         // part: each part is a response of its own (delta xDS allows any subset), so no stream
         // holds one huge encoded message (its buffer would stay that size for the stream's
         // life).
-        let mut parts: Vec<Vec<(Name, u64, Bytes)>> = vec![Vec::new()];
+        let mut parts: Vec<Vec<WireResource>> = vec![Vec::new()];
         let mut bytes = 0usize;
         for r in resources {
-            let size = r.2.len() + RESOURCE_OVERHEAD_BYTES;
+            let size = r.encoded_len() + RESOURCE_OVERHEAD_BYTES;
             if bytes > 0 && bytes + size > MAX_RESPONSE_BYTES {
                 parts.push(Vec::new());
                 bytes = 0;
@@ -162,7 +163,7 @@ impl Delta {
         for (i, part) in parts.into_iter().enumerate() {
             let mut part_changes: BTreeMap<Name, Option<u64>> = part
                 .iter()
-                .map(|(name, version, _)| (Name::clone(name), Some(*version)))
+                .map(|r| (Name::clone(&r.name), Some(r.version)))
                 .collect();
             let removed_here = if i + 1 == count {
                 removed.take().unwrap_or_default()
@@ -182,7 +183,7 @@ impl Delta {
             );
             responses.push(DeltaResponseWire {
                 system_version_info: version,
-                resources: part.into_iter().map(|(_, _, bytes)| bytes).collect(),
+                resources: part,
                 type_url: t.as_str().to_owned(),
                 removed_resources: removed_here.iter().map(|n| n.to_string()).collect(),
                 nonce,

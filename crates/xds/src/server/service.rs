@@ -1,6 +1,6 @@
 //! The ADS gRPC service: routes its two methods to the server with their codecs. Written by
 //! hand (the generated service fixes the delta response to the decoded message) so delta
-//! responses can be written from resources encoded once (`wire`).
+//! responses can be written straight from the shared resources (`wire`).
 
 use std::convert::Infallible;
 use std::task::{Context, Poll};
