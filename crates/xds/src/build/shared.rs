@@ -271,8 +271,10 @@ impl SidecarBuild {
             return Arc::clone(latest);
         }
         self.built_for = version;
-        if !self.globals.as_ref().is_some_and(|g| g.same(index)) {
-            self.services.clear();
+        // When a global input changed every service is rebuilt, against what it made before
+        // (so names it no longer makes are removed from the set, not left behind).
+        let all = !self.globals.as_ref().is_some_and(|g| g.same(index));
+        if all {
             self.globals = Some(Globals::of(index));
         }
         let dirty = self.seen.changed(index);
@@ -286,9 +288,10 @@ impl SidecarBuild {
         let mut rebuilt = 0usize;
         for (key, merged) in index.services() {
             let slot = slots.get(key).copied();
-            let same = self.services.get(key).is_some_and(|c| {
-                Arc::ptr_eq(&c.merged, merged) && c.slot == slot && !dirty.contains(key)
-            });
+            let same = !all
+                && self.services.get(key).is_some_and(|c| {
+                    Arc::ptr_eq(&c.merged, merged) && c.slot == slot && !dirty.contains(key)
+                });
             if same {
                 continue;
             }
@@ -411,19 +414,22 @@ impl GatewayBuild {
     /// Rebuilds the parts of the services that changed (and drops those of services gone),
     /// swapping their resources in `resources`: how many were rebuilt, and whether any
     /// part's filter chains changed (then the listeners must be rebuilt).
+    /// `all`: rebuild every part (a global input changed), against what each made before.
     fn update_parts(
         &mut self,
         index: &MeshIndex,
+        all: bool,
         resources: &mut SharedResources,
         changed: &mut ChangedNames,
     ) -> (usize, bool) {
         let (mut rebuilt, mut chains_changed) = (0usize, false);
         let dirty = self.seen.changed(index);
         for (key, merged) in index.services() {
-            let same = self
-                .parts
-                .get(key)
-                .is_some_and(|c| Arc::ptr_eq(&c.merged, merged) && !dirty.contains(key));
+            let same = !all
+                && self
+                    .parts
+                    .get(key)
+                    .is_some_and(|c| Arc::ptr_eq(&c.merged, merged) && !dirty.contains(key));
             if same {
                 continue;
             }
@@ -470,8 +476,8 @@ impl GatewayBuild {
         self.built_for = version;
         let cluster = self.ctx.identity.cluster.clone();
         let mut chains_changed = self.latest.is_none();
-        if !self.globals.as_ref().is_some_and(|g| g.same(index)) {
-            self.parts.clear();
+        let all = !self.globals.as_ref().is_some_and(|g| g.same(index));
+        if all {
             self.globals = Some(Globals::of(index));
             chains_changed = true;
         }
@@ -481,7 +487,7 @@ impl GatewayBuild {
             .as_ref()
             .map(|l| l.resources.clone())
             .unwrap_or_default();
-        let (rebuilt, parts_changed) = self.update_parts(index, &mut resources, &mut changed);
+        let (rebuilt, parts_changed) = self.update_parts(index, all, &mut resources, &mut changed);
         chains_changed |= parts_changed;
         if chains_changed {
             let listeners =

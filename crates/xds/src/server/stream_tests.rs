@@ -114,6 +114,10 @@ enum Change {
     Remove(usize, usize),
     /// The n-th service of a cluster goes away.
     DropService(usize, usize),
+    /// In one mesh version, a global input changes (a cluster's first gateway goes down or
+    /// comes back up) and the n-th service goes away from every cluster: every class then
+    /// rebuilds everything, and must still drop what the service made.
+    Global(usize, usize),
 }
 
 fn change() -> impl Strategy<Value = Change> {
@@ -122,6 +126,7 @@ fn change() -> impl Strategy<Value = Change> {
         (0..3usize, 0..8usize, 1..250u8).prop_map(|(c, n, a)| Change::Move(c, n, a)),
         (0..3usize, 0..8usize).prop_map(|(c, n)| Change::Remove(c, n)),
         (0..3usize, 0..4usize).prop_map(|(c, n)| Change::DropService(c, n)),
+        (0..3usize, 0..4usize).prop_map(|(c, n)| Change::Global(c, n)),
     ]
 }
 
@@ -137,10 +142,12 @@ fn apply(objects: &mut BTreeMap<ClusterId, ClusterObjects>, change: &Change) -> 
         Change::Health(c, n)
         | Change::Move(c, n, _)
         | Change::Remove(c, n)
-        | Change::DropService(c, n) => (pick(*c), *n),
+        | Change::DropService(c, n)
+        | Change::Global(c, n) => (pick(*c), *n),
     };
     let o = objects.get_mut(&cluster).expect("cluster");
     match change {
+        Change::Global(..) => unreachable!("applied to the index by the test"),
         Change::DropService(..) => {
             if let Some(key) = o.services.keys().nth(n % o.services.len().max(1)).cloned() {
                 o.services.remove(&key);
@@ -176,6 +183,23 @@ fn apply(objects: &mut BTreeMap<ClusterId, ClusterObjects>, change: &Change) -> 
         }
     }
     cluster
+}
+
+/// Marks cluster `c`'s first gateway down, or up again if it was.
+fn toggle_gateway(index: &mut MeshIndex, c: usize) {
+    let mesh = Arc::clone(index.mesh());
+    let Some(gw) = mesh
+        .clusters
+        .get(c % mesh.clusters.len().max(1))
+        .and_then(|s| s.gateways.first())
+    else {
+        return;
+    };
+    let mut down = (**index.gateways_down()).clone();
+    if down.remove(gw).is_none() {
+        down.insert(*gw, "probe failed".into());
+    }
+    index.set_gateways_down(down);
 }
 
 fn session(node: ProxyNode, shared: &Arc<SharedBuilds>) -> Session {
@@ -251,8 +275,20 @@ proptest! {
         let empty = vec![Versions::new(); sessions.len()];
         let mut held = check(&mut sessions, &state, &empty);
         for (i, c) in changes.iter().enumerate() {
-            let cluster = apply(&mut objects, c);
-            index.set_cluster(&cluster, &objects[&cluster]).expect("set");
+            if let Change::Global(c, n) = c {
+                toggle_gateway(&mut index, *c);
+                let keys: BTreeSet<_> = objects.values().flat_map(|o| o.services.keys().cloned()).collect();
+                if let Some(key) = keys.iter().nth(n % keys.len().max(1)) {
+                    for (id, o) in objects.iter_mut() {
+                        if o.services.remove(key).is_some() {
+                            index.set_cluster(id, o).expect("set");
+                        }
+                    }
+                }
+            } else {
+                let cluster = apply(&mut objects, c);
+                index.set_cluster(&cluster, &objects[&cluster]).expect("set");
+            }
             state = MeshState { version: 2 + i as u64, index: Some(Arc::new(index.clone())) };
             // The server builds every live class first; sessions then take the built sets.
             for class in shared.live() {

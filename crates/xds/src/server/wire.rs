@@ -216,7 +216,7 @@ mod tests {
             version in "[0-9a-f]{0,16}",
             nonce in "[0-9-]{0,12}",
             type_url in prop::sample::select(vec!["", "type.googleapis.com/envoy.config.cluster.v3.Cluster"]),
-            resources in prop::collection::vec(("[a-z|.]{0,40}", any::<u64>(), "(type.googleapis.com/x)?", prop::collection::vec(any::<u8>(), 0..300)), 0..6),
+            resources in prop::collection::vec(("[a-z|.]{0,40}", any::<u64>(), "(type\\.googleapis\\.com/x)?", prop_oneof![Just(Vec::new()), prop::collection::vec(any::<u8>(), 1..300)]), 0..6),
             removed in prop::collection::vec("[a-z|.]{0,200}", 0..4),
         ) {
             let full: Vec<Resource> = resources
