@@ -112,12 +112,13 @@ impl Made {
         )
     }
 
-    /// The version made of `name` of type `t`, if it was.
+    /// The version made of `name` of type `t`, if it was (entries are in (type, name) order,
+    /// as `of` walks the maps, so a lookup per rebuilt resource is a binary search).
     pub fn version(&self, t: TypeUrl, name: &str) -> Option<u64> {
         self.0
-            .iter()
-            .find(|(et, en, _)| *et == t && en == name)
-            .map(|e| e.2)
+            .binary_search_by(|(et, en, _)| (*et, en.as_str()).cmp(&(t, name)))
+            .ok()
+            .map(|i| self.0[i].2)
     }
 
     /// Every (type, name, version).

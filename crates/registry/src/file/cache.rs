@@ -67,14 +67,23 @@ struct FileObjects {
 
 impl From<ClusterObjects> for FileObjects {
     fn from(o: ClusterObjects) -> Self {
-        // A cluster file has no TrafficPolicies: the mesh directory's are mesh-wide
+        // Every field named, so a new kind of object cannot be dropped here unnoticed. A
+        // cluster file has no TrafficPolicies: the mesh directory's are mesh-wide
         // (`ClusterObjects::traffic_policies` is for Kubernetes clusters).
+        let ClusterObjects {
+            services,
+            workload_entries,
+            endpoint_slices,
+            exports,
+            policies,
+            traffic_policies: _,
+        } = o;
         Self {
-            services: o.services.into_iter().collect(),
-            workload_entries: o.workload_entries.into_iter().collect(),
-            endpoint_slices: o.endpoint_slices.into_iter().collect(),
-            exports: o.exports.into_iter().collect(),
-            policies: o.policies.into_iter().collect(),
+            services: services.into_iter().collect(),
+            workload_entries: workload_entries.into_iter().collect(),
+            endpoint_slices: endpoint_slices.into_iter().collect(),
+            exports: exports.into_iter().collect(),
+            policies: policies.into_iter().collect(),
         }
     }
 }
